@@ -1,0 +1,198 @@
+"""The ``accel`` command line: parses flags, builds configs, calls the API, prints a table or JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from accel.errors import AccelError
+
+EXAMPLES = """examples:
+  accel eval                                  FID, latency and size of the built-in model "digits"
+  accel eval --model path/to/unet --out rep   the same for a diffusers folder; report written to rep/
+  accel eval --json --n 500 --steps 20        a quicker run, report as JSON on stdout
+  accel sample --n 64 --out grid.png          a grid of 64 samples (or .npz: uint8 array "images")
+  accel info --model path/to/unet             class, shapes, parameters, MACs, size, scheduler
+  accel train-reference --out my-digits       retrain the built-in model from scratch (fixed seed)
+
+Errors print one line and exit with status 2. Nothing is downloaded: models come from local folders,
+accel artifacts, the local Hugging Face cache, or the built-in "digits"."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, as for every other bad input
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="digits", help="diffusers folder, accel artifact, or 'digits' (default)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available, else cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for noise and sampling (default 0)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _add_sampler(parser: argparse.ArgumentParser, n_default: int) -> None:
+    parser.add_argument("--n", type=int, default=n_default, help=f"number of samples (default {n_default})")
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="ddim (eta 0) or ddpm")
+    parser.add_argument("--batch-size", type=int, default=500, help="samples per denoiser call (default 500)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="accel", description="Compress diffusion denoisers and measure what it costs.",
+                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ev = commands.add_parser("eval", help="FID, PSNR, latency and size of a model, as a table or JSON")
+    _add_common(ev)
+    _add_sampler(ev, n_default=2000)
+    ev.add_argument("--out", help="folder for report.json, report.md and samples.png")
+    ev.add_argument("--latency-batch", type=int, default=1, help="batch size for per-step latency (default 1)")
+    ev.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth for Inception FID")
+    ev.add_argument("--fid-ref", help="real images for Inception FID: .npz with uint8 'images' N x C x H x W")
+
+    sa = commands.add_parser("sample", help="draw samples to a .png grid or an .npz of uint8 images")
+    _add_common(sa)
+    _add_sampler(sa, n_default=64)
+    sa.add_argument("--out", required=True, help="output file, .png (grid) or .npz (uint8 array 'images')")
+
+    info = commands.add_parser("info", help="what a model is: class, shapes, parameters, MACs, size, scheduler")
+    _add_common(info)
+
+    tr = commands.add_parser("train-reference", help="retrain the built-in reference model or its FID classifier")
+    tr.add_argument("--out", required=True, help="folder to write (a diffusers model folder)")
+    tr.add_argument("--steps", type=int, default=None, help="training steps (default: as committed)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--classifier", action="store_true", help="train the digits FID classifier instead")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return parser
+
+
+def _device(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AccelError(f"unknown --device '{name}'; use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AccelError(f"--device {name} asked for, but this machine has no usable CUDA GPU")
+    return device
+
+
+def _emit(args, payload: dict, human: str) -> None:
+    from accel.report import to_json
+
+    print(to_json(payload) if args.json else human, end="" if args.json else "\n")
+
+
+def cmd_eval(args) -> None:
+    import accel
+    from accel.artifact import atomic_dir, ensure_writable_dir
+    from accel.report import markdown, write_report
+
+    if args.out:
+        ensure_writable_dir(args.out, args.overwrite)
+    sampler = accel.SamplerConfig(args.sampler, args.steps, args.batch_size)
+    config = accel.EvalConfig(n=args.n, seed=args.seed, sampler=sampler, latency_batch=args.latency_batch,
+                              inception_weights=args.inception_weights, fid_ref=args.fid_ref)
+    model = accel.load(args.model, _device(args.device))
+    evaluation = accel.evaluate(model, config=config, model_name=args.model)
+    if args.out:
+        with atomic_dir(args.out, args.overwrite) as staging:
+            write_report(staging, evaluation.report, evaluation.images)
+    _emit(args, evaluation.report, markdown(evaluation.report))
+
+
+def _check_sample_out(out: Path, overwrite: bool) -> None:
+    if out.suffix not in (".png", ".npz"):
+        raise AccelError(f"--out {out}: give a .png (grid) or .npz (uint8 array 'images') file")
+    if out.exists() and not overwrite:
+        raise AccelError(f"{out} exists; choose another --out or pass --overwrite")
+    if not out.parent.is_dir():
+        raise AccelError(f"cannot write {out}: folder {out.parent} does not exist")
+
+
+def cmd_sample(args) -> None:
+    import numpy as np
+
+    import accel
+    from accel.metrics.digits_cnn import to_uint8
+    from accel.report import sample_grid
+
+    out = Path(args.out)
+    _check_sample_out(out, args.overwrite)
+    sampler = accel.SamplerConfig(args.sampler, args.steps, args.batch_size)
+    model = accel.load(args.model, _device(args.device))
+    samples = accel.sample(model, args.n, args.seed, sampler)
+    images = to_uint8(samples.images)
+    partial = out.with_name(f".{out.name}.partial{out.suffix}")
+    if out.suffix == ".npz":
+        np.savez_compressed(partial, images=images)
+    else:
+        sample_grid([images], columns=int(np.ceil(np.sqrt(len(images))))).save(partial)
+    os.replace(partial, out)
+    summary = {"out": str(out), "n": len(images), "shape": list(images.shape), "seed": args.seed,
+               "sampler": sampler.to_dict(), "seconds": samples.seconds,
+               "seconds_per_image": samples.seconds_per_image}
+    _emit(args, summary, f"wrote {len(images)} samples to {out} in {samples.seconds:.1f} s "
+                         f"({samples.seconds_per_image * 1e3:.2f} ms per image)")
+
+
+def cmd_info(args) -> None:
+    import accel
+    from accel.metrics.size import count_macs, count_params, weights_bytes
+
+    model = accel.load(args.model, _device(args.device))
+    details = {"model": args.model, "class": type(model.module).__name__, "kind": model.kind,
+               "sample_shape": list(model.sample_shape), "conditioning": model.cond_kind,
+               "params": count_params(model), "macs_per_sample_step": count_macs(model),
+               "size_bytes": weights_bytes(model),
+               "scheduler": {k: v for k, v in model.scheduler_config.items() if not k.startswith("_")},
+               "notes": model.notes}
+    human = "\n".join(f"{key:22} {value}" for key, value in details.items() if value not in (None, []))
+    _emit(args, details, human)
+
+
+def cmd_train_reference(args) -> None:
+    from accel.artifact import ensure_writable_dir
+
+    out = ensure_writable_dir(args.out, args.overwrite)
+    if args.classifier:
+        from accel.metrics.digits_cnn import train_digits_cnn
+
+        out.mkdir(exist_ok=True)
+        epochs = {} if args.steps is None else {"epochs": args.steps}
+        record = train_digits_cnn(seed=args.seed, out_path=out / "digits_cnn.safetensors", **epochs)
+    else:
+        from accel.models.reference import TrainReferenceConfig, train_reference
+
+        config = TrainReferenceConfig(seed=args.seed, **({} if args.steps is None else {"steps": args.steps}))
+        record = train_reference(out, config)
+    print(json.dumps(record, indent=2))
+
+
+COMMANDS = {"eval": cmd_eval, "sample": cmd_sample, "info": cmd_info, "train-reference": cmd_train_reference}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # accel never downloads
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except AccelError as error:
+        print(f"accel: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("accel: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

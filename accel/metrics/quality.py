@@ -1,0 +1,79 @@
+"""Which FID applies to a model, and PSNR between two sets of samples drawn from the same noise."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from accel.errors import AccelError
+from accel.metrics.fid import FeatureStats, digits_reference, frechet_distance
+
+DIGITS_SHAPE = (1, 16, 16)
+
+
+@dataclass
+class FidSetup:
+    """A feature network and the statistics of real images to compare generated ones against."""
+
+    features: Callable[[np.ndarray], np.ndarray] | None
+    name: str | None
+    reference: FeatureStats | None
+    floor: float | None
+    floor_samples: int | None
+    unavailable_reason: str | None = None
+
+    def fid(self, images: np.ndarray) -> float | None:
+        if self.features is None:
+            return None
+        return frechet_distance(FeatureStats.of(self.features(images)), self.reference)
+
+
+def fid_setup(sample_shape: tuple[int, ...], inception_weights: str | Path | None = None,
+              reference_images: str | Path | None = None, device: str = "cpu") -> FidSetup:
+    """Digits-CNN FID for 1x16x16 models; Inception FID when the user gives the weights file and real
+    images; otherwise no FID, with the reason."""
+    if inception_weights is not None:
+        return _inception_setup(inception_weights, reference_images, device)
+    if tuple(sample_shape) == DIGITS_SHAPE:
+        from accel.metrics.digits_cnn import DigitsFeatures
+
+        stats, floor = digits_reference()
+        return FidSetup(DigitsFeatures(), DigitsFeatures.name, stats, floor, stats.count // 2)
+    return FidSetup(None, None, None, None, None,
+                    "FID for this model needs --inception-weights and --fid-ref (real images, .npz)")
+
+
+def _inception_setup(weights: str | Path, reference_images: str | Path | None, device: str) -> FidSetup:
+    from accel.metrics.inception import InceptionFeatures
+
+    if reference_images is None:
+        raise AccelError("Inception FID needs real images to compare with: pass --fid-ref images.npz "
+                         "(uint8 array 'images', N x C x H x W)")
+    features = InceptionFeatures(weights, device=device)
+    real = load_images_npz(reference_images)
+    real_features = features(real)
+    order = np.random.default_rng(0).permutation(len(real_features))
+    half = len(order) // 2
+    floor = frechet_distance(FeatureStats.of(real_features[order[:half]]),
+                             FeatureStats.of(real_features[order[half:2 * half]]))
+    return FidSetup(features, InceptionFeatures.name, FeatureStats.of(real_features), floor, half)
+
+
+def load_images_npz(path: str | Path) -> np.ndarray:
+    try:
+        with np.load(path) as archive:
+            images = archive["images"]
+    except (OSError, KeyError, ValueError) as error:
+        raise AccelError(f"cannot read images from {path}: need an .npz with a uint8 array 'images' ({error})")
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise AccelError(f"{path}: 'images' must be uint8 N x C x H x W, got {images.dtype} {images.shape}")
+    return images
+
+
+def psnr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    """PSNR in dB over all pixels of two uint8 image sets (peak 255); infinite when identical."""
+    mse = np.mean((reference.astype(np.float64) - other.astype(np.float64)) ** 2)
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)

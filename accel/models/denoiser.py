@@ -1,0 +1,93 @@
+"""One calling convention over every supported network: ``eps = denoiser(x_t, t, cond=None)``."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+# diffusers class name -> how the adapter calls it
+_DIFFUSERS_KINDS = {
+    "UNet2DModel": "unet",
+    "UNet2DConditionModel": "unet-text",
+    "DiTTransformer2DModel": "dit",
+    "Transformer2DModel": "dit",
+}
+TEXT_TOKENS = 77  # CLIP's sequence length, used for the stand-in text conditioning
+
+
+class Denoiser(nn.Module):
+    """A noise-prediction network with its noise schedule and where it came from.
+
+    ``module`` is a diffusers UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel / Transformer2DModel,
+    or any module called as ``module(x_t, t)`` / ``module(x_t, t, cond)`` returning eps (or an object with
+    ``.sample``). Plain modules must give ``sample_shape``.
+    """
+
+    def __init__(self, module: nn.Module, scheduler_config: dict[str, Any], *, source: str = "",
+                 sample_shape: tuple[int, int, int] | None = None, weights_bytes: int | None = None,
+                 notes: tuple[str, ...] = ()):
+        super().__init__()
+        self.module = module
+        self.kind = _DIFFUSERS_KINDS.get(type(module).__name__, "module")
+        self.scheduler_config = dict(scheduler_config)
+        self.source = source
+        self.weights_bytes = weights_bytes
+        self.notes = list(notes)
+        self.sample_shape = tuple(sample_shape) if sample_shape else self._shape_from_config()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The diffusers config of the wrapped model ({} for plain modules)."""
+        return dict(getattr(self.module, "config", {}) or {})
+
+    def _shape_from_config(self) -> tuple[int, int, int]:
+        config = self.config
+        if "in_channels" not in config or "sample_size" not in config:
+            raise ValueError("a plain module needs sample_shape=(channels, height, width)")
+        size = config["sample_size"]
+        height, width = (size, size) if isinstance(size, int) else size
+        return (config["in_channels"], height, width)
+
+    @property
+    def cond_kind(self) -> str | None:
+        """None (unconditional), "class" (integer labels) or "text" (encoder hidden states)."""
+        config = self.config
+        if self.kind == "unet-text":
+            return "text"
+        if self.kind == "dit" and config.get("num_embeds_ada_norm"):
+            return "class"
+        if self.kind == "unet" and config.get("num_class_embeds"):
+            return "class"
+        return None
+
+    def default_cond(self, count: int, generator: torch.Generator) -> torch.Tensor | None:
+        """Conditioning for unguided sampling: uniform random class labels, or zero text embeddings (accel
+        has no text encoder; pass real ``encoder_hidden_states`` as ``cond`` for meaningful text sampling)."""
+        config = self.config
+        if self.cond_kind == "class":
+            classes = config.get("num_class_embeds") or config["num_embeds_ada_norm"]
+            return torch.randint(0, classes, (count,), generator=generator)
+        if self.cond_kind == "text":
+            return torch.zeros(count, TEXT_TOKENS, config["cross_attention_dim"])
+        return None
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor | None = None) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x_t.device)
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        if self.kind == "unet":
+            out = self.module(x_t, t, class_labels=cond).sample
+        elif self.kind == "unet-text":
+            if cond is None:
+                raise ValueError("UNet2DConditionModel needs cond (encoder_hidden_states)")
+            out = self.module(x_t, t, encoder_hidden_states=cond).sample
+        elif self.kind == "dit":
+            out = self.module(x_t, timestep=t, class_labels=cond).sample
+        else:
+            out = self.module(x_t, t) if cond is None else self.module(x_t, t, cond)
+            out = getattr(out, "sample", out)
+        # DiT-style models with learned variance return [eps, variance] along channels.
+        if out.shape[1] == 2 * x_t.shape[1]:
+            out = out[:, : x_t.shape[1]]
+        return out

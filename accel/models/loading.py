@@ -1,0 +1,130 @@
+"""``accel.load``: a Denoiser from the built-in name, a local diffusers folder, an accel artifact, or the
+local Hugging Face cache. Nothing is downloaded."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch.nn as nn
+
+from accel.errors import AccelError
+from accel.models.denoiser import _DIFFUSERS_KINDS, Denoiser
+from accel.models.reference import REFERENCE_DIR
+
+BUILTIN_MODELS = {"digits": REFERENCE_DIR}
+ARTIFACT_MARKER = "accel.json"
+MODEL_SUBFOLDERS = ("unet", "transformer")
+# diffusers' DDPMScheduler defaults, used only when a model folder carries no scheduler config.
+FALLBACK_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
+                      "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon"}
+
+
+def load(source: str | Path | nn.Module | Denoiser, device: str | None = None) -> Denoiser:
+    """Return the denoiser named by ``source``, in eval mode, on ``device`` (default: where it loads)."""
+    if isinstance(source, Denoiser):
+        denoiser = source
+    elif isinstance(source, nn.Module):
+        denoiser = Denoiser(source, FALLBACK_SCHEDULER, source=type(source).__name__)
+    else:
+        denoiser = _load_path(_resolve(str(source)), str(source))
+    denoiser.eval()
+    return denoiser.to(device) if device else denoiser
+
+
+def _resolve(name: str) -> Path:
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name]
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    if _looks_like_hub_id(name):
+        return _from_hub_cache(name)
+    raise AccelError(f"no model at '{name}': give a local diffusers folder, an accel artifact, or one of "
+                     f"{', '.join(BUILTIN_MODELS)}")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def _from_hub_cache(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        raise AccelError(f"'{repo_id}' is not a local path and not in the Hugging Face cache; accel never downloads: "
+                         f"fetch it where there is network (huggingface-cli download {repo_id}) and pass the folder")
+
+
+def _model_folder(path: Path) -> Path:
+    """The folder holding the network's config.json: the path itself, or its unet/ or transformer/."""
+    if path.is_file():
+        raise AccelError(f"{path} is a file; give the folder of a diffusers model or an accel artifact")
+    if (path / "config.json").is_file():
+        return path
+    for sub in MODEL_SUBFOLDERS:
+        if (path / sub / "config.json").is_file():
+            return path / sub
+    raise AccelError(f"{path} is not a diffusers model folder (no config.json in it or in unet/ or transformer/)")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise AccelError(f"cannot read {path}: {error}")
+
+
+def _scheduler_config(model_dir: Path) -> tuple[dict, tuple[str, ...]]:
+    for candidate in (model_dir / "scheduler_config.json", model_dir.parent / "scheduler" / "scheduler_config.json",
+                      model_dir / "scheduler" / "scheduler_config.json"):
+        if candidate.is_file():
+            return _read_json(candidate), ()
+    return dict(FALLBACK_SCHEDULER), ("no scheduler_config.json found: assuming DDPM, linear betas, 1000 steps",)
+
+
+def _check_safetensors(files: list[Path]) -> None:
+    from safetensors import safe_open
+
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    handle.get_slice(key)
+        except Exception as error:
+            raise AccelError(f"{file} is not a readable safetensors file ({str(error).splitlines()[0]})")
+
+
+def _load_path(path: Path, name: str) -> Denoiser:
+    model_dir = _model_folder(path)
+    config = _read_json(model_dir / "config.json")
+    class_name = config.get("_class_name")
+    if class_name not in _DIFFUSERS_KINDS:
+        raise AccelError(f"{model_dir / 'config.json'} describes '{class_name}'; accel loads "
+                         f"{', '.join(_DIFFUSERS_KINDS)}")
+    weight_files = sorted(model_dir.glob("*.safetensors"))
+    _check_safetensors(weight_files)
+    scheduler_config, notes = _scheduler_config(model_dir)
+    if (model_dir / ARTIFACT_MARKER).is_file():
+        from accel.artifact import load_artifact_module
+
+        module = load_artifact_module(model_dir, config)
+    else:
+        module = _from_pretrained(model_dir, class_name)
+    weights_bytes = sum(f.stat().st_size for f in weight_files) or None
+    return Denoiser(module, scheduler_config, source=name, weights_bytes=weights_bytes, notes=notes)
+
+
+def _from_pretrained(model_dir: Path, class_name: str) -> nn.Module:
+    import diffusers
+
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    model_class = getattr(diffusers, class_name)
+    try:
+        return model_class.from_pretrained(model_dir, local_files_only=True)
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise AccelError(f"cannot load weights from {model_dir}: {first_line}")

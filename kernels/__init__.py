@@ -1,0 +1,1 @@
+"""Triton kernels with their PyTorch references and launchers (installed as ``accel.kernels``)."""
