@@ -69,7 +69,7 @@ def evaluate(model: Denoiser, baseline: Denoiser | None = None, config: EvalConf
     With a ``baseline`` the report compares it ("original") with ``model`` ("compressed").
     """
     models = [baseline, model] if baseline is not None else [model]
-    device = next(model.parameters()).device
+    device = model.device
     fid = fid_setup(model.sample_shape, config.inception_weights, config.fid_ref, str(device))
     latencies = step_latency_ms(models, config.latency_batch, repeats=config.latency_repeats)
     measured = [_measure(m, config, fid, latency) for m, latency in zip(models, latencies)]

@@ -66,8 +66,7 @@ def sample(denoiser: Denoiser, count: int, seed: int = 0, config: SamplerConfig 
     """
     if count < 1:
         raise AccelError(f"--n must be at least 1, got {count}")
-    device = next(denoiser.parameters()).device
-    dtype = next(denoiser.parameters()).dtype
+    device, dtype = denoiser.device, denoiser.dtype
     noise = initial_noise(denoiser, count, seed)
     if cond is None:
         cond = denoiser.default_cond(count, torch.Generator().manual_seed(seed + 1))
@@ -78,9 +77,7 @@ def sample(denoiser: Denoiser, count: int, seed: int = 0, config: SamplerConfig 
               disable=not progress) as bar:
         for index, first in enumerate(batches):
             last = min(first + config.batch_size, count)
-            batch_cond = None if cond is None else cond[first:last].to(device)
-            if batch_cond is not None and batch_cond.is_floating_point():
-                batch_cond = batch_cond.to(dtype)
+            batch_cond = None if cond is None else denoiser.to_model(cond[first:last])
             step_generator = torch.Generator(device=device).manual_seed(seed * 100_003 + index)
             out.append(_denoise(denoiser, noise[first:last].to(device, dtype), batch_cond, config,
                                 step_generator, bar))

@@ -13,17 +13,6 @@ import torch
 from accel.models.denoiser import Denoiser
 
 
-def _inputs(denoiser: Denoiser, batch_size: int):
-    device = next(denoiser.parameters()).device
-    dtype = next(denoiser.parameters()).dtype
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn((batch_size, *denoiser.sample_shape), generator=generator).to(device, dtype)
-    cond = denoiser.default_cond(batch_size, generator)
-    if cond is not None:
-        cond = cond.to(device, dtype) if cond.is_floating_point() else cond.to(device)
-    return x, torch.full((batch_size,), 500, device=device), cond
-
-
 def _time_once(denoiser: Denoiser, inputs) -> float:
     """Milliseconds of one call: CUDA events on a GPU, the host clock elsewhere."""
     x = inputs[0]
@@ -43,7 +32,7 @@ def _time_once(denoiser: Denoiser, inputs) -> float:
 def step_latency_ms(denoisers: list[Denoiser], batch_size: int = 1, warmup: int = 5,
                     repeats: int = 30) -> list[float]:
     """Median milliseconds per denoiser call at ``batch_size``, one figure per model, timed interleaved."""
-    inputs = [_inputs(d, batch_size) for d in denoisers]
+    inputs = [d.example_inputs(batch_size) for d in denoisers]
     for _ in range(warmup):
         for denoiser, args in zip(denoisers, inputs):
             denoiser(*args)

@@ -15,15 +15,8 @@ def count_params(denoiser: Denoiser) -> int:
 def count_macs(denoiser: Denoiser) -> int:
     """MACs of one denoiser call on one sample: half the FLOPs that PyTorch's FlopCounterMode records for
     the matrix ops it dispatches (convolutions, matmuls, attention), as fvcore/thop count them."""
-    device = next(denoiser.parameters()).device
-    dtype = next(denoiser.parameters()).dtype
-    x = torch.randn((1, *denoiser.sample_shape), device=device, dtype=dtype)
-    cond = denoiser.default_cond(1, torch.Generator().manual_seed(0))
-    if cond is not None:
-        cond = cond.to(device, dtype) if cond.is_floating_point() else cond.to(device)
-    t = torch.tensor([500], device=device)
     with FlopCounterMode(display=False) as counter:
-        denoiser(x, t, cond)
+        denoiser(*denoiser.example_inputs(1))
     return counter.get_total_flops() // 2
 
 

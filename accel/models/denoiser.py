@@ -72,6 +72,27 @@ class Denoiser(nn.Module):
             return torch.zeros(count, TEXT_TOKENS, config["cross_attention_dim"])
         return None
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def to_model(self, cond: torch.Tensor | None) -> torch.Tensor | None:
+        """Move conditioning to the model's device (and float conditioning to its dtype)."""
+        if cond is None:
+            return None
+        return cond.to(self.device, self.dtype) if cond.is_floating_point() else cond.to(self.device)
+
+    def example_inputs(self, batch_size: int, t: int = 500, seed: int = 0):
+        """(x_t, t, cond) for timing and tracing: seeded noise, a mid-trajectory timestep, default conditioning."""
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn((batch_size, *self.sample_shape), generator=generator).to(self.device, self.dtype)
+        cond = self.to_model(self.default_cond(batch_size, generator))
+        return x, torch.full((batch_size,), t, device=self.device), cond
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor | None = None) -> torch.Tensor:
         t = torch.as_tensor(t, device=x_t.device)
         if t.ndim == 0:

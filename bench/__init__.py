@@ -1,0 +1,1 @@
+"""Benchmark suites and the benchmark report (not installed with the package)."""

@@ -1,0 +1,61 @@
+"""Small random-weight diffusers models for tests: every supported architecture, built in milliseconds."""
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_tiny_unet(**overrides):
+    from diffusers import UNet2DModel
+
+    config = dict(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+                  down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                  norm_num_groups=4, attention_head_dim=8)
+    config.update(overrides)
+    torch.manual_seed(0)
+    return UNet2DModel(**config).eval()
+
+
+def make_tiny_text_unet():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4).eval()
+
+
+def make_tiny_dit():
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    return DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                 num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10,
+                                 norm_num_groups=4).eval()
+
+
+@pytest.fixture
+def tiny_unet():
+    return make_tiny_unet()
+
+
+@pytest.fixture
+def tiny_unet_dir(tmp_path, tiny_unet):
+    """A diffusers model folder: config.json + diffusion_pytorch_model.safetensors + scheduler_config.json."""
+    from diffusers import DDPMScheduler
+
+    folder = tmp_path / "tiny-unet"
+    tiny_unet.save_pretrained(folder)
+    DDPMScheduler(num_train_timesteps=100).save_config(folder)
+    return folder
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA; without it they are skipped, not failed."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
