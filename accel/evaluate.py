@@ -56,7 +56,7 @@ def device_name(device: torch.device) -> str:
 def _measure(denoiser: Denoiser, config: EvalConfig, fid: FidSetup, latency_ms: float) -> tuple[dict, np.ndarray]:
     samples = sample(denoiser, config.n, config.seed, config.sampler)
     images = to_uint8(samples.images)
-    measures = {"fid": fid.fid(images), "latency_ms_per_step": latency_ms,
+    measures = {**fid.scores(images), "latency_ms_per_step": latency_ms,
                 "sampling_s_per_image": samples.seconds_per_image, "params": count_params(denoiser),
                 "macs": count_macs(denoiser), "size_bytes": weights_bytes(denoiser)}
     return measures, images
@@ -83,9 +83,9 @@ def evaluate(model: Denoiser, baseline: Denoiser | None = None, config: EvalConf
         "sampler": config.sampler.to_dict(),
         "fid_features": fid.name,
         "fid_samples": config.n,
-        "fid_reference_samples": fid.reference.count if fid.reference else None,
-        "fid_floor": fid.floor,
-        "fid_floor_samples": fid.floor_samples,
+        "fid_reference_samples": fid.real.stats.count if fid.real else None,
+        "fid_floor": fid.real.floor if fid.real else None,
+        "fid_floor_samples": fid.real.half_size if fid.real else None,
         "fid_unavailable": fid.unavailable_reason,
         "latency": {"batch_size": config.latency_batch, "repeats": config.latency_repeats},
         "original": measured[0][0],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-MEASURES = ("fid", "latency_ms_per_step", "sampling_s_per_image", "params", "macs", "size_bytes")
+MEASURES = ("fid", "fid_at_floor_size", "latency_ms_per_step", "sampling_s_per_image", "params", "macs", "size_bytes")
 
 
 def versions() -> dict:
@@ -86,7 +86,8 @@ def markdown(report: dict) -> str:
     sampler = report["sampler"]
     fid_line = (f"FID: {report['fid_features']} features, {report['fid_samples']} samples vs "
                 f"{report['fid_reference_samples']} real images; floor (two disjoint halves of the real set, "
-                f"{report['fid_floor_samples']} each): {_fmt(report['fid_floor'])}"
+                f"{report['fid_floor_samples']} each): {_fmt(report['fid_floor'])}; compare it with "
+                f"fid_at_floor_size, the first {report['fid_floor_samples']} samples vs the same real half"
                 if report["fid_features"] else f"FID: not computed ({report['fid_unavailable']})")
     parts = [
         f"# accel {report['command']}: {report['model']}",
@@ -103,8 +104,9 @@ def markdown(report: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
-def sample_grid(images_by_model: list[np.ndarray], columns: int = 8, scale: int = 4):
-    """A PIL image: each model's first ``columns**2`` samples as a square grid, grids side by side."""
+def sample_grid(images_by_model: list[np.ndarray], columns: int = 8, scale: int = 4, pad: int = 1):
+    """A PIL image: each model's first ``columns**2`` samples as a grid (grey lines between cells), grids
+    side by side with a white gap."""
     from PIL import Image
 
     grids = []
@@ -112,10 +114,11 @@ def sample_grid(images_by_model: list[np.ndarray], columns: int = 8, scale: int 
         count = min(len(images), columns * columns)
         channels, height, width = images.shape[1:]
         rows = -(-count // columns)
-        grid = np.zeros((rows * height, columns * width, channels), dtype=np.uint8)
+        cell_h, cell_w = height + pad, width + pad
+        grid = np.full((rows * cell_h - pad, columns * cell_w - pad, channels), 128, dtype=np.uint8)
         for i in range(count):
             r, c = divmod(i, columns)
-            grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = images[i].transpose(1, 2, 0)
+            grid[r * cell_h:r * cell_h + height, c * cell_w:c * cell_w + width] = images[i].transpose(1, 2, 0)
         grids.append(grid)
     gap = np.full((grids[0].shape[0], 4, grids[0].shape[2]), 255, dtype=np.uint8)
     joined = np.concatenate([part for grid in grids for part in (grid, gap)][:-1], axis=1)

@@ -38,7 +38,7 @@ def test_sample_png_grid_and_same_seed_same_images(tmp_path, capsys):
     from PIL import Image
 
     assert run(capsys, "sample", "--n", "9", *QUICK, "--out", str(tmp_path / "g.png"))[0] == 0
-    assert Image.open(tmp_path / "g.png").size == (3 * 16 * 4, 3 * 16 * 4)
+    assert Image.open(tmp_path / "g.png").size == ((3 * 17 - 1) * 4, (3 * 17 - 1) * 4)
     for name in ("a.npz", "b.npz"):
         run(capsys, "sample", "--n", "3", *QUICK, "--seed", "7", "--out", str(tmp_path / name))
     assert np.array_equal(np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"])

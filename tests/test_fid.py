@@ -5,7 +5,7 @@ import torch
 
 from accel.data import digits_images, digits_split
 from accel.metrics.digits_cnn import DigitsCNN, DigitsFeatures, RECORD_PATH, WEIGHTS_PATH, to_uint8
-from accel.metrics.fid import FeatureStats, digits_reference, frechet_distance
+from accel.metrics.fid import FeatureStats, RealReference, digits_reference, frechet_distance
 
 
 def scipy_fid(a: FeatureStats, b: FeatureStats) -> float:
@@ -62,8 +62,9 @@ def test_split_is_disjoint_stratified_and_complete():
 
 
 def test_digits_reference_floor_and_real_vs_real():
-    stats, floor = digits_reference()
-    assert stats.count == 1797
+    real = digits_reference()
+    stats, floor = real.stats, real.floor
+    assert stats.count == 1797 and real.half_size == 898
     assert 0 < floor < 1e3 and np.isfinite(floor)
     images, _ = digits_images()
     assert frechet_distance(FeatureStats.of(DigitsFeatures()(to_uint8(images))), stats) == pytest.approx(0, abs=1e-6)
@@ -75,3 +76,11 @@ def test_digits_reference_floor_and_real_vs_real():
 def test_digits_features_reject_other_shapes():
     with pytest.raises(ValueError):
         DigitsFeatures()(np.zeros((2, 3, 16, 16), dtype=np.uint8))
+
+
+def test_real_reference_halves_are_disjoint_and_floor_shrinks_with_more_samples():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(2000, 8))
+    small, large = RealReference.of(features[:200]), RealReference.of(features)
+    assert small.half_size == 100 and large.half_size == 1000
+    assert small.floor > large.floor > 0  # the finite-sample bias of FID, which is why sizes must match

@@ -67,10 +67,10 @@ def test_psnr():
 
 def test_fid_setup_chooses_digits_features_or_says_why_not():
     digits = fid_setup((1, 16, 16))
-    assert digits.name == "digits-cnn" and digits.floor > 0 and digits.reference.count == 1797
+    assert digits.name == "digits-cnn" and digits.real.floor > 0 and digits.real.stats.count == 1797
     other = fid_setup((3, 32, 32))
     assert other.features is None and "--inception-weights" in other.unavailable_reason
-    assert other.fid(np.zeros((4, 3, 32, 32), dtype=np.uint8)) is None
+    assert other.scores(np.zeros((4, 3, 32, 32), dtype=np.uint8)) == {"fid": None, "fid_at_floor_size": None}
 
 
 def test_inception_fid_needs_reference_images(tmp_path):

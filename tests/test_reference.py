@@ -28,7 +28,7 @@ def test_committed_training_record_matches_weights_and_config():
     record = json.loads((REFERENCE_DIR / "training.json").read_text())
     assert record["config"] == TrainReferenceConfig().__dict__
     assert record["params"] == sum(p.numel() for p in accel.load("digits").parameters())
-    assert record["loss_per_tenth_of_training"][-1] < record["loss_per_tenth_of_training"][0] / 4
+    assert record["loss_per_tenth_of_training"][-1] < record["loss_per_tenth_of_training"][0] / 3
 
 
 TINY = TrainReferenceConfig(steps=4, batch_size=8, warmup_steps=1, checkpoint_every=2)

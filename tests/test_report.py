@@ -38,7 +38,8 @@ def test_side_by_side_evaluation_report(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "| fid |" in text and "psnr_db_vs_original" in text and "floor" in text
     from PIL import Image
-    assert Image.open(tmp_path / "samples.png").size == ((8 * 16 * 2 + 4) * 4, 3 * 16 * 4)
+    # two 8-wide grids of 16 px cells with 1 px lines, a 4 px gap; 24 samples make 3 rows; scaled 4x
+    assert Image.open(tmp_path / "samples.png").size == ((2 * (8 * 17 - 1) + 4) * 4, (3 * 17 - 1) * 4)
 
 
 def test_single_model_markdown_has_no_compressed_column():
@@ -54,6 +55,7 @@ def test_single_model_markdown_has_no_compressed_column():
 
 def test_sample_grid_places_images_in_rows():
     images = np.stack([np.full((1, 2, 2), 10 * i, dtype=np.uint8) for i in range(6)])
-    grid = np.asarray(sample_grid([images], columns=4, scale=1))
-    assert grid.shape == (4, 8)
-    assert grid[0, 2] == 10 and grid[2, 0] == 40 and grid[2, 4] == 0  # image 1 at (0,1), image 4 at (1,0), empty slot
+    grid = np.asarray(sample_grid([images], columns=4, scale=1, pad=1))
+    assert grid.shape == (2 * 3 - 1, 4 * 3 - 1)
+    assert grid[0, 3] == 10 and grid[3, 0] == 40  # image 1 at row 0 col 1, image 4 at row 1 col 0
+    assert grid[0, 2] == 128 and grid[3, 9] == 128  # a grid line, and an empty cell

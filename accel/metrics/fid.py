@@ -40,15 +40,37 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     return max(0.0, mean_term + float(np.trace(a.cov) + np.trace(b.cov) - 2.0 * trace_sqrt))
 
 
+@dataclass(frozen=True)
+class RealReference:
+    """Statistics of the real images, and the FID floor: FID between two disjoint random halves A and B.
+
+    FID shrinks as the sample count grows, so the floor (at half the real set) is comparable only with a
+    model's FID at the same size: ``fid_at_floor_size`` scores a model's first ``half_size`` samples against
+    half B, the same real images the floor uses.
+    """
+
+    stats: FeatureStats
+    floor: float
+    half_b: FeatureStats
+
+    @property
+    def half_size(self) -> int:
+        return self.half_b.count
+
+    @classmethod
+    def of(cls, real_features: np.ndarray, seed: int = 0) -> "RealReference":
+        order = np.random.default_rng(seed).permutation(len(real_features))
+        half = len(order) // 2
+        half_a = FeatureStats.of(real_features[order[:half]])
+        half_b = FeatureStats.of(real_features[order[half:2 * half]])
+        return cls(FeatureStats.of(real_features), frechet_distance(half_a, half_b), half_b)
+
+
 @lru_cache(maxsize=1)
-def digits_reference() -> tuple[FeatureStats, float]:
-    """Statistics of all 1,797 real digits, and the FID floor: FID between two disjoint random halves."""
+def digits_reference() -> RealReference:
+    """The reference for the digits: all 1,797 real images through the shipped classifier."""
     from accel.data import digits_images
     from accel.metrics.digits_cnn import DigitsFeatures, to_uint8
 
     images, _ = digits_images()
-    features = DigitsFeatures()(to_uint8(images))
-    order = np.random.default_rng(0).permutation(len(features))
-    half = len(order) // 2
-    floor = frechet_distance(FeatureStats.of(features[order[:half]]), FeatureStats.of(features[order[half:2 * half]]))
-    return FeatureStats.of(features), floor
+    return RealReference.of(DigitsFeatures()(to_uint8(images)))

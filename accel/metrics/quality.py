@@ -9,26 +9,30 @@ from typing import Callable
 import numpy as np
 
 from accel.errors import AccelError
-from accel.metrics.fid import FeatureStats, digits_reference, frechet_distance
+from accel.metrics.fid import FeatureStats, RealReference, digits_reference, frechet_distance
 
 DIGITS_SHAPE = (1, 16, 16)
 
 
 @dataclass
 class FidSetup:
-    """A feature network and the statistics of real images to compare generated ones against."""
+    """A feature network and the real images to compare generated ones with (None: FID not available)."""
 
     features: Callable[[np.ndarray], np.ndarray] | None
     name: str | None
-    reference: FeatureStats | None
-    floor: float | None
-    floor_samples: int | None
+    real: RealReference | None
     unavailable_reason: str | None = None
 
-    def fid(self, images: np.ndarray) -> float | None:
+    def scores(self, images: np.ndarray) -> dict:
+        """``fid`` against all real images, and ``fid_at_floor_size`` (see RealReference)."""
         if self.features is None:
-            return None
-        return frechet_distance(FeatureStats.of(self.features(images)), self.reference)
+            return {"fid": None, "fid_at_floor_size": None}
+        features = self.features(images)
+        half = self.real.half_size
+        at_floor_size = (frechet_distance(FeatureStats.of(features[:half]), self.real.half_b)
+                         if len(features) >= half else None)
+        return {"fid": frechet_distance(FeatureStats.of(features), self.real.stats),
+                "fid_at_floor_size": at_floor_size}
 
 
 def fid_setup(sample_shape: tuple[int, ...], inception_weights: str | Path | None = None,
@@ -40,10 +44,8 @@ def fid_setup(sample_shape: tuple[int, ...], inception_weights: str | Path | Non
     if tuple(sample_shape) == DIGITS_SHAPE:
         from accel.metrics.digits_cnn import DigitsFeatures
 
-        stats, floor = digits_reference()
-        return FidSetup(DigitsFeatures(), DigitsFeatures.name, stats, floor, stats.count // 2)
-    return FidSetup(None, None, None, None, None,
-                    "FID for this model needs --inception-weights and --fid-ref (real images, .npz)")
+        return FidSetup(DigitsFeatures(), DigitsFeatures.name, digits_reference())
+    return FidSetup(None, None, None, "FID for this model needs --inception-weights and --fid-ref (real images, .npz)")
 
 
 def _inception_setup(weights: str | Path, reference_images: str | Path | None, device: str) -> FidSetup:
@@ -53,13 +55,7 @@ def _inception_setup(weights: str | Path, reference_images: str | Path | None, d
         raise AccelError("Inception FID needs real images to compare with: pass --fid-ref images.npz "
                          "(uint8 array 'images', N x C x H x W)")
     features = InceptionFeatures(weights, device=device)
-    real = load_images_npz(reference_images)
-    real_features = features(real)
-    order = np.random.default_rng(0).permutation(len(real_features))
-    half = len(order) // 2
-    floor = frechet_distance(FeatureStats.of(real_features[order[:half]]),
-                             FeatureStats.of(real_features[order[half:2 * half]]))
-    return FidSetup(features, InceptionFeatures.name, FeatureStats.of(real_features), floor, half)
+    return FidSetup(features, InceptionFeatures.name, RealReference.of(features(load_images_npz(reference_images))))
 
 
 def load_images_npz(path: str | Path) -> np.ndarray:
