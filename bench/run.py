@@ -18,7 +18,7 @@ from accel.metrics.latency import step_latency_ms
 from accel.report import to_json
 
 HERE = Path(__file__).parent
-COLUMNS = ("model", "precision", "fid", "fid_floor", "psnr_db", "latency_ms_b1", "latency_ms_b256",
+COLUMNS = ("model", "precision", "fid", "fid_at_floor_size", "fid_floor", "psnr_db", "latency_ms_b1", "latency_ms_b256",
            "sampling_ms_per_image", "params", "macs", "size_bytes", "wall_s")
 
 
@@ -39,12 +39,13 @@ def reference_fp32_row(n: int, steps: int) -> dict:
     measured = report["original"]
     batch_latency = step_latency_ms([model], batch_size=256, repeats=10)[0]
     return {
-        "model": "digits", "precision": "fp32 (PyTorch)", "fid": measured["fid"], "fid_floor": report["fid_floor"],
+        "model": "digits", "precision": "fp32 (PyTorch)", "fid": measured["fid"],
+        "fid_at_floor_size": measured["fid_at_floor_size"], "fid_floor": report["fid_floor"],
         "psnr_db": None, "latency_ms_b1": measured["latency_ms_per_step"], "latency_ms_b256": batch_latency,
         "sampling_ms_per_image": measured["sampling_s_per_image"] * 1e3, "params": measured["params"],
         "macs": measured["macs"], "size_bytes": measured["size_bytes"], "wall_s": time.perf_counter() - start,
         "_context": {k: report[k] for k in ("device", "device_name", "versions", "sampler", "fid_features",
-                                            "fid_samples", "seed")},
+                                            "fid_samples", "fid_floor_samples", "seed")},
     }
 
 
@@ -61,7 +62,9 @@ def markdown(rows: list[dict], mode: str) -> str:
     lines = [f"# accel benchmark report ({mode})", "",
              f"Machine: {context['device_name']} ({context['device']}); versions: "
              + ", ".join(f"{k} {v}" for k, v in context["versions"].items()),
-             f"FID: {context['fid_features']} features, {context['fid_samples']} samples, seed {context['seed']}; "
+             f"FID: {context['fid_features']} features, {context['fid_samples']} samples vs all real images, seed "
+             f"{context['seed']}; fid_at_floor_size and fid_floor: {context['fid_floor_samples']} vs "
+             f"{context['fid_floor_samples']} (see README); "
              f"sampler {context['sampler']['name']} {context['sampler']['steps']} steps. Latency: median ms per "
              "denoiser call at batch 1 and 256.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
