@@ -1,7 +1,7 @@
 """The benchmark report: one row per (model, precision/runtime), written to bench/report.md and .json.
 
     python -m bench.run            # full settings: 2,000 samples, 50 DDIM steps
-    python -m bench.run --quick    # CI settings: 500 samples, 50 DDIM steps
+    python -m bench.run --quick    # CI settings: 1,000 samples, 50 DDIM steps
 
 Each row is one ``accel.evaluate`` of a model; later transforms add rows beside the FP32 reference.
 """
@@ -74,10 +74,10 @@ def markdown(rows: list[dict], mode: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="CI settings (500 samples)")
+    parser.add_argument("--quick", action="store_true", help="CI settings (1,000 samples)")
     parser.add_argument("--out", type=Path, default=HERE / "report.md", help="markdown report (a .json beside it)")
     args = parser.parse_args(argv)
-    n, mode = (500, "quick") if args.quick else (2000, "full")
+    n, mode = (1000, "quick") if args.quick else (2000, "full")
     rows = [reference_fp32_row(n, steps=50)]
     text = markdown(rows, mode)
     args.out.write_text(text)
