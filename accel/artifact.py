@@ -45,7 +45,14 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(staging)
 
 
-def write_model_files(denoiser, folder: Path, transforms: list[dict] | None = None) -> None:
+def model_state(denoiser) -> dict:
+    """The tensors stored in model.safetensors: quantized layers as packed integer codes plus scales."""
+    from accel.quant.pack import packed_state
+
+    return packed_state(denoiser.module)
+
+
+def write_model_files(denoiser, folder: Path) -> None:
     """Write config.json, scheduler_config.json, accel.json and model.safetensors into ``folder``."""
     from safetensors.torch import save_file
 
@@ -56,10 +63,9 @@ def write_model_files(denoiser, folder: Path, transforms: list[dict] | None = No
     (folder / "config.json").write_text(denoiser.module.to_json_string())
     (folder / "scheduler_config.json").write_text(json.dumps(denoiser.scheduler_config, indent=2) + "\n")
     record = {"format": ARTIFACT_FORMAT, "accel_version": accel.__version__, "base": denoiser.source,
-              "transforms": transforms or []}
+              "transforms": denoiser.transforms}
     (folder / "accel.json").write_text(json.dumps(record, indent=2) + "\n")
-    state = {k: v.detach().contiguous().cpu() for k, v in denoiser.module.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
+    save_file(model_state(denoiser), str(folder / "model.safetensors"))
 
 
 def load_artifact_module(folder: Path, config: dict) -> nn.Module:
@@ -70,14 +76,26 @@ def load_artifact_module(folder: Path, config: dict) -> nn.Module:
     record = json.loads((folder / "accel.json").read_text())
     if record.get("format") != ARTIFACT_FORMAT:
         raise AccelError(f"{folder} has artifact format {record.get('format')}; this accel reads {ARTIFACT_FORMAT}")
-    if record.get("transforms"):
-        names = ", ".join(t.get("name", "?") for t in record["transforms"])
-        raise AccelError(f"{folder} was made with transforms ({names}) this accel version cannot rebuild")
     module = getattr(diffusers, config["_class_name"]).from_config(config)
+    for transform in record.get("transforms", []):
+        rebuild = REBUILDERS.get(transform.get("name"))
+        if rebuild is None:
+            raise AccelError(f"{folder} was made with a transform ('{transform.get('name')}') this accel version "
+                             "cannot rebuild")
+        rebuild(module, transform)
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise AccelError(f"{folder} has no model.safetensors")
-    missing, unexpected = module.load_state_dict(load_file(str(weights)), strict=False)
-    if missing or unexpected:
-        raise AccelError(f"{weights} does not match config.json ({len(missing)} missing, {len(unexpected)} unexpected)")
+    from accel.quant.pack import load_packed_state
+
+    load_packed_state(module, load_file(str(weights)))
     return module
+
+
+def _rebuild_quantized(module: nn.Module, transform: dict) -> None:
+    from accel.quant.apply import rebuild_quantized
+
+    rebuild_quantized(module, transform)
+
+
+REBUILDERS = {"quantize": _rebuild_quantized}  # transform name -> how to give a fresh base its structure

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -58,11 +59,13 @@ def initial_noise(denoiser: Denoiser, count: int, seed: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def sample(denoiser: Denoiser, count: int, seed: int = 0, config: SamplerConfig = SamplerConfig(),
-           cond: torch.Tensor | None = None, progress: bool = True) -> Samples:
+           cond: torch.Tensor | None = None, progress: bool = True,
+           on_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None] | None = None) -> Samples:
     """Draw ``count`` samples. The same seed gives the same images on the same machine and settings.
 
     Without ``cond``, conditional models get ``Denoiser.default_cond`` (seeded). The DDPM sampler's
     per-step noise comes from a generator seeded per batch, so it also depends only on the seed.
+    ``on_step(step_index, x_t, t, cond)`` sees every denoiser input (calibration records them).
     """
     if count < 1:
         raise AccelError(f"--n must be at least 1, got {count}")
@@ -80,16 +83,18 @@ def sample(denoiser: Denoiser, count: int, seed: int = 0, config: SamplerConfig 
             batch_cond = None if cond is None else denoiser.to_model(cond[first:last])
             step_generator = torch.Generator(device=device).manual_seed(seed * 100_003 + index)
             out.append(_denoise(denoiser, noise[first:last].to(device, dtype), batch_cond, config,
-                                step_generator, bar))
+                                step_generator, bar, on_step))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     return Samples(torch.cat(out).float().clamp(-1, 1).cpu(), seconds)
 
 
-def _denoise(denoiser, x, cond, config, generator, bar) -> torch.Tensor:
+def _denoise(denoiser, x, cond, config, generator, bar, on_step) -> torch.Tensor:
     scheduler = make_scheduler(denoiser, config)
-    for t in scheduler.timesteps:
+    for index, t in enumerate(scheduler.timesteps):
+        if on_step is not None:
+            on_step(index, x, t, cond)
         eps = denoiser(x, t.to(x.device), cond)
         x = scheduler.step(eps, t, x, generator=generator).prev_sample
         bar.update(1)

@@ -21,10 +21,12 @@ def count_macs(denoiser: Denoiser) -> int:
 
 
 def weights_bytes(denoiser: Denoiser) -> int:
-    """Bytes of the weights on disk; for a model not loaded from disk, its safetensors serialization."""
+    """Bytes of the weights on disk; for a model not loaded from disk (or changed since), the bytes of the
+    model.safetensors an artifact of it would hold (quantized layers packed)."""
     if denoiser.weights_bytes:
         return denoiser.weights_bytes
     from safetensors.torch import save
 
-    state = {k: v.detach().contiguous().cpu() for k, v in denoiser.module.state_dict().items()}
-    return len(save(state))
+    from accel.artifact import model_state
+
+    return len(save(model_state(denoiser)))

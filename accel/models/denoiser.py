@@ -1,6 +1,7 @@
 """One calling convention over every supported network: ``eps = denoiser(x_t, t, cond=None)``."""
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ class Denoiser(nn.Module):
         self.source = source
         self.weights_bytes = weights_bytes
         self.notes = list(notes)
+        self.transforms: list[dict] = []  # what accel did to the base model, in order (artifact accel.json)
         self.sample_shape = tuple(sample_shape) if sample_shape else self._shape_from_config()
 
     @property
@@ -72,13 +74,16 @@ class Denoiser(nn.Module):
             return torch.zeros(count, TEXT_TOKENS, config["cross_attention_dim"])
         return None
 
+    def _first_tensor(self) -> torch.Tensor:
+        return next(itertools.chain(self.parameters(), self.buffers()), torch.empty(0))
+
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        return self._first_tensor().device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        return self._first_tensor().dtype
 
     def to_model(self, cond: torch.Tensor | None) -> torch.Tensor | None:
         """Move conditioning to the model's device (and float conditioning to its dtype)."""

@@ -115,7 +115,10 @@ def _load_path(path: Path, name: str) -> Denoiser:
     else:
         module = _from_pretrained(model_dir, class_name)
     weights_bytes = sum(f.stat().st_size for f in weight_files) or None
-    return Denoiser(module, scheduler_config, source=name, weights_bytes=weights_bytes, notes=notes)
+    denoiser = Denoiser(module, scheduler_config, source=name, weights_bytes=weights_bytes, notes=notes)
+    if (model_dir / ARTIFACT_MARKER).is_file():
+        denoiser.transforms = _read_json(model_dir / ARTIFACT_MARKER).get("transforms", [])
+    return denoiser
 
 
 def _from_pretrained(model_dir: Path, class_name: str) -> nn.Module:

@@ -1,0 +1,1 @@
+"""Post-training quantization of denoisers (Q-Diffusion-style): quantizers, quantized layers, calibration."""

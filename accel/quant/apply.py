@@ -1,0 +1,122 @@
+"""``quantize_``: swap a denoiser's Conv2d/Linear layers and attention matmuls for fake-quantized ones, then
+set activation ranges on a calibration set. The plan (which layer, which bits, which split) is recorded so an
+artifact can rebuild the same structure on a fresh base model."""
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from accel.errors import AccelError
+from accel.quant.config import QuantConfig
+from accel.quant.layers import QuantAttnProcessor, QuantLayer
+from accel.quant.split import find_split_sites
+
+QUANTIZABLE = (nn.Conv2d, nn.Linear)
+
+
+def _forward_order(denoiser) -> list[str]:
+    """Names of the Conv2d/Linear layers in the order one forward pass runs them."""
+    order: list[str] = []
+    hooks = [module.register_forward_hook(lambda m, i, o, name=name: order.append(name))
+             for name, module in denoiser.module.named_modules() if isinstance(module, QUANTIZABLE)]
+    try:
+        with torch.no_grad():
+            denoiser(*denoiser.example_inputs(1))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return list(dict.fromkeys(order))
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def plan_layers(denoiser, config: QuantConfig) -> dict[str, dict]:
+    """{layer name: {"w_bits", "a_bits", "split"}} for every layer to quantize, checked against the model."""
+    order = _forward_order(denoiser)
+    if not order:
+        raise AccelError("the model has no Conv2d or Linear layers to quantize")
+    for pattern in (*config.layer_bits, *config.skip):
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in order):
+            raise AccelError(f"module pattern '{pattern}' matches no quantizable layer of this model")
+    splits = find_split_sites(denoiser) if config.split_shortcut else {}
+    convs = [name for name in order if isinstance(denoiser.module.get_submodule(name), nn.Conv2d)]
+    ends = {(convs or order)[0], order[-1]} if config.keep_first_last_8bit else set()
+    plan = {}
+    for name in order:
+        if _matches(name, config.skip):
+            continue
+        bits = 8 if name in ends or _matches(name, config.eight_bit) else config.w_bits
+        bits = next((b for p, b in config.layer_bits.items() if fnmatch.fnmatchcase(name, p)), bits)
+        plan[name] = {"w_bits": bits, "a_bits": config.a_bits, "split": splits.get(name, 0)}
+    if not plan:
+        raise AccelError("every quantizable layer is skipped by the settings; nothing to quantize")
+    return plan
+
+
+def _attention_modules(denoiser) -> list[str]:
+    from diffusers.models.attention_processor import Attention
+
+    return [name for name, module in denoiser.module.named_modules() if isinstance(module, Attention)]
+
+
+def apply_plan(network: nn.Module, plan: dict[str, dict], attention: list[str], config: QuantConfig) -> None:
+    """Build the quantized structure (weight ranges fitted, activation ranges not yet set)."""
+    for name, spec in plan.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = network.get_submodule(parent_name) if parent_name else network
+        layer = getattr(parent, child)
+        setattr(parent, child, QuantLayer(layer, spec["w_bits"], spec["a_bits"], split=spec["split"],
+                                          w_symmetric=config.w_symmetric, a_symmetric=config.a_symmetric,
+                                          group_size=config.group_size, w_range=config.w_range,
+                                          a_range=config.a_range))
+    for name in attention:
+        network.get_submodule(name).set_processor(QuantAttnProcessor(config.a_bits, config.a_range))
+
+
+def activation_quantizers(denoiser) -> list:
+    quantizers = []
+    for module in denoiser.modules():
+        if isinstance(module, QuantLayer) and module.input_quantizers is not None:
+            quantizers.extend(module.input_quantizers)
+        elif isinstance(module, QuantAttnProcessor):
+            quantizers.extend(module.quantizers())
+    return quantizers
+
+
+@torch.no_grad()
+def calibrate_activations(denoiser, calib, batch_size: int = 64, progress: bool = True) -> None:
+    """One static scale per activation quantizer, fitted to its inputs over the whole calibration set."""
+    quantizers = activation_quantizers(denoiser)
+    for quantizer in quantizers:
+        quantizer.start_observing()
+    for x, t, cond in tqdm(list(calib.batches(batch_size)), desc="calibrate activations", disable=not progress):
+        denoiser(x.to(denoiser.device, denoiser.dtype), t.to(denoiser.device), denoiser.to_model(cond))
+    for quantizer in tqdm(quantizers, desc="fit activation ranges", disable=not progress):
+        quantizer.finish_observing()
+
+
+def quantize_(denoiser, config: QuantConfig, calib, progress: bool = True) -> dict:
+    """Quantize ``denoiser`` in place; returns the transform record stored in ``accel.json``."""
+    plan = plan_layers(denoiser, config)
+    attention = _attention_modules(denoiser) if config.quantize_attention and config.a_bits else []
+    apply_plan(denoiser.module, plan, attention, config)
+    if config.a_bits:
+        calibrate_activations(denoiser, calib, progress=progress)
+    if config.recon_iters:
+        from accel.quant.reconstruct import reconstruct_
+
+        reconstruct_(denoiser, calib, config, progress=progress)
+    denoiser.weights_bytes = None  # the fp32 file no longer describes these weights
+    record = {"name": "quantize", "config": config.to_dict(), "layers": plan, "attention": attention}
+    denoiser.transforms.append(record)
+    return record
+
+
+def rebuild_quantized(network: nn.Module, record: dict) -> None:
+    """Give a fresh base network the quantized structure described by an artifact's transform record."""
+    apply_plan(network, record["layers"], record["attention"], QuantConfig.from_dict(record["config"]))

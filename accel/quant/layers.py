@@ -1,0 +1,127 @@
+"""Quantized stand-ins for Conv2d / Linear and for the two attention matmuls, swapped in place.
+
+A QuantLayer fake-quantizes its weight per output channel and its input per tensor with a static scale.
+At a split-shortcut site (Q-Diffusion) the input is ``cat([h, skip])``: the two halves have very different
+ranges, so each gets its own activation quantizer and the weight is split along its input channels, each
+part with its own per-channel quantizer; one convolution still runs on the joined tensor.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from accel.quant.quantizer import Quantizer
+
+
+class QuantLayer(nn.Module):
+    """A Conv2d or Linear with fake-quantized weight and input; ``split`` > 0 marks a split-shortcut site."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, w_bits: int, a_bits: int | None, *, split: int = 0,
+                 w_symmetric: bool = True, a_symmetric: bool = True, group_size: int | None = None,
+                 w_range: str = "mse", a_range: str = "mse"):
+        super().__init__()
+        self.is_conv = isinstance(layer, nn.Conv2d)
+        self.conv_args = (dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                               groups=layer.groups) if self.is_conv else {})
+        self.weight = nn.Parameter(layer.weight.detach().clone())
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
+        self.w_bits, self.a_bits, self.split = w_bits, a_bits, split
+        parts = 2 if split else 1
+        group = None if self.is_conv else group_size
+        self.weight_quantizers = nn.ModuleList(
+            Quantizer(w_bits, w_symmetric, per_channel=True, group_size=group, range_method=w_range)
+            for _ in range(parts))
+        self.input_quantizers = nn.ModuleList(
+            Quantizer(a_bits, a_symmetric, range_method=a_range) for _ in range(parts)) if a_bits else None
+        self.fit_weight_ranges()
+
+    def _weight_parts(self, weight: torch.Tensor) -> list[torch.Tensor]:
+        return [weight[:, :self.split], weight[:, self.split:]] if self.split else [weight]
+
+    def _input_parts(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x[:, :self.split], x[:, self.split:]] if self.split else [x]
+
+    def fit_weight_ranges(self) -> None:
+        for quantizer, part in zip(self.weight_quantizers, self._weight_parts(self.weight)):
+            quantizer.fit(part)
+
+    def quantized_weight(self) -> torch.Tensor:
+        parts = [q(w) for q, w in zip(self.weight_quantizers, self._weight_parts(self.weight))]
+        return torch.cat(parts, dim=1) if self.split else parts[0]
+
+    def weight_codes(self) -> list[torch.Tensor]:
+        """Integer codes of the weight, one tensor per part (two at a split site)."""
+        return [q.codes(w) for q, w in zip(self.weight_quantizers, self._weight_parts(self.weight))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quantizers is not None:
+            parts = [q(p) for q, p in zip(self.input_quantizers, self._input_parts(x))]
+            x = torch.cat(parts, dim=1) if self.split else parts[0]
+        weight = self.quantized_weight()
+        if self.is_conv:
+            return F.conv2d(x, weight, self.bias, **self.conv_args)
+        return F.linear(x, weight, self.bias)
+
+    def extra_repr(self) -> str:
+        kind = "conv" if self.is_conv else "linear"
+        return f"{kind} W{self.w_bits}A{self.a_bits or 'fp'}" + (f", split at {self.split}" if self.split else "")
+
+
+class QuantAttnProcessor(nn.Module):
+    """diffusers attention with fake-quantized matmul inputs: Q and K before Q·K^T, P and V before P·V.
+
+    Follows diffusers' AttnProcessor (projections, optional norms, residual, rescale) with explicit matmuls
+    so the quantizers sit where an integer kernel would read its operands. P lies in [0, 1]: a symmetric
+    quantizer uses only the non-negative half of its grid there (one bit), but keeps the zero point at 0 as
+    runtimes require.
+    """
+
+    def __init__(self, bits: int, range_method: str = "mse"):
+        super().__init__()
+        self.bits = bits
+        self.q = Quantizer(bits, range_method=range_method)
+        self.k = Quantizer(bits, range_method=range_method)
+        self.p = Quantizer(bits, range_method=range_method)
+        self.v = Quantizer(bits, range_method=range_method)
+
+    def quantizers(self) -> list[Quantizer]:
+        return [self.q, self.k, self.p, self.v]
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        return self.forward(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+    def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        image_shape = None
+        if hidden_states.ndim == 4:
+            image_shape = hidden_states.shape
+            batch, channels, height, width = image_shape
+            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(context))
+        value = attn.head_to_batch_dim(attn.to_v(context))
+        if attn.norm_q is not None:
+            query, key = attn.norm_q(query), attn.norm_k(key)
+        scores = torch.bmm(self.q(query * attn.scale), self.k(key).transpose(1, 2))
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(attention_mask, context.shape[1], hidden_states.shape[0])
+            scores = scores + mask
+        probs = scores.softmax(dim=-1).to(value.dtype)
+        hidden_states = attn.batch_to_head_dim(torch.bmm(self.p(probs), self.v(value)))
+
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if image_shape is not None:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(image_shape)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor

@@ -1,0 +1,170 @@
+import json
+
+import pytest
+import torch
+
+import accel
+from accel.calib.collect import CalibrationSet, collect, load_or_collect
+from accel.errors import AccelError
+from accel.quant.apply import quantize_
+from accel.quant.config import W4A8, W8A8, QuantConfig
+from accel.quant.layers import QuantAttnProcessor, QuantLayer
+from accel.quant.pack import pack_codes, unpack_codes
+from accel.quant.split import find_split_sites
+from conftest import make_tiny_dit, make_tiny_text_unet, make_tiny_unet
+
+
+def tiny_calib(denoiser):
+    return collect(denoiser, "uniform", samples=4, steps=4, every=1, progress=False)
+
+
+def relative_error(a, b):
+    return ((a - b).norm() / a.norm()).item()
+
+
+def test_split_sites_in_unet2d_and_condition_unet():
+    # Tiny UNets: up block 0 (16 ch) takes 16 ch from below + 16/8 skip; up block 1 (8 ch) takes 16 then 8.
+    expected = {"up_blocks.0.resnets.0": 16, "up_blocks.0.resnets.1": 16, "up_blocks.1.resnets.0": 16,
+                "up_blocks.1.resnets.1": 8}
+    for model in (make_tiny_unet(), make_tiny_text_unet()):
+        sites = find_split_sites(accel.load(model))
+        assert sites == {f"{r}.{layer}": c for r, c in expected.items() for layer in ("conv1", "conv_shortcut")}
+        for name, split in sites.items():
+            assert 0 < split < model.get_submodule(name).in_channels
+    assert find_split_sites(accel.load(make_tiny_dit())) == {}
+
+
+def test_split_sites_of_the_reference_model_match_its_channel_widths():
+    sites = find_split_sites(accel.load("digits"))
+    assert sites["up_blocks.0.resnets.0.conv1"] == 96   # 192 = 96 from the mid block + 96 skip
+    assert sites["up_blocks.1.resnets.1.conv_shortcut"] == 48
+    assert sites["up_blocks.2.resnets.1.conv1"] == 24   # 48 = 24 + 24 skip
+    assert len(sites) == 12
+
+
+@pytest.mark.parametrize("make", [make_tiny_unet, make_tiny_text_unet, make_tiny_dit])
+def test_quantize_changes_outputs_but_keeps_them_close(make):
+    original, model = accel.load(make()), accel.load(make())
+    record = quantize_(model, QuantConfig(w_bits=8, a_bits=8), tiny_calib(original), progress=False)
+    x, t, cond = original.example_inputs(4, seed=3)
+    with torch.no_grad():
+        reference, quantized = original(x, t, cond), model(x, t, cond)
+    assert 0 < relative_error(reference, quantized) < 0.1
+    layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
+    assert len(layers) == len(record["layers"]) > 5
+    assert sum(isinstance(m, QuantAttnProcessor) for m in model.modules()) == len(record["attention"]) > 0
+
+
+def test_w4_codes_lie_on_the_4bit_grid_and_defaults_keep_ends_at_8_bits():
+    model = accel.load(make_tiny_unet())
+    record = quantize_(model, W4A8, tiny_calib(model), progress=False)
+    bits = {name: spec["w_bits"] for name, spec in record["layers"].items()}
+    assert bits["conv_in"] == bits["conv_out"] == bits["time_embedding.linear_1"] == 8
+    assert bits["down_blocks.0.resnets.0.time_emb_proj"] == 8
+    assert bits["down_blocks.0.resnets.0.conv1"] == bits["mid_block.attentions.0.to_q"] == 4
+    layer = model.module.get_submodule("down_blocks.0.resnets.0.conv1")
+    codes = layer.weight_codes()[0]
+    assert codes.min() >= -8 and codes.max() <= 7 and len(codes.unique()) > 8
+    assert not torch.equal(layer.quantized_weight(), layer.weight)
+
+
+def test_split_site_has_two_quantizers_per_operand():
+    model = accel.load(make_tiny_unet())
+    quantize_(model, W4A8, tiny_calib(model), progress=False)
+    layer = model.module.get_submodule("up_blocks.0.resnets.0.conv_shortcut")
+    assert layer.split == 16 and len(layer.weight_quantizers) == len(layer.input_quantizers) == 2
+    unsplit = accel.load(make_tiny_unet())
+    quantize_(unsplit, QuantConfig(split_shortcut=False), tiny_calib(unsplit), progress=False)
+    assert unsplit.module.get_submodule("up_blocks.0.resnets.0.conv_shortcut").split == 0
+
+
+def test_bad_patterns_and_nothing_to_quantize():
+    model = accel.load(make_tiny_unet())
+    with pytest.raises(AccelError, match="matches no quantizable layer"):
+        quantize_(model, QuantConfig(layer_bits={"decoder.*": 6}), None, progress=False)
+    with pytest.raises(AccelError, match="nothing to quantize"):
+        quantize_(model, QuantConfig(skip=("*",)), None, progress=False)
+
+    class NoLayers(torch.nn.Module):
+        def forward(self, x, t):
+            return x * 0.5
+
+    with pytest.raises(AccelError, match="no Conv2d or Linear"):
+        quantize_(accel.Denoiser(NoLayers(), {}, sample_shape=(1, 4, 4)), W8A8, None, progress=False)
+
+
+@pytest.mark.parametrize("kwargs", [dict(w_bits=1), dict(w_bits=9), dict(a_bits=3), dict(a_bits=17),
+                                    dict(calib_policy="random")])
+def test_config_validation(kwargs):
+    with pytest.raises(AccelError):
+        QuantConfig(**kwargs)
+
+
+def test_config_round_trips_through_json():
+    config = QuantConfig(w_bits=3, layer_bits={"conv_out": 8}, skip=("mid_block.*",))
+    assert QuantConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_pack_unpack_round_trip(bits):
+    values = torch.randint(0, 1 << bits, (101,))
+    packed = pack_codes(values, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == (51 if bits <= 4 else 101)
+    assert torch.equal(unpack_codes(packed, bits, 101), values.to(torch.int32))
+
+
+@pytest.mark.parametrize("config", [W4A8, W8A8, QuantConfig(w_bits=4, w_symmetric=False, group_size=8)])
+def test_artifact_reproduces_quantized_model_exactly(tmp_path, config):
+    original = accel.load(make_tiny_unet())
+    model = accel.load(make_tiny_unet())
+    quantize_(model, config, tiny_calib(original), progress=False)
+    accel.save(model, tmp_path / "q")
+    restored = accel.load(tmp_path / "q")
+    x, t, _ = original.example_inputs(3, seed=5)
+    with torch.no_grad():
+        assert torch.equal(model(x, t), restored(x, t))
+    assert restored.transforms[0]["name"] == "quantize"
+    fp32_bytes = sum(p.numel() * 4 for p in original.parameters())
+    stored = (tmp_path / "q" / "model.safetensors").stat().st_size
+    assert stored < fp32_bytes * (0.5 if config.w_bits == 4 else 0.65)  # tiny model: headers and 8-bit ends weigh a lot
+
+
+def test_w4_artifact_of_reference_model_is_close_to_an_eighth(tmp_path):
+    original = accel.load("digits")
+    model = accel.load("digits")
+    quantize_(model, QuantConfig(a_bits=None), None, progress=False)
+    accel.save(model, tmp_path / "q")
+    ratio = (tmp_path / "q" / "model.safetensors").stat().st_size / original.weights_bytes
+    assert 0.12 < ratio < 0.17  # 4-bit codes for most weights; 8-bit ends, biases, norms and scales in fp32
+
+
+def test_calibration_policies_sizes_and_timesteps():
+    denoiser = accel.load(make_tiny_unet())
+    sets = {p: collect(denoiser, p, samples=3, steps=10, every=5, progress=False) for p in ("uniform", "normal", "last")}
+    assert {p: len(s) for p, s in sets.items()} == {"uniform": 6, "normal": 6, "last": 6}
+    assert len(set(sets["uniform"].t.tolist())) == 2 and set(sets["last"].t.tolist()) == {0}
+    assert sets["uniform"].x.shape == (6, 3, 8, 8)
+
+
+def test_calibration_set_is_stored_reused_and_checked(tmp_path):
+    denoiser = accel.load(make_tiny_unet())
+    path = tmp_path / "calib.safetensors"
+    first = load_or_collect(denoiser, "uniform", 2, 4, 2, seed=0, path=path, progress=False)
+    again = load_or_collect(denoiser, "uniform", 2, 4, 2, seed=0, path=path, progress=False)
+    assert torch.equal(first.x, again.x) and again.meta == first.meta
+    other_weights = accel.load(make_tiny_unet())
+    with torch.no_grad():
+        other_weights.module.conv_in.weight.add_(0.01)
+    with pytest.raises(AccelError, match="another model"):
+        load_or_collect(other_weights, "uniform", 2, 4, 2, seed=0, path=path, progress=False)
+    other_shape = accel.load(make_tiny_unet(sample_size=16))
+    with pytest.raises(AccelError, match="sample shape"):
+        load_or_collect(other_shape, "uniform", 2, 4, 2, seed=0, path=path, progress=False)
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(AccelError, match="not an accel calibration set"):
+        CalibrationSet.load(tmp_path / "junk.safetensors")
+
+
+def test_text_conditioning_is_recorded_in_the_calibration_set():
+    calib = collect(accel.load(make_tiny_text_unet()), "uniform", samples=2, steps=2, every=1, progress=False)
+    assert calib.cond.shape == (4, 77, 16)
