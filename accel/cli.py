@@ -15,6 +15,10 @@ EXAMPLES = """examples:
   accel eval --json --n 500 --steps 20        a quicker run, report as JSON on stdout
   accel sample --n 64 --out grid.png          a grid of 64 samples (or .npz: uint8 array "images")
   accel info --model path/to/unet             class, shapes, parameters, MACs, size, scheduler
+  accel quantize --bits 4                     W4A8 "digits": artifact digits-w4a8/ + report vs the original
+  accel quantize --bits 8 --act-bits 8 --model path/to/unet --out unet-w8a8
+  accel quantize --bits 4 --calib-samples 256 --recon-iters 2000 --out q4 --ablation
+  accel eval --model q4                       the saved artifact, measured again
   accel train-reference --out my-digits       retrain the built-in model from scratch (fixed seed)
 
 Errors print one line and exit with status 2. Nothing is downloaded: models come from local folders,
@@ -61,6 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="what a model is: class, shapes, parameters, MACs, size, scheduler")
     _add_common(info)
+
+    qu = commands.add_parser("quantize", help="post-training quantization (Q-Diffusion recipe) + report")
+    _add_common(qu)
+    _add_sampler(qu, n_default=2000)
+    qu.add_argument("--out", help="artifact folder (default: <model>-w<bits>a<act-bits>)")
+    qu.add_argument("--bits", type=int, required=True, help="weight bits, 2-8")
+    qu.add_argument("--act-bits", type=int, default=8, help="activation bits, 4-16 (default 8); 0: weight-only")
+    qu.add_argument("--range", choices=("mse", "minmax", "percentile"), default="mse",
+                    help="how quantization ranges are chosen (default mse)")
+    qu.add_argument("--group-size", type=int, help="linear weights: one scale per group of input channels")
+    qu.add_argument("--no-split", action="store_true", help="no split-shortcut quantization")
+    qu.add_argument("--no-attention", action="store_true", help="leave the attention matmuls in float")
+    qu.add_argument("--layer-bits", action="append", default=[], metavar="PATTERN=BITS",
+                    help="weight bits for layers whose name matches PATTERN (fnmatch); repeatable")
+    qu.add_argument("--skip", action="append", default=[], metavar="PATTERN", help="leave matching layers in float")
+    qu.add_argument("--calib-policy", choices=("uniform", "normal", "last"), default="uniform",
+                    help="uniform: every k-th sampler step (Q-Diffusion); normal: PTQ4DM; last: final step only")
+    qu.add_argument("--calib-samples", type=int, default=64, help="sampler trajectories to calibrate on (64)")
+    qu.add_argument("--calib-every", type=int, default=5, help="keep every k-th of the 50 DDIM steps (5)")
+    qu.add_argument("--calib", help="calibration set file to reuse or create (default: a cache under ~/.cache/accel)")
+    qu.add_argument("--recon-iters", type=int, default=200, help="reconstruction iterations per block (200; 0: none)")
+    qu.add_argument("--ablation", action="store_true", help="also measure the naive-to-full W4A8 ablation and W8A8")
+    qu.add_argument("--latency-batch", type=int, default=1, help="batch size for per-step latency (default 1)")
+    qu.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth for Inception FID")
+    qu.add_argument("--fid-ref", help="real images for Inception FID: .npz with uint8 'images' N x C x H x W")
 
     tr = commands.add_parser("train-reference", help="retrain the built-in reference model or its FID classifier")
     tr.add_argument("--out", required=True, help="folder to write (a diffusers model folder)")
@@ -159,6 +188,41 @@ def cmd_info(args) -> None:
     _emit(args, details, human)
 
 
+def _layer_bits(items: list[str]) -> dict[str, int]:
+    bits = {}
+    for item in items:
+        pattern, _, value = item.rpartition("=")
+        if not pattern or not value.isdigit():
+            raise AccelError(f"--layer-bits takes PATTERN=BITS, got '{item}'")
+        bits[pattern] = int(value)
+    return bits
+
+
+def cmd_quantize(args) -> None:
+    import accel
+    from accel.artifact import ensure_writable_dir
+    from accel.quant.workflow import quantize_and_evaluate
+    from accel.report import markdown
+
+    act_bits = args.act_bits or None
+    out = args.out or f"{Path(str(args.model)).name}-w{args.bits}a{act_bits or 16}"
+    config = accel.QuantConfig(
+        w_bits=args.bits, a_bits=act_bits, w_range=args.range, a_range=args.range, group_size=args.group_size,
+        split_shortcut=not args.no_split, quantize_attention=not args.no_attention,
+        layer_bits=_layer_bits(args.layer_bits), skip=tuple(args.skip), calib_policy=args.calib_policy,
+        calib_samples=args.calib_samples, calib_every=args.calib_every, recon_iters=args.recon_iters,
+        seed=args.seed)
+    eval_config = accel.EvalConfig(n=args.n, seed=args.seed,
+                                   sampler=accel.SamplerConfig(args.sampler, args.steps, args.batch_size),
+                                   latency_batch=args.latency_batch, inception_weights=args.inception_weights,
+                                   fid_ref=args.fid_ref)
+    ensure_writable_dir(out, args.overwrite)
+    result = quantize_and_evaluate(args.model, config, eval_config, _device(args.device), args.calib, args.ablation)
+    accel.save(result.model, out, args.overwrite, result.evaluation, result.sections)
+    report = {**result.evaluation.report, "out": str(out)}
+    _emit(args, report, "\n".join([markdown(report), *result.sections, f"artifact written to {out}"]))
+
+
 def cmd_train_reference(args) -> None:
     from accel.artifact import ensure_writable_dir
 
@@ -177,7 +241,8 @@ def cmd_train_reference(args) -> None:
     print(json.dumps(record, indent=2))
 
 
-COMMANDS = {"eval": cmd_eval, "sample": cmd_sample, "info": cmd_info, "train-reference": cmd_train_reference}
+COMMANDS = {"eval": cmd_eval, "sample": cmd_sample, "info": cmd_info, "quantize": cmd_quantize,
+            "train-reference": cmd_train_reference}
 
 
 def main(argv: list[str] | None = None) -> int:

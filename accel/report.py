@@ -126,7 +126,8 @@ def sample_grid(images_by_model: list[np.ndarray], columns: int = 8, scale: int 
     return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
 
 
-def write_report(folder: Path, report: dict, images_by_model: list[np.ndarray]) -> None:
+def write_report(folder: Path, report: dict, images_by_model: list[np.ndarray], sections: list[str] = ()) -> None:
+    """report.json, report.md (plus any extra markdown ``sections``) and samples.png into ``folder``."""
     (folder / "report.json").write_text(to_json(report))
-    (folder / "report.md").write_text(markdown(report))
+    (folder / "report.md").write_text("\n".join([markdown(report), *sections]))
     sample_grid(images_by_model).save(folder / "samples.png")

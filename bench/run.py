@@ -18,8 +18,8 @@ from accel.metrics.latency import step_latency_ms
 from accel.report import to_json
 
 HERE = Path(__file__).parent
-COLUMNS = ("model", "precision", "fid", "fid_at_floor_size", "fid_floor", "psnr_db", "latency_ms_b1", "latency_ms_b256",
-           "sampling_ms_per_image", "params", "macs", "size_bytes", "wall_s")
+COLUMNS = ("model", "precision", "fid", "fid_ratio", "fid_at_floor_size", "fid_floor", "psnr_db", "latency_ms_b1",
+           "latency_ms_b256", "sampling_ms_per_image", "params", "macs", "size_bytes", "wall_s")
 
 
 def _commit() -> str | None:
@@ -41,12 +41,39 @@ def reference_fp32_row(n: int, steps: int) -> dict:
     return {
         "model": "digits", "precision": "fp32 (PyTorch)", "fid": measured["fid"],
         "fid_at_floor_size": measured["fid_at_floor_size"], "fid_floor": report["fid_floor"],
-        "psnr_db": None, "latency_ms_b1": measured["latency_ms_per_step"], "latency_ms_b256": batch_latency,
+        "psnr_db": None, "fid_ratio": None, "latency_ms_b1": measured["latency_ms_per_step"], "latency_ms_b256": batch_latency,
         "sampling_ms_per_image": measured["sampling_s_per_image"] * 1e3, "params": measured["params"],
         "macs": measured["macs"], "size_bytes": measured["size_bytes"], "wall_s": time.perf_counter() - start,
         "_context": {k: report[k] for k in ("device", "device_name", "versions", "sampler", "fid_features",
                                             "fid_samples", "fid_floor_samples", "seed")},
     }
+
+
+def quantization_rows(n: int, steps: int, recon_iters: int) -> list[dict]:
+    """The W4A8 ablation (naive -> full recipe) and W8A8 on the reference model, as benchmark rows."""
+    from accel.metrics.quality import fid_setup
+    from accel.metrics.size import weights_bytes
+    from accel.quant.ablation import ablation_configs, run_ablation
+    from accel.quant.workflow import calibration_for
+
+    original = accel.load("digits")
+    full = accel.QuantConfig(w_bits=4, a_bits=8, recon_iters=recon_iters)
+    start = time.perf_counter()
+    table = run_ablation(lambda: accel.load("digits"), lambda c: calibration_for(original, c), full,
+                         fid_setup(original.sample_shape), n, accel.SamplerConfig(steps=steps), seed=0)
+    sizes = {}  # stored bytes depend only on the weight bits, not on the recipe
+    for bits in {config.w_bits for _, config in ablation_configs(full)}:
+        model = accel.load("digits")
+        accel.quantize_(model, accel.QuantConfig(w_bits=bits, a_bits=None), None, progress=False)
+        sizes[bits] = weights_bytes(model)
+    bits_of = {name: config.w_bits for name, config in ablation_configs(full)}
+    wall = (time.perf_counter() - start) / len(table["rows"])
+    return [{"model": "digits", "precision": row["name"], "fid": row["fid"], "fid_at_floor_size": None,
+             "fid_floor": None, "psnr_db": row["psnr_db"], "fid_ratio": row["fid_ratio"], "latency_ms_b1": None,
+             "latency_ms_b256": None, "sampling_ms_per_image": None, "params": None, "macs": None,
+             "size_bytes": sizes[bits_of[row["name"]]], "wall_s": wall, "_context": None,
+             "_ablation": {"samples": n, "steps": steps, "original_fid": table["original_fid"]}}
+            for row in table["rows"]]
 
 
 def _cell(value) -> str:
@@ -68,7 +95,13 @@ def markdown(rows: list[dict], mode: str) -> str:
              f"sampler {context['sampler']['name']} {context['sampler']['steps']} steps. Latency: median ms per "
              "denoiser call at batch 1 and 256.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+    ablation = next((row["_ablation"] for row in rows if row.get("_ablation")), None)
+    if ablation:
+        lines += ["", f"Quantization rows: fake-quantized PyTorch models (no latency: integer speed needs an exported "
+                      f"engine); FID and PSNR on {ablation['samples']} samples at {ablation['steps']} DDIM steps, "
+                      f"same seeds as their own FP32 run (FID {ablation['original_fid']:.4g}), which is what "
+                      "fid_ratio divides by."]
     return "\n".join(lines) + "\n"
 
 
@@ -79,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     n, mode = (1000, "quick") if args.quick else (2000, "full")
     rows = [reference_fp32_row(n, steps=50)]
+    # Quick: a smaller ablation that fits CI's budget (under 5 minutes on 2 cores); full: the README's settings.
+    rows += quantization_rows(300, 20, recon_iters=20) if args.quick else quantization_rows(2000, 50, 200)
     text = markdown(rows, mode)
     args.out.write_text(text)
     args.out.with_suffix(".json").write_text(to_json({"mode": mode, "commit": _commit(), "rows": rows}))

@@ -111,7 +111,7 @@ def test_bad_model_one_line_exit_2_nothing_written(case, command, tmp_path, tiny
     (["eval", "--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["eval", "--device", "tpu"],
      "--device"),
     (["eval", "--sampler", "euler"], "invalid choice"),
-    (["quantize"], "invalid choice"),
+    (["frobnicate"], "invalid choice"),
 ])
 def test_bad_arguments(argv, message, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]

@@ -78,3 +78,21 @@ def test_inception_fid_needs_reference_images(tmp_path):
 
     with pytest.raises(AccelError, match="--fid-ref"):
         fid_setup((3, 32, 32), inception_weights=tmp_path / "w.pth")
+
+
+def test_attention_macs_are_counted_whichever_kernel_runs_it():
+    """The default processor runs fused SDPA; the classic one runs explicit batched matmuls: same MACs."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    fused = accel.load("digits")
+    explicit = accel.load("digits")
+    for module in explicit.modules():
+        if isinstance(module, Attention):
+            module.set_processor(AttnProcessor())
+    assert count_macs(fused) == count_macs(explicit)
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as plain, torch.no_grad():
+        fused(*fused.example_inputs(1))
+    # digits has 3 attention layers at 8x8 (64 tokens x 48 ch) and 4 at 4x4 (16 x 96); Q.K^T and P.V each
+    attention = 2 * (3 * 64 * 64 * 48 + 4 * 16 * 16 * 96)
+    assert count_macs(fused) - plain.get_total_flops() // 2 == attention

@@ -168,3 +168,23 @@ def test_calibration_set_is_stored_reused_and_checked(tmp_path):
 def test_text_conditioning_is_recorded_in_the_calibration_set():
     calib = collect(accel.load(make_tiny_text_unet()), "uniform", samples=2, steps=2, every=1, progress=False)
     assert calib.cond.shape == (4, 77, 16)
+
+
+def test_cached_inference_weight_follows_weight_and_scale_changes():
+    model = accel.load(make_tiny_unet())
+    quantize_(model, QuantConfig(a_bits=None), None, progress=False)
+    layer = model.module.get_submodule("down_blocks.0.resnets.0.conv1")
+    x = torch.randn(1, 8, 8, 8)
+
+    def uncached():
+        return torch.nn.functional.conv2d(x, layer.quantized_weight(), layer.bias, padding=1)
+
+    with torch.no_grad():
+        first = layer(x)
+        torch.testing.assert_close(first, uncached(), rtol=0, atol=0)
+        layer.weight.mul_(0.5)  # in place: the cache must notice
+        torch.testing.assert_close(layer(x), uncached(), rtol=0, atol=0)
+        layer.weight_quantizers[0].scale.data = layer.weight_quantizers[0].scale.data * 4  # a replaced tensor
+        coarse = layer(x)
+        torch.testing.assert_close(coarse, uncached(), rtol=0, atol=0)
+    assert not torch.allclose(first, coarse)

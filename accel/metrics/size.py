@@ -2,20 +2,29 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+# FlopCounterMode knows scaled_dot_product_attention's CUDA kernels but not the CPU one it dispatches to here;
+# without this, attention would count as zero MACs on the CPU.
+_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                  lambda query, key, value, *args, out_shape=None, **kwargs: sdpa_flop_count(query, key, value)}
 
 from accel.models.denoiser import Denoiser
 
 
 def count_params(denoiser: Denoiser) -> int:
-    return sum(p.numel() for p in denoiser.parameters())
+    """Parameters of the network itself: quantizers' step sizes are bookkeeping, not weights."""
+    from accel.quant.quantizer import Quantizer
+
+    return sum(p.numel() for m in denoiser.modules() if not isinstance(m, Quantizer)
+               for p in m.parameters(recurse=False))
 
 
 @torch.inference_mode()
 def count_macs(denoiser: Denoiser) -> int:
     """MACs of one denoiser call on one sample: half the FLOPs that PyTorch's FlopCounterMode records for
     the matrix ops it dispatches (convolutions, matmuls, attention), as fvcore/thop count them."""
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
         denoiser(*denoiser.example_inputs(1))
     return counter.get_total_flops() // 2
 

@@ -24,8 +24,9 @@ class QuantLayer(nn.Module):
         self.is_conv = isinstance(layer, nn.Conv2d)
         self.conv_args = (dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
                                groups=layer.groups) if self.is_conv else {})
-        self.weight = nn.Parameter(layer.weight.detach().clone())
-        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
+        # Frozen: post-training quantization learns rounding and step sizes, never the weights themselves.
+        self.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
         self.w_bits, self.a_bits, self.split = w_bits, a_bits, split
         parts = 2 if split else 1
         group = None if self.is_conv else group_size
@@ -34,6 +35,8 @@ class QuantLayer(nn.Module):
             for _ in range(parts))
         self.input_quantizers = nn.ModuleList(
             Quantizer(a_bits, a_symmetric, range_method=a_range) for _ in range(parts)) if a_bits else None
+        self.rounding_logits: nn.ParameterList | None = None  # set only while reconstruction learns rounding
+        self._weight_cache: tuple[tuple, torch.Tensor] | None = None
         self.fit_weight_ranges()
 
     def _weight_parts(self, weight: torch.Tensor) -> list[torch.Tensor]:
@@ -47,18 +50,46 @@ class QuantLayer(nn.Module):
             quantizer.fit(part)
 
     def quantized_weight(self) -> torch.Tensor:
-        parts = [q(w) for q, w in zip(self.weight_quantizers, self._weight_parts(self.weight))]
+        pairs = zip(self.weight_quantizers, self._weight_parts(self.weight))
+        if self.rounding_logits is None:
+            parts = [q(w) for q, w in pairs]
+        else:
+            parts = [q.adaround(w, v) for (q, w), v in zip(pairs, self.rounding_logits)]
         return torch.cat(parts, dim=1) if self.split else parts[0]
+
+    def start_learning_rounding(self) -> None:
+        self.rounding_logits = nn.ParameterList(
+            nn.Parameter(q.rounding_logits(w)) for q, w in zip(self.weight_quantizers, self._weight_parts(self.weight)))
+
+    @torch.no_grad()
+    def finish_learning_rounding(self) -> None:
+        """Fix the learned rounding: the weight becomes its quantized values, so plain rounding (and the
+        stored integer codes) reproduce them exactly."""
+        parts = [q.adaround(w, v, hard=True) for q, w, v in
+                 zip(self.weight_quantizers, self._weight_parts(self.weight), self.rounding_logits)]
+        self.weight.data = torch.cat(parts, dim=1) if self.split else parts[0]
+        self.rounding_logits = None
 
     def weight_codes(self) -> list[torch.Tensor]:
         """Integer codes of the weight, one tensor per part (two at a split site)."""
         return [q.codes(w) for q, w in zip(self.weight_quantizers, self._weight_parts(self.weight))]
 
+    def _inference_weight(self) -> torch.Tensor:
+        """The quantized weight, recomputed only when the weight or its scales change (sampling calls a layer
+        thousands of times with the same weight; without this, fake quantization costs twice the conv)."""
+        if torch.is_grad_enabled() or self.rounding_logits is not None:
+            return self.quantized_weight()
+        tensors = [self.weight, *(t for q in self.weight_quantizers for t in (q.scale, q.zero_point))]
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+        if self._weight_cache is None or self._weight_cache[0] != key:
+            self._weight_cache = (key, self.quantized_weight())
+        return self._weight_cache[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quantizers is not None:
             parts = [q(p) for q, p in zip(self.input_quantizers, self._input_parts(x))]
             x = torch.cat(parts, dim=1) if self.split else parts[0]
-        weight = self.quantized_weight()
+        weight = self._inference_weight()
         if self.is_conv:
             return F.conv2d(x, weight, self.bias, **self.conv_args)
         return F.linear(x, weight, self.bias)

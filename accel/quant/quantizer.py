@@ -15,6 +15,7 @@ _MSE_CANDIDATES = 100         # clipping ratios tried between _MSE_LOWEST and 1 
 _MSE_LOWEST = 0.01
 _PERCENTILE = 0.9999
 _MAX_OBSERVED = 1 << 20       # activation values kept for range search (a random subset beyond this)
+_GAMMA, _ZETA = -0.1, 1.1     # AdaRound's rectified-sigmoid stretch
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -121,6 +122,26 @@ class Quantizer(nn.Module):
             flat = torch.cat([flat[torch.randint(0, flat.numel(), (keep,))], flat.min()[None], flat.max()[None]])
         self.observed.append(flat.cpu())
 
+    # --- learned rounding (AdaRound, Nagel et al. 2020) ------------------------------------------------
+    def rounding_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits V whose rectified sigmoid h(V) starts at the fractional part of x / s (rounding unchanged
+        on average), as AdaRound initialises them."""
+        scaled = x.detach() / self._shaped(self.scale, x)
+        rest = (scaled - scaled.floor()).clamp(1e-4, 1 - 1e-4)
+        return -torch.log((_ZETA - _GAMMA) / (rest - _GAMMA) - 1)
+
+    @staticmethod
+    def soft_rounding(logits: torch.Tensor) -> torch.Tensor:
+        """h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1): 0 rounds down, 1 rounds up."""
+        return (torch.sigmoid(logits) * (_ZETA - _GAMMA) + _GAMMA).clamp(0, 1)
+
+    def adaround(self, x: torch.Tensor, logits: torch.Tensor, hard: bool = False) -> torch.Tensor:
+        """x quantized with floor(x / s) + h(V) instead of round(x / s); ``hard`` takes h(V) >= 0.5."""
+        scale, zero = self._shaped(self.scale, x), self._shaped(self.zero_point, x)
+        up = (logits >= 0).to(x.dtype) if hard else self.soft_rounding(logits)
+        codes = torch.clamp(torch.floor(x.detach() / scale) + up + zero, self.q_min, self.q_max)
+        return (codes - zero) * scale
+
     # --- forward ----------------------------------------------------------------------------------
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """The integer grid values of ``x`` (as int32)."""
@@ -132,8 +153,8 @@ class Quantizer(nn.Module):
             self._observe(x)
             return x
         scale, zero = self._shaped(self.scale, x), self._shaped(self.zero_point, x)
-        codes = torch.clamp(round_ste(x / scale) + zero, self.q_min, self.q_max)
-        return (codes - zero) * scale
+        rounded = round_ste(x / scale) if torch.is_grad_enabled() else torch.round(x / scale)
+        return (torch.clamp(rounded + zero, self.q_min, self.q_max) - zero) * scale
 
     def extra_repr(self) -> str:
         kind = "per-channel" if self.per_channel else "per-tensor"

@@ -1,0 +1,147 @@
+"""Block-wise reconstruction (BRECQ, Li et al. 2021) with learned rounding (AdaRound) and learned activation
+step sizes (LSQ), on the calibration set.
+
+Blocks are the units whose output error matters together: ResNet blocks, transformer blocks, and attention
+modules outside transformer blocks; quantized layers in none of these are reconstructed one by one. For each
+block, in forward order, the full-precision copy of the network gives the block's inputs and target outputs;
+the quantized block learns its weights' rounding (up or down per weight, regularised toward a firm choice)
+and its activation scales to reproduce the target, then the rounding is fixed.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from accel.quant.layers import QuantAttnProcessor, QuantLayer
+
+BLOCK_TYPES = ("ResnetBlock2D", "BasicTransformerBlock", "Attention")
+MAX_RECON_SAMPLES = 256   # calibration inputs used per block (a seeded random subset beyond this)
+BATCH = 32
+ROUNDING_LR, STEP_SIZE_LR = 1e-3, 4e-5  # AdaRound's and Q-Diffusion's learning rates
+REG_WEIGHT = 0.01                       # AdaRound's lambda
+WARMUP = 0.2                            # fraction of iterations without the rounding regulariser
+BETA_START, BETA_END = 20.0, 2.0        # annealed sharpness of the regulariser
+
+
+def _blocks(network: nn.Module) -> list[str]:
+    """Reconstruction units in forward order: block modules, then stray quantized layers."""
+    names = [name for name, module in network.named_modules() if type(module).__name__ in BLOCK_TYPES]
+    outermost = [n for n in names if not any(n.startswith(other + ".") for other in names if other != n)]
+    units = [n for n in outermost if any(isinstance(m, QuantLayer) for m in network.get_submodule(n).modules())]
+    covered = tuple(unit + "." for unit in units)
+    units += [n for n, m in network.named_modules() if isinstance(m, QuantLayer) and not n.startswith(covered)]
+    return units
+
+
+def _forward_order(network: nn.Module, units: list[str], run) -> list[str]:
+    order: list[str] = []
+    hooks = [network.get_submodule(u).register_forward_hook(lambda m, i, o, u=u: order.append(u)) for u in units]
+    try:
+        run(network)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return list(dict.fromkeys(order))
+
+
+def _to(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to(v, device) for v in value)
+    return value
+
+
+@torch.no_grad()
+def _capture(fp_network: nn.Module, unit: str, batches, run_batch):
+    """Inputs (args, kwargs) and outputs of ``unit`` in the full-precision network, per calibration batch."""
+    captured = []
+    module = fp_network.get_submodule(unit)
+
+    def hook(m, args, kwargs, output):
+        captured.append((_to(args, "cpu"), _to(kwargs, "cpu"), _to(output, "cpu")))
+
+    handle = module.register_forward_hook(hook, with_kwargs=True)
+    try:
+        for batch in batches:
+            run_batch(fp_network, batch)
+    finally:
+        handle.remove()
+    return captured
+
+
+def _output_tensor(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _reconstruct_unit(block: nn.Module, captured, iters: int, device, generator: torch.Generator) -> float:
+    layers = [m for m in block.modules() if isinstance(m, QuantLayer)]
+    act_quantizers = [q for m in block.modules() for q in
+                      ((m.input_quantizers or []) if isinstance(m, QuantLayer) else
+                       m.quantizers() if isinstance(m, QuantAttnProcessor) else [])]
+    for layer in layers:
+        layer.start_learning_rounding()
+    for quantizer in act_quantizers:
+        quantizer.scale.requires_grad_(True)
+    params = [{"params": [v for layer in layers for v in layer.rounding_logits], "lr": ROUNDING_LR}]
+    if act_quantizers:
+        params.append({"params": [q.scale for q in act_quantizers], "lr": STEP_SIZE_LR})
+    optimizer = torch.optim.Adam(params)
+    loss = torch.zeros(())
+    for step in range(iters):
+        args, kwargs, target = captured[int(torch.randint(len(captured), (1,), generator=generator))]
+        output = _output_tensor(block(*_to(args, device), **_to(kwargs, device)))
+        loss = F.mse_loss(output, _output_tensor(target).to(device))
+        progress = step / max(1, iters - 1)
+        if progress >= WARMUP:
+            beta = BETA_END + (BETA_START - BETA_END) * (1 - (progress - WARMUP) / (1 - WARMUP))
+            regulariser = sum((1 - (2 * layer.weight_quantizers[0].soft_rounding(v) - 1).abs().pow(beta)).sum()
+                              for layer in layers for v in layer.rounding_logits)
+            loss = loss + REG_WEIGHT * regulariser / max(1, sum(v.numel() for l in layers for v in l.rounding_logits))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for quantizer in act_quantizers:
+                quantizer.scale.clamp_(min=1e-8)
+    for layer in layers:
+        layer.finish_learning_rounding()
+    for quantizer in act_quantizers:
+        quantizer.scale.requires_grad_(False)
+    return loss.item()
+
+
+def reconstruct_(denoiser, calib, fp_network: nn.Module, iters: int, seed: int = 0, progress: bool = True) -> None:
+    """Reconstruct every unit of ``denoiser`` (already quantized and calibrated) against ``fp_network``."""
+    network = denoiser.module
+    device = denoiser.device
+    generator = torch.Generator().manual_seed(seed)
+    count = min(len(calib), MAX_RECON_SAMPLES)
+    chosen = torch.randperm(len(calib), generator=generator)[:count]
+    batches = [(calib.x[i], calib.t[i], None if calib.cond is None else calib.cond[i]) for i in chosen.split(BATCH)]
+
+    def run_batch(module, batch):
+        x, t, cond = batch
+        denoiser.module, saved = module, denoiser.module
+        try:
+            denoiser(x.to(device), t.to(device), denoiser.to_model(cond))
+        finally:
+            denoiser.module = saved
+
+    units = _forward_order(network, _blocks(network), lambda m: run_batch(m, batches[0]))
+    requires_grad = {name: p.requires_grad for name, p in network.named_parameters()}
+    network.requires_grad_(False)
+    try:
+        bar = tqdm(units, desc="reconstruct", unit="block", disable=not progress)
+        for unit in bar:
+            captured = _capture(fp_network, unit, batches, run_batch)
+            with torch.enable_grad():
+                loss = _reconstruct_unit(network.get_submodule(unit), captured, iters, device, generator)
+            bar.set_postfix(block=unit[-28:], loss=f"{loss:.2e}")
+    finally:
+        for name, p in network.named_parameters():
+            p.requires_grad_(requires_grad[name])
