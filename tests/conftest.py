@@ -51,6 +51,18 @@ def tiny_unet_dir(tmp_path, tiny_unet):
     return folder
 
 
+def run_cli(capsys, *argv):
+    """Exit code, stdout and stderr of ``accel ARGV`` run in-process (argparse errors exit via SystemExit)."""
+    from accel.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` need CUDA; without it they are skipped, not failed."""
     if torch.cuda.is_available():

@@ -6,19 +6,11 @@ import sys
 import numpy as np
 import pytest
 
-from accel.cli import main
+from conftest import run_cli as run
 
 QUICK = ["--steps", "2", "--batch-size", "16"]
 
 
-def run(capsys, *argv):
-    """Exit code, stdout, stderr of ``accel ARGV`` (argparse errors exit through SystemExit)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def listing(folder):

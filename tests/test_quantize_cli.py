@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from accel.cli import main
+from conftest import run_cli as run
 
 TINY = ["--n", "24", "--steps", "3", "--batch-size", "24", "--calib-samples", "2", "--calib-every", "10",
         "--recon-iters", "2"]
@@ -14,13 +14,6 @@ def calib_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCEL_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def run(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_quantize_writes_artifact_that_reloads_with_the_same_samples(tmp_path, capsys):

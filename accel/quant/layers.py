@@ -39,18 +39,18 @@ class QuantLayer(nn.Module):
         self._weight_cache: tuple[tuple, torch.Tensor] | None = None
         self.fit_weight_ranges()
 
-    def _weight_parts(self, weight: torch.Tensor) -> list[torch.Tensor]:
+    def weight_parts(self, weight: torch.Tensor) -> list[torch.Tensor]:
         return [weight[:, :self.split], weight[:, self.split:]] if self.split else [weight]
 
     def _input_parts(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [x[:, :self.split], x[:, self.split:]] if self.split else [x]
 
     def fit_weight_ranges(self) -> None:
-        for quantizer, part in zip(self.weight_quantizers, self._weight_parts(self.weight)):
+        for quantizer, part in zip(self.weight_quantizers, self.weight_parts(self.weight)):
             quantizer.fit(part)
 
     def quantized_weight(self) -> torch.Tensor:
-        pairs = zip(self.weight_quantizers, self._weight_parts(self.weight))
+        pairs = zip(self.weight_quantizers, self.weight_parts(self.weight))
         if self.rounding_logits is None:
             parts = [q(w) for q, w in pairs]
         else:
@@ -59,20 +59,20 @@ class QuantLayer(nn.Module):
 
     def start_learning_rounding(self) -> None:
         self.rounding_logits = nn.ParameterList(
-            nn.Parameter(q.rounding_logits(w)) for q, w in zip(self.weight_quantizers, self._weight_parts(self.weight)))
+            nn.Parameter(q.rounding_logits(w)) for q, w in zip(self.weight_quantizers, self.weight_parts(self.weight)))
 
     @torch.no_grad()
     def finish_learning_rounding(self) -> None:
         """Fix the learned rounding: the weight becomes its quantized values, so plain rounding (and the
         stored integer codes) reproduce them exactly."""
         parts = [q.adaround(w, v, hard=True) for q, w, v in
-                 zip(self.weight_quantizers, self._weight_parts(self.weight), self.rounding_logits)]
+                 zip(self.weight_quantizers, self.weight_parts(self.weight), self.rounding_logits)]
         self.weight.data = torch.cat(parts, dim=1) if self.split else parts[0]
         self.rounding_logits = None
 
     def weight_codes(self) -> list[torch.Tensor]:
         """Integer codes of the weight, one tensor per part (two at a split site)."""
-        return [q.codes(w) for q, w in zip(self.weight_quantizers, self._weight_parts(self.weight))]
+        return [q.codes(w) for q, w in zip(self.weight_quantizers, self.weight_parts(self.weight))]
 
     def _inference_weight(self) -> torch.Tensor:
         """The quantized weight, recomputed only when the weight or its scales change (sampling calls a layer

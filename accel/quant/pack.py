@@ -56,7 +56,7 @@ def load_packed_state(network: nn.Module, state: dict[str, torch.Tensor]) -> Non
                 target = layer.get_submodule(key[len(name) + 1:].rpartition(".")[0])
                 getattr(target, key.rpartition(".")[2]).data = torch.empty_like(tensor)
         parts = []
-        for part, (weight, quantizer) in enumerate(zip(layer._weight_parts(layer.weight), layer.weight_quantizers)):
+        for part, (weight, quantizer) in enumerate(zip(layer.weight_parts(layer.weight), layer.weight_quantizers)):
             key = f"{name}.weight_codes.{part}"
             if key not in state:
                 raise AccelError(f"artifact weights lack {key}")
