@@ -99,3 +99,16 @@ def test_observing_activations_then_fitting():
 def test_bits_out_of_range(bits):
     with pytest.raises(ValueError):
         Quantizer(bits)
+
+
+def test_activation_ranges_do_not_depend_on_global_random_state():
+    x = torch.randn(300_000)
+    scales = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        q = Quantizer(8)
+        q.start_observing()
+        q(x)
+        q.finish_observing()
+        scales.append(q.scale.item())
+    assert scales[0] == scales[1]

@@ -80,7 +80,8 @@ class Quantizer(nn.Module):
         if self.range_method == "minmax":
             return self._scale_zero(low, high)
         if self.range_method == "percentile":
-            sample = rows if rows.shape[1] <= _MAX_OBSERVED else rows[:, torch.randperm(rows.shape[1])[:_MAX_OBSERVED]]
+            subset = torch.randperm(rows.shape[1], generator=torch.Generator().manual_seed(0))[:_MAX_OBSERVED]
+            sample = rows if rows.shape[1] <= _MAX_OBSERVED else rows[:, subset]
             low = torch.quantile(sample.float(), 1 - _PERCENTILE, dim=1)
             high = torch.quantile(sample.float(), _PERCENTILE, dim=1)
             return self._scale_zero(low, high)
@@ -105,6 +106,8 @@ class Quantizer(nn.Module):
     # --- activation calibration -------------------------------------------------------------------
     def start_observing(self) -> None:
         self.observed = []
+        # Subsampling is seeded so the same calibration set always gives the same scales.
+        self._subsample = torch.Generator().manual_seed(0)
 
     @torch.no_grad()
     def finish_observing(self) -> None:
@@ -119,7 +122,7 @@ class Quantizer(nn.Module):
         flat = x.detach().float().reshape(-1)
         keep = max(1, _MAX_OBSERVED // 16)
         if flat.numel() > keep:
-            flat = torch.cat([flat[torch.randint(0, flat.numel(), (keep,))], flat.min()[None], flat.max()[None]])
+            flat = torch.cat([flat[torch.randint(0, flat.numel(), (keep,), generator=self._subsample)], flat.min()[None], flat.max()[None]])
         self.observed.append(flat.cpu())
 
     # --- learned rounding (AdaRound, Nagel et al. 2020) ------------------------------------------------
