@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--calib-samples", type=int, default=64, help="sampler trajectories to calibrate on (64)")
     qu.add_argument("--calib-every", type=int, default=5, help="keep every k-th of the 50 DDIM steps (5)")
     qu.add_argument("--calib", help="calibration set file to reuse or create (default: a cache under ~/.cache/accel)")
-    qu.add_argument("--recon-iters", type=int, default=200, help="reconstruction iterations per block (200; 0: none)")
+    qu.add_argument("--recon-iters", type=int, default=500, help="reconstruction iterations per block (500; 0: none)")
     qu.add_argument("--ablation", action="store_true", help="also measure the naive-to-full W4A8 ablation and W8A8")
     qu.add_argument("--latency-batch", type=int, default=1, help="batch size for per-step latency (default 1)")
     qu.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth for Inception FID")

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     n, mode = (1000, "quick") if args.quick else (2000, "full")
     rows = [reference_fp32_row(n, steps=50)]
     # Quick: a smaller ablation that fits CI's budget (under 5 minutes on 2 cores); full: the README's settings.
-    rows += quantization_rows(300, 20, recon_iters=20) if args.quick else quantization_rows(2000, 50, 200)
+    rows += quantization_rows(300, 20, recon_iters=20) if args.quick else quantization_rows(2000, 50, 500)
     text = markdown(rows, mode)
     args.out.write_text(text)
     args.out.with_suffix(".json").write_text(to_json({"mode": mode, "commit": _commit(), "rows": rows}))

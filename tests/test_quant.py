@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ import torch
 import accel
 from accel.calib.collect import CalibrationSet, collect, load_or_collect
 from accel.errors import AccelError
-from accel.quant.apply import quantize_
+from accel.quant.apply import plan_layers, quantize_
 from accel.quant.config import W4A8, W8A8, QuantConfig
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
 from accel.quant.pack import pack_codes, unpack_codes
@@ -55,17 +56,25 @@ def test_quantize_changes_outputs_but_keeps_them_close(make):
     assert sum(isinstance(m, QuantAttnProcessor) for m in model.modules()) == len(record["attention"]) > 0
 
 
-def test_w4_codes_lie_on_the_4bit_grid_and_defaults_keep_ends_at_8_bits():
+def test_w4_codes_lie_on_the_4bit_grid_and_defaults_protect_the_ends():
     model = accel.load(make_tiny_unet())
     record = quantize_(model, W4A8, tiny_calib(model), progress=False)
     bits = {name: spec["w_bits"] for name, spec in record["layers"].items()}
-    assert bits["conv_in"] == bits["conv_out"] == bits["time_embedding.linear_1"] == 8
+    assert "conv_out" not in bits and isinstance(model.module.conv_out, torch.nn.Conv2d)  # writes eps: float
+    assert record["layers"]["conv_in"] == {"w_bits": 8, "a_bits": None, "split": 0}     # reads x_t: float input
+    assert bits["time_embedding.linear_1"] == 8
     assert bits["down_blocks.0.resnets.0.time_emb_proj"] == 8
     assert bits["down_blocks.0.resnets.0.conv1"] == bits["mid_block.attentions.0.to_q"] == 4
     layer = model.module.get_submodule("down_blocks.0.resnets.0.conv1")
     codes = layer.weight_codes()[0]
     assert codes.min() >= -8 and codes.max() <= 7 and len(codes.unique()) > 8
     assert not torch.equal(layer.quantized_weight(), layer.weight)
+
+
+def test_named_last_layer_is_quantized_despite_protection():
+    model = accel.load(make_tiny_unet())
+    plan = plan_layers(model, QuantConfig(layer_bits={"conv_out": 6}))
+    assert plan["conv_out"]["w_bits"] == 6
 
 
 def test_split_site_has_two_quantizers_per_operand():
@@ -188,3 +197,22 @@ def test_cached_inference_weight_follows_weight_and_scale_changes():
         coarse = layer(x)
         torch.testing.assert_close(coarse, uncached(), rtol=0, atol=0)
     assert not torch.allclose(first, coarse)
+
+
+def calibration_error(original, model, calib) -> float:
+    with torch.no_grad():
+        return relative_error(original(calib.x, calib.t, None), model(calib.x, calib.t, None))
+
+
+def test_reconstruction_learns_rounding_that_lowers_the_error():
+    original = accel.load(make_tiny_unet())
+    calib = tiny_calib(original)
+    config = QuantConfig(w_bits=3, a_bits=8)
+    plain, reconstructed = accel.load(make_tiny_unet()), accel.load(make_tiny_unet())
+    quantize_(plain, config, calib, progress=False)
+    quantize_(reconstructed, replace(config, recon_iters=60), calib, progress=False)
+    name = "down_blocks.0.resnets.0.conv1"
+    nearest = plain.module.get_submodule(name).weight_codes()[0]
+    learned = reconstructed.module.get_submodule(name).weight_codes()[0]
+    assert (nearest != learned).any() and (nearest - learned).abs().max() <= 1  # up or down, one step at most
+    assert calibration_error(original, reconstructed, calib) < 0.9 * calibration_error(original, plain, calib)

@@ -27,7 +27,7 @@ class QuantConfig:
     group_size: int | None = None                 # linear weights: scales per group of input channels
     quantize_attention: bool = True               # the Q·K^T and P·V inputs
     split_shortcut: bool = True                   # Q-Diffusion split at decoder skip concatenations
-    keep_first_last_8bit: bool = True             # and float inputs for those two (see plan_layers)
+    protect_ends: bool = True                     # first layer W8, float input; last layer float (plan_layers)
     eight_bit: tuple[str, ...] = DEFAULT_EIGHT_BIT  # module-name patterns kept at 8 bits
     layer_bits: dict[str, int] = field(default_factory=dict)  # pattern -> weight bits, overrides the above
     skip: tuple[str, ...] = ()                    # patterns left in floating point
