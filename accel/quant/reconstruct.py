@@ -148,7 +148,7 @@ def reconstruct_(denoiser, calib, fp_network: nn.Module, iters: int, seed: int =
             captured = [(args, kwargs, target) for (args, kwargs, _), (_, _, target) in zip(inputs, targets)]
             with torch.enable_grad():
                 loss = _reconstruct_unit(network.get_submodule(unit), captured, iters, device, generator)
-            bar.set_postfix(block=unit[-28:], loss=f"{loss:.2e}")
+            bar.set_postfix(block=unit, loss=f"{loss:.2e}")
     finally:
         for name, p in network.named_parameters():
             p.requires_grad_(requires_grad[name])
