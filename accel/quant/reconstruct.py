@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from accel.quant.apply import forward_order
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
 
 BLOCK_TYPES = ("ResnetBlock2D", "BasicTransformerBlock", "Attention")
@@ -40,17 +41,6 @@ def _blocks(network: nn.Module) -> list[str]:
     return units
 
 
-def _forward_order(network: nn.Module, units: list[str], run) -> list[str]:
-    order: list[str] = []
-    hooks = [network.get_submodule(u).register_forward_hook(lambda m, i, o, u=u: order.append(u)) for u in units]
-    try:
-        run(network)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return list(dict.fromkeys(order))
-
-
 def _to(value, device):
     if isinstance(value, torch.Tensor):
         return value.to(device)
@@ -62,15 +52,27 @@ def _to(value, device):
 
 
 @torch.no_grad()
-def _capture(network: nn.Module, unit: str, batches, run_batch):
-    """Inputs (args, kwargs) and outputs of ``unit`` in ``network``, per calibration batch."""
+def _capture_inputs(network: nn.Module, unit: str, batches, run_batch) -> list[tuple]:
+    """The (args, kwargs) that ``unit`` receives in ``network``, per calibration batch."""
     captured = []
-    module = network.get_submodule(unit)
 
-    def hook(m, args, kwargs, output):
-        captured.append((_to(args, "cpu"), _to(kwargs, "cpu"), _to(output, "cpu")))
+    def hook(module, args, kwargs):
+        captured.append((_to(args, "cpu"), _to(kwargs, "cpu")))
 
-    handle = module.register_forward_hook(hook, with_kwargs=True)
+    handle = network.get_submodule(unit).register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in batches:
+            run_batch(network, batch)
+    finally:
+        handle.remove()
+    return captured
+
+
+@torch.no_grad()
+def _capture_outputs(network: nn.Module, unit: str, batches, run_batch) -> list:
+    """The output of ``unit`` in ``network``, per calibration batch."""
+    captured = []
+    handle = network.get_submodule(unit).register_forward_hook(lambda m, i, o: captured.append(_to(o, "cpu")))
     try:
         for batch in batches:
             run_batch(network, batch)
@@ -137,15 +139,15 @@ def reconstruct_(denoiser, calib, fp_network: nn.Module, iters: int, seed: int =
         finally:
             denoiser.module = saved
 
-    units = _forward_order(network, _blocks(network), lambda m: run_batch(m, batches[0]))
+    units = forward_order(network, _blocks(network), lambda m: run_batch(m, batches[0]))
     requires_grad = {name: p.requires_grad for name, p in network.named_parameters()}
     network.requires_grad_(False)
     try:
         bar = tqdm(units, desc="reconstruct", unit="block", disable=not progress)
         for unit in bar:
-            inputs = _capture(network, unit, batches, run_batch)
-            targets = _capture(fp_network, unit, batches, run_batch)
-            captured = [(args, kwargs, target) for (args, kwargs, _), (_, _, target) in zip(inputs, targets)]
+            inputs = _capture_inputs(network, unit, batches, run_batch)
+            targets = _capture_outputs(fp_network, unit, batches, run_batch)
+            captured = [(args, kwargs, target) for (args, kwargs), target in zip(inputs, targets)]
             with torch.enable_grad():
                 loss = _reconstruct_unit(network.get_submodule(unit), captured, iters, device, generator)
             bar.set_postfix(block=unit, loss=f"{loss:.2e}")
