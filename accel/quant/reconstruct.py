@@ -52,32 +52,29 @@ def _to(value, device):
 
 
 @torch.no_grad()
+def _run_hooked(network: nn.Module, handle, batches, run_batch) -> None:
+    """Run every calibration batch through ``network``, then remove the hook ``handle``."""
+    try:
+        for batch in batches:
+            run_batch(network, batch)
+    finally:
+        handle.remove()
+
+
 def _capture_inputs(network: nn.Module, unit: str, batches, run_batch) -> list[tuple]:
     """The (args, kwargs) that ``unit`` receives in ``network``, per calibration batch."""
     captured = []
-
-    def hook(module, args, kwargs):
-        captured.append((_to(args, "cpu"), _to(kwargs, "cpu")))
-
-    handle = network.get_submodule(unit).register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for batch in batches:
-            run_batch(network, batch)
-    finally:
-        handle.remove()
+    hook = lambda m, args, kwargs: captured.append((_to(args, "cpu"), _to(kwargs, "cpu")))  # noqa: E731
+    _run_hooked(network, network.get_submodule(unit).register_forward_pre_hook(hook, with_kwargs=True), batches,
+                run_batch)
     return captured
 
 
-@torch.no_grad()
 def _capture_outputs(network: nn.Module, unit: str, batches, run_batch) -> list:
     """The output of ``unit`` in ``network``, per calibration batch."""
     captured = []
-    handle = network.get_submodule(unit).register_forward_hook(lambda m, i, o: captured.append(_to(o, "cpu")))
-    try:
-        for batch in batches:
-            run_batch(network, batch)
-    finally:
-        handle.remove()
+    hook = lambda m, args, output: captured.append(_to(output, "cpu"))  # noqa: E731
+    _run_hooked(network, network.get_submodule(unit).register_forward_hook(hook), batches, run_batch)
     return captured
 
 
