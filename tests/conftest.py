@@ -1,7 +1,12 @@
 """Small random-weight diffusers models for tests: every supported architecture, built in milliseconds."""
+import os
+
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Triton kernels run in Triton's CPU interpreter; it is chosen when a kernel is defined, so before any import.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
