@@ -11,12 +11,13 @@ from accel.errors import AccelError
 from accel.evaluate import EvalConfig, Evaluation, evaluate
 from accel.models.denoiser import Denoiser
 from accel.models.loading import load
+from accel.optimize import OptimizeConfig, optimize_
 from accel.quant.apply import quantize_
 from accel.quant.config import W4A8, W8A8, QuantConfig
 from accel.sampling import SamplerConfig, Samples, sample
 
-__all__ = ["AccelError", "Denoiser", "EvalConfig", "Evaluation", "QuantConfig", "SamplerConfig", "Samples", "W4A8",
-           "W8A8", "evaluate", "load", "quantize_", "sample", "save"]
+__all__ = ["AccelError", "Denoiser", "EvalConfig", "Evaluation", "OptimizeConfig", "QuantConfig", "SamplerConfig",
+           "Samples", "W4A8", "W8A8", "evaluate", "load", "optimize_", "quantize_", "sample", "save"]
 
 
 def save(model: Denoiser, out, overwrite: bool = False, evaluation: Evaluation | None = None,

@@ -98,4 +98,10 @@ def _rebuild_quantized(module: nn.Module, transform: dict) -> None:
     rebuild_quantized(module, transform)
 
 
-REBUILDERS = {"quantize": _rebuild_quantized}  # transform name -> how to give a fresh base its structure
+def _rebuild_optimized(module: nn.Module, transform: dict) -> None:
+    from accel.optimize.apply import rebuild_optimized
+
+    rebuild_optimized(module, transform)
+
+
+REBUILDERS = {"quantize": _rebuild_quantized, "optimize": _rebuild_optimized}  # transform name -> how to give a fresh base its structure

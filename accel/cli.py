@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   accel quantize --bits 8 --act-bits 8 --model path/to/unet --out unet-w8a8
   accel quantize --bits 4 --calib-samples 256 --recon-iters 2000 --out q4 --ablation
   accel eval --model q4                       the saved artifact, measured again
+  accel optimize --model path/to/unet --out unet-fast   fused Triton kernels, fp16, channels-last + report
   accel train-reference --out my-digits       retrain the built-in model from scratch (fixed seed)
 
 Errors print one line and exit with status 2. Nothing is downloaded: models come from local folders,
@@ -90,6 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--latency-batch", type=int, default=1, help="batch size for per-step latency (default 1)")
     qu.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth for Inception FID")
     qu.add_argument("--fid-ref", help="real images for Inception FID: .npz with uint8 'images' N x C x H x W")
+
+    op = commands.add_parser("optimize", help="fused Triton GroupNorm/attention, fp16, channels-last + report")
+    _add_common(op)
+    _add_sampler(op, n_default=2000)
+    op.add_argument("--out", help="artifact folder (default: <model>-fast)")
+    op.add_argument("--dtype", choices=("auto", "fp16", "bf16", "fp32"), default="auto",
+                    help="precision (default auto: fp16 on CUDA, fp32 on CPU)")
+    op.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto",
+                    help="auto: Triton kernels on CUDA, PyTorch elsewhere; triton: always (CPU: TRITON_INTERPRET=1)")
+    op.add_argument("--no-channels-last", action="store_true", help="keep NCHW activations")
+    op.add_argument("--cuda-graph", action="store_true", help="replay each denoiser step as a CUDA graph")
+    op.add_argument("--latency-batch", type=int, default=1, help="batch size for per-step latency (default 1)")
+    op.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth for Inception FID")
+    op.add_argument("--fid-ref", help="real images for Inception FID: .npz with uint8 'images' N x C x H x W")
 
     tr = commands.add_parser("train-reference", help="retrain the built-in reference model or its FID classifier")
     tr.add_argument("--out", required=True, help="folder to write (a diffusers model folder)")
@@ -223,6 +238,28 @@ def cmd_quantize(args) -> None:
     _emit(args, report, "\n".join([markdown(report), *result.sections, f"artifact written to {out}"]))
 
 
+def cmd_optimize(args) -> None:
+    import accel
+    from accel.artifact import ensure_writable_dir
+    from accel.optimize import OptimizeConfig
+    from accel.optimize.workflow import optimize_and_evaluate
+    from accel.report import markdown
+
+    out = args.out or f"{Path(str(args.model)).name}-fast"
+    config = OptimizeConfig(dtype=args.dtype, channels_last=not args.no_channels_last, backend=args.backend,
+                            cuda_graph=args.cuda_graph)
+    eval_config = accel.EvalConfig(n=args.n, seed=args.seed,
+                                   sampler=accel.SamplerConfig(args.sampler, args.steps, args.batch_size),
+                                   latency_batch=args.latency_batch, inception_weights=args.inception_weights,
+                                   fid_ref=args.fid_ref)
+    ensure_writable_dir(out, args.overwrite)
+    model, evaluation = optimize_and_evaluate(args.model, config, eval_config, _device(args.device))
+    section = f"Output check: {evaluation.report['quality_goal']}\n"
+    accel.save(model, out, args.overwrite, evaluation, [section])
+    report = {**evaluation.report, "out": str(out)}
+    _emit(args, report, "\n".join([markdown(report), section, f"artifact written to {out}"]))
+
+
 def cmd_train_reference(args) -> None:
     from accel.artifact import ensure_writable_dir
 
@@ -242,7 +279,7 @@ def cmd_train_reference(args) -> None:
 
 
 COMMANDS = {"eval": cmd_eval, "sample": cmd_sample, "info": cmd_info, "quantize": cmd_quantize,
-            "train-reference": cmd_train_reference}
+            "optimize": cmd_optimize, "train-reference": cmd_train_reference}
 
 
 def main(argv: list[str] | None = None) -> int:

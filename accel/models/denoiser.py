@@ -36,6 +36,7 @@ class Denoiser(nn.Module):
         self.weights_bytes = weights_bytes
         self.notes = list(notes)
         self.transforms: list[dict] = []  # what accel did to the base model, in order (artifact accel.json)
+        self.runner = None  # optional replacement for _eps with the same signature (CUDA graph replay)
         self.sample_shape = tuple(sample_shape) if sample_shape else self._shape_from_config()
 
     @property
@@ -102,6 +103,9 @@ class Denoiser(nn.Module):
         t = torch.as_tensor(t, device=x_t.device)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
+        return (self.runner or self._eps)(x_t, t, cond)
+
+    def _eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         if self.kind == "unet":
             out = self.module(x_t, t, class_labels=cond).sample
         elif self.kind == "unet-text":
