@@ -20,6 +20,8 @@ EXAMPLES = """examples:
   accel quantize --bits 4 --calib-samples 256 --recon-iters 2000 --out q4 --ablation
   accel eval --model q4                       the saved artifact, measured again
   accel optimize --model path/to/unet --out unet-fast   fused Triton kernels, fp16, channels-last + report
+  accel export onnx --model q4 --out q4.onnx  ONNX (Q/DQ for quantized layers), checked with ONNX Runtime
+  accel eval --model q4.onnx                  sample through ONNX Runtime: FID/latency like any model
   accel train-reference --out my-digits       retrain the built-in model from scratch (fixed seed)
 
 Errors print one line and exit with status 2. Nothing is downloaded: models come from local folders,
@@ -105,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--latency-batch", type=int, default=1, help="batch size for per-step latency (default 1)")
     op.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth for Inception FID")
     op.add_argument("--fid-ref", help="real images for Inception FID: .npz with uint8 'images' N x C x H x W")
+
+    ex = commands.add_parser("export", help="ONNX (Q/DQ for quantized layers) or TensorRT engine, checked")
+    ex.add_argument("format", choices=("onnx", "trt"), help="onnx: a .onnx file; trt: a TensorRT .plan engine")
+    _add_common(ex)
+    ex.add_argument("--out", help="output file (default: <model>.onnx / <model>.plan)")
+    ex.add_argument("--opset", type=int, default=19, help="ONNX opset (default 19, as TensorRT 10 parses)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     tr = commands.add_parser("train-reference", help="retrain the built-in reference model or its FID classifier")
     tr.add_argument("--out", required=True, help="folder to write (a diffusers model folder)")
@@ -260,6 +269,27 @@ def cmd_optimize(args) -> None:
     _emit(args, report, "\n".join([markdown(report), section, f"artifact written to {out}"]))
 
 
+def cmd_export(args) -> None:
+    import accel
+
+    out = args.out or f"{Path(str(args.model)).name}.{'onnx' if args.format == 'onnx' else 'plan'}"
+    model = accel.load(args.model, "cpu")
+    if args.format == "onnx":
+        from accel.export.onnx import export_onnx
+
+        record = export_onnx(model, out, args.opset, args.overwrite)
+    else:
+        from accel.export.trt import export_trt
+
+        record = export_trt(model, out, args.overwrite)
+    parity = record["parity"]
+    human = (f"wrote {out} ({record['bytes'] / 1e6:.2f} MB, {record['form']} graph, opset {record['opset']}, "
+             f"{record['qdq_layers']} Q/DQ layers) in {record['export_s']:.1f} s\n"
+             f"ONNX Runtime ({parity['provider']}) vs PyTorch on {parity['inputs']} random inputs: max abs "
+             f"{parity['max_abs']:.2e}, max rel {parity['max_rel']:.2e} (tolerance {parity['tolerance']:g}): met")
+    _emit(args, {**record, "out": str(out)}, human)
+
+
 def cmd_train_reference(args) -> None:
     from accel.artifact import ensure_writable_dir
 
@@ -279,7 +309,7 @@ def cmd_train_reference(args) -> None:
 
 
 COMMANDS = {"eval": cmd_eval, "sample": cmd_sample, "info": cmd_info, "quantize": cmd_quantize,
-            "optimize": cmd_optimize, "train-reference": cmd_train_reference}
+            "optimize": cmd_optimize, "export": cmd_export, "train-reference": cmd_train_reference}
 
 
 def main(argv: list[str] | None = None) -> int:

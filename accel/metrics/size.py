@@ -13,9 +13,12 @@ from accel.models.denoiser import Denoiser
 
 
 def count_params(denoiser: Denoiser) -> int:
-    """Parameters of the network itself: quantizers' step sizes are bookkeeping, not weights."""
+    """Parameters of the network itself: quantizers' step sizes are bookkeeping, not weights. An exported
+    model (ONNX Runtime session) reports the count of the PyTorch model it was exported from."""
     from accel.quant.quantizer import Quantizer
 
+    if hasattr(denoiser.module, "num_params"):
+        return denoiser.module.num_params
     return sum(p.numel() for m in denoiser.modules() if not isinstance(m, Quantizer)
                for p in m.parameters(recurse=False))
 
@@ -23,7 +26,10 @@ def count_params(denoiser: Denoiser) -> int:
 @torch.inference_mode()
 def count_macs(denoiser: Denoiser) -> int:
     """MACs of one denoiser call on one sample: half the FLOPs that PyTorch's FlopCounterMode records for
-    the matrix ops it dispatches (convolutions, matmuls, attention), as fvcore/thop count them."""
+    the matrix ops it dispatches (convolutions, matmuls, attention), as fvcore/thop count them. An exported
+    model reports the count of the PyTorch model it was exported from (same graph)."""
+    if hasattr(denoiser.module, "num_macs"):
+        return denoiser.module.num_macs
     with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
         denoiser(*denoiser.example_inputs(1))
     return counter.get_total_flops() // 2

@@ -27,7 +27,7 @@ class Denoiser(nn.Module):
 
     def __init__(self, module: nn.Module, scheduler_config: dict[str, Any], *, source: str = "",
                  sample_shape: tuple[int, int, int] | None = None, weights_bytes: int | None = None,
-                 notes: tuple[str, ...] = ()):
+                 notes: tuple[str, ...] = (), cond_kind: str | None = None):
         super().__init__()
         self.module = module
         self.kind = _DIFFUSERS_KINDS.get(type(module).__name__, "module")
@@ -35,6 +35,7 @@ class Denoiser(nn.Module):
         self.source = source
         self.weights_bytes = weights_bytes
         self.notes = list(notes)
+        self._cond_kind = cond_kind  # given for modules that cannot say (an exported graph); else from the config
         self.transforms: list[dict] = []  # what accel did to the base model, in order (artifact accel.json)
         self.runner = None  # optional replacement for _eps with the same signature (CUDA graph replay)
         self.sample_shape = tuple(sample_shape) if sample_shape else self._shape_from_config()
@@ -55,6 +56,8 @@ class Denoiser(nn.Module):
     @property
     def cond_kind(self) -> str | None:
         """None (unconditional), "class" (integer labels) or "text" (encoder hidden states)."""
+        if self._cond_kind is not None:
+            return self._cond_kind
         config = self.config
         if self.kind == "unet-text":
             return "text"

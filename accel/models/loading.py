@@ -99,6 +99,8 @@ def _check_safetensors(files: list[Path]) -> None:
 
 
 def _load_path(path: Path, name: str) -> Denoiser:
+    if path.is_file() and path.suffix in EXPORTED_LOADERS:
+        return EXPORTED_LOADERS[path.suffix](path, name)
     model_dir = _model_folder(path)
     config = _read_json(model_dir / "config.json")
     class_name = config.get("_class_name")
@@ -119,6 +121,21 @@ def _load_path(path: Path, name: str) -> Denoiser:
     if (model_dir / ARTIFACT_MARKER).is_file():
         denoiser.transforms = _read_json(model_dir / ARTIFACT_MARKER).get("transforms", [])
     return denoiser
+
+
+def _load_onnx(path: Path, name: str) -> Denoiser:
+    from accel.export.runtime import load_onnx
+
+    return load_onnx(path, name)
+
+
+def _load_engine(path: Path, name: str) -> Denoiser:
+    from accel.export.trt import load_engine
+
+    return load_engine(path, name)
+
+
+EXPORTED_LOADERS = {".onnx": _load_onnx, ".plan": _load_engine}  # file suffix -> loader of an exported model
 
 
 def _from_pretrained(model_dir: Path, class_name: str) -> nn.Module:

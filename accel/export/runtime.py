@@ -1,0 +1,63 @@
+"""Exported models as denoisers: an ONNX Runtime session behind the ``Denoiser`` calling convention."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from accel.errors import AccelError
+
+
+def ort_session(path: str | Path):
+    """An ONNX Runtime session on the best installed provider (CUDA where onnxruntime-gpu has it)."""
+    import onnxruntime as ort
+
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own exception types for unreadable models
+        raise AccelError(f"ONNX Runtime cannot load {path}: {str(error).splitlines()[0]}")
+
+
+class OrtModule(nn.Module):
+    """Calls an ONNX Runtime session with torch tensors: ``module(x_t, t, cond=None) -> eps``."""
+
+    def __init__(self, session, input_names: list[str], config: dict, params: int, macs: int):
+        super().__init__()
+        self.session, self.input_names = session, input_names
+        self.config, self.num_params, self.num_macs = config, params, macs
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        args = [x.float(), t.long(), cond]
+        feed = {name: tensor.detach().cpu().numpy() for name, tensor in zip(self.input_names, args)}
+        return torch.from_numpy(self.session.run(["eps"], feed)[0]).to(x.device, x.dtype)
+
+
+def load_onnx(path: Path, name: str):
+    """A Denoiser running ``path`` (an ONNX file written by ``accel export onnx``) in ONNX Runtime."""
+    import onnx
+
+    from accel.export.onnx import METADATA_KEY
+    from accel.models.denoiser import Denoiser
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise AccelError(f"{path} is not a readable ONNX file ({str(error).splitlines()[0]})")
+    props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise AccelError(f"{path} was not written by accel export (no sampling metadata); export it with "
+                         "`accel export onnx`")
+    meta = json.loads(props[METADATA_KEY])
+    module = OrtModule(ort_session(path), meta["inputs"], meta["config"], meta["params"], meta["macs"])
+    denoiser = Denoiser(module, meta["scheduler_config"], source=name, sample_shape=tuple(meta["sample_shape"]),
+                        weights_bytes=path.stat().st_size, cond_kind=meta["cond_kind"],
+                        notes=(f"runs in ONNX Runtime ({module.session.get_providers()[0]}), "
+                               f"{meta['form']} graph, opset {meta['opset']}",))
+    denoiser.transforms = meta["transforms"] + [{"name": "export", "format": "onnx", "form": meta["form"],
+                                                 "opset": meta["opset"]}]
+    return denoiser

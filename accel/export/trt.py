@@ -1,0 +1,126 @@
+"""TensorRT engines from the exported ONNX (``[trt]`` extra), and engines as denoisers.
+
+Kept small and close to TensorRT 10's documented Python API: a strongly typed network (precision comes from
+the ONNX types and Q/DQ nodes; the FP16/INT8 builder flags are deprecated since 10.12), one optimization
+profile over batch (and height/width for UNets), a workspace memory-pool limit, and a timing cache kept beside
+the engine. The engine's sampling metadata is written to ``<engine>.json``. TensorRT cannot be installed on
+the machines this was written on: the code paths run only where ``tensorrt`` imports (tests skip otherwise).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from accel.errors import AccelError
+
+WORKSPACE_BYTES = 4 << 30
+MAX_BATCH = 16
+
+
+def _tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise AccelError("TensorRT is not installed: pip install 'accel[trt]' (needs an NVIDIA GPU and driver)")
+    return tensorrt
+
+
+def build_engine(onnx_path: Path, out: Path, meta: dict, max_batch: int = MAX_BATCH) -> dict:
+    """Parse ``onnx_path``, build a serialized engine, write ``out`` and ``out``.json atomically."""
+    trt = _tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise AccelError(f"TensorRT cannot parse {onnx_path}: {parser.get_error(0).desc()}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    cache_path = out.with_suffix(".timing-cache")
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        # Batch is the one dynamic dimension kept dynamic; the sample's image size is the model's own.
+        rest = list(meta["sample_shape"]) if tensor.name == "sample" else list(tensor.shape)[1:]
+        profile.set_shape(tensor.name, [1, *rest], [max(1, max_batch // 2), *rest], [max_batch, *rest])
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise AccelError(f"TensorRT could not build an engine from {onnx_path} (see its log above)")
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_bytes(bytes(serialized))
+    out.with_name(out.name + ".json").write_text(json.dumps({**meta, "tensorrt": trt.__version__,
+                                                             "max_batch": max_batch}, default=str))
+    os.replace(partial, out)
+    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return {"tensorrt": trt.__version__, "bytes": out.stat().st_size, "max_batch": max_batch}
+
+
+class TrtModule(nn.Module):
+    """Runs a deserialized engine on CUDA torch tensors: ``module(x_t, t, cond=None) -> eps``."""
+
+    def __init__(self, engine, input_names: list[str], config: dict, params: int, macs: int):
+        super().__init__()
+        self.engine, self.context = engine, engine.create_execution_context()
+        self.input_names, self.config, self.num_params, self.num_macs = input_names, config, params, macs
+        self.register_buffer("_device_anchor", torch.empty(0, device="cuda"))  # Denoiser.device reads buffers
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = [x.float().contiguous(), t.long().contiguous(), None if cond is None else cond.float().contiguous()]
+        for name, tensor in zip(self.input_names, inputs):
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        eps = torch.empty(tuple(self.context.get_tensor_shape("eps")), device=x.device, dtype=torch.float32)
+        self.context.set_tensor_address("eps", eps.data_ptr())
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise AccelError("TensorRT engine execution failed")
+        return eps.to(x.dtype)
+
+
+def load_engine(path: Path, name: str):
+    """A Denoiser running a TensorRT engine written by ``accel export trt``."""
+    from accel.models.denoiser import Denoiser
+
+    trt = _tensorrt()
+    meta_path = path.with_name(path.name + ".json")
+    if not meta_path.is_file():
+        raise AccelError(f"{path} has no {meta_path.name} beside it; rebuild it with `accel export trt`")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("tensorrt") != trt.__version__:
+        raise AccelError(f"{path} was built with TensorRT {meta.get('tensorrt')}, this is {trt.__version__}: rebuild")
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise AccelError(f"{path} does not deserialize here (built for another GPU or TensorRT version): rebuild")
+    module = TrtModule(engine, meta["inputs"], meta["config"], meta["params"], meta["macs"])
+    denoiser = Denoiser(module, meta["scheduler_config"], source=name, sample_shape=tuple(meta["sample_shape"]),
+                        weights_bytes=path.stat().st_size, cond_kind=meta["cond_kind"],
+                        notes=(f"runs as a TensorRT {trt.__version__} engine ({meta['form']} graph)",))
+    denoiser.transforms = meta["transforms"] + [{"name": "export", "format": "trt", "form": meta["form"]}]
+    return denoiser
+
+
+def export_trt(denoiser, out: str | Path, overwrite: bool = False) -> dict:
+    """Denoiser -> checked ONNX (temporary) -> TensorRT engine at ``out`` (a .plan file)."""
+    from accel.export.onnx import OPSET, export_onnx, metadata
+
+    _tensorrt()  # fail before any work when the extra is missing
+    out = Path(out)
+    if out.suffix != ".plan":
+        raise AccelError(f"--out {out}: give a .plan file")
+    if not out.parent.is_dir():
+        raise AccelError(f"cannot write {out}: folder {out.parent} does not exist")
+    if out.exists() and not overwrite:
+        raise AccelError(f"{out} exists; choose another --out or pass --overwrite")
+    onnx_path = out.with_name(f".{out.stem}.export.onnx")
+    try:
+        record = export_onnx(denoiser, onnx_path, OPSET, overwrite=True)
+        record["engine"] = build_engine(onnx_path, out, metadata(denoiser, OPSET, record["form"]))
+    finally:
+        onnx_path.unlink(missing_ok=True)
+    return record
