@@ -19,7 +19,8 @@ from accel.report import to_json
 
 HERE = Path(__file__).parent
 COLUMNS = ("model", "precision", "fid", "fid_ratio", "fid_at_floor_size", "fid_floor", "psnr_db", "latency_ms_b1",
-           "latency_ms_b256", "sampling_ms_per_image", "params", "macs", "size_bytes", "wall_s")
+           "latency_ms_b256", "speedup_vs_pytorch", "max_rel_error", "sampling_ms_per_image", "params", "macs",
+           "size_bytes", "wall_s")
 
 
 def _commit() -> str | None:
@@ -76,6 +77,41 @@ def quantization_rows(n: int, steps: int, recon_iters: int) -> list[dict]:
             for row in table["rows"]]
 
 
+def onnx_runtime_rows(n: int, steps: int, recon_iters: int) -> list[dict]:
+    """FP32 and W8A8 exported to ONNX and sampled through ONNX Runtime, each against the PyTorch model it was
+    exported from (same seeds): FID ratio, PSNR, interleaved batch-1 latency ratio, export parity error."""
+    import tempfile
+
+    from accel.export.onnx import export_onnx
+    from accel.quant.workflow import calibration_for
+
+    fp32 = accel.load("digits")
+    w8a8 = accel.load("digits")
+    config = accel.QuantConfig(w_bits=8, a_bits=8, recon_iters=recon_iters)
+    accel.quantize_(w8a8, config, calibration_for(fp32, config), progress=False)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name, model in (("fp32", fp32), ("W8A8 Q/DQ", w8a8)):
+            start = time.perf_counter()
+            path = Path(folder) / f"{name.split()[0]}.onnx"
+            record = export_onnx(model, path)
+            evaluation = accel.evaluate(accel.load(path), baseline=model, command="bench", model_name=str(path),
+                                        config=accel.EvalConfig(n=n, sampler=accel.SamplerConfig(steps=steps)))
+            original, exported = evaluation.report["original"], evaluation.report["compressed"]
+            rows.append({"model": "digits", "precision": f"{name} (ONNX Runtime, CPU)", "fid": exported["fid"],
+                         "fid_ratio": evaluation.report["delta"]["fid_ratio"], "fid_at_floor_size": None,
+                         "fid_floor": None, "psnr_db": evaluation.report["delta"]["psnr_db_vs_original"],
+                         "latency_ms_b1": exported["latency_ms_per_step"], "latency_ms_b256": None,
+                         "speedup_vs_pytorch": original["latency_ms_per_step"] / exported["latency_ms_per_step"],
+                         "max_rel_error": record["parity"]["max_rel"],
+                         "sampling_ms_per_image": exported["sampling_s_per_image"] * 1e3,
+                         "params": exported["params"], "macs": exported["macs"], "size_bytes": record["bytes"],
+                         "wall_s": time.perf_counter() - start, "_context": None,
+                         "_export": {"samples": n, "steps": steps, "pytorch_fid": original["fid"],
+                                     "recon_iters": recon_iters}})
+    return rows
+
+
 def _cell(value) -> str:
     if value is None:
         return "-"
@@ -102,6 +138,14 @@ def markdown(rows: list[dict], mode: str) -> str:
                       f"engine); FID and PSNR on {ablation['samples']} samples at {ablation['steps']} DDIM steps, "
                       f"same seeds as their own FP32 run (FID {ablation['original_fid']:.4g}), which is what "
                       "fid_ratio divides by."]
+    export = next((row["_export"] for row in rows if row.get("_export")), None)
+    if export:
+        lines += ["", f"ONNX Runtime rows: `accel export onnx` of the FP32 model and of W8A8 (recipe defaults, "
+                      f"{export['recon_iters']} reconstruction iterations), sampled through ONNX Runtime on "
+                      f"{export['samples']} samples at {export['steps']} DDIM steps; fid_ratio, psnr_db and "
+                      "speedup_vs_pytorch compare each with the PyTorch model it was exported from (the W8A8 one "
+                      "fake-quantized, with quantized attention; the export keeps attention in float), latency "
+                      "interleaved at batch 1; max_rel_error is the export's parity check."]
     return "\n".join(lines) + "\n"
 
 
@@ -114,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [reference_fp32_row(n, steps=50)]
     # Quick: a smaller ablation that fits CI's budget (under 5 minutes on 2 cores); full: the README's settings.
     rows += quantization_rows(300, 20, recon_iters=20) if args.quick else quantization_rows(2000, 50, 500)
+    rows += onnx_runtime_rows(500, 50, recon_iters=20) if args.quick else onnx_runtime_rows(2000, 50, 500)
     text = markdown(rows, mode)
     args.out.write_text(text)
     args.out.with_suffix(".json").write_text(to_json({"mode": mode, "commit": _commit(), "rows": rows}))
