@@ -30,6 +30,18 @@ def ensure_writable_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
+def ensure_writable_file(out: str | Path, suffixes: tuple[str, ...], what: str, overwrite: bool) -> Path:
+    """Check an output file's suffix (``what`` names the accepted kinds), its folder, and that it may be written."""
+    out = Path(out)
+    if out.suffix not in suffixes:
+        raise AccelError(f"--out {out}: give {what}")
+    if not out.parent.is_dir():
+        raise AccelError(f"cannot write {out}: folder {out.parent} does not exist")
+    if out.exists() and not overwrite:
+        raise AccelError(f"{out} exists; choose another --out or pass --overwrite")
+    return out
+
+
 @contextmanager
 def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``out`` to fill; it replaces ``out`` only if the block completes."""

@@ -138,6 +138,16 @@ def _device(name: str | None):
     return device
 
 
+def _eval_config(args):
+    """The evaluation settings every measuring command shares (sampler, FID inputs, latency batch)."""
+    import accel
+
+    return accel.EvalConfig(n=args.n, seed=args.seed,
+                            sampler=accel.SamplerConfig(args.sampler, args.steps, args.batch_size),
+                            latency_batch=args.latency_batch, inception_weights=args.inception_weights,
+                            fid_ref=args.fid_ref)
+
+
 def _emit(args, payload: dict, human: str) -> None:
     from accel.report import to_json
 
@@ -151,24 +161,12 @@ def cmd_eval(args) -> None:
 
     if args.out:
         ensure_writable_dir(args.out, args.overwrite)
-    sampler = accel.SamplerConfig(args.sampler, args.steps, args.batch_size)
-    config = accel.EvalConfig(n=args.n, seed=args.seed, sampler=sampler, latency_batch=args.latency_batch,
-                              inception_weights=args.inception_weights, fid_ref=args.fid_ref)
     model = accel.load(args.model, _device(args.device))
-    evaluation = accel.evaluate(model, config=config, model_name=args.model)
+    evaluation = accel.evaluate(model, config=_eval_config(args), model_name=args.model)
     if args.out:
         with atomic_dir(args.out, args.overwrite) as staging:
             write_report(staging, evaluation.report, evaluation.images)
     _emit(args, evaluation.report, markdown(evaluation.report))
-
-
-def _check_sample_out(out: Path, overwrite: bool) -> None:
-    if out.suffix not in (".png", ".npz"):
-        raise AccelError(f"--out {out}: give a .png (grid) or .npz (uint8 array 'images') file")
-    if out.exists() and not overwrite:
-        raise AccelError(f"{out} exists; choose another --out or pass --overwrite")
-    if not out.parent.is_dir():
-        raise AccelError(f"cannot write {out}: folder {out.parent} does not exist")
 
 
 def cmd_sample(args) -> None:
@@ -178,8 +176,10 @@ def cmd_sample(args) -> None:
     from accel.metrics.digits_cnn import to_uint8
     from accel.report import sample_grid
 
-    out = Path(args.out)
-    _check_sample_out(out, args.overwrite)
+    from accel.artifact import ensure_writable_file
+
+    out = ensure_writable_file(args.out, (".png", ".npz"), "a .png (grid) or .npz (uint8 array 'images') file",
+                               args.overwrite)
     sampler = accel.SamplerConfig(args.sampler, args.steps, args.batch_size)
     model = accel.load(args.model, _device(args.device))
     samples = accel.sample(model, args.n, args.seed, sampler)
@@ -236,12 +236,8 @@ def cmd_quantize(args) -> None:
         layer_bits=_layer_bits(args.layer_bits), skip=tuple(args.skip), calib_policy=args.calib_policy,
         calib_samples=args.calib_samples, calib_every=args.calib_every, recon_iters=args.recon_iters,
         seed=args.seed)
-    eval_config = accel.EvalConfig(n=args.n, seed=args.seed,
-                                   sampler=accel.SamplerConfig(args.sampler, args.steps, args.batch_size),
-                                   latency_batch=args.latency_batch, inception_weights=args.inception_weights,
-                                   fid_ref=args.fid_ref)
     ensure_writable_dir(out, args.overwrite)
-    result = quantize_and_evaluate(args.model, config, eval_config, _device(args.device), args.calib, args.ablation)
+    result = quantize_and_evaluate(args.model, config, _eval_config(args), _device(args.device), args.calib, args.ablation)
     accel.save(result.model, out, args.overwrite, result.evaluation, result.sections)
     report = {**result.evaluation.report, "out": str(out)}
     _emit(args, report, "\n".join([markdown(report), *result.sections, f"artifact written to {out}"]))
@@ -257,12 +253,8 @@ def cmd_optimize(args) -> None:
     out = args.out or f"{Path(str(args.model)).name}-fast"
     config = OptimizeConfig(dtype=args.dtype, channels_last=not args.no_channels_last, backend=args.backend,
                             cuda_graph=args.cuda_graph)
-    eval_config = accel.EvalConfig(n=args.n, seed=args.seed,
-                                   sampler=accel.SamplerConfig(args.sampler, args.steps, args.batch_size),
-                                   latency_batch=args.latency_batch, inception_weights=args.inception_weights,
-                                   fid_ref=args.fid_ref)
     ensure_writable_dir(out, args.overwrite)
-    model, evaluation = optimize_and_evaluate(args.model, config, eval_config, _device(args.device))
+    model, evaluation = optimize_and_evaluate(args.model, config, _eval_config(args), _device(args.device))
     section = f"Output check: {evaluation.report['quality_goal']}\n"
     accel.save(model, out, args.overwrite, evaluation, [section])
     report = {**evaluation.report, "out": str(out)}

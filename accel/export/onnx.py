@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from accel.artifact import ensure_writable_file
 from accel.errors import AccelError
 from accel.export.qdq import exportable
 
@@ -123,12 +124,7 @@ def export_onnx(denoiser, out: str | Path, opset: int = OPSET, overwrite: bool =
 
 
 def _check_target(out: Path, overwrite: bool, opset: int) -> None:
-    if out.suffix != ".onnx":
-        raise AccelError(f"--out {out}: give a .onnx file")
-    if not out.parent.is_dir():
-        raise AccelError(f"cannot write {out}: folder {out.parent} does not exist")
-    if out.exists() and not overwrite:
-        raise AccelError(f"{out} exists; choose another --out or pass --overwrite")
+    ensure_writable_file(out, (".onnx",), "a .onnx file", overwrite)
     if opset < MIN_OPSET:
         raise AccelError(f"--opset {opset} is too low: per-channel DequantizeLinear needs opset {MIN_OPSET} or newer")
 

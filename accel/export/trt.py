@@ -109,14 +109,10 @@ def export_trt(denoiser, out: str | Path, overwrite: bool = False) -> dict:
     """Denoiser -> checked ONNX (temporary) -> TensorRT engine at ``out`` (a .plan file)."""
     from accel.export.onnx import OPSET, export_onnx, metadata
 
+    from accel.artifact import ensure_writable_file
+
     _tensorrt()  # fail before any work when the extra is missing
-    out = Path(out)
-    if out.suffix != ".plan":
-        raise AccelError(f"--out {out}: give a .plan file")
-    if not out.parent.is_dir():
-        raise AccelError(f"cannot write {out}: folder {out.parent} does not exist")
-    if out.exists() and not overwrite:
-        raise AccelError(f"{out} exists; choose another --out or pass --overwrite")
+    out = ensure_writable_file(out, (".plan",), "a .plan file", overwrite)
     onnx_path = out.with_name(f".{out.stem}.export.onnx")
     try:
         record = export_onnx(denoiser, onnx_path, OPSET, overwrite=True)
