@@ -21,7 +21,9 @@ EXAMPLES = """examples:
   accel eval --model q4                       the saved artifact, measured again
   accel optimize --model path/to/unet --out unet-fast   fused Triton kernels, fp16, channels-last + report
   accel export onnx --model q4 --out q4.onnx  ONNX (Q/DQ for quantized layers), checked with ONNX Runtime
-  accel eval --model q4.onnx                  sample through ONNX Runtime: FID/latency like any model
+  accel export onnx --model unet --dtype fp16 float16 graph; --int8-grid: 4-bit linear weights as INT8, opset 19
+  accel eval --model q4.onnx                  sample through ONNX Runtime, side by side with q4 in PyTorch
+  accel export trt --model q4 --out q4.plan   TensorRT engine, where tensorrt is installed (accel[trt])
   accel train-reference --out my-digits       retrain the built-in model from scratch (fixed seed)
 
 Errors print one line and exit with status 2. Nothing is downloaded: models come from local folders,
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ev)
     _add_sampler(ev, n_default=2000)
     ev.add_argument("--out", help="folder for report.json, report.md and samples.png")
+    ev.add_argument("--baseline", help="compare with this model, side by side (default for an exported .onnx/.plan: "
+                    "the model it was exported from, where that loads)")
     ev.add_argument("--latency-batch", type=int, default=1, help="batch size for per-step latency (default 1)")
     ev.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth for Inception FID")
     ev.add_argument("--fid-ref", help="real images for Inception FID: .npz with uint8 'images' N x C x H x W")
@@ -112,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("format", choices=("onnx", "trt"), help="onnx: a .onnx file; trt: a TensorRT .plan engine")
     _add_common(ex)
     ex.add_argument("--out", help="output file (default: <model>.onnx / <model>.plan)")
-    ex.add_argument("--opset", type=int, default=19, help="ONNX opset (default 19, as TensorRT 10 parses)")
+    ex.add_argument("--opset", type=int, help="ONNX opset, 13-21 (default 19, as TensorRT 10 parses; 21 when 4-bit "
+                    "linear layers go out as INT4)")
+    ex.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="inputs, weights and eps (default fp32)")
+    ex.add_argument("--int8-grid", action="store_true",
+                    help="write 4-bit linear weights on the INT8 grid (as convolutions are) instead of as INT4")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     tr = commands.add_parser("train-reference", help="retrain the built-in reference model or its FID classifier")
@@ -161,12 +169,33 @@ def cmd_eval(args) -> None:
 
     if args.out:
         ensure_writable_dir(args.out, args.overwrite)
-    model = accel.load(args.model, _device(args.device))
-    evaluation = accel.evaluate(model, config=_eval_config(args), model_name=args.model)
+    device = _device(args.device)
+    model = accel.load(args.model, device)
+    evaluation = accel.evaluate(model, _baseline(args.baseline, model, device), _eval_config(args),
+                                model_name=args.model)
     if args.out:
         with atomic_dir(args.out, args.overwrite) as staging:
             write_report(staging, evaluation.report, evaluation.images)
     _emit(args, evaluation.report, markdown(evaluation.report))
+
+
+def _baseline(name: str | None, model, device):
+    """The model to compare with: ``name``, or for an exported model the one it was exported from (its recorded
+    source) when that still loads; else none, with a note saying how to give one."""
+    import accel
+    from accel.errors import AccelError
+
+    if name:
+        return accel.load(name, device)
+    source = next((t["source"] for t in model.transforms if t["name"] == "export"), None)
+    if source is None:
+        return None
+    try:
+        return accel.load(source, device)
+    except AccelError:
+        model.notes.append(f"the model this was exported from ({source}) does not load here; pass --baseline to "
+                           "compare with it")
+        return None
 
 
 def cmd_sample(args) -> None:
@@ -269,14 +298,15 @@ def cmd_export(args) -> None:
     if args.format == "onnx":
         from accel.export.onnx import export_onnx
 
-        record = export_onnx(model, out, args.opset, args.overwrite)
+        record = export_onnx(model, out, args.opset, args.overwrite, args.dtype, args.int8_grid)
     else:
         from accel.export.trt import export_trt
 
-        record = export_trt(model, out, args.overwrite)
+        record = export_trt(model, out, args.overwrite, args.dtype)
     parity = record["parity"]
-    human = (f"wrote {out} ({record['bytes'] / 1e6:.2f} MB, {record['form']} graph, opset {record['opset']}, "
-             f"{record['qdq_layers']} Q/DQ layers) in {record['export_s']:.1f} s\n"
+    human = (f"wrote {out} ({record['bytes'] / 1e6:.2f} MB, {record['dtype']} {record['form']} graph, opset "
+             f"{record['opset']}, {record['qdq_layers']} Q/DQ layers, {record['int4_layers']} INT4) in "
+             f"{record['export_s']:.1f} s\n"
              f"ONNX Runtime ({parity['provider']}) vs PyTorch on {parity['inputs']} random inputs: max abs "
              f"{parity['max_abs']:.2e}, max rel {parity['max_rel']:.2e} (tolerance {parity['tolerance']:g}): met")
     _emit(args, {**record, "out": str(out)}, human)

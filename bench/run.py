@@ -78,27 +78,31 @@ def quantization_rows(n: int, steps: int, recon_iters: int) -> list[dict]:
 
 
 def onnx_runtime_rows(n: int, steps: int, recon_iters: int) -> list[dict]:
-    """FP32 and W8A8 exported to ONNX and sampled through ONNX Runtime, each against the PyTorch model it was
-    exported from (same seeds): FID ratio, PSNR, interleaved batch-1 latency ratio, export parity error."""
+    """FP32, W8A8 and W4A8 (linear layers as INT4, opset 21) exported to ONNX and sampled through ONNX Runtime,
+    each against the PyTorch model it was exported from (same seeds): FID ratio, PSNR, interleaved batch-1
+    latency ratio, export parity error."""
     import tempfile
 
     from accel.export.onnx import export_onnx
     from accel.quant.workflow import calibration_for
 
     fp32 = accel.load("digits")
-    w8a8 = accel.load("digits")
-    config = accel.QuantConfig(w_bits=8, a_bits=8, recon_iters=recon_iters)
-    accel.quantize_(w8a8, config, calibration_for(fp32, config), progress=False)
+    models = {"fp32": fp32}
+    for bits in (8, 4):
+        models[f"W{bits}A8 Q/DQ"] = quantized = accel.load("digits")
+        config = accel.QuantConfig(w_bits=bits, a_bits=8, recon_iters=recon_iters)
+        accel.quantize_(quantized, config, calibration_for(fp32, config), progress=False)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for name, model in (("fp32", fp32), ("W8A8 Q/DQ", w8a8)):
+        for name, model in models.items():
             start = time.perf_counter()
             path = Path(folder) / f"{name.split()[0]}.onnx"
             record = export_onnx(model, path)
             evaluation = accel.evaluate(accel.load(path), baseline=model, command="bench", model_name=str(path),
                                         config=accel.EvalConfig(n=n, sampler=accel.SamplerConfig(steps=steps)))
             original, exported = evaluation.report["original"], evaluation.report["compressed"]
-            rows.append({"model": "digits", "precision": f"{name} (ONNX Runtime, CPU)", "fid": exported["fid"],
+            form = f"{name}, opset {record['opset']}, {record['int4_layers']} INT4 layers"
+            rows.append({"model": "digits", "precision": f"{form} (ONNX Runtime, CPU)", "fid": exported["fid"],
                          "fid_ratio": evaluation.report["delta"]["fid_ratio"], "fid_at_floor_size": None,
                          "fid_floor": None, "psnr_db": evaluation.report["delta"]["psnr_db_vs_original"],
                          "latency_ms_b1": exported["latency_ms_per_step"], "latency_ms_b256": None,
@@ -140,11 +144,11 @@ def markdown(rows: list[dict], mode: str) -> str:
                       "fid_ratio divides by."]
     export = next((row["_export"] for row in rows if row.get("_export")), None)
     if export:
-        lines += ["", f"ONNX Runtime rows: `accel export onnx` of the FP32 model and of W8A8 (recipe defaults, "
+        lines += ["", f"ONNX Runtime rows: `accel export onnx` of the FP32 model, W8A8 and W4A8 (recipe defaults, "
                       f"{export['recon_iters']} reconstruction iterations), sampled through ONNX Runtime on "
                       f"{export['samples']} samples at {export['steps']} DDIM steps; fid_ratio, psnr_db and "
-                      "speedup_vs_pytorch compare each with the PyTorch model it was exported from (the W8A8 one "
-                      "fake-quantized, with quantized attention; the export keeps attention in float), latency "
+                      "speedup_vs_pytorch compare each with the PyTorch model it was exported from (the quantized "
+                      "ones fake-quantized, with quantized attention; the export keeps attention in float), latency "
                       "interleaved at batch 1; max_rel_error is the export's parity check."]
     return "\n".join(lines) + "\n"
 

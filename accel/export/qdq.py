@@ -1,19 +1,25 @@
 """Quantized layers in the form runtimes execute: QuantizeLinear/DequantizeLinear (Q/DQ) pairs.
 
-While :func:`exportable` is active, every QuantLayer computes exactly what the exported graph will:
+After :func:`to_qdq`, every QuantLayer computes exactly what the exported graph will:
 - its input through Q/DQ with the layer's static per-tensor scale (zero point 0, INT8);
-- its weight as DequantizeLinear of INT8 integer codes (an initializer) with per-output-channel scales;
-  4-bit codes lie in [-8, 7] on the same INT8 grid, so an INT8 runtime performs exactly the W4A8 arithmetic;
+- its weight as DequantizeLinear of integer codes (an initializer) with per-output-channel scales. Convolutions,
+  and every layer when INT4 is off, carry their codes on the INT8 grid: 4-bit codes lie in [-8, 7] with the same
+  scale, so an INT8 runtime performs exactly the W4A8 arithmetic (no mainstream runtime has INT4 convolutions);
+- linear layers with 4-bit weights or per-group scales, when blocked form is on (opset 21), as blocked
+  DequantizeLinear of the transposed (K, N) weight, blocked along K (one block per output channel, or per group
+  of ``group_size`` inputs), feeding a MatMul directly; 4-bit codes as INT4. This is the pattern ONNX Runtime
+  fuses into MatMulNBits and TensorRT reads as INT4 weights;
 - at a split-shortcut site, two convolutions (each half of the input with its own scale and weight half)
   whose outputs are added. A runtime sees two ordinary Q/DQ convolutions and an Add, which TensorRT and ONNX
   Runtime both fuse; one convolution over a concatenation of differently-scaled halves has no Q/DQ form.
 Attention matmuls stay in floating point (FIELD_NOTES.md: TensorRT quantizes attention only in FP8), so
 quantized attention processors are exported as diffusers' float processor.
+
+The TorchScript exporter stops at opset 20 and has no INT4 type, so a blocked DequantizeLinear is traced as the
+placeholder ``accel::BlockDequantizeLinear`` over INT8 codes (with a ``bits`` attribute); ``accel.export.onnx``
+rewrites it to the standard op, 4-bit codes as INT4 initializers, and raises the graph to opset 21.
 """
 from __future__ import annotations
-
-from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -23,6 +29,7 @@ from accel.errors import AccelError
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
 
 INT8_MIN, INT8_MAX = -128, 127
+PLACEHOLDER_DOMAIN, BLOCK_DEQUANTIZE = "accel", "BlockDequantizeLinear"
 
 
 class QuantDequant(torch.autograd.Function):
@@ -43,14 +50,40 @@ class Dequant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, codes, scale, zero):
-        return codes.float() * scale.reshape(-1, *([1] * (codes.ndim - 1)))
+        return codes.to(scale.dtype) * scale.reshape(-1, *([1] * (codes.ndim - 1)))
 
     @staticmethod
     def symbolic(g, codes, scale, zero):
         return g.op("DequantizeLinear", codes, scale, zero, axis_i=0)
 
 
-def check_exportable(layer: QuantLayer, name: str) -> None:
+class BlockDequant(torch.autograd.Function):
+    """(K, N) codes x (K / block, N) scales, blocked along K; exported as the placeholder op (no zero-point
+    input: DequantizeLinear's default is 0 of the codes' type, and an INT4 zero point is one more rewrite)."""
+
+    @staticmethod
+    def forward(ctx, codes, scale, block, bits):
+        return codes.to(scale.dtype) * scale.repeat_interleave(block, dim=0)
+
+    @staticmethod
+    def symbolic(g, codes, scale, block, bits):
+        weight = g.op(f"{PLACEHOLDER_DOMAIN}::{BLOCK_DEQUANTIZE}", codes, scale, axis_i=0, block_size_i=block,
+                      bits_i=bits)
+        weight.setType(codes.type().with_dtype(scale.type().dtype()))  # what shape inference cannot know
+        return weight
+
+
+def blocked_layers(network: nn.Module) -> list[str]:
+    """Names of the quantized linear layers that need blocked DequantizeLinear: 4-bit weights (INT4) or
+    per-group scales."""
+    return [name for name, m in network.named_modules() if isinstance(m, QuantLayer) and _wants_blocks(m)]
+
+
+def _wants_blocks(layer: QuantLayer) -> bool:
+    return not layer.is_conv and (layer.w_bits <= 4 or any(q.group_size for q in layer.weight_quantizers))
+
+
+def check_exportable(layer: QuantLayer, name: str, blocked: bool) -> None:
     """Refuse what Q/DQ cannot express, naming the layer."""
     quantizers = list(layer.weight_quantizers) + list(layer.input_quantizers or [])
     if any(not q.symmetric for q in quantizers):
@@ -60,57 +93,64 @@ def check_exportable(layer: QuantLayer, name: str) -> None:
         raise AccelError(f"{name}: {layer.a_bits}-bit activations cannot be exported; Q/DQ activations are INT8")
     if layer.w_bits > 8:
         raise AccelError(f"{name}: {layer.w_bits}-bit weights do not fit the INT8 grid")
-    if any(q.group_size for q in layer.weight_quantizers):
-        raise AccelError(f"{name}: per-group weight scales need opset-21 blocked DequantizeLinear, which this "
-                         "exporter does not write yet; quantize without --group-size")
+    if any(q.group_size for q in layer.weight_quantizers) and not blocked:
+        raise AccelError(f"{name}: per-group weight scales need blocked DequantizeLinear (opset 21, without "
+                         "--int8-grid)")
 
 
 def _export_forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     inputs = layer._input_parts(x)
     if layer.input_quantizers is not None:
-        inputs = [QuantDequant.apply(part, q.scale.float()) for part, q in zip(inputs, layer.input_quantizers)]
+        inputs = [QuantDequant.apply(part, q.scale.to(part.dtype)) for part, q in zip(inputs, layer.input_quantizers)]
     out = None
     for index, part in enumerate(inputs):
-        weight = Dequant.apply(getattr(layer, f"export_codes_{index}"), getattr(layer, f"export_scale_{index}"),
-                               getattr(layer, f"export_zero_{index}"))
+        codes, scale, zero = (getattr(layer, f"export_{kind}_{index}") for kind in ("codes", "scale", "zero"))
         bias = layer.bias if index == 0 else None
-        y = F.conv2d(part, weight, bias, **layer.conv_args) if layer.is_conv else F.linear(part, weight, bias)
+        if layer.export_block:
+            y = torch.matmul(part, BlockDequant.apply(codes, scale, layer.export_block, layer.w_bits))
+            y = y if bias is None else y + bias
+        else:
+            weight = Dequant.apply(codes, scale, zero)
+            y = F.conv2d(part, weight, bias, **layer.conv_args) if layer.is_conv else F.linear(part, weight, bias)
         out = y if out is None else out + y
     return out
 
 
-def _attach(layer: QuantLayer) -> list[str]:
-    names = []
+def _attach(layer: QuantLayer, blocked: bool) -> None:
+    """Give ``layer`` its export buffers (codes, scales, zero points) and the Q/DQ forward."""
+    blocked = blocked and _wants_blocks(layer)
+    layer.export_block = 0
     for index, (codes, quantizer) in enumerate(zip(layer.weight_codes(), layer.weight_quantizers)):
-        scale = quantizer.scale.detach().float().reshape(-1)
-        tensors = {"codes": codes.to(torch.int8), "scale": scale, "zero": torch.zeros_like(scale, dtype=torch.int8)}
+        scale = quantizer.scale.detach().float().reshape(codes.shape[0], -1)  # (N, 1) or (N, K / group)
+        if blocked:
+            codes, scale = codes.T, scale.T  # (K, N): MatMul's weight layout, blocks along K
+            layer.export_block = codes.shape[0] // scale.shape[0]
+        else:
+            scale = scale.reshape(-1)
+        tensors = {"codes": codes.to(torch.int8).contiguous(), "scale": scale.contiguous(),
+                   "zero": torch.zeros_like(scale, dtype=torch.int8)}
         for kind, tensor in tensors.items():
             layer.register_buffer(f"export_{kind}_{index}", tensor)
-            names.append(f"export_{kind}_{index}")
     layer.forward = lambda x, layer=layer: _export_forward(layer, x)
-    return names
 
 
-@contextmanager
-def exportable(network: nn.Module) -> Iterator[dict]:
-    """Put ``network``'s quantized layers in their Q/DQ form for the duration; yields what was converted."""
+def to_qdq(network: nn.Module, blocked: bool) -> dict:
+    """Convert ``network``'s quantized layers to their Q/DQ form, in place (export works on a copy).
+
+    ``blocked``: linear layers with 4-bit weights or per-group scales become blocked DequantizeLinear (4-bit as
+    INT4); otherwise every weight is on the INT8 grid. Returns counts of what was converted.
+    """
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     layers = [(name, m) for name, m in network.named_modules() if isinstance(m, QuantLayer)]
     for name, layer in layers:
-        check_exportable(layer, name)
+        check_exportable(layer, name, blocked and _wants_blocks(layer))
     attention = [m for m in network.modules() if isinstance(getattr(m, "processor", None), QuantAttnProcessor)]
-    attached = [(layer, _attach(layer)) for _, layer in layers]
-    processors = [m.processor for m in attention]
+    for _, layer in layers:
+        _attach(layer, blocked)
     for module in attention:
         module.set_processor(AttnProcessor2_0())
-    try:
-        yield {"qdq_layers": len(layers), "split_layers": sum(bool(m.split) for _, m in layers),
-               "float_attention": len(attention)}
-    finally:
-        for layer, names in attached:
-            del layer.forward
-            for name in names:
-                delattr(layer, name)
-        for module, processor in zip(attention, processors):
-            module.set_processor(processor)
+    return {"qdq_layers": len(layers), "split_layers": sum(bool(m.split) for _, m in layers),
+            "blocked_layers": sum(bool(m.export_block) for _, m in layers),
+            "int4_layers": sum(bool(m.export_block) and m.w_bits <= 4 for _, m in layers),
+            "float_attention": len(attention)}

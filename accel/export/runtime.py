@@ -17,6 +17,10 @@ def ort_session(path: str | Path):
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
+    # ONNX Runtime fuses INT4 DequantizeLinear + MatMul into MatMulNBits, which by default (accuracy level 4)
+    # requantizes the activations to INT8 per block: other arithmetic than the graph's, a 1e-2 relative error
+    # measured on its own. Level 1 keeps the fused kernel and computes in fp32, as the graph says.
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types for unreadable models
@@ -26,13 +30,15 @@ def ort_session(path: str | Path):
 class OrtModule(nn.Module):
     """Calls an ONNX Runtime session with torch tensors: ``module(x_t, t, cond=None) -> eps``."""
 
-    def __init__(self, session, input_names: list[str], config: dict, params: int, macs: int):
+    def __init__(self, session, input_names: list[str], dtype: torch.dtype, config: dict, params: int, macs: int):
         super().__init__()
-        self.session, self.input_names = session, input_names
+        self.session, self.input_names, self.graph_dtype = session, input_names, dtype
         self.config, self.num_params, self.num_macs = config, params, macs
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        args = [x.float(), t.long(), cond]
+        if cond is not None and cond.is_floating_point():
+            cond = cond.to(self.graph_dtype)
+        args = [x.to(self.graph_dtype), t.long(), cond]
         feed = {name: tensor.detach().cpu().numpy() for name, tensor in zip(self.input_names, args)}
         return torch.from_numpy(self.session.run(["eps"], feed)[0]).to(x.device, x.dtype)
 
@@ -41,7 +47,7 @@ def load_onnx(path: Path, name: str):
     """A Denoiser running ``path`` (an ONNX file written by ``accel export onnx``) in ONNX Runtime."""
     import onnx
 
-    from accel.export.onnx import METADATA_KEY
+    from accel.export.onnx import DTYPES, METADATA_KEY
     from accel.models.denoiser import Denoiser
 
     try:
@@ -53,11 +59,13 @@ def load_onnx(path: Path, name: str):
         raise AccelError(f"{path} was not written by accel export (no sampling metadata); export it with "
                          "`accel export onnx`")
     meta = json.loads(props[METADATA_KEY])
-    module = OrtModule(ort_session(path), meta["inputs"], meta["config"], meta["params"], meta["macs"])
+    module = OrtModule(ort_session(path), meta["inputs"], DTYPES[meta["dtype"]], meta["config"], meta["params"],
+                       meta["macs"])
     denoiser = Denoiser(module, meta["scheduler_config"], source=name, sample_shape=tuple(meta["sample_shape"]),
                         weights_bytes=path.stat().st_size, cond_kind=meta["cond_kind"],
                         notes=(f"runs in ONNX Runtime ({module.session.get_providers()[0]}), "
-                               f"{meta['form']} graph, opset {meta['opset']}",))
+                               f"{meta['dtype']} {meta['form']} graph, opset {meta['opset']}",))
     denoiser.transforms = meta["transforms"] + [{"name": "export", "format": "onnx", "form": meta["form"],
-                                                 "opset": meta["opset"]}]
+                                                 "opset": meta["opset"], "dtype": meta["dtype"],
+                                                 "source": meta["source"]}]
     return denoiser

@@ -2,9 +2,10 @@
 
 Kept small and close to TensorRT 10's documented Python API: a strongly typed network (precision comes from
 the ONNX types and Q/DQ nodes; the FP16/INT8 builder flags are deprecated since 10.12), one optimization
-profile over batch (and height/width for UNets), a workspace memory-pool limit, and a timing cache kept beside
-the engine. The engine's sampling metadata is written to ``<engine>.json``. TensorRT cannot be installed on
-the machines this was written on: the code paths run only where ``tensorrt`` imports (tests skip otherwise).
+profile over batch (and height/width, up to twice the model's, for UNets), a workspace memory-pool limit, and
+a timing cache kept beside the engine. The engine's sampling metadata is written to ``<engine>.json``.
+TensorRT cannot be installed on the machines this was written on: the code paths run only where ``tensorrt``
+imports (tests skip otherwise).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from accel.errors import AccelError
 
 WORKSPACE_BYTES = 4 << 30
 MAX_BATCH = 16
+MAX_SIZE_FACTOR = 2  # UNets: the profile's height/width go from the model's own to this many times it
 
 
 def _tensorrt():
@@ -46,9 +48,7 @@ def build_engine(onnx_path: Path, out: Path, meta: dict, max_batch: int = MAX_BA
     profile = builder.create_optimization_profile()
     for index in range(network.num_inputs):
         tensor = network.get_input(index)
-        # Batch is the one dynamic dimension kept dynamic; the sample's image size is the model's own.
-        rest = list(meta["sample_shape"]) if tensor.name == "sample" else list(tensor.shape)[1:]
-        profile.set_shape(tensor.name, [1, *rest], [max(1, max_batch // 2), *rest], [max_batch, *rest])
+        profile.set_shape(tensor.name, *_profile_shapes(list(tensor.shape), tensor.name, meta, max_batch))
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -62,6 +62,18 @@ def build_engine(onnx_path: Path, out: Path, meta: dict, max_batch: int = MAX_BA
     return {"tensorrt": trt.__version__, "bytes": out.stat().st_size, "max_batch": max_batch}
 
 
+def _profile_shapes(shape: list[int], name: str, meta: dict, max_batch: int) -> tuple[list, list, list]:
+    """min/opt/max for one input: batch 1..max_batch (opt half of it); a dynamic height/width (UNet sample)
+    from the model's own size (also opt) to MAX_SIZE_FACTOR times it; fixed dimensions as they are."""
+    low, best, high = [1], [max(1, max_batch // 2)], [max_batch]
+    for axis, size in enumerate(shape[1:], start=1):
+        own = meta["sample_shape"][axis - 1] if name == "sample" else size
+        low.append(own)
+        best.append(own)
+        high.append(own * MAX_SIZE_FACTOR if size == -1 else own)
+    return low, best, high
+
+
 class TrtModule(nn.Module):
     """Runs a deserialized engine on CUDA torch tensors: ``module(x_t, t, cond=None) -> eps``."""
 
@@ -70,13 +82,17 @@ class TrtModule(nn.Module):
         self.engine, self.context = engine, engine.create_execution_context()
         self.input_names, self.config, self.num_params, self.num_macs = input_names, config, params, macs
         self.register_buffer("_device_anchor", torch.empty(0, device="cuda"))  # Denoiser.device reads buffers
+        trt = _tensorrt()
+        dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+                  trt.DataType.INT64: torch.int64, trt.DataType.INT32: torch.int32}
+        self.dtypes = {name: dtypes[engine.get_tensor_dtype(name)] for name in [*input_names, "eps"]}
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        inputs = [x.float().contiguous(), t.long().contiguous(), None if cond is None else cond.float().contiguous()]
-        for name, tensor in zip(self.input_names, inputs):
+        for name, tensor in zip(self.input_names, (x, t, cond)):
+            tensor = tensor.to(self.dtypes[name]).contiguous()
             self.context.set_input_shape(name, tuple(tensor.shape))
             self.context.set_tensor_address(name, tensor.data_ptr())
-        eps = torch.empty(tuple(self.context.get_tensor_shape("eps")), device=x.device, dtype=torch.float32)
+        eps = torch.empty(tuple(self.context.get_tensor_shape("eps")), device=x.device, dtype=self.dtypes["eps"])
         self.context.set_tensor_address("eps", eps.data_ptr())
         if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
             raise AccelError("TensorRT engine execution failed")
@@ -100,13 +116,19 @@ def load_engine(path: Path, name: str):
     module = TrtModule(engine, meta["inputs"], meta["config"], meta["params"], meta["macs"])
     denoiser = Denoiser(module, meta["scheduler_config"], source=name, sample_shape=tuple(meta["sample_shape"]),
                         weights_bytes=path.stat().st_size, cond_kind=meta["cond_kind"],
-                        notes=(f"runs as a TensorRT {trt.__version__} engine ({meta['form']} graph)",))
-    denoiser.transforms = meta["transforms"] + [{"name": "export", "format": "trt", "form": meta["form"]}]
+                        notes=(f"runs as a TensorRT {trt.__version__} engine ({meta['dtype']} {meta['form']} "
+                               "graph)",))
+    denoiser.transforms = meta["transforms"] + [{"name": "export", "format": "trt", "form": meta["form"],
+                                                 "dtype": meta["dtype"], "source": meta["source"]}]
     return denoiser
 
 
-def export_trt(denoiser, out: str | Path, overwrite: bool = False) -> dict:
-    """Denoiser -> checked ONNX (temporary) -> TensorRT engine at ``out`` (a .plan file)."""
+def export_trt(denoiser, out: str | Path, overwrite: bool = False, dtype: str = "fp32") -> dict:
+    """Denoiser -> checked ONNX (temporary) -> TensorRT engine at ``out`` (a .plan file).
+
+    4-bit linear weights go on the INT8 grid: TensorRT's INT4 is weight-only, and these layers quantize their
+    activations to INT8, so an INT8 GEMM is what executes their W4A8 arithmetic exactly.
+    """
     from accel.export.onnx import OPSET, export_onnx, metadata
 
     from accel.artifact import ensure_writable_file
@@ -115,8 +137,8 @@ def export_trt(denoiser, out: str | Path, overwrite: bool = False) -> dict:
     out = ensure_writable_file(out, (".plan",), "a .plan file", overwrite)
     onnx_path = out.with_name(f".{out.stem}.export.onnx")
     try:
-        record = export_onnx(denoiser, onnx_path, OPSET, overwrite=True)
-        record["engine"] = build_engine(onnx_path, out, metadata(denoiser, OPSET, record["form"]))
+        record = export_onnx(denoiser, onnx_path, OPSET, overwrite=True, dtype=dtype, int8_grid=True)
+        record["engine"] = build_engine(onnx_path, out, metadata(denoiser, OPSET, record["form"], dtype))
     finally:
         onnx_path.unlink(missing_ok=True)
     return record
