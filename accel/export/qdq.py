@@ -104,31 +104,32 @@ def _export_forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
         inputs = [QuantDequant.apply(part, q.scale.to(part.dtype)) for part, q in zip(inputs, layer.input_quantizers)]
     out = None
     for index, part in enumerate(inputs):
-        codes, scale, zero = (getattr(layer, f"export_{kind}_{index}") for kind in ("codes", "scale", "zero"))
+        codes, scale = getattr(layer, f"export_codes_{index}"), getattr(layer, f"export_scale_{index}")
         bias = layer.bias if index == 0 else None
         if layer.export_block:
             y = torch.matmul(part, BlockDequant.apply(codes, scale, layer.export_block, layer.w_bits))
             y = y if bias is None else y + bias
         else:
-            weight = Dequant.apply(codes, scale, zero)
+            weight = Dequant.apply(codes, scale, getattr(layer, f"export_zero_{index}"))
             y = F.conv2d(part, weight, bias, **layer.conv_args) if layer.is_conv else F.linear(part, weight, bias)
         out = y if out is None else out + y
     return out
 
 
 def _attach(layer: QuantLayer, blocked: bool) -> None:
-    """Give ``layer`` its export buffers (codes, scales, zero points) and the Q/DQ forward."""
+    """Give ``layer`` its export buffers (codes, scales, and zero points where not blocked) and the Q/DQ forward."""
     blocked = blocked and _wants_blocks(layer)
     layer.export_block = 0
     for index, (codes, quantizer) in enumerate(zip(layer.weight_codes(), layer.weight_quantizers)):
         scale = quantizer.scale.detach().float().reshape(codes.shape[0], -1)  # (N, 1) or (N, K / group)
+        tensors = {}
         if blocked:
             codes, scale = codes.T, scale.T  # (K, N): MatMul's weight layout, blocks along K
             layer.export_block = codes.shape[0] // scale.shape[0]
         else:
             scale = scale.reshape(-1)
-        tensors = {"codes": codes.to(torch.int8).contiguous(), "scale": scale.contiguous(),
-                   "zero": torch.zeros_like(scale, dtype=torch.int8)}
+            tensors["zero"] = torch.zeros_like(scale, dtype=torch.int8)
+        tensors.update(codes=codes.to(torch.int8).contiguous(), scale=scale.contiguous())
         for kind, tensor in tensors.items():
             layer.register_buffer(f"export_{kind}_{index}", tensor)
     layer.forward = lambda x, layer=layer: _export_forward(layer, x)
