@@ -116,4 +116,5 @@ def _rebuild_optimized(module: nn.Module, transform: dict) -> None:
     rebuild_optimized(module, transform)
 
 
-REBUILDERS = {"quantize": _rebuild_quantized, "optimize": _rebuild_optimized}  # transform name -> how to give a fresh base its structure
+# transform name -> how to give a fresh base its structure
+REBUILDERS = {"quantize": _rebuild_quantized, "optimize": _rebuild_optimized}

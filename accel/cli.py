@@ -169,33 +169,16 @@ def cmd_eval(args) -> None:
 
     if args.out:
         ensure_writable_dir(args.out, args.overwrite)
+    from accel.export.runtime import load_exported_from
+
     device = _device(args.device)
     model = accel.load(args.model, device)
-    evaluation = accel.evaluate(model, _baseline(args.baseline, model, device), _eval_config(args),
-                                model_name=args.model)
+    baseline = accel.load(args.baseline, device) if args.baseline else load_exported_from(model, device)
+    evaluation = accel.evaluate(model, baseline, _eval_config(args), model_name=args.model)
     if args.out:
         with atomic_dir(args.out, args.overwrite) as staging:
             write_report(staging, evaluation.report, evaluation.images)
     _emit(args, evaluation.report, markdown(evaluation.report))
-
-
-def _baseline(name: str | None, model, device):
-    """The model to compare with: ``name``, or for an exported model the one it was exported from (its recorded
-    source) when that still loads; else none, with a note saying how to give one."""
-    import accel
-    from accel.errors import AccelError
-
-    if name:
-        return accel.load(name, device)
-    source = next((t["source"] for t in model.transforms if t["name"] == "export"), None)
-    if source is None:
-        return None
-    try:
-        return accel.load(source, device)
-    except AccelError:
-        model.notes.append(f"the model this was exported from ({source}) does not load here; pass --baseline to "
-                           "compare with it")
-        return None
 
 
 def cmd_sample(args) -> None:
@@ -266,7 +249,8 @@ def cmd_quantize(args) -> None:
         calib_samples=args.calib_samples, calib_every=args.calib_every, recon_iters=args.recon_iters,
         seed=args.seed)
     ensure_writable_dir(out, args.overwrite)
-    result = quantize_and_evaluate(args.model, config, _eval_config(args), _device(args.device), args.calib, args.ablation)
+    result = quantize_and_evaluate(args.model, config, _eval_config(args), _device(args.device), args.calib,
+                                   args.ablation)
     accel.save(result.model, out, args.overwrite, result.evaluation, result.sections)
     report = {**result.evaluation.report, "out": str(out)}
     _emit(args, report, "\n".join([markdown(report), *result.sections, f"artifact written to {out}"]))

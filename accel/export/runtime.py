@@ -48,7 +48,6 @@ def load_onnx(path: Path, name: str):
     import onnx
 
     from accel.export.onnx import DTYPES, METADATA_KEY
-    from accel.models.denoiser import Denoiser
 
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -61,11 +60,34 @@ def load_onnx(path: Path, name: str):
     meta = json.loads(props[METADATA_KEY])
     module = OrtModule(ort_session(path), meta["inputs"], DTYPES[meta["dtype"]], meta["config"], meta["params"],
                        meta["macs"])
+    return exported_denoiser(module, meta, path, name, "onnx",
+                             f"in ONNX Runtime ({module.session.get_providers()[0]})")
+
+
+def exported_denoiser(module: nn.Module, meta: dict, path: Path, name: str, file_format: str, runs: str):
+    """A Denoiser around the runtime ``module`` of an exported file, described by its export metadata."""
+    from accel.models.denoiser import Denoiser
+
     denoiser = Denoiser(module, meta["scheduler_config"], source=name, sample_shape=tuple(meta["sample_shape"]),
                         weights_bytes=path.stat().st_size, cond_kind=meta["cond_kind"],
-                        notes=(f"runs in ONNX Runtime ({module.session.get_providers()[0]}), "
-                               f"{meta['dtype']} {meta['form']} graph, opset {meta['opset']}",))
-    denoiser.transforms = meta["transforms"] + [{"name": "export", "format": "onnx", "form": meta["form"],
+                        notes=(f"runs {runs}, {meta['dtype']} {meta['form']} graph, opset {meta['opset']}",))
+    denoiser.transforms = meta["transforms"] + [{"name": "export", "format": file_format, "form": meta["form"],
                                                  "opset": meta["opset"], "dtype": meta["dtype"],
                                                  "source": meta["source"]}]
     return denoiser
+
+
+def load_exported_from(model, device):
+    """The model an exported ``model`` came from (its recorded source), to compare with; None when ``model`` was
+    not exported, or when its source no longer loads (then with a note saying how to give one)."""
+    from accel.models.loading import load
+
+    source = next((t["source"] for t in model.transforms if t["name"] == "export"), None)
+    if source is None:
+        return None
+    try:
+        return load(source, device)
+    except AccelError:
+        model.notes.append(f"the model this was exported from ({source}) does not load here; pass --baseline to "
+                           "compare with it")
+        return None

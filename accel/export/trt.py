@@ -101,7 +101,7 @@ class TrtModule(nn.Module):
 
 def load_engine(path: Path, name: str):
     """A Denoiser running a TensorRT engine written by ``accel export trt``."""
-    from accel.models.denoiser import Denoiser
+    from accel.export.runtime import exported_denoiser
 
     trt = _tensorrt()
     meta_path = path.with_name(path.name + ".json")
@@ -114,13 +114,7 @@ def load_engine(path: Path, name: str):
     if engine is None:
         raise AccelError(f"{path} does not deserialize here (built for another GPU or TensorRT version): rebuild")
     module = TrtModule(engine, meta["inputs"], meta["config"], meta["params"], meta["macs"])
-    denoiser = Denoiser(module, meta["scheduler_config"], source=name, sample_shape=tuple(meta["sample_shape"]),
-                        weights_bytes=path.stat().st_size, cond_kind=meta["cond_kind"],
-                        notes=(f"runs as a TensorRT {trt.__version__} engine ({meta['dtype']} {meta['form']} "
-                               "graph)",))
-    denoiser.transforms = meta["transforms"] + [{"name": "export", "format": "trt", "form": meta["form"],
-                                                 "dtype": meta["dtype"], "source": meta["source"]}]
-    return denoiser
+    return exported_denoiser(module, meta, path, name, "trt", f"as a TensorRT {trt.__version__} engine")
 
 
 def export_trt(denoiser, out: str | Path, overwrite: bool = False, dtype: str = "fp32") -> dict:
