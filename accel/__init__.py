@@ -1,32 +1,36 @@
 """accel: make diffusion denoisers smaller and faster, and show what it cost.
 
     import accel
-    model = accel.load("digits")                      # or a diffusers folder, an artifact
+    model = accel.load("digits")                      # or a diffusers folder, an artifact, an exported .onnx
     result = accel.evaluate(model, config=accel.EvalConfig(n=500))
-    print(result.report["original"]["fid"])
-"""
-__version__ = "0.1.0"
+    print(result.report.original.fid)
 
-from accel.errors import AccelError
+Importing ``accel`` registers its capabilities (quant, optimize, export) in the core's transform registry;
+this module and the CLI are the only ones that know all of them.
+"""
+from accel.calib import CalibConfig, CalibrationSet, calibrate
+from accel.core import AccelError, ConfigError, Denoiser, SamplingSpec, StepCall, StepHook, Trajectory
+from accel.core.version import __version__
 from accel.evaluate import EvalConfig, Evaluation, evaluate
-from accel.models.denoiser import Denoiser
+from accel.export import ExportConfig
 from accel.models.loading import load
 from accel.optimize import OptimizeConfig, optimize_
-from accel.quant.apply import quantize_
-from accel.quant.config import W4A8, W8A8, QuantConfig
-from accel.sampling import SamplerConfig, Samples, sample
+from accel.quant import W4A8, W8A8, QuantConfig, quantize_
+from accel.sampling import Samples, sample
 
-__all__ = ["AccelError", "Denoiser", "EvalConfig", "Evaluation", "OptimizeConfig", "QuantConfig", "SamplerConfig",
-           "Samples", "W4A8", "W8A8", "evaluate", "load", "optimize_", "quantize_", "sample", "save"]
+__all__ = ["AccelError", "CalibConfig", "CalibrationSet", "ConfigError", "Denoiser", "EvalConfig", "Evaluation",
+           "ExportConfig", "OptimizeConfig", "QuantConfig", "SamplingSpec", "Samples", "StepCall", "StepHook",
+           "Trajectory", "W4A8", "W8A8", "__version__", "calibrate", "evaluate", "load", "optimize_", "quantize_",
+           "sample", "save"]
 
 
-def save(model: Denoiser, out, overwrite: bool = False, evaluation: Evaluation | None = None,
-         sections: list[str] = ()) -> None:
+def save(model: Denoiser, out, overwrite: bool = False, evaluation: Evaluation | None = None) -> None:
     """Write ``model`` as an accel artifact directory (atomically), with its report if given."""
-    from accel.artifact import atomic_dir, write_model_files
+    from accel.artifact import write_model_files
+    from accel.core.files import atomic_dir
     from accel.report import write_report
 
     with atomic_dir(out, overwrite) as staging:
         write_model_files(model, staging)
         if evaluation is not None:
-            write_report(staging, evaluation.report, evaluation.images, sections)
+            write_report(staging, evaluation.report, evaluation.images)

@@ -1,120 +1,105 @@
 """The accel artifact: a directory any accel command can load, written completely or not at all.
 
-Layout (shared/GUIDE.md): config.json, scheduler_config.json, accel.json, model.safetensors, and the
-report files and samples.png of the command that wrote it.
+Layout: config.json (the base model's diffusers config), scheduler_config.json (its noise schedule), accel.json
+(the transforms applied, in order, with their versioned configs; the sampler the model is meant to be run with;
+the library version; a SHA-256 of the weights), model.safetensors (each transform's stored form of the weights),
+plus the report files and samples.png of the command that wrote it.
+
+Loading gives a fresh base network each recorded transform's structure through the registry, checks that the
+weights file is the one accel.json was written with, and loads it strictly.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch.nn as nn
 
-from accel.errors import AccelError
+from accel.core import registry
+from accel.core.denoiser import Denoiser
+from accel.core.errors import AccelError, ConfigError
+from accel.core.files import read_json_object
+from accel.core.sampling_spec import SamplingSpec
+from accel.core.version import __version__
+from accel.core.weights import file_sha256, load_stored_state, stored_state
 
-ARTIFACT_FORMAT = 1
-
-
-def ensure_writable_dir(out: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing non-empty ``out`` unless ``overwrite``; check its parent exists."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise AccelError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    if not out.parent.is_dir():
-        raise AccelError(f"cannot write {out}: folder {out.parent} does not exist")
-    return out
-
-
-def ensure_writable_file(out: str | Path, suffixes: tuple[str, ...], what: str, overwrite: bool) -> Path:
-    """Check an output file's suffix (``what`` names the accepted kinds), its folder, and that it may be written."""
-    out = Path(out)
-    if out.suffix not in suffixes:
-        raise AccelError(f"--out {out}: give {what}")
-    if not out.parent.is_dir():
-        raise AccelError(f"cannot write {out}: folder {out.parent} does not exist")
-    if out.exists() and not overwrite:
-        raise AccelError(f"{out} exists; choose another --out or pass --overwrite")
-    return out
+MARKER = "accel.json"
+WEIGHTS = "model.safetensors"
+# 2: versioned transform configs, the sampling spec and a weights hash; 1: accel 0.1 (DDIM 50 implied)
+FORMAT = 2
 
 
-@contextmanager
-def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out`` to fill; it replaces ``out`` only if the block completes."""
-    out = ensure_writable_dir(out, overwrite)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield staging
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-
-
-def model_state(denoiser) -> dict:
-    """The tensors stored in model.safetensors: quantized layers as packed integer codes plus scales."""
-    from accel.quant.pack import packed_state
-
-    return packed_state(denoiser.module)
-
-
-def write_model_files(denoiser, folder: Path) -> None:
-    """Write config.json, scheduler_config.json, accel.json and model.safetensors into ``folder``."""
+def write_model_files(denoiser: Denoiser, folder: Path) -> None:
+    """Write config.json, scheduler_config.json, model.safetensors and accel.json into ``folder`` (a staging
+    folder of ``atomic_dir``)."""
     from safetensors.torch import save_file
-
-    import accel
 
     if not hasattr(denoiser.module, "to_json_string"):
         raise AccelError("only diffusers models can be saved as artifacts (a plain module has no config to rebuild it)")
     (folder / "config.json").write_text(denoiser.module.to_json_string())
     (folder / "scheduler_config.json").write_text(json.dumps(denoiser.scheduler_config, indent=2) + "\n")
-    record = {"format": ARTIFACT_FORMAT, "accel_version": accel.__version__, "base": denoiser.source,
-              "transforms": denoiser.transforms}
-    (folder / "accel.json").write_text(json.dumps(record, indent=2) + "\n")
-    save_file(model_state(denoiser), str(folder / "model.safetensors"))
+    save_file(stored_state(denoiser), str(folder / WEIGHTS))
+    record = {"format": FORMAT, "accel_version": __version__, "base": denoiser.source,
+              "transforms": denoiser.transforms, "sampling": denoiser.sampling.to_dict(),
+              "weights_sha256": file_sha256(folder / WEIGHTS)}
+    (folder / MARKER).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def load_artifact_module(folder: Path, config: dict) -> nn.Module:
-    """Rebuild the network of an artifact: its class from config.json, then its weights."""
-    import diffusers
+def read_record(folder: Path) -> dict:
+    """accel.json, its structure checked: every problem is one line naming the file."""
+    path = folder / MARKER
+    record = read_json_object(path)
+    if record.get("format") not in (1, FORMAT):
+        raise AccelError(f"{path} has artifact format {record.get('format')!r}; this accel reads formats 1 and "
+                         f"{FORMAT}")
+    transforms = record.get("transforms", [])
+    if not isinstance(transforms, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("config"), dict)
+            for t in transforms):
+        raise AccelError(f"{path}: 'transforms' must be a list of objects with a 'name' and a 'config'")
+    if record["format"] == FORMAT and not isinstance(record.get("weights_sha256"), str):
+        raise AccelError(f"{path} lacks the weights hash ('weights_sha256') its format requires")
+    return record
+
+
+def load_artifact(folder: Path, module: nn.Module, scheduler_config: dict, name: str, notes: tuple[str, ...],
+                  weights_bytes: int | None) -> Denoiser:
+    """The Denoiser an artifact describes, built on ``module`` (a fresh base network from config.json)."""
+    record = read_record(folder)
+    try:
+        sampling = SamplingSpec.from_dict(record["sampling"]) if "sampling" in record else None
+        denoiser = Denoiser(module, scheduler_config, source=name, weights_bytes=weights_bytes, notes=notes,
+                            sampling=sampling)
+        for entry in record["transforms"]:
+            _rebuild(denoiser, entry)
+    except ConfigError as error:
+        raise AccelError(f"{folder / MARKER}: {error}")
+    load_stored_state(denoiser, _checked_weights(folder, record), folder / WEIGHTS)
+    return denoiser
+
+
+def _rebuild(denoiser: Denoiser, entry: dict) -> None:
+    """Give ``denoiser`` the structure of one recorded transform, and record it again (config upgraded)."""
+    transform = registry.get(entry["name"])
+    entry = {**entry, "config": transform.config.from_dict(entry["config"]).to_dict()}
+    registry.check_can_follow(denoiser.transforms, transform.name)
+    if transform.rebuild is not None:
+        try:
+            transform.rebuild(denoiser, entry)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:  # the record came from a file
+            raise AccelError(f"its {transform.name} record does not describe this model ({type(error).__name__}: "
+                             f"{error})")
+    denoiser.transforms.append(entry)
+
+
+def _checked_weights(folder: Path, record: dict) -> dict:
     from safetensors.torch import load_file
 
-    record = json.loads((folder / "accel.json").read_text())
-    if record.get("format") != ARTIFACT_FORMAT:
-        raise AccelError(f"{folder} has artifact format {record.get('format')}; this accel reads {ARTIFACT_FORMAT}")
-    module = getattr(diffusers, config["_class_name"]).from_config(config)
-    for transform in record.get("transforms", []):
-        rebuild = REBUILDERS.get(transform.get("name"))
-        if rebuild is None:
-            raise AccelError(f"{folder} was made with a transform ('{transform.get('name')}') this accel version "
-                             "cannot rebuild")
-        rebuild(module, transform)
-    weights = folder / "model.safetensors"
+    weights = folder / WEIGHTS
     if not weights.is_file():
-        raise AccelError(f"{folder} has no model.safetensors")
-    from accel.quant.pack import load_packed_state
-
-    load_packed_state(module, load_file(str(weights)))
-    return module
-
-
-def _rebuild_quantized(module: nn.Module, transform: dict) -> None:
-    from accel.quant.apply import rebuild_quantized
-
-    rebuild_quantized(module, transform)
-
-
-def _rebuild_optimized(module: nn.Module, transform: dict) -> None:
-    from accel.optimize.apply import rebuild_optimized
-
-    rebuild_optimized(module, transform)
-
-
-# transform name -> how to give a fresh base its structure
-REBUILDERS = {"quantize": _rebuild_quantized, "optimize": _rebuild_optimized}
+        raise AccelError(f"{folder} has no {WEIGHTS}")
+    expected = record.get("weights_sha256")
+    if expected is not None and file_sha256(weights) != expected:
+        raise AccelError(f"{weights} is not the file {MARKER} was written with (its SHA-256 differs): the weights "
+                         "were replaced or damaged; restore them or write the artifact again")
+    return load_file(str(weights))

@@ -7,12 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from accel.errors import AccelError
+from accel.core.errors import AccelError, ConfigError
 
 EXAMPLES = """examples:
   accel eval                                  FID, latency and size of the built-in model "digits"
   accel eval --model path/to/unet --out rep   the same for a diffusers folder; report written to rep/
   accel eval --json --n 500 --steps 20        a quicker run, report as JSON on stdout
+  accel eval --steps 20 --baseline digits     20 DDIM steps against the original's own 50: time per image
+  accel eval --sampler dpm++ --steps 20       DPM-Solver++ (or any diffusers scheduler class, by name)
   accel sample --n 64 --out grid.png          a grid of 64 samples (or .npz: uint8 array "images")
   accel info --model path/to/unet             class, shapes, parameters, MACs, size, scheduler
   accel quantize --bits 4                     W4A8 "digits": artifact digits-w4a8/ + report vs the original
@@ -35,19 +37,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, runs: bool = True) -> None:
     parser.add_argument("--model", default="digits", help="diffusers folder, accel artifact, or 'digits' (default)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available, else cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for noise and sampling (default 0)")
+    if runs:  # commands that run the model (export traces on the CPU with fixed inputs: neither applies)
+        parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available, else cpu)")
+        parser.add_argument("--seed", type=int, default=0, help="seed for noise and sampling (default 0)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _add_sampler(parser: argparse.ArgumentParser, n_default: int) -> None:
     parser.add_argument("--n", type=int, default=n_default, help=f"number of samples (default {n_default})")
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="ddim (eta 0) or ddpm")
+    parser.add_argument("--sampler", help="ddim, ddpm, dpm++ (DPM-Solver++ 2M) or a diffusers scheduler class name "
+                        "(default: the model's own sampler, DDIM for a model accel did not distill)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the model's own, 50 for DDIM)")
+    parser.add_argument("--eta", type=float, help="DDIM's eta (default 0: deterministic)")
     parser.add_argument("--batch-size", type=int, default=500, help="samples per denoiser call (default 500)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def _add_measuring(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--latency-batch", type=int, default=1, help="batch size for per-step latency (default 1)")
+    parser.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth for Inception FID")
+    parser.add_argument("--fid-ref", help="real images for Inception FID: .npz with uint8 'images' N x C x H x W")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,11 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ev)
     _add_sampler(ev, n_default=2000)
     ev.add_argument("--out", help="folder for report.json, report.md and samples.png")
-    ev.add_argument("--baseline", help="compare with this model, side by side (default for an exported .onnx/.plan: "
-                    "the model it was exported from, where that loads)")
-    ev.add_argument("--latency-batch", type=int, default=1, help="batch size for per-step latency (default 1)")
-    ev.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth for Inception FID")
-    ev.add_argument("--fid-ref", help="real images for Inception FID: .npz with uint8 'images' N x C x H x W")
+    ev.add_argument("--baseline", help="compare with this model, run with its own sampler (default for an exported "
+                    ".onnx/.plan: the model it was exported from, with the exported model's sampler)")
+    ev.add_argument("--baseline-sampler", help="the baseline's sampler, as --sampler (default: its own)")
+    ev.add_argument("--baseline-steps", type=int, help="the baseline's sampling steps (default: its own)")
+    ev.add_argument("--baseline-eta", type=float, help="the baseline's DDIM eta (default: its own)")
+    _add_measuring(ev)
 
     sa = commands.add_parser("sample", help="draw samples to a .png grid or an .npz of uint8 images")
     _add_common(sa)
@@ -90,13 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--calib-policy", choices=("uniform", "normal", "last"), default="uniform",
                     help="uniform: every k-th sampler step (Q-Diffusion); normal: PTQ4DM; last: final step only")
     qu.add_argument("--calib-samples", type=int, default=64, help="sampler trajectories to calibrate on (64)")
-    qu.add_argument("--calib-every", type=int, default=5, help="keep every k-th of the 50 DDIM steps (5)")
+    qu.add_argument("--calib-every", type=int, default=5, help="keep every k-th of the sampler's steps (5)")
     qu.add_argument("--calib", help="calibration set file to reuse or create (default: a cache under ~/.cache/accel)")
     qu.add_argument("--recon-iters", type=int, default=500, help="reconstruction iterations per block (500; 0: none)")
     qu.add_argument("--ablation", action="store_true", help="also measure the naive-to-full W4A8 ablation and W8A8")
-    qu.add_argument("--latency-batch", type=int, default=1, help="batch size for per-step latency (default 1)")
-    qu.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth for Inception FID")
-    qu.add_argument("--fid-ref", help="real images for Inception FID: .npz with uint8 'images' N x C x H x W")
+    _add_measuring(qu)
 
     op = commands.add_parser("optimize", help="fused Triton GroupNorm/attention, fp16, channels-last + report")
     _add_common(op)
@@ -108,13 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: Triton kernels on CUDA, PyTorch elsewhere; triton: always (CPU: TRITON_INTERPRET=1)")
     op.add_argument("--no-channels-last", action="store_true", help="keep NCHW activations")
     op.add_argument("--cuda-graph", action="store_true", help="replay each denoiser step as a CUDA graph")
-    op.add_argument("--latency-batch", type=int, default=1, help="batch size for per-step latency (default 1)")
-    op.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth for Inception FID")
-    op.add_argument("--fid-ref", help="real images for Inception FID: .npz with uint8 'images' N x C x H x W")
+    _add_measuring(op)
 
     ex = commands.add_parser("export", help="ONNX (Q/DQ for quantized layers) or TensorRT engine, checked")
     ex.add_argument("format", choices=("onnx", "trt"), help="onnx: a .onnx file; trt: a TensorRT .plan engine")
-    _add_common(ex)
+    _add_common(ex, runs=False)
     ex.add_argument("--out", help="output file (default: <model>.onnx / <model>.plan)")
     ex.add_argument("--opset", type=int, help="ONNX opset, 13-21 (default 19, as TensorRT 10 parses; 21 when 4-bit "
                     "linear layers go out as INT4)")
@@ -146,14 +154,20 @@ def _device(name: str | None):
     return device
 
 
+def _sampling(args, prefix: str = "") -> dict:
+    """The sampler flags given (``--baseline-...`` ones with ``prefix="baseline_"``), as changes to the model's
+    own sampler."""
+    given = {"name": getattr(args, prefix + "sampler"), "steps": getattr(args, prefix + "steps"),
+             "eta": getattr(args, prefix + "eta")}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def _eval_config(args):
-    """The evaluation settings every measuring command shares (sampler, FID inputs, latency batch)."""
+    """The evaluation settings every measuring command shares (sample count, FID inputs, latency batch)."""
     import accel
 
-    return accel.EvalConfig(n=args.n, seed=args.seed,
-                            sampler=accel.SamplerConfig(args.sampler, args.steps, args.batch_size),
-                            latency_batch=args.latency_batch, inception_weights=args.inception_weights,
-                            fid_ref=args.fid_ref)
+    return accel.EvalConfig(n=args.n, seed=args.seed, batch_size=args.batch_size, latency_batch=args.latency_batch,
+                            inception_weights=args.inception_weights, fid_ref=args.fid_ref)
 
 
 def _emit(args, payload: dict, human: str) -> None:
@@ -162,51 +176,58 @@ def _emit(args, payload: dict, human: str) -> None:
     print(to_json(payload) if args.json else human, end="" if args.json else "\n")
 
 
+def _emit_report(args, report, out=None) -> None:
+    """The report as JSON (with the artifact's path) or as its markdown."""
+    payload = {**report.to_dict(), **({"out": str(out)} if out else {})}
+    _emit(args, payload, report.markdown() + (f"\nartifact written to {out}" if out else ""))
+
+
 def cmd_eval(args) -> None:
     import accel
-    from accel.artifact import atomic_dir, ensure_writable_dir
-    from accel.report import markdown, write_report
+    from accel.core.files import atomic_dir, ensure_writable_dir
+    from accel.export.runtime import load_exported_from
+    from accel.report import write_report
 
     if args.out:
         ensure_writable_dir(args.out, args.overwrite)
-    from accel.export.runtime import load_exported_from
-
     device = _device(args.device)
-    model = accel.load(args.model, device)
-    baseline = accel.load(args.baseline, device) if args.baseline else load_exported_from(model, device)
-    evaluation = accel.evaluate(model, baseline, _eval_config(args), model_name=args.model)
+    config = _eval_config(args)
+    model = accel.load(args.model, device, _sampling(args))
+    if args.baseline:
+        baseline = accel.load(args.baseline, device, _sampling(args, "baseline_"))
+    else:
+        baseline = load_exported_from(model, device)
+    evaluation = accel.evaluate(model, baseline, config, model_name=args.model)
     if args.out:
         with atomic_dir(args.out, args.overwrite) as staging:
             write_report(staging, evaluation.report, evaluation.images)
-    _emit(args, evaluation.report, markdown(evaluation.report))
+    _emit_report(args, evaluation.report)
 
 
 def cmd_sample(args) -> None:
     import numpy as np
 
     import accel
+    from accel.core.files import atomic_file, ensure_writable_file
     from accel.metrics.digits_cnn import to_uint8
     from accel.report import sample_grid
 
-    from accel.artifact import ensure_writable_file
-
     out = ensure_writable_file(args.out, (".png", ".npz"), "a .png (grid) or .npz (uint8 array 'images') file",
                                args.overwrite)
-    sampler = accel.SamplerConfig(args.sampler, args.steps, args.batch_size)
-    model = accel.load(args.model, _device(args.device))
-    samples = accel.sample(model, args.n, args.seed, sampler)
+    model = accel.load(args.model, _device(args.device), _sampling(args))
+    samples = accel.sample(model, args.n, args.seed, batch_size=args.batch_size)
     images = to_uint8(samples.images)
-    partial = out.with_name(f".{out.name}.partial{out.suffix}")
-    if out.suffix == ".npz":
-        np.savez_compressed(partial, images=images)
-    else:
-        sample_grid([images], columns=int(np.ceil(np.sqrt(len(images))))).save(partial)
-    os.replace(partial, out)
+    with atomic_file(out) as partial:
+        if out.suffix == ".npz":
+            np.savez_compressed(partial, images=images)
+        else:
+            sample_grid([images], columns=int(np.ceil(np.sqrt(len(images))))).save(partial)
     summary = {"out": str(out), "n": len(images), "shape": list(images.shape), "seed": args.seed,
-               "sampler": sampler.to_dict(), "seconds": samples.seconds,
+               "sampler": {**model.sampling.to_dict(), "batch_size": args.batch_size},
+               "calls_per_image": samples.calls_per_image, "seconds": samples.seconds,
                "seconds_per_image": samples.seconds_per_image}
     _emit(args, summary, f"wrote {len(images)} samples to {out} in {samples.seconds:.1f} s "
-                         f"({samples.seconds_per_image * 1e3:.2f} ms per image)")
+                         f"({samples.seconds_per_image * 1e3:.2f} ms per image, {model.sampling.describe()})")
 
 
 def cmd_info(args) -> None:
@@ -217,7 +238,8 @@ def cmd_info(args) -> None:
     details = {"model": args.model, "class": type(model.module).__name__, "kind": model.kind,
                "sample_shape": list(model.sample_shape), "conditioning": model.cond_kind,
                "params": count_params(model), "macs_per_sample_step": count_macs(model),
-               "size_bytes": weights_bytes(model),
+               "size_bytes": weights_bytes(model), "sampler": model.sampling.to_dict(),
+               "transforms": [t["name"] for t in model.transforms],
                "scheduler": {k: v for k, v in model.scheduler_config.items() if not k.startswith("_")},
                "notes": model.notes}
     human = "\n".join(f"{key:22} {value}" for key, value in details.items() if value not in (None, []))
@@ -236,57 +258,54 @@ def _layer_bits(items: list[str]) -> dict[str, int]:
 
 def cmd_quantize(args) -> None:
     import accel
-    from accel.artifact import ensure_writable_dir
+    from accel.core.files import ensure_writable_dir
     from accel.quant.workflow import quantize_and_evaluate
-    from accel.report import markdown
 
     act_bits = args.act_bits or None
     out = args.out or f"{Path(str(args.model)).name}-w{args.bits}a{act_bits or 16}"
     config = accel.QuantConfig(
         w_bits=args.bits, a_bits=act_bits, w_range=args.range, a_range=args.range, group_size=args.group_size,
         split_shortcut=not args.no_split, quantize_attention=not args.no_attention,
-        layer_bits=_layer_bits(args.layer_bits), skip=tuple(args.skip), calib_policy=args.calib_policy,
-        calib_samples=args.calib_samples, calib_every=args.calib_every, recon_iters=args.recon_iters,
-        seed=args.seed)
+        layer_bits=_layer_bits(args.layer_bits), skip=tuple(args.skip), recon_iters=args.recon_iters, seed=args.seed)
+    calib = accel.CalibConfig(policy=args.calib_policy, samples=args.calib_samples, every=args.calib_every,
+                              seed=args.seed)
+    eval_config = _eval_config(args)
     ensure_writable_dir(out, args.overwrite)
-    result = quantize_and_evaluate(args.model, config, _eval_config(args), _device(args.device), args.calib,
-                                   args.ablation)
-    accel.save(result.model, out, args.overwrite, result.evaluation, result.sections)
-    report = {**result.evaluation.report, "out": str(out)}
-    _emit(args, report, "\n".join([markdown(report), *result.sections, f"artifact written to {out}"]))
+    result = quantize_and_evaluate(args.model, config, calib, eval_config, _device(args.device), args.calib,
+                                   args.ablation, _sampling(args))
+    accel.save(result.model, out, args.overwrite, result.evaluation)
+    _emit_report(args, result.evaluation.report, out)
 
 
 def cmd_optimize(args) -> None:
     import accel
-    from accel.artifact import ensure_writable_dir
-    from accel.optimize import OptimizeConfig
+    from accel.core.files import ensure_writable_dir
     from accel.optimize.workflow import optimize_and_evaluate
-    from accel.report import markdown
 
     out = args.out or f"{Path(str(args.model)).name}-fast"
-    config = OptimizeConfig(dtype=args.dtype, channels_last=not args.no_channels_last, backend=args.backend,
-                            cuda_graph=args.cuda_graph)
+    config = accel.OptimizeConfig(dtype=args.dtype, channels_last=not args.no_channels_last, backend=args.backend,
+                                  cuda_graph=args.cuda_graph)
+    eval_config = _eval_config(args)
     ensure_writable_dir(out, args.overwrite)
-    model, evaluation = optimize_and_evaluate(args.model, config, _eval_config(args), _device(args.device))
-    section = f"Output check: {evaluation.report['quality_goal']}\n"
-    accel.save(model, out, args.overwrite, evaluation, [section])
-    report = {**evaluation.report, "out": str(out)}
-    _emit(args, report, "\n".join([markdown(report), section, f"artifact written to {out}"]))
+    model, evaluation = optimize_and_evaluate(args.model, config, eval_config, _device(args.device), _sampling(args))
+    accel.save(model, out, args.overwrite, evaluation)
+    _emit_report(args, evaluation.report, out)
 
 
 def cmd_export(args) -> None:
     import accel
 
     out = args.out or f"{Path(str(args.model)).name}.{'onnx' if args.format == 'onnx' else 'plan'}"
+    config = accel.ExportConfig(opset=args.opset, dtype=args.dtype, int8_grid=args.int8_grid)
     model = accel.load(args.model, "cpu")
     if args.format == "onnx":
         from accel.export.onnx import export_onnx
 
-        record = export_onnx(model, out, args.opset, args.overwrite, args.dtype, args.int8_grid)
+        record = export_onnx(model, out, config, args.overwrite)
     else:
         from accel.export.trt import export_trt
 
-        record = export_trt(model, out, args.overwrite, args.dtype)
+        record = export_trt(model, out, config, args.overwrite)
     parity = record["parity"]
     human = (f"wrote {out} ({record['bytes'] / 1e6:.2f} MB, {record['dtype']} {record['form']} graph, opset "
              f"{record['opset']}, {record['qdq_layers']} Q/DQ layers, {record['int4_layers']} INT4) in "
@@ -297,20 +316,16 @@ def cmd_export(args) -> None:
 
 
 def cmd_train_reference(args) -> None:
-    from accel.artifact import ensure_writable_dir
-
-    out = ensure_writable_dir(args.out, args.overwrite)
     if args.classifier:
         from accel.metrics.digits_cnn import train_digits_cnn
 
-        out.mkdir(exist_ok=True)
         epochs = {} if args.steps is None else {"epochs": args.steps}
-        record = train_digits_cnn(seed=args.seed, out_path=out / "digits_cnn.safetensors", **epochs)
+        record = train_digits_cnn(args.out, seed=args.seed, overwrite=args.overwrite, **epochs)
     else:
         from accel.models.reference import TrainReferenceConfig, train_reference
 
         config = TrainReferenceConfig(seed=args.seed, **({} if args.steps is None else {"steps": args.steps}))
-        record = train_reference(out, config)
+        record = train_reference(args.out, config, overwrite=args.overwrite)
     print(json.dumps(record, indent=2))
 
 
@@ -318,11 +333,27 @@ COMMANDS = {"eval": cmd_eval, "sample": cmd_sample, "info": cmd_info, "quantize"
             "optimize": cmd_optimize, "export": cmd_export, "train-reference": cmd_train_reference}
 
 
+# (config class, field) -> the flag that sets it, where the flag is not the field's name
+FLAGS = {("QuantConfig", "w_bits"): "--bits", ("QuantConfig", "a_bits"): "--act-bits",
+         ("QuantConfig", "w_range"): "--range", ("QuantConfig", "a_range"): "--range",
+         ("CalibConfig", "policy"): "--calib-policy", ("CalibConfig", "samples"): "--calib-samples",
+         ("CalibConfig", "every"): "--calib-every", ("SamplingSpec", "name"): "--sampler"}
+
+
+def _as_flag_error(error: ConfigError, args: argparse.Namespace) -> str:
+    """A config error in the words of the command line: the flag that set the field, where this command has one."""
+    flag = FLAGS.get((error.owner, error.field), "--" + error.field.replace("_", "-"))
+    return f"{flag} {error.problem}" if hasattr(args, flag[2:].replace("-", "_")) else str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # accel never downloads
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
+    except ConfigError as error:
+        print(f"accel: error: {_as_flag_error(error, args)}", file=sys.stderr)
+        return 2
     except AccelError as error:
         print(f"accel: error: {error}", file=sys.stderr)
         return 2

@@ -1,43 +1,48 @@
-"""Measure a model, alone or side by side with the model it came from: FID, PSNR, latency, size."""
+"""Measure a model, alone or side by side with the model it came from: FID, PSNR, latency, time and MACs per
+image, size. Each model is sampled with its own sampler (``Denoiser.sampling``) from the same seeds and noise."""
 from __future__ import annotations
 
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from accel.errors import AccelError
+from accel.core.config import Config
+from accel.core.denoiser import Denoiser
 from accel.metrics.digits_cnn import to_uint8
 from accel.metrics.latency import step_latency_ms
 from accel.metrics.quality import FidSetup, fid_setup, psnr_db
-from accel.metrics.size import count_macs, count_params, weights_bytes
-from accel.models.denoiser import Denoiser
-from accel.report import delta, versions
-from accel.sampling import SamplerConfig, sample
+from accel.metrics.size import count_macs, count_params, macs_per_image, weights_bytes
+from accel.report import Delta, Measures, Report
+from accel.sampling import DEFAULT_BATCH, Samples, join, sample_batches
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Config):
     n: int = 2000
     seed: int = 0
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    batch_size: int = DEFAULT_BATCH
     latency_batch: int = 1
     latency_repeats: int = 30
     inception_weights: str | None = None
     fid_ref: str | None = None
 
-    def __post_init__(self):
+    def validate(self) -> None:
         if self.n < 2:
-            raise AccelError(f"--n must be at least 2 to compute FID, got {self.n}")
-        if self.latency_batch < 1:
-            raise AccelError(f"--latency-batch must be at least 1, got {self.latency_batch}")
+            raise self.invalid("n", f"must be at least 2 to compute FID, got {self.n}")
+        for name in ("batch_size", "latency_batch", "latency_repeats"):
+            if getattr(self, name) < 1:
+                raise self.invalid(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.fid_ref and not self.inception_weights:
+            raise self.invalid("fid_ref", "gives real images for Inception FID, which also needs the Inception "
+                                          "weights file (--inception-weights)")
 
 
 @dataclass
 class Evaluation:
-    report: dict
+    report: Report
     images: list[np.ndarray]  # uint8 samples per model, original first
 
 
@@ -53,13 +58,31 @@ def device_name(device: torch.device) -> str:
     return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def _measure(denoiser: Denoiser, config: EvalConfig, fid: FidSetup, latency_ms: float) -> tuple[dict, np.ndarray]:
-    samples = sample(denoiser, config.n, config.seed, config.sampler)
-    images = to_uint8(samples.images)
-    measures = {**fid.scores(images), "latency_ms_per_step": latency_ms,
-                "sampling_s_per_image": samples.seconds_per_image, "params": count_params(denoiser),
-                "macs": count_macs(denoiser), "size_bytes": weights_bytes(denoiser)}
-    return measures, images
+def _sample_interleaved(models: list[Denoiser], config: EvalConfig) -> list[Samples]:
+    """Every model's samples, drawn batch by batch in turn, so a slow moment of the machine hits all alike."""
+    runs = [sample_batches(m, config.n, config.seed, batch_size=config.batch_size) for m in models]
+    batches: list[list[Samples]] = [[] for _ in models]
+    for step in zip(*runs):
+        for own, batch in zip(batches, step):
+            own.append(batch)
+    return [join(own) for own in batches]
+
+
+def _measures(denoiser: Denoiser, samples: Samples, images: np.ndarray, fid: FidSetup, latency_ms: float) -> Measures:
+    return Measures(**fid.scores(images), latency_ms_per_step=latency_ms,
+                    sampling_s_per_image=samples.seconds_per_image, calls_per_image=samples.calls_per_image,
+                    macs_per_image=macs_per_image(denoiser), params=count_params(denoiser), macs=count_macs(denoiser),
+                    size_bytes=weights_bytes(denoiser), sampler=denoiser.sampling.to_dict())
+
+
+def _psnr(models: list[Denoiser], images: list[np.ndarray]) -> tuple[float | None, list[str]]:
+    """PSNR between the two sample sets where they share a trajectory: the same sampler run, or two samplers
+    that draw no noise after x_T. Otherwise it means nothing, and a note says why."""
+    baseline, model = (m.sampling for m in models)
+    if baseline == model or not (baseline.stochastic or model.stochastic):
+        return psnr_db(images[0], images[1]), []
+    return None, [f"no PSNR to the original: {baseline.describe()} and {model.describe()} draw fresh noise at "
+                  "different steps, so the two models' samples do not share trajectories"]
 
 
 def evaluate(model: Denoiser, baseline: Denoiser | None = None, config: EvalConfig = EvalConfig(),
@@ -72,29 +95,22 @@ def evaluate(model: Denoiser, baseline: Denoiser | None = None, config: EvalConf
     device = model.device
     fid = fid_setup(model.sample_shape, config.inception_weights, config.fid_ref, str(device))
     latencies = step_latency_ms(models, config.latency_batch, repeats=config.latency_repeats)
-    measured = [_measure(m, config, fid, latency) for m, latency in zip(models, latencies)]
-    report = {
-        "command": command,
-        "model": model_name or model.source,
-        "seed": config.seed,
-        "device": device.type,
-        "device_name": device_name(device),
-        "versions": versions(),
-        "sampler": config.sampler.to_dict(),
-        "fid_features": fid.name,
-        "fid_samples": config.n,
-        "fid_reference_samples": fid.real.stats.count if fid.real else None,
-        "fid_floor": fid.real.floor if fid.real else None,
-        "fid_floor_samples": fid.real.half_size if fid.real else None,
-        "fid_unavailable": fid.unavailable_reason,
-        "latency": {"batch_size": config.latency_batch, "repeats": config.latency_repeats},
-        "original": measured[0][0],
-        "compressed": measured[1][0] if baseline is not None else None,
-        "delta": None,
-        "config": transform_config or {},
-        "eval_config": {k: v for k, v in asdict(config).items() if k != "sampler"},
-        "notes": list(dict.fromkeys(note for m in models for note in m.notes)),
-    }
+    samples = _sample_interleaved(models, config)
+    images = [to_uint8(s.images) for s in samples]
+    measured = [_measures(*args) for args in zip(models, samples, images, [fid] * len(models), latencies)]
+    notes = list(dict.fromkeys(note for m in models for note in m.notes))
+    delta = None
     if baseline is not None:
-        report["delta"] = delta(measured[0][0], measured[1][0], psnr_db(measured[0][1], measured[1][1]))
-    return Evaluation(report, [images for _, images in measured])
+        psnr, psnr_notes = _psnr(models, images)
+        delta, notes = Delta.between(measured[0], measured[1], psnr), notes + psnr_notes
+    report = Report(
+        command=command, model=model_name or model.source, seed=config.seed, device=device.type,
+        device_name=device_name(device), sampler={**model.sampling.to_dict(), "batch_size": config.batch_size},
+        fid_features=fid.name, fid_samples=config.n,
+        fid_reference_samples=fid.real.stats.count if fid.real else None,
+        fid_floor=fid.real.floor if fid.real else None, fid_floor_samples=fid.real.half_size if fid.real else None,
+        fid_unavailable=fid.unavailable_reason,
+        latency={"batch_size": config.latency_batch, "repeats": config.latency_repeats},
+        original=measured[0], compressed=measured[1] if baseline is not None else None, delta=delta,
+        config=transform_config or {}, eval_config=config.to_dict(), notes=notes)
+    return Evaluation(report, images)

@@ -1,39 +1,118 @@
-"""The report every command writes: report.json, report.md and samples.png (shared/GUIDE.md)."""
+"""The report every measuring command writes (report.json, report.md, samples.png): one schema, built here.
+
+``Report`` holds what ``accel.evaluate`` measured: each model with its own sampler (FID, per-step latency, wall
+time, denoiser calls and MACs per image, size) and, when two models are compared, the ``Delta`` between them.
+A transform adds what only it knows (an ablation, a calibration record, a parity check) through
+``Report.add_section``: one named entry in report.json, and optionally a block of markdown in report.md.
+"""
 from __future__ import annotations
 
 import json
 import math
 import platform
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-MEASURES = ("fid", "fid_at_floor_size", "latency_ms_per_step", "sampling_s_per_image", "params", "macs", "size_bytes")
+from accel.core.version import __version__
+
+SCHEMA_VERSION = 2  # 2: per-model sampler, calls and MACs per image; delta.speedup is wall time per image
+
+
+@dataclass
+class Measures:
+    """One model as sampled and timed. ``macs`` is one denoiser call on one sample; ``macs_per_image`` a whole
+    trajectory (what caching or fewer steps change)."""
+    fid: float | None
+    fid_at_floor_size: float | None
+    latency_ms_per_step: float
+    sampling_s_per_image: float
+    calls_per_image: int
+    macs_per_image: int
+    params: int
+    macs: int
+    size_bytes: int
+    sampler: dict
+
+
+@dataclass
+class Delta:
+    """The compressed model against the original: ratios above 1 mean faster, smaller, or worse FID."""
+    fid: float | None
+    fid_ratio: float | None
+    speedup: float | None        # wall time per image, original / compressed: fewer steps count
+    step_speedup: float | None   # latency of one denoiser call, original / compressed
+    macs_ratio: float | None     # MACs per image, compressed / original
+    size_ratio: float | None
+    psnr_db_vs_original: float | None  # None where the two sample sets do not share a trajectory
+
+    @classmethod
+    def between(cls, original: Measures, compressed: Measures, psnr: float | None) -> "Delta":
+        fid_o, fid_c = original.fid, compressed.fid
+        return cls(fid=None if fid_o is None or fid_c is None else fid_c - fid_o,
+                   fid_ratio=_ratio(fid_c, fid_o),
+                   speedup=_ratio(original.sampling_s_per_image, compressed.sampling_s_per_image),
+                   step_speedup=_ratio(original.latency_ms_per_step, compressed.latency_ms_per_step),
+                   macs_ratio=_ratio(compressed.macs_per_image, original.macs_per_image),
+                   size_ratio=_ratio(compressed.size_bytes, original.size_bytes),
+                   psnr_db_vs_original=psnr)
+
+
+def _ratio(numerator, denominator) -> float | None:
+    return None if numerator is None or not denominator else numerator / denominator
+
+
+@dataclass
+class Report:
+    command: str
+    model: str
+    seed: int
+    device: str
+    device_name: str
+    sampler: dict                 # the evaluated model's sampler and the batch size (each side has its own)
+    fid_features: str | None
+    fid_samples: int
+    fid_reference_samples: int | None
+    fid_floor: float | None
+    fid_floor_samples: int | None
+    fid_unavailable: str | None
+    latency: dict
+    original: Measures
+    compressed: Measures | None
+    delta: Delta | None
+    config: dict
+    eval_config: dict
+    notes: list[str]
+    versions: dict = field(default_factory=lambda: versions())
+    schema: int = SCHEMA_VERSION
+    sections: dict[str, Any] = field(default_factory=dict)
+    markdown_sections: list[str] = field(default_factory=list)
+
+    def add_section(self, name: str, data: Any, markdown: str | None = None) -> None:
+        """What a transform adds: ``data`` under report.json's key ``name``, ``markdown`` appended to report.md."""
+        if name in {f.name for f in fields(self)} or name in self.sections:
+            raise ValueError(f"report section '{name}' would overwrite an existing key")
+        self.sections[name] = data
+        if markdown:
+            self.markdown_sections.append(markdown)
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sections", "markdown_sections")}
+        data = {key: asdict(value) if hasattr(value, "__dataclass_fields__") else value for key, value in data.items()}
+        return {**data, **self.sections}
+
+    def markdown(self) -> str:
+        return "\n".join([_markdown_summary(self), *self.markdown_sections])
 
 
 def versions() -> dict:
     import diffusers
     import torch
 
-    import accel
-
-    return {"accel": accel.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+    return {"accel": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "python": platform.python_version()}
-
-
-def delta(original: dict, compressed: dict, psnr: float | None) -> dict:
-    """How the compressed model compares: ratios above 1 mean faster / smaller / worse FID."""
-    def ratio(a, b):
-        return None if a in (None, 0) or b is None else a / b
-
-    fid_o, fid_c = original["fid"], compressed["fid"]
-    return {
-        "fid": None if fid_o is None or fid_c is None else fid_c - fid_o,
-        "fid_ratio": ratio(fid_c, fid_o) if fid_o else None,
-        "speedup": ratio(original["latency_ms_per_step"], compressed["latency_ms_per_step"]),
-        "size_ratio": ratio(compressed["size_bytes"], original["size_bytes"]),
-        "psnr_db_vs_original": psnr,
-    }
 
 
 def _json_safe(value):
@@ -46,8 +125,8 @@ def _json_safe(value):
     return value
 
 
-def to_json(report: dict) -> str:
-    return json.dumps(_json_safe(report), indent=2) + "\n"
+def to_json(data: dict) -> str:
+    return json.dumps(_json_safe(data), indent=2) + "\n"
 
 
 def _fmt(value, key: str = "") -> str:
@@ -55,7 +134,7 @@ def _fmt(value, key: str = "") -> str:
         return "-"
     if isinstance(value, str):
         return value
-    if key in ("params", "macs", "size_bytes"):
+    if key in ("params", "macs", "macs_per_image", "size_bytes"):
         for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
             if abs(value) >= scale:
                 return f"{value / scale:.2f}{unit}" + ("B" if key == "size_bytes" else "")
@@ -65,42 +144,57 @@ def _fmt(value, key: str = "") -> str:
     return str(value)
 
 
-def markdown_table(report: dict) -> str:
-    compressed = report.get("compressed")
-    header = "| | original |" + (" compressed | delta |" if compressed else "")
-    lines = [header, "|---|---|" + ("---|---|" if compressed else "")]
-    delta_keys = {"fid": "fid_ratio", "latency_ms_per_step": "speedup", "size_bytes": "size_ratio"}
-    for key in MEASURES:
-        row = f"| {key} | {_fmt(report['original'].get(key), key)} |"
+# measure -> the delta that compares it
+ROWS = {"fid": "fid_ratio", "fid_at_floor_size": None, "latency_ms_per_step": "step_speedup",
+        "sampling_s_per_image": "speedup", "calls_per_image": None, "macs_per_image": "macs_ratio", "params": None,
+        "macs": None, "size_bytes": "size_ratio"}
+
+
+def markdown_table(report: Report) -> str:
+    original, compressed = asdict(report.original), report.compressed and asdict(report.compressed)
+    delta = report.delta and asdict(report.delta)
+    lines = ["| | original |" + (" compressed | delta |" if compressed else ""),
+             "|---|---|" + ("---|---|" if compressed else "")]
+    for key, delta_key in ROWS.items():
+        row = f"| {key} | {_fmt(original[key], key)} |"
         if compressed:
-            d_key = delta_keys.get(key)
-            d_val = f"{d_key} {_fmt(report['delta'].get(d_key))}" if d_key else ""
-            row += f" {_fmt(compressed.get(key), key)} | {d_val} |"
+            compared = f"{delta_key} {_fmt(delta[delta_key])}" if delta_key else ""
+            row += f" {_fmt(compressed[key], key)} | {compared} |"
         lines.append(row)
     if compressed:
-        lines.append(f"| psnr_db_vs_original | | {_fmt(report['delta']['psnr_db_vs_original'])} | |")
+        lines.append(f"| psnr_db_vs_original | | {_fmt(delta['psnr_db_vs_original'])} | |")
     return "\n".join(lines)
 
 
-def markdown(report: dict) -> str:
-    sampler = report["sampler"]
-    fid_line = (f"FID: {report['fid_features']} features, {report['fid_samples']} samples vs "
-                f"{report['fid_reference_samples']} real images; floor (two disjoint halves of the real set, "
-                f"{report['fid_floor_samples']} each): {_fmt(report['fid_floor'])}; compare it with "
-                f"fid_at_floor_size, the first {report['fid_floor_samples']} samples vs the same real half"
-                if report["fid_features"] else f"FID: not computed ({report['fid_unavailable']})")
+def _sampler_line(report: Report) -> str:
+    def described(measures: Measures) -> str:
+        spec = measures.sampler
+        return f"{spec['name']} {spec['steps']} steps" + (f" (eta {spec['eta']:g})" if spec.get("eta") else "")
+
+    models = (f"original {described(report.original)}, compressed {described(report.compressed)}"
+              if report.compressed else described(report.original))
+    return f"- Sampler: {models}; batch {report.sampler['batch_size']}, seed {report.seed}"
+
+
+def _markdown_summary(report: Report) -> str:
+    fid_line = (f"FID: {report.fid_features} features, {report.fid_samples} samples vs "
+                f"{report.fid_reference_samples} real images; floor (two disjoint halves of the real set, "
+                f"{report.fid_floor_samples} each): {_fmt(report.fid_floor)}; compare it with "
+                f"fid_at_floor_size, the first {report.fid_floor_samples} samples vs the same real half"
+                if report.fid_features else f"FID: not computed ({report.fid_unavailable})")
     parts = [
-        f"# accel {report['command']}: {report['model']}",
+        f"# accel {report.command}: {report.model}",
         "",
         markdown_table(report),
         "",
-        f"- Sampler: {sampler['name']}, {sampler['steps']} steps, batch {sampler['batch_size']}, seed {report['seed']}",
+        _sampler_line(report),
         f"- {fid_line}",
-        f"- Latency: median of {report['latency']['repeats']} denoiser calls at batch "
-        f"{report['latency']['batch_size']} after warm-up, on {report['device']} ({report['device_name']})",
-        f"- Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        f"- Latency: median of {report.latency['repeats']} denoiser calls at batch {report.latency['batch_size']} "
+        f"after warm-up, on {report.device} ({report.device_name}); speedup is wall time per image "
+        "(sampling both models, batches interleaved), step_speedup one denoiser call",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()),
     ]
-    parts += [f"- Note: {note}" for note in report.get("notes", [])]
+    parts += [f"- Note: {note}" for note in report.notes]
     return "\n".join(parts) + "\n"
 
 
@@ -126,8 +220,8 @@ def sample_grid(images_by_model: list[np.ndarray], columns: int = 8, scale: int 
     return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
 
 
-def write_report(folder: Path, report: dict, images_by_model: list[np.ndarray], sections: list[str] = ()) -> None:
-    """report.json, report.md (plus any extra markdown ``sections``) and samples.png into ``folder``."""
-    (folder / "report.json").write_text(to_json(report))
-    (folder / "report.md").write_text("\n".join([markdown(report), *sections]))
+def write_report(folder: Path, report: Report, images_by_model: list[np.ndarray]) -> None:
+    """report.json, report.md and samples.png into ``folder`` (a staging folder of ``atomic_dir``)."""
+    (folder / "report.json").write_text(to_json(report.to_dict()))
+    (folder / "report.md").write_text(report.markdown())
     sample_grid(images_by_model).save(folder / "samples.png")

@@ -1,14 +1,16 @@
-"""Calibration sets: denoiser inputs (x_t, t, cond) recorded from the full-precision sampler's own trajectories.
+"""Calibration sets: denoiser inputs (x_t, t, cond) recorded from the model's own sampler trajectories
+(``accel.calibrate(model, CalibConfig(...))``). The sampler is the model's spec, so a 4-step student is
+calibrated on its own 4 steps.
 
 Policies:
-- ``uniform`` (Q-Diffusion): every k-th step of each DDIM trajectory, so all noise levels are represented.
+- ``uniform`` (Q-Diffusion): every k-th step of each trajectory, so all noise levels are represented.
 - ``normal`` (PTQ4DM): the same number of inputs per trajectory, at timesteps drawn from a normal distribution
   skewed toward the clean end (mean T/4, standard deviation T/6, snapped to the nearest sampler step).
 - ``last``: only the final, least noisy step of each trajectory (the naive baseline); as many trajectories as
   needed to give the same number of inputs as the other policies.
 
 A set is stored as safetensors with its recipe and the fingerprint of the model it came from; loading it for
-another model or resolution is refused.
+another model, resolution, sampler or recipe is refused.
 """
 from __future__ import annotations
 
@@ -21,13 +23,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from accel.errors import AccelError
+from accel.core.config import Config
+from accel.core.errors import AccelError
+from accel.core.files import atomic_file, parse_json_object
+from accel.core.hooks import StepCall, StepHook, Trajectory
 
 POLICIES = ("uniform", "normal", "last")
+METADATA_KEY = "accel_calibration"
+RECORDING_BATCH = 256
+HOOK_NAME = "calibration"
+
+
+@dataclass(frozen=True)
+class CalibConfig(Config):
+    policy: str = "uniform"
+    samples: int = 64   # sampler trajectories
+    every: int = 5      # keep every k-th sampler step (uniform policy); the others keep as many per trajectory
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.policy not in POLICIES:
+            raise self.invalid("policy", f"must be one of {', '.join(POLICIES)}, got {self.policy}")
+        for name in ("samples", "every"):
+            if getattr(self, name) < 1:
+                raise self.invalid(name, f"must be at least 1, got {getattr(self, name)}")
 
 
 def model_fingerprint(denoiser) -> str:
-    """A short hash of the model's config and full-precision weights."""
+    """A short hash of the model's config and weights."""
     digest = hashlib.sha256(json.dumps(denoiser.config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(denoiser.module.state_dict().items()):
         digest.update(name.encode())
@@ -40,7 +63,7 @@ class CalibrationSet:
     x: torch.Tensor                 # (M, C, H, W) noisy inputs
     t: torch.Tensor                 # (M,) int64 timesteps
     cond: torch.Tensor | None       # (M, ...) conditioning, or None
-    meta: dict                      # recipe: policy, samples, steps, every, seed, model fingerprint, shape
+    meta: dict                      # recipe (CalibConfig), sampler, model fingerprint, sample shape
 
     def __len__(self) -> int:
         return len(self.t)
@@ -58,9 +81,8 @@ class CalibrationSet:
         tensors = {"x": self.x.contiguous(), "t": self.t.contiguous()}
         if self.cond is not None:
             tensors["cond"] = self.cond.contiguous()
-        partial = path.with_name(f".{path.name}.partial")
-        save_file(tensors, str(partial), metadata={"accel_calibration": json.dumps(self.meta)})
-        os.replace(partial, path)
+        with atomic_file(path) as partial:
+            save_file(tensors, str(partial), metadata={METADATA_KEY: json.dumps(self.meta)})
 
     @classmethod
     def load(cls, path: str | Path) -> "CalibrationSet":
@@ -68,19 +90,31 @@ class CalibrationSet:
 
         try:
             with safe_open(str(path), framework="pt") as handle:
-                meta = json.loads(handle.metadata()["accel_calibration"])
+                metadata = (handle.metadata() or {}).get(METADATA_KEY)
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except Exception as error:
+        except Exception as error:  # safetensors raises its own types for files that are not safetensors
             raise AccelError(f"{path} is not an accel calibration set ({str(error).splitlines()[0]})")
+        if metadata is None:
+            raise AccelError(f"{path} is not an accel calibration set (no '{METADATA_KEY}' metadata)")
+        meta = parse_json_object(metadata, f"the calibration metadata of {path}")
+        _check_tensors(tensors, path)
         return cls(tensors["x"], tensors["t"], tensors.get("cond"), meta)
 
-    def check_matches(self, denoiser, fingerprint: str) -> None:
-        if list(self.meta["sample_shape"]) != list(denoiser.sample_shape):
-            raise AccelError(f"calibration set was recorded at sample shape {self.meta['sample_shape']}, the model "
-                             f"takes {list(denoiser.sample_shape)}; record a new one")
-        if self.meta["model"] != fingerprint:
-            raise AccelError(f"calibration set was recorded for another model (fingerprint {self.meta['model']}, "
-                             f"this model {fingerprint}); record a new one")
+    def check_matches(self, recipe: dict, path: Path) -> None:
+        """Refuse a set recorded for another model, shape, sampler or recipe, naming the first difference."""
+        for key, wanted in recipe.items():
+            if self.meta.get(key) != wanted:
+                raise AccelError(f"calibration set {path} was recorded with {key} {self.meta.get(key)!r}; this run "
+                                 f"needs {wanted!r} (record a new one: another --calib path)")
+
+
+def _check_tensors(tensors: dict, path) -> None:
+    x, t = tensors.get("x"), tensors.get("t")
+    if x is None or t is None:
+        raise AccelError(f"{path} lacks the '{'x' if x is None else 't'}' tensor of a calibration set")
+    if x.ndim != 4 or t.ndim != 1 or len(x) != len(t) or ("cond" in tensors and len(tensors["cond"]) != len(t)):
+        raise AccelError(f"{path}: calibration tensors have inconsistent shapes (x {tuple(x.shape)}, "
+                         f"t {tuple(t.shape)})")
 
 
 def _kept_steps(policy: str, steps: int, every: int, timesteps: torch.Tensor, count: int,
@@ -97,54 +131,70 @@ def _kept_steps(policy: str, steps: int, every: int, timesteps: torch.Tensor, co
     return list(nearest)
 
 
-def collect(denoiser, policy: str = "uniform", samples: int = 64, steps: int = 50, every: int = 5,
-            seed: int = 0, fingerprint: str | None = None, progress: bool = True) -> CalibrationSet:
-    """Run the full-precision DDIM sampler and keep its inputs by ``policy``."""
-    from accel.sampling import SamplerConfig, make_scheduler, sample
+class _Recorder(StepHook):
+    """Keeps the inputs of the calls whose step is listed for their trajectory's image (a step drawn twice for
+    one trajectory by the normal policy is kept twice, so every policy gives equal counts)."""
 
-    if policy not in POLICIES:
-        raise AccelError(f"calibration policy must be one of {', '.join(POLICIES)}, got {policy}")
-    config = SamplerConfig("ddim", steps, batch_size=256)
-    timesteps = make_scheduler(denoiser, config).timesteps
-    trajectories = samples * max(1, steps // every) if policy == "last" else samples
-    keep = _kept_steps(policy, steps, every, timesteps, trajectories, np.random.default_rng(seed))
-    kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-    offset = {"value": 0}
+    def __init__(self, keep: list[np.ndarray]):
+        self.keep, self.first, self.kept = keep, 0, []
 
-    def record(step, x, t, cond):
-        start = offset["value"]
-        # a step drawn twice for one trajectory (normal policy) is kept twice, so every policy gives equal counts
-        rows = [i for i in range(len(x)) for _ in range(int((keep[start + i] == step).sum()))]
-        if step == steps - 1:
-            offset["value"] += len(x)
+    def reset(self, trajectory: Trajectory) -> None:
+        self.first = trajectory.first_image
+
+    def pre_forward(self, call: StepCall) -> StepCall:
+        rows = [i for i in range(len(call.x_t)) for _ in range(int((self.keep[self.first + i] == call.step).sum()))]
         if rows:
-            index = torch.tensor(rows, device=x.device)
-            kept.append((x[index].float().cpu(), t.repeat(len(rows)).long().cpu(),
-                         None if cond is None else cond[index].cpu()))
+            index = torch.tensor(rows, device=call.x_t.device)
+            self.kept.append((call.x_t[index].float().cpu(), call.t[index].long().cpu(),
+                              None if call.cond is None else call.cond[index].cpu()))
+        return call
 
-    sample(denoiser, trajectories, seed, config, progress=progress, on_step=record)
-    conds = [c for _, _, c in kept]
-    meta = {"policy": policy, "samples": samples, "steps": steps, "every": every, "seed": seed,
-            "model": fingerprint or model_fingerprint(denoiser), "sample_shape": list(denoiser.sample_shape)}
-    return CalibrationSet(torch.cat([x for x, _, _ in kept]), torch.cat([t for _, t, _ in kept]),
-                          None if conds[0] is None else torch.cat(conds), meta)
+
+def recipe(denoiser, config: CalibConfig, fingerprint: str) -> dict:
+    """What a calibration set must have been recorded with to serve ``denoiser`` under ``config``."""
+    return {"sample_shape": list(denoiser.sample_shape), "model": fingerprint, **config.to_dict(),
+            "sampler": denoiser.sampling.to_dict()}
+
+
+def collect(denoiser, config: CalibConfig = CalibConfig(), fingerprint: str | None = None,
+            progress: bool = True) -> CalibrationSet:
+    """Run the model's own sampler and keep its inputs by ``config.policy``."""
+    from accel.sampling import sample
+
+    steps_run = denoiser.sampling.scheduler(denoiser.scheduler_config).timesteps
+    steps = len(steps_run)
+    trajectories = config.samples * max(1, steps // config.every) if config.policy == "last" else config.samples
+    keep = _kept_steps(config.policy, steps, config.every, steps_run, trajectories,
+                       np.random.default_rng(config.seed))
+    recorder = _Recorder(keep)
+    denoiser.add_hook(HOOK_NAME, recorder)
+    try:
+        sample(denoiser, trajectories, config.seed, batch_size=RECORDING_BATCH, progress=progress)
+    finally:
+        denoiser.remove_hook(HOOK_NAME)
+    xs, ts, conds = zip(*recorder.kept)
+    return CalibrationSet(torch.cat(xs), torch.cat(ts), None if conds[0] is None else torch.cat(conds),
+                          recipe(denoiser, config, fingerprint or model_fingerprint(denoiser)))
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("ACCEL_CACHE_DIR", Path.home() / ".cache" / "accel")) / "calib"
 
 
-def load_or_collect(denoiser, policy: str, samples: int, steps: int, every: int, seed: int,
-                    path: str | Path | None = None, progress: bool = True) -> CalibrationSet:
-    """Reuse the calibration set at ``path`` (or in the cache) if it exists, else record and store it."""
+def calibrate(denoiser, config: CalibConfig = CalibConfig(), path: str | Path | None = None,
+              progress: bool = True) -> CalibrationSet:
+    """The calibration set for ``denoiser``: reused from ``path`` (default: a cache keyed by the model and the
+    recipe) if it was recorded for this model and recipe, else recorded from its sampler and stored there."""
     fingerprint = model_fingerprint(denoiser)
+    wanted = recipe(denoiser, config, fingerprint)
     if path is None:
-        path = default_cache_dir() / f"{fingerprint}-{policy}-n{samples}-s{steps}-k{every}-seed{seed}.safetensors"
+        key = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:12]
+        path = default_cache_dir() / f"{fingerprint}-{config.policy}-n{config.samples}-{key}.safetensors"
     path = Path(path)
     if path.exists():
         calib = CalibrationSet.load(path)
-        calib.check_matches(denoiser, fingerprint)
+        calib.check_matches(wanted, path)
         return calib
-    calib = collect(denoiser, policy, samples, steps, every, seed, fingerprint, progress)
+    calib = collect(denoiser, config, fingerprint, progress)
     calib.save(path)
     return calib

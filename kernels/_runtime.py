@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from accel.errors import AccelError
+from accel.core.errors import AccelError
 
 # Without a GPU to ask, size grids for an H100 (132 SMs): the interpreter then runs the same split logic.
 DEFAULT_SM_COUNT = 132

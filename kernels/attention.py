@@ -9,7 +9,8 @@ cross-attention (4096 x 77 in SD1.5).
 
 Head dims that are not powers of two are split into a power-of-two part and a small tail part, each its own
 tl.dot: 40 = 32 + 16 (8 of them padding), 72 = 64 + 16, 80 = 64 + 16, 160 = 128 + 32. Padding to the next power
-of two instead would waste 37-44% of the math at SD1.5's and DiT's head dims (FIELD_NOTES.md); the split pays
+of two instead would waste 37-44% of the math at SD1.5's and DiT's head dims (24/64, 56/128, 48/128, 96/256
+padding columns); the split pays
 at most 8 columns.
 
 Any strides: the (B, L, H, D) projections diffusers produces are read in place, and the output is written as
@@ -23,20 +24,13 @@ import torch
 import triton
 import triton.language as tl
 
-from accel.errors import AccelError
+from accel.core.errors import AccelError
 from accel.kernels._runtime import check_launchable, interpreted
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 MIN_HEAD_DIM, MAX_HEAD_DIM, HEAD_DIM_MULTIPLE = 16, 256, 8
 MIN_DOT = 16                  # tl.dot needs every dimension >= 16
 INTERPRETER_BLOCK = 16        # small blocks keep the CPU interpreter fast and exercise the tails
-
-
-def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """The PyTorch definition the kernel is tested against: softmax in fp32, output in q's dtype."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    return torch.matmul(scores.softmax(dim=-1), v.float()).to(q.dtype)
 
 
 def head_dim_split(head_dim: int) -> tuple[int, int]:

@@ -7,7 +7,7 @@ the projected time embedding a diffusers ResnetBlock2D adds right before its sec
 
 Two launches. The first reduces each group in ``split`` chunks to partial (count, mean, M2) statistics in fp32,
 the second merges them (Chan et al.'s parallel variance) and normalizes its chunk. One program per
-(sample, group) leaves an H100 under half busy at batch 2 (64 programs for 132 SMs; FIELD_NOTES.md), so the
+(sample, group) leaves an H100 under half busy at batch 2 (64 programs for the 132 SMs NVIDIA's H100 datasheet lists), so the
 launcher splits each group's spatial extent until there are several programs per SM. The input is read twice;
 at SD1.5 sizes (5 MB per activation in fp16) the second read comes from L2.
 
@@ -17,31 +17,17 @@ all run without a copy.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from accel.errors import AccelError
+from accel.core.errors import AccelError
 from accel.kernels._runtime import check_launchable, sm_count
+from accel.kernels.reference import as_broadcast
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TILE_ELEMENTS = 4096          # elements one program holds per loop step (BLOCK_C x BLOCK_HW)
 MAX_CHANNELS_PER_GROUP = TILE_ELEMENTS
 PROGRAMS_PER_SM = 4           # memory-bound: several resident programs per SM hide load latency
-
-
-def group_norm_reference(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
-                         bias: torch.Tensor | None = None, eps: float = 1e-5, *, silu: bool = False,
-                         residual: torch.Tensor | None = None) -> torch.Tensor:
-    """The PyTorch definition the kernel is tested against (statistics in fp32, output in x's dtype)."""
-    h = x.float()
-    if residual is not None:
-        h = h + _as_broadcast(residual, x).float()
-    y = F.group_norm(h, num_groups, None if weight is None else weight.float(),
-                     None if bias is None else bias.float(), eps)
-    if silu:
-        y = F.silu(y)
-    return y.to(x.dtype)
 
 
 def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
@@ -60,7 +46,7 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = N
     hw = x3.shape[2]
     y = torch.empty_like(x)
     y3 = y.view(n, c, hw)  # empty_like keeps x's dense layout, so this view exists
-    add3 = _flat(_as_broadcast(residual, x)) if residual is not None else x3
+    add3 = _flat(as_broadcast(residual, x)) if residual is not None else x3
     weight = weight if weight is not None else torch.ones(c, device=x.device)
     bias = bias if bias is not None else torch.zeros(c, device=x.device)
 
@@ -85,13 +71,6 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = N
 def _auto_split(groups: int, hw: int, block_hw: int, sms: int) -> int:
     wanted = triton.cdiv(PROGRAMS_PER_SM * sms, groups)
     return max(1, min(wanted, triton.cdiv(hw, block_hw)))
-
-
-def _as_broadcast(residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``residual`` as a (possibly stride-0) view of x's shape; (N, C) means one value per sample and channel."""
-    if residual.ndim == 2 and x.ndim > 2:
-        residual = residual.view(*residual.shape, *([1] * (x.ndim - 2)))
-    return residual.expand_as(x)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,18 @@ def tiny_unet_dir(tmp_path, tiny_unet):
     return folder
 
 
+def tiny_calib(denoiser):
+    """16 calibration inputs: every step of 4 four-step DDIM trajectories (whatever the model's own sampler)."""
+    import copy
+
+    import accel
+    from accel.calib.collect import collect
+
+    short = copy.copy(denoiser)  # the same network, another sampler
+    short.sampling = accel.SamplingSpec(steps=4)
+    return collect(short, accel.CalibConfig(samples=4, every=1), progress=False)
+
+
 def run_cli(capsys, *argv):
     """Exit code, stdout and stderr of ``accel ARGV`` run in-process (argparse errors exit via SystemExit)."""
     from accel.cli import main

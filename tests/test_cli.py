@@ -102,7 +102,10 @@ def test_bad_model_one_line_exit_2_nothing_written(case, command, tmp_path, tiny
     (["eval", "--steps", "0"], "--steps"),
     (["eval", "--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["eval", "--device", "tpu"],
      "--device"),
-    (["eval", "--sampler", "euler"], "invalid choice"),
+    (["eval", "--sampler", "euler"], "--sampler 'euler' is not a sampler"),
+    (["eval", "--sampler", "ddpm", "--eta", "0.5"], "--eta applies to DDIM only"),
+    (["eval", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["eval", "--latency-batch", "0"], "--latency-batch must be at least 1"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_arguments(argv, message, tmp_path, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from accel.errors import AccelError
+from accel.core.errors import AccelError
 from accel.metrics.inception import INCEPTION_WEIGHTS_NAME, InceptionFeatures, build_fid_inception
 
 # torchvision documents 27,161,264 parameters for Inception3 (1000 classes, with the aux head). The FID

@@ -3,7 +3,7 @@ present (the same tests plus SD1.5 shapes, marked gpu)."""
 import pytest
 import torch
 
-from accel.errors import AccelError
+from accel.core.errors import AccelError
 from accel.kernels import attention, attention_reference, group_norm, group_norm_reference
 from accel.kernels.attention import head_dim_split
 

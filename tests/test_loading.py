@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import accel
-from accel.errors import AccelError
+from accel.core.errors import AccelError
 
 
 def test_load_diffusers_folder_reproduces_model(tiny_unet, tiny_unet_dir):

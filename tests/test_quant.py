@@ -5,18 +5,16 @@ import pytest
 import torch
 
 import accel
-from accel.calib.collect import CalibrationSet, collect, load_or_collect
-from accel.errors import AccelError
-from accel.quant.apply import plan_layers, quantize_
+from accel.calib.collect import CalibConfig, CalibrationSet, calibrate, collect
+from accel.core.errors import AccelError, ConfigError
+from accel.quant import quantize_
+from accel.quant.apply import plan_layers
 from accel.quant.config import W4A8, W8A8, QuantConfig
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
 from accel.quant.pack import pack_codes, unpack_codes
+from accel.quant.quantizer import Quantizer
 from accel.quant.split import find_split_sites
-from conftest import make_tiny_dit, make_tiny_text_unet, make_tiny_unet
-
-
-def tiny_calib(denoiser):
-    return collect(denoiser, "uniform", samples=4, steps=4, every=1, progress=False)
+from conftest import make_tiny_dit, make_tiny_text_unet, make_tiny_unet, tiny_calib
 
 
 def relative_error(a, b):
@@ -102,16 +100,59 @@ def test_bad_patterns_and_nothing_to_quantize():
         quantize_(accel.Denoiser(NoLayers(), {}, sample_shape=(1, 4, 4)), W8A8, None, progress=False)
 
 
-@pytest.mark.parametrize("kwargs", [dict(w_bits=1), dict(w_bits=9), dict(a_bits=3), dict(a_bits=17),
-                                    dict(calib_policy="random")])
-def test_config_validation(kwargs):
-    with pytest.raises(AccelError):
+@pytest.mark.parametrize("kwargs,field", [(dict(w_bits=1), "w_bits"), (dict(w_bits=9), "w_bits"),
+                                          (dict(a_bits=3), "a_bits"), (dict(a_bits=17), "a_bits"),
+                                          (dict(w_bits=4.0), "w_bits"), (dict(group_size=0), "group_size"),
+                                          (dict(layer_bits={"conv_out": 1}), "layer_bits"),
+                                          (dict(skip="conv_out"), "skip")])
+def test_config_validation_names_the_field(kwargs, field):
+    with pytest.raises(ConfigError) as error:
         QuantConfig(**kwargs)
+    assert error.value.field == field
 
 
 def test_config_round_trips_through_json():
     config = QuantConfig(w_bits=3, layer_bits={"conv_out": 8}, skip=("mid_block.*",))
     assert QuantConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_presets_cannot_be_changed():
+    with pytest.raises(AttributeError):
+        W4A8.recon_iters = 500
+    with pytest.raises(TypeError):
+        QuantConfig(layer_bits={"conv_out": 8}).layer_bits["conv_in"] = 4
+    assert W4A8.recon_iters == 0 and replace(W4A8, recon_iters=500).recon_iters == 500
+
+
+def test_version_1_configs_with_calibration_settings_are_upgraded():
+    written_by_0_1 = {**{k: v for k, v in W4A8.to_dict().items() if k != "version"}, "calib_policy": "uniform",
+                      "calib_samples": 64, "calib_steps": 50, "calib_every": 5}
+    assert QuantConfig.from_dict(written_by_0_1) == W4A8
+    with pytest.raises(ConfigError, match="calib_every is not a setting"):
+        QuantConfig.from_dict({**written_by_0_1, "version": 2})
+    with pytest.raises(ConfigError, match="version"):
+        QuantConfig.from_dict({**W4A8.to_dict(), "version": 3})
+
+
+def test_quantizer_errors_are_accel_errors():
+    with pytest.raises(AccelError, match="bits"):
+        Quantizer(1)
+    with pytest.raises(AccelError, match="range_method"):
+        Quantizer(8, range_method="max")
+
+
+def test_activation_quantization_needs_a_calibration_set():
+    with pytest.raises(AccelError, match="calibrate"):
+        quantize_(accel.load(make_tiny_unet()), W8A8, None, progress=False)
+
+
+def test_quantizing_twice_is_refused_and_leaves_the_model_alone():
+    model = accel.load(make_tiny_unet())
+    quantize_(model, QuantConfig(a_bits=None), None, progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(AccelError, match="cannot quantize this model: it went through quantize"):
+        quantize_(model, QuantConfig(a_bits=None), None, progress=False)
+    assert len(model.transforms) == 1 and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
@@ -148,34 +189,49 @@ def test_w4_artifact_of_reference_model_is_close_to_an_eighth(tmp_path):
 
 
 def test_calibration_policies_sizes_and_timesteps():
-    denoiser = accel.load(make_tiny_unet())
-    sets = {p: collect(denoiser, p, samples=3, steps=10, every=5, progress=False) for p in ("uniform", "normal", "last")}
+    denoiser = accel.load(make_tiny_unet(), sampling={"steps": 10})
+    sets = {p: collect(denoiser, CalibConfig(policy=p, samples=3, every=5), progress=False)
+            for p in ("uniform", "normal", "last")}
     assert {p: len(s) for p, s in sets.items()} == {"uniform": 6, "normal": 6, "last": 6}
     assert len(set(sets["uniform"].t.tolist())) == 2 and set(sets["last"].t.tolist()) == {0}
     assert sets["uniform"].x.shape == (6, 3, 8, 8)
 
 
+def test_calibration_follows_the_model_s_sampler():
+    four = accel.load(make_tiny_unet(), sampling={"steps": 4})  # a plain module: DDPM's default 1,000 steps
+    dpm = accel.load(make_tiny_unet(), sampling={"name": "dpm++", "steps": 6})
+    assert sorted(set(collect(four, CalibConfig(samples=1, every=1), progress=False).t.tolist())) == [0, 250, 500, 750]
+    on_dpm = collect(dpm, CalibConfig(samples=1, every=1), progress=False)
+    assert len(on_dpm) == 6 and on_dpm.meta["sampler"]["name"] == "dpm++"
+
+
 def test_calibration_set_is_stored_reused_and_checked(tmp_path):
-    denoiser = accel.load(make_tiny_unet())
+    denoiser = accel.load(make_tiny_unet(), sampling={"steps": 4})
     path = tmp_path / "calib.safetensors"
-    first = load_or_collect(denoiser, "uniform", 2, 4, 2, seed=0, path=path, progress=False)
-    again = load_or_collect(denoiser, "uniform", 2, 4, 2, seed=0, path=path, progress=False)
+    config = CalibConfig(samples=2, every=2)
+    first = calibrate(denoiser, config, path, progress=False)
+    again = calibrate(denoiser, config, path, progress=False)
     assert torch.equal(first.x, again.x) and again.meta == first.meta
-    other_weights = accel.load(make_tiny_unet())
+    other_weights = accel.load(make_tiny_unet(), sampling={"steps": 4})
     with torch.no_grad():
         other_weights.module.conv_in.weight.add_(0.01)
-    with pytest.raises(AccelError, match="another model"):
-        load_or_collect(other_weights, "uniform", 2, 4, 2, seed=0, path=path, progress=False)
-    other_shape = accel.load(make_tiny_unet(sample_size=16))
-    with pytest.raises(AccelError, match="sample shape"):
-        load_or_collect(other_shape, "uniform", 2, 4, 2, seed=0, path=path, progress=False)
+    with pytest.raises(AccelError, match="recorded with model"):
+        calibrate(other_weights, config, path, progress=False)
+    other_shape = accel.load(make_tiny_unet(sample_size=16), sampling={"steps": 4})
+    with pytest.raises(AccelError, match="recorded with sample_shape"):
+        calibrate(other_shape, config, path, progress=False)
+    with pytest.raises(AccelError, match="recorded with policy"):
+        calibrate(denoiser, replace(config, policy="last"), path, progress=False)
+    with pytest.raises(AccelError, match="recorded with sampler"):
+        calibrate(accel.load(make_tiny_unet(), sampling={"steps": 5}), config, path, progress=False)
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(AccelError, match="not an accel calibration set"):
         CalibrationSet.load(tmp_path / "junk.safetensors")
 
 
 def test_text_conditioning_is_recorded_in_the_calibration_set():
-    calib = collect(accel.load(make_tiny_text_unet()), "uniform", samples=2, steps=2, every=1, progress=False)
+    model = accel.load(make_tiny_text_unet(), sampling={"steps": 2})
+    calib = collect(model, CalibConfig(samples=2, every=1), progress=False)
     assert calib.cond.shape == (4, 77, 16)
 
 

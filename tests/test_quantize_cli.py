@@ -5,7 +5,7 @@ import pytest
 
 from conftest import run_cli as run
 
-TINY = ["--n", "24", "--steps", "3", "--batch-size", "24", "--calib-samples", "2", "--calib-every", "10",
+TINY = ["--n", "24", "--steps", "3", "--batch-size", "24", "--calib-samples", "2", "--calib-every", "1",
         "--recon-iters", "2"]
 
 
@@ -23,7 +23,8 @@ def test_quantize_writes_artifact_that_reloads_with_the_same_samples(tmp_path, c
     report = json.loads(stdout)
     assert report["command"] == "quantize" and report["delta"]["size_ratio"] < 0.2
     assert 0 < report["delta"]["psnr_db_vs_original"] < 100  # changed, but close
-    assert report["calibration"]["policy"] == "uniform" and report["calibration"]["inputs"] == 2 * 5
+    calibration = report["calibration"]  # along the sampler the model was run with: 2 trajectories of 3 steps
+    assert calibration["policy"] == "uniform" and calibration["sampler"]["steps"] == 3 and calibration["inputs"] == 6
     assert sorted(p.name for p in out.iterdir()) == ["accel.json", "config.json", "model.safetensors", "report.json",
                                                      "report.md", "samples.png", "scheduler_config.json"]
     code, stdout, _ = run(capsys, "eval", "--model", str(out), "--n", "24", "--steps", "3", "--batch-size", "24",
@@ -62,4 +63,4 @@ def test_calibration_set_of_another_model_is_refused(tmp_path, capsys, tiny_unet
     assert run(capsys, "quantize", "--bits", "8", *TINY, "--model", str(tiny_unet_dir), "--calib", str(calib),
                "--out", str(tmp_path / "a"))[0] == 0
     code, _, err = run(capsys, "quantize", "--bits", "8", *TINY, "--calib", str(calib), "--out", str(tmp_path / "b"))
-    assert code == 2 and "recorded at sample shape" in err and not (tmp_path / "b").exists()
+    assert code == 2 and "recorded with sample_shape" in err and not (tmp_path / "b").exists()

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from accel.core.errors import AccelError
 from accel.quant.quantizer import Quantizer, grid, round_ste
 
 
@@ -97,7 +98,7 @@ def test_observing_activations_then_fitting():
 
 @pytest.mark.parametrize("bits", [1, 17])
 def test_bits_out_of_range(bits):
-    with pytest.raises(ValueError):
+    with pytest.raises(AccelError, match="bits must be in 2..16"):
         Quantizer(bits)
 
 

@@ -8,15 +8,16 @@ diffusers config) travels in the file's metadata, so ``accel eval --model x.onnx
 the original. Export works on a copy: the caller's model is never moved, cast or converted.
 
 Opset 19 by default: what NVIDIA's diffusion demo exports for TensorRT 10, and enough for per-channel INT8
-DequantizeLinear. Opset 21 (chosen automatically when the model has 4-bit or per-group-scaled linear layers)
-adds INT4 and blocked scales, so those layers go out as blocked DequantizeLinear, 4-bit weights as INT4;
-``int8_grid=True`` keeps every weight on the INT8 grid instead (per-channel scales only).
+DequantizeLinear. Opset 21 (chosen automatically when a transform has layers that want blocked scales: 4-bit
+or per-group-scaled linear layers) adds INT4 and blocked scales, so those layers go out as blocked
+DequantizeLinear, 4-bit weights as INT4; ``int8_grid=True`` keeps every weight on the INT8 grid instead.
+How a transform's layers become exportable ops is the transform's ``ExportForm`` in the registry; this module
+traces, checks and runs what they give.
 """
 from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -25,19 +26,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from accel.artifact import ensure_writable_file
-from accel.errors import AccelError
-from accel.export.qdq import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN, blocked_layers, to_qdq
+from accel.core import registry
+from accel.core.errors import AccelError
+from accel.core.files import atomic_file, ensure_writable_file
+from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
+from accel.export.config import BLOCKED_OPSET, DEFAULT_OPSET, DTYPES, EXPORT, METADATA_KEY, ExportConfig
 
-OPSET = 19
-BLOCKED_OPSET = 21        # INT4 and blocked scales in QuantizeLinear/DequantizeLinear
-MIN_OPSET = 13            # per-channel DequantizeLinear (axis) appeared in opset 13
-MAX_OPSET = 21
 TRACE_MAX_OPSET = 20      # torch's TorchScript exporter; higher opsets are reached with onnx's version converter
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 PARITY_TIMESTEPS = (999, 500, 20)
 PARITY_BATCHES = (2, 3)   # 3 differs from the traced batch: checks the dynamic batch axis
-METADATA_KEY = "accel"
 # max |ORT - PyTorch| / max |PyTorch| over the parity inputs, PyTorch being the float32 model in its exported
 # form. It must separate export bugs (a wrong scale, axis or layout: errors of order 1 on every input) from
 # arithmetic noise. Float graphs differ only by operator order (the issue's goal: 1e-4). In a Q/DQ graph, an
@@ -88,84 +85,84 @@ def metadata(denoiser, opset: int, form: str, dtype: str) -> dict:
 
     return {"kind": denoiser.kind, "cond_kind": denoiser.cond_kind, "sample_shape": list(denoiser.sample_shape),
             "scheduler_config": denoiser.scheduler_config, "config": denoiser.config, "source": denoiser.source,
-            "transforms": denoiser.transforms, "params": count_params(denoiser), "macs": count_macs(denoiser),
-            "opset": opset, "form": form, "dtype": dtype, "inputs": input_names(denoiser)}
+            "transforms": denoiser.transforms, "sampling": denoiser.sampling.to_dict(),
+            "params": count_params(denoiser), "macs": count_macs(denoiser), "opset": opset, "form": form,
+            "dtype": dtype, "inputs": input_names(denoiser)}
 
 
-def resolve_opset(opset: int | None, blocked: list[str], int8_grid: bool) -> int:
-    """The opset to write: 19, or 21 when linear layers go out blocked (INT4); a given one is checked."""
-    wants_blocks = bool(blocked) and not int8_grid
-    if opset is None:
-        return BLOCKED_OPSET if wants_blocks else OPSET
-    if opset < MIN_OPSET:
-        raise AccelError(f"--opset {opset} is too low: per-channel DequantizeLinear needs opset {MIN_OPSET} or newer")
-    if opset > MAX_OPSET:
-        raise AccelError(f"--opset {opset} is too high: this exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
-    if wants_blocks and opset < BLOCKED_OPSET:
-        raise AccelError(f"--opset {opset} is too low for INT4: {len(blocked)} linear layers (first: {blocked[0]}) "
-                         f"need blocked INT4/INT8 DequantizeLinear from opset {BLOCKED_OPSET}; use --opset "
-                         f"{BLOCKED_OPSET}, or --int8-grid to write their 4-bit codes on the INT8 grid")
-    return opset
+def _export_forms(denoiser) -> list[registry.ExportForm]:
+    return [t.export for t in registry.applied(denoiser) if t.export is not None]
+
+
+def resolve_opset(config: ExportConfig, blocked: list[str]) -> int:
+    """The opset to write: 19, or 21 when layers go out blocked (INT4); a chosen one is checked against them."""
+    wants_blocks = bool(blocked) and not config.int8_grid
+    if config.opset is None:
+        return BLOCKED_OPSET if wants_blocks else DEFAULT_OPSET
+    if wants_blocks and config.opset < BLOCKED_OPSET:
+        raise AccelError(f"--opset {config.opset} is too low for INT4: {len(blocked)} linear layers (first: "
+                         f"{blocked[0]}) need blocked INT4/INT8 DequantizeLinear from opset {BLOCKED_OPSET}; use "
+                         f"--opset {BLOCKED_OPSET}, or --int8-grid to write their 4-bit codes on the INT8 grid")
+    return config.opset
 
 
 def export_copy(denoiser):
-    """A float32 CPU copy of ``denoiser`` to convert and trace (its CUDA-graph runner, if any, stays behind)."""
-    runner, denoiser.runner = denoiser.runner, None
-    try:
-        return copy.deepcopy(denoiser).float().cpu().eval()
-    finally:
-        denoiser.runner = runner
+    """A float32 CPU copy of ``denoiser`` to convert and trace (its step hooks start fresh in the copy and are
+    not traced: the graph is one denoiser call)."""
+    return copy.deepcopy(denoiser).float().cpu().eval()
+
+
+def _to_export_form(denoiser, blocked: bool) -> dict:
+    """Every applied transform's layers rewritten into traceable ops; their counts, summed."""
+    counts = {"qdq_layers": 0, "int4_layers": 0}
+    for form in _export_forms(denoiser):
+        for key, value in form.convert(denoiser.module, blocked).items():
+            counts[key] = counts.get(key, 0) + value
+    return counts
 
 
 @torch.no_grad()
-def export_onnx(denoiser, out: str | Path, opset: int | None = None, overwrite: bool = False, dtype: str = "fp32",
-                int8_grid: bool = False) -> dict:
+def export_onnx(denoiser, out: str | Path, config: ExportConfig = ExportConfig(), overwrite: bool = False) -> dict:
     """Write ``denoiser`` as ONNX to ``out`` (atomically), check it, and compare ONNX Runtime with PyTorch.
 
-    ``opset`` None picks 19, or 21 for INT4 linear layers; ``dtype`` "fp32" or "fp16"; ``int8_grid`` writes
-    4-bit linear weights on the INT8 grid instead of as INT4. Returns the export record: form (float or qdq),
-    opset, dtype, ops, Q/DQ counts, parity errors and tolerance.
+    Returns the export record: form (float or qdq), opset, dtype, ops, Q/DQ counts, parity errors and tolerance.
     """
     import onnx
 
+    registry.check_can_follow(denoiser.transforms, EXPORT)
     out = ensure_writable_file(out, (".onnx",), "a .onnx file", overwrite)
-    if dtype not in DTYPES:
-        raise AccelError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    opset = resolve_opset(opset, blocked_layers(denoiser.module), int8_grid)
+    opset = resolve_opset(config, [name for form in _export_forms(denoiser) for name in form.blocked_layers(
+        denoiser.module)])
     denoiser = export_copy(denoiser)
     names = input_names(denoiser)
     checks = parity_inputs(denoiser)
     as_given = [denoiser._eps(*args).numpy() for args in checks]
     start = time.perf_counter()
-    converted = to_qdq(denoiser.module, blocked=opset >= BLOCKED_OPSET and not int8_grid)
+    converted = _to_export_form(denoiser, blocked=opset >= BLOCKED_OPSET and not config.int8_grid)
     form = "qdq" if converted["qdq_layers"] else "float"
     # The gate's reference: the float32 PyTorch model in its exported form. For a quantized model that form
     # differs from the fake-quantized model by design (attention in float); that difference is reported apart.
     expected = [denoiser._eps(*args).numpy() for args in checks]
-    denoiser.to(DTYPES[dtype])
-    checks = [_as_dtype(args, DTYPES[dtype]) for args in checks]
-    partial = out.with_name(f".{out.name}.partial")
-    try:
-        _trace(denoiser, checks[0], names, partial, min(opset, TRACE_MAX_OPSET), bool(converted["blocked_layers"]))
+    denoiser.to(DTYPES[config.dtype])
+    checks = [_as_dtype(args, DTYPES[config.dtype]) for args in checks]
+    with atomic_file(out) as partial:
+        _trace(denoiser, checks[0], names, partial, min(opset, TRACE_MAX_OPSET), converted.get("blocked_layers", 0))
         model = onnx.load(str(partial))
         if opset > TRACE_MAX_OPSET:
             model = _raise_opset(model, opset)
         onnx.checker.check_model(model, full_check=True)
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        record = {"form": form, "opset": opset, "dtype": dtype, **converted,
+        record = {"form": form, "opset": opset, "dtype": config.dtype, **converted,
                   "export_s": time.perf_counter() - start, "ops": _op_counts(model),
                   "exported_form_vs_model_max_rel": _max_rel(expected, as_given)}
-        props = {METADATA_KEY: json.dumps(metadata(denoiser, opset, form, dtype), default=str)}
+        props = {METADATA_KEY: json.dumps(metadata(denoiser, opset, form, config.dtype), default=str)}
         onnx.helper.set_model_props(model, props)
         onnx.save(model, str(partial))
-        tolerance = TOLERANCE[form, dtype]
+        tolerance = TOLERANCE[form, config.dtype]
         record["parity"] = check_parity(str(partial), names, checks, expected, tolerance)
         if not record["parity"]["met"]:
             raise AccelError(f"ONNX Runtime disagrees with PyTorch: max relative error "
                              f"{record['parity']['max_rel']:.2e} > {tolerance:g}; nothing was written")
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
     record["bytes"] = out.stat().st_size
     return record
 
@@ -175,12 +172,12 @@ def _as_dtype(args: tuple, dtype: torch.dtype) -> tuple:
     return tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in args)
 
 
-def _trace(denoiser, example: tuple, names: list[str], path: Path, opset: int, blocked: bool) -> None:
+def _trace(denoiser, example: tuple, names: list[str], path: Path, opset: int, placeholders: bool) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
         torch.onnx.export(_EpsGraph(denoiser).eval(), tuple(a for a in example if a is not None), str(path),
                           input_names=names, output_names=["eps"], dynamic_axes=_dynamic_axes(denoiser, names),
-                          opset_version=opset, dynamo=False, custom_opsets={PLACEHOLDER_DOMAIN: 1} if blocked else None)
+                          opset_version=opset, dynamo=False, custom_opsets={PLACEHOLDER_DOMAIN: 1} if placeholders else None)
 
 
 def _raise_opset(model, opset: int):

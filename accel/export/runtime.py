@@ -1,13 +1,16 @@
 """Exported models as denoisers: an ONNX Runtime session behind the ``Denoiser`` calling convention."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from accel.errors import AccelError
+from accel.core.denoiser import Denoiser
+from accel.core.errors import AccelError, ConfigError
+from accel.core.files import parse_json_object
+from accel.core.sampling_spec import SamplingSpec
+from accel.export.config import DTYPES, EXPORT, METADATA_KEY
 
 
 def ort_session(path: str | Path):
@@ -47,8 +50,6 @@ def load_onnx(path: Path, name: str):
     """A Denoiser running ``path`` (an ONNX file written by ``accel export onnx``) in ONNX Runtime."""
     import onnx
 
-    from accel.export.onnx import DTYPES, METADATA_KEY
-
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:
@@ -57,37 +58,61 @@ def load_onnx(path: Path, name: str):
     if METADATA_KEY not in props:
         raise AccelError(f"{path} was not written by accel export (no sampling metadata); export it with "
                          "`accel export onnx`")
-    meta = json.loads(props[METADATA_KEY])
+    meta = exported_metadata(props[METADATA_KEY], f"the accel metadata of {path}")
     module = OrtModule(ort_session(path), meta["inputs"], DTYPES[meta["dtype"]], meta["config"], meta["params"],
                        meta["macs"])
     return exported_denoiser(module, meta, path, name, "onnx",
                              f"in ONNX Runtime ({module.session.get_providers()[0]})")
 
 
-def exported_denoiser(module: nn.Module, meta: dict, path: Path, name: str, file_format: str, runs: str):
-    """A Denoiser around the runtime ``module`` of an exported file, described by its export metadata."""
-    from accel.models.denoiser import Denoiser
+# key -> the JSON types it may hold, for the metadata an exported file carries
+METADATA_TYPES = {"kind": (str,), "cond_kind": (str, type(None)), "sample_shape": (list,), "scheduler_config": (dict,),
+                  "config": (dict,), "source": (str,), "transforms": (list,), "params": (int,), "macs": (int,),
+                  "opset": (int,), "form": (str,), "dtype": (str,), "inputs": (list,)}
 
+
+def exported_metadata(text: str, what: str) -> dict:
+    """The metadata an exported file carries, each key checked (a damaged or hand-edited file is one line)."""
+    meta = parse_json_object(text, what)
+    for key, types in METADATA_TYPES.items():
+        if not isinstance(meta.get(key), types):
+            raise AccelError(f"{what} has no valid '{key}' (re-export the model)")
+    if meta["dtype"] not in DTYPES or len(meta["sample_shape"]) != 3:
+        raise AccelError(f"{what} has dtype {meta['dtype']!r} and sample shape {meta['sample_shape']}: not an "
+                         "accel export (re-export the model)")
+    return meta
+
+
+def exported_denoiser(module: nn.Module, meta: dict, path: Path, name: str, file_format: str, runs: str):
+    """A Denoiser around the runtime ``module`` of an exported file, described by its export metadata (files
+    written before the sampler travelled with the model run DDIM 50, as every command did then)."""
+    try:
+        sampling = SamplingSpec.from_dict(meta["sampling"]) if "sampling" in meta else None
+    except ConfigError as error:
+        raise AccelError(f"{path}: {error}")
     denoiser = Denoiser(module, meta["scheduler_config"], source=name, sample_shape=tuple(meta["sample_shape"]),
-                        weights_bytes=path.stat().st_size, cond_kind=meta["cond_kind"],
+                        weights_bytes=path.stat().st_size, cond_kind=meta["cond_kind"], sampling=sampling,
                         notes=(f"runs {runs}, {meta['dtype']} {meta['form']} graph, opset {meta['opset']}",))
-    denoiser.transforms = meta["transforms"] + [{"name": "export", "format": file_format, "form": meta["form"],
+    denoiser.transforms = meta["transforms"] + [{"name": EXPORT, "format": file_format, "form": meta["form"],
                                                  "opset": meta["opset"], "dtype": meta["dtype"],
                                                  "source": meta["source"]}]
     return denoiser
 
 
 def load_exported_from(model, device):
-    """The model an exported ``model`` came from (its recorded source), to compare with; None when ``model`` was
-    not exported, or when its source no longer loads (then with a note saying how to give one)."""
+    """The model an exported ``model`` came from (its recorded source), run with the exported model's sampler
+    so the two compare runtimes, not samplers; None when ``model`` was not exported, or when its source no
+    longer loads (then with a note saying how to give one)."""
     from accel.models.loading import load
 
-    source = next((t["source"] for t in model.transforms if t["name"] == "export"), None)
+    source = next((t["source"] for t in model.transforms if t["name"] == EXPORT), None)
     if source is None:
         return None
     try:
-        return load(source, device)
+        baseline = load(source, device)
     except AccelError:
         model.notes.append(f"the model this was exported from ({source}) does not load here; pass --baseline to "
                            "compare with it")
         return None
+    baseline.sampling = model.sampling
+    return baseline

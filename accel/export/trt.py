@@ -10,13 +10,15 @@ imports (tests skip otherwise).
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from accel.errors import AccelError
+from accel.core.errors import AccelError
+from accel.core.files import atomic_file, ensure_writable_file, read_json_object, write_text
+from accel.export.config import DEFAULT_OPSET, ExportConfig
 
 WORKSPACE_BYTES = 4 << 30
 MAX_BATCH = 16
@@ -53,12 +55,12 @@ def build_engine(onnx_path: Path, out: Path, meta: dict, max_batch: int = MAX_BA
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise AccelError(f"TensorRT could not build an engine from {onnx_path} (see its log above)")
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_bytes(bytes(serialized))
-    out.with_name(out.name + ".json").write_text(json.dumps({**meta, "tensorrt": trt.__version__,
-                                                             "max_batch": max_batch}, default=str))
-    os.replace(partial, out)
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    write_text(out.with_name(out.name + ".json"), json.dumps({**meta, "tensorrt": trt.__version__,
+                                                              "max_batch": max_batch}, default=str))
+    with atomic_file(out) as partial:
+        partial.write_bytes(bytes(serialized))
+    with atomic_file(cache_path) as partial:
+        partial.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {"tensorrt": trt.__version__, "bytes": out.stat().st_size, "max_batch": max_batch}
 
 
@@ -101,13 +103,14 @@ class TrtModule(nn.Module):
 
 def load_engine(path: Path, name: str):
     """A Denoiser running a TensorRT engine written by ``accel export trt``."""
-    from accel.export.runtime import exported_denoiser
+    from accel.export.runtime import exported_denoiser, exported_metadata
 
     trt = _tensorrt()
     meta_path = path.with_name(path.name + ".json")
     if not meta_path.is_file():
         raise AccelError(f"{path} has no {meta_path.name} beside it; rebuild it with `accel export trt`")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json_object(meta_path)
+    exported_metadata(json.dumps(meta), str(meta_path))
     if meta.get("tensorrt") != trt.__version__:
         raise AccelError(f"{path} was built with TensorRT {meta.get('tensorrt')}, this is {trt.__version__}: rebuild")
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
@@ -117,22 +120,23 @@ def load_engine(path: Path, name: str):
     return exported_denoiser(module, meta, path, name, "trt", f"as a TensorRT {trt.__version__} engine")
 
 
-def export_trt(denoiser, out: str | Path, overwrite: bool = False, dtype: str = "fp32") -> dict:
+def export_trt(denoiser, out: str | Path, config: ExportConfig = ExportConfig(), overwrite: bool = False) -> dict:
     """Denoiser -> checked ONNX (temporary) -> TensorRT engine at ``out`` (a .plan file).
 
-    4-bit linear weights go on the INT8 grid: TensorRT's INT4 is weight-only, and these layers quantize their
-    activations to INT8, so an INT8 GEMM is what executes their W4A8 arithmetic exactly.
+    The graph is opset 19 (what TensorRT 10's parser reads) with every weight on the INT8 grid: TensorRT's INT4
+    is weight-only, and accel's 4-bit layers quantize their activations to INT8, so an INT8 GEMM is what
+    executes their W4A8 arithmetic exactly.
     """
-    from accel.export.onnx import OPSET, export_onnx, metadata
-
-    from accel.artifact import ensure_writable_file
+    from accel.export.onnx import export_onnx, metadata
 
     _tensorrt()  # fail before any work when the extra is missing
+    if config.opset not in (None, DEFAULT_OPSET):
+        raise AccelError(f"--opset {config.opset}: TensorRT engines are built from opset {DEFAULT_OPSET} graphs")
     out = ensure_writable_file(out, (".plan",), "a .plan file", overwrite)
-    onnx_path = out.with_name(f".{out.stem}.export.onnx")
-    try:
-        record = export_onnx(denoiser, onnx_path, OPSET, overwrite=True, dtype=dtype, int8_grid=True)
-        record["engine"] = build_engine(onnx_path, out, metadata(denoiser, OPSET, record["form"], dtype))
-    finally:
-        onnx_path.unlink(missing_ok=True)
+    graph = ExportConfig(opset=DEFAULT_OPSET, dtype=config.dtype, int8_grid=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.stem}.", dir=out.parent) as work:  # the graph is not kept
+        onnx_path = Path(work) / "graph.onnx"
+        record = export_onnx(denoiser, onnx_path, graph)
+        record["engine"] = build_engine(onnx_path, out, metadata(denoiser, DEFAULT_OPSET, record["form"],
+                                                                 config.dtype))
     return record

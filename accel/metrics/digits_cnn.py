@@ -7,7 +7,6 @@ held-out accuracy ship in ``digits_cnn.safetensors`` / ``digits_cnn.json``; ``tr
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from accel.core.files import atomic_dir, ensure_writable_dir
 from accel.data import digits_images, digits_split
 
 WEIGHTS_PATH = Path(__file__).parent / "digits_cnn.safetensors"
@@ -76,10 +76,12 @@ def _shifted(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return padded[:, :, dy:dy + 16, dx:dx + 16]
 
 
-def train_digits_cnn(epochs: int = 40, seed: int = 0, out_path: Path = WEIGHTS_PATH) -> dict:
-    """Train the classifier on the fixed training split; report held-out accuracy; write weights + record."""
+def train_digits_cnn(out_dir: str | Path, epochs: int = 40, seed: int = 0, overwrite: bool = False) -> dict:
+    """Train the classifier on the fixed training split; report held-out accuracy; write its weights and record
+    (``digits_cnn.safetensors``, ``digits_cnn.json``, the names the package ships) into the folder ``out_dir``."""
     from safetensors.torch import save_file
 
+    ensure_writable_dir(out_dir, overwrite)  # before minutes of training
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images, labels = digits_images()
@@ -105,8 +107,7 @@ def train_digits_cnn(epochs: int = 40, seed: int = 0, out_path: Path = WEIGHTS_P
     record = {"held_out_accuracy": round(accuracy, 4), "held_out_images": len(held_idx),
               "train_images": len(train_idx), "epochs": epochs, "seed": seed, "feature_dim": FEATURE_DIM,
               "torch": torch.__version__}
-    partial = out_path.with_suffix(".tmp")
-    save_file(network.state_dict(), partial)
-    os.replace(partial, out_path)
-    out_path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    with atomic_dir(out_dir, overwrite) as staging:
+        save_file(network.state_dict(), str(staging / WEIGHTS_PATH.name))
+        (staging / RECORD_PATH.name).write_text(json.dumps(record, indent=2) + "\n")
     return record

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from accel.models.denoiser import Denoiser
+from accel.core.denoiser import Denoiser
 
 
 def _time_once(denoiser: Denoiser, inputs) -> float:

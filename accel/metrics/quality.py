@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from accel.errors import AccelError
+from accel.core.errors import AccelError
 from accel.metrics.fid import FeatureStats, RealReference, digits_reference, frechet_distance
 
 DIGITS_SHAPE = (1, 16, 16)
@@ -66,6 +66,9 @@ def load_images_npz(path: str | Path) -> np.ndarray:
         raise AccelError(f"cannot read images from {path}: need an .npz with a uint8 array 'images' ({error})")
     if images.dtype != np.uint8 or images.ndim != 4:
         raise AccelError(f"{path}: 'images' must be uint8 N x C x H x W, got {images.dtype} {images.shape}")
+    if images.shape[1] not in (1, 3) or len(images) < 2:
+        raise AccelError(f"{path}: 'images' must hold at least 2 images with 1 or 3 channels, got shape "
+                         f"{images.shape}")
     return images
 
 

@@ -1,38 +1,52 @@
-"""Parameters, multiply-accumulates (counted by tracing one forward pass) and bytes on disk."""
+"""Parameters, multiply-accumulates (counted by tracing, per call and per image) and bytes on disk."""
 from __future__ import annotations
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from accel.core.denoiser import Denoiser
+from accel.core.weights import stored_state
+from accel.sampling import sample
 
 # FlopCounterMode knows scaled_dot_product_attention's CUDA kernels but not the CPU one it dispatches to here;
 # without this, attention would count as zero MACs on the CPU.
 _CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
                   lambda query, key, value, *args, out_shape=None, **kwargs: sdpa_flop_count(query, key, value)}
 
-from accel.models.denoiser import Denoiser
-
 
 def count_params(denoiser: Denoiser) -> int:
-    """Parameters of the network itself: quantizers' step sizes are bookkeeping, not weights. An exported
-    model (ONNX Runtime session) reports the count of the PyTorch model it was exported from."""
-    from accel.quant.quantizer import Quantizer
-
+    """Parameters of the network itself: modules that declare ``holds_weights = False`` (quantizers' step sizes)
+    are bookkeeping, not weights. An exported model (ONNX Runtime session) reports the count of the PyTorch
+    model it was exported from."""
     if hasattr(denoiser.module, "num_params"):
         return denoiser.module.num_params
-    return sum(p.numel() for m in denoiser.modules() if not isinstance(m, Quantizer)
+    return sum(p.numel() for m in denoiser.modules() if getattr(m, "holds_weights", True)
                for p in m.parameters(recurse=False))
+
+
+def _counted_macs(run) -> int:
+    """Half the FLOPs PyTorch's FlopCounterMode records for the matrix ops ``run()`` dispatches (convolutions,
+    matmuls, attention), as fvcore/thop count MACs."""
+    with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
+        run()
+    return counter.get_total_flops() // 2
 
 
 @torch.inference_mode()
 def count_macs(denoiser: Denoiser) -> int:
-    """MACs of one denoiser call on one sample: half the FLOPs that PyTorch's FlopCounterMode records for
-    the matrix ops it dispatches (convolutions, matmuls, attention), as fvcore/thop count them. An exported
-    model reports the count of the PyTorch model it was exported from (same graph)."""
+    """MACs of one denoiser call on one sample. An exported model reports the count of the PyTorch model it was
+    exported from (same graph)."""
     if hasattr(denoiser.module, "num_macs"):
         return denoiser.module.num_macs
-    with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
-        denoiser(*denoiser.example_inputs(1))
-    return counter.get_total_flops() // 2
+    return _counted_macs(lambda: denoiser(*denoiser.example_inputs(1)))
+
+
+def macs_per_image(denoiser: Denoiser) -> int:
+    """MACs of one image's whole trajectory with the model's sampler, counted while sampling it, so that steps
+    that cost less than others (feature caching) count as what they cost."""
+    if hasattr(denoiser.module, "num_macs"):
+        return denoiser.module.num_macs * len(denoiser.sampling.scheduler(denoiser.scheduler_config).timesteps)
+    return _counted_macs(lambda: sample(denoiser, 1, seed=0, progress=False))
 
 
 def weights_bytes(denoiser: Denoiser) -> int:
@@ -42,6 +56,4 @@ def weights_bytes(denoiser: Denoiser) -> int:
         return denoiser.weights_bytes
     from safetensors.torch import save
 
-    from accel.artifact import model_state
-
-    return len(save(model_state(denoiser)))
+    return len(save(stored_state(denoiser)))

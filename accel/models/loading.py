@@ -2,34 +2,50 @@
 local Hugging Face cache. Nothing is downloaded."""
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch.nn as nn
 
-from accel.errors import AccelError
-from accel.models.denoiser import _DIFFUSERS_KINDS, Denoiser
+from accel.artifact import MARKER, load_artifact
+from accel.core import registry
+from accel.core.denoiser import DIFFUSERS_KINDS, Denoiser
+from accel.core.errors import AccelError
+from accel.core.files import read_json_object
+from accel.core.sampling_spec import SamplingSpec
 from accel.models.reference import REFERENCE_DIR
 
 BUILTIN_MODELS = {"digits": REFERENCE_DIR}
-ARTIFACT_MARKER = "accel.json"
 MODEL_SUBFOLDERS = ("unet", "transformer")
 # diffusers' DDPMScheduler defaults, used only when a model folder carries no scheduler config.
 FALLBACK_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
                       "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon"}
 
 
-def load(source: str | Path | nn.Module | Denoiser, device: str | None = None) -> Denoiser:
-    """Return the denoiser named by ``source``, in eval mode, on ``device`` (default: where it loads)."""
+def load(source: str | Path | nn.Module | Denoiser, device: str | None = None,
+         sampling: dict | None = None) -> Denoiser:
+    """Return the denoiser named by ``source``, in eval mode, on ``device`` (default: where it loads).
+
+    ``sampling`` changes the sampler it comes with (``{"steps": 20}``, ``{"name": "dpm++"}``); another sampler
+    name starts from that sampler's own settings, keeping the step count and what the network predicts.
+    """
     if isinstance(source, Denoiser):
         denoiser = source
     elif isinstance(source, nn.Module):
         denoiser = Denoiser(source, FALLBACK_SCHEDULER, source=type(source).__name__)
     else:
         denoiser = _load_path(_resolve(str(source)), str(source))
+    if sampling:
+        denoiser.sampling = with_sampler(denoiser.sampling, sampling)
     denoiser.eval()
     return denoiser.to(device) if device else denoiser
+
+
+def with_sampler(spec: SamplingSpec, changes: dict) -> SamplingSpec:
+    if changes.get("name", spec.name) != spec.name:
+        spec = SamplingSpec(steps=spec.steps, prediction_type=spec.prediction_type)
+    return replace(spec, **changes)
 
 
 def _resolve(name: str) -> Path:
@@ -71,18 +87,11 @@ def _model_folder(path: Path) -> Path:
     raise AccelError(f"{path} is not a diffusers model folder (no config.json in it or in unet/ or transformer/)")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise AccelError(f"cannot read {path}: {error}")
-
-
 def _scheduler_config(model_dir: Path) -> tuple[dict, tuple[str, ...]]:
     for candidate in (model_dir / "scheduler_config.json", model_dir.parent / "scheduler" / "scheduler_config.json",
                       model_dir / "scheduler" / "scheduler_config.json"):
         if candidate.is_file():
-            return _read_json(candidate), ()
+            return read_json_object(candidate), ()
     return dict(FALLBACK_SCHEDULER), ("no scheduler_config.json found: assuming DDPM, linear betas, 1000 steps",)
 
 
@@ -99,43 +108,39 @@ def _check_safetensors(files: list[Path]) -> None:
 
 
 def _load_path(path: Path, name: str) -> Denoiser:
-    if path.is_file() and path.suffix in EXPORTED_LOADERS:
-        return EXPORTED_LOADERS[path.suffix](path, name)
+    loader = registry.file_loader(path.suffix) if path.is_file() else None
+    if loader is not None:
+        return loader(path, name)
     model_dir = _model_folder(path)
-    config = _read_json(model_dir / "config.json")
+    config = read_json_object(model_dir / "config.json")
     class_name = config.get("_class_name")
-    if class_name not in _DIFFUSERS_KINDS:
+    if not isinstance(class_name, str) or class_name not in DIFFUSERS_KINDS:
         raise AccelError(f"{model_dir / 'config.json'} describes '{class_name}'; accel loads "
-                         f"{', '.join(_DIFFUSERS_KINDS)}")
+                         f"{', '.join(DIFFUSERS_KINDS)}")
     weight_files = sorted(model_dir.glob("*.safetensors"))
     _check_safetensors(weight_files)
     scheduler_config, notes = _scheduler_config(model_dir)
-    if (model_dir / ARTIFACT_MARKER).is_file():
-        from accel.artifact import load_artifact_module
-
-        module = load_artifact_module(model_dir, config)
-    else:
-        module = _from_pretrained(model_dir, class_name)
     weights_bytes = sum(f.stat().st_size for f in weight_files) or None
-    denoiser = Denoiser(module, scheduler_config, source=name, weights_bytes=weights_bytes, notes=notes)
-    if (model_dir / ARTIFACT_MARKER).is_file():
-        denoiser.transforms = _read_json(model_dir / ARTIFACT_MARKER).get("transforms", [])
-    return denoiser
+    if (model_dir / MARKER).is_file():
+        module = _from_config(model_dir, class_name, config)
+        return load_artifact(model_dir, module, scheduler_config, name, notes, weights_bytes)
+    module = _from_pretrained(model_dir, class_name)
+    return Denoiser(module, scheduler_config, source=name, weights_bytes=weights_bytes, notes=notes)
 
 
-def _load_onnx(path: Path, name: str) -> Denoiser:
-    from accel.export.runtime import load_onnx
-
-    return load_onnx(path, name)
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def _load_engine(path: Path, name: str) -> Denoiser:
-    from accel.export.trt import load_engine
+def _from_config(model_dir: Path, class_name: str, config: dict) -> nn.Module:
+    """A fresh (randomly initialised) network of the class and shape config.json describes."""
+    import diffusers
 
-    return load_engine(path, name)
-
-
-EXPORTED_LOADERS = {".onnx": _load_onnx, ".plan": _load_engine}  # file suffix -> loader of an exported model
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    try:
+        return getattr(diffusers, class_name).from_config(config)
+    except Exception as error:  # diffusers raises many types for values that do not describe a network
+        raise AccelError(f"{model_dir / 'config.json'} does not describe a {class_name} ({_first_line(error)})")
 
 
 def _from_pretrained(model_dir: Path, class_name: str) -> nn.Module:
@@ -146,5 +151,4 @@ def _from_pretrained(model_dir: Path, class_name: str) -> nn.Module:
     try:
         return model_class.from_pretrained(model_dir, local_files_only=True)
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise AccelError(f"cannot load weights from {model_dir}: {first_line}")
+        raise AccelError(f"cannot load weights from {model_dir}: {_first_line(error)}")

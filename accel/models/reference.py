@@ -13,14 +13,17 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from accel.core.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
+from accel.core.config import Config
+from accel.core.errors import AccelError
+from accel.core.files import atomic_dir, ensure_writable_dir
 from accel.data import DIGITS_SHAPE, digits_images
-from accel.errors import AccelError
 
 REFERENCE_DIR = Path(__file__).parent / "digits"
 
@@ -45,8 +48,8 @@ SCHEDULER_CONFIG = dict(
 )
 
 
-@dataclass
-class TrainReferenceConfig:
+@dataclass(frozen=True)
+class TrainReferenceConfig(Config):
     steps: int = 5000
     batch_size: int = 128
     lr: float = 2e-3
@@ -77,11 +80,11 @@ def _learning_rate(step: int, config: TrainReferenceConfig) -> float:
 
 
 class _Trainer:
-    """Noise-prediction training with an EMA copy, resumable from ``<work>/checkpoint.pt``."""
+    """Noise-prediction training with an EMA copy, resumable from ``<work>/checkpoint/``."""
 
     def __init__(self, config: TrainReferenceConfig, work_dir: Path):
         self.config = config
-        self.checkpoint_path = work_dir / "checkpoint.pt"
+        self.checkpoint_path = work_dir / "checkpoint"
         torch.manual_seed(config.seed)
         self.unet = build_reference_unet()
         self.ema = copy.deepcopy(self.unet).requires_grad_(False)
@@ -96,22 +99,23 @@ class _Trainer:
             self._restore()
 
     def _restore(self) -> None:
-        state = torch.load(self.checkpoint_path, weights_only=False)
-        if state["config"] != asdict(self.config):
+        tensors, state = load_checkpoint(self.checkpoint_path)
+        if state.get("config") != self.config.to_dict():
             raise AccelError(f"{self.checkpoint_path} was written with other settings; remove it to start over")
-        self.unet.load_state_dict(state["unet"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        for name, network in (("unet", self.unet), ("ema", self.ema)):
+            network.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
+        load_optimizer_state(self.optimizer, "optimizer", tensors, state["optimizer"])
+        self.generator.set_state(tensors["generator"])
         self.step, self.losses, self.elapsed_s = state["step"], state["losses"], state["elapsed_s"]
 
     def _save_checkpoint(self) -> None:
-        state = dict(config=asdict(self.config), unet=self.unet.state_dict(), ema=self.ema.state_dict(),
-                     optimizer=self.optimizer.state_dict(), generator=self.generator.get_state(),
-                     step=self.step, losses=self.losses, elapsed_s=self.elapsed_s)
-        partial = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, partial)
-        os.replace(partial, self.checkpoint_path)
+        optimizer_tensors, optimizer_json = optimizer_state(self.optimizer, "optimizer")
+        tensors = {**{f"unet.{k}": v for k, v in self.unet.state_dict().items()},
+                   **{f"ema.{k}": v for k, v in self.ema.state_dict().items()},
+                   **optimizer_tensors, "generator": self.generator.get_state()}
+        state = dict(config=self.config.to_dict(), optimizer=optimizer_json, step=self.step, losses=self.losses,
+                     elapsed_s=self.elapsed_s)
+        save_checkpoint(self.checkpoint_path, tensors, state)
 
     def _train_step(self) -> float:
         config, g = self.config, self.generator
@@ -154,7 +158,7 @@ class _Trainer:
         import diffusers
 
         return {
-            "config": asdict(self.config),
+            "config": self.config.to_dict(),
             "unet_config": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()},
             "scheduler_config": SCHEDULER_CONFIG,
             "data": "sklearn load_digits, 1797 images, 8x8 bilinear-upsampled to 16x16, scaled to [-1, 1]",
@@ -168,23 +172,23 @@ class _Trainer:
         }
 
 
-def train_reference(out_dir: str | Path, config: TrainReferenceConfig = TrainReferenceConfig()) -> dict:
+def train_reference(out_dir: str | Path, config: TrainReferenceConfig = TrainReferenceConfig(),
+                    overwrite: bool = False) -> dict:
     """Train the reference model and write it as a diffusers folder (plus ``training.json``) to ``out_dir``.
 
-    Work happens in ``<out_dir>.partial``; an interrupted run resumes from its last checkpoint there, and
-    ``out_dir`` appears only when training is complete.
+    A non-empty ``out_dir`` is refused unless ``overwrite``. Work happens in ``<out_dir>.partial``; an
+    interrupted run resumes from its last checkpoint there, and ``out_dir`` appears only when training is
+    complete.
     """
-    out_dir = Path(out_dir)
+    out_dir = ensure_writable_dir(out_dir, overwrite)
     work_dir = out_dir.with_name(out_dir.name + ".partial")
-    work_dir.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(exist_ok=True)
     trainer = _Trainer(config, work_dir)
     trainer.run()
     record = trainer.record()
-    trainer.ema.save_pretrained(work_dir, safe_serialization=True)
-    trainer.scheduler.save_config(work_dir)
-    (work_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    trainer.checkpoint_path.unlink(missing_ok=True)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(work_dir, out_dir)
+    with atomic_dir(out_dir, overwrite) as staging:
+        trainer.ema.save_pretrained(staging, safe_serialization=True)
+        trainer.scheduler.save_config(staging)
+        (staging / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(work_dir)
     return record

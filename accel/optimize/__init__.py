@@ -1,13 +1,31 @@
 """Run a model faster without changing its weights: fused Triton GroupNorm(+SiLU) and attention, fp16/bf16,
-channels-last, CUDA graphs (``accel optimize``). Triton is imported on first use, not with ``accel``."""
+channels-last, CUDA graphs (``accel optimize``). Registered as the ``optimize`` transform. Its modules (diffusers,
+and Triton for the kernels) are imported on first use, not with ``accel``."""
+from accel.core import registry
 from accel.optimize.config import OptimizeConfig
 
 
-def optimize_(denoiser, config: OptimizeConfig = OptimizeConfig()) -> dict:
-    """Optimize ``denoiser`` in place (see :func:`accel.optimize.apply.optimize_`); returns its transform record."""
-    from accel.optimize.apply import optimize_ as apply
+def _optimize(denoiser, config: OptimizeConfig) -> dict:
+    from accel.optimize.apply import optimize
 
-    return apply(denoiser, config)
+    return optimize(denoiser, config)
+
+
+def _rebuild(denoiser, record: dict) -> None:
+    from accel.optimize.apply import rebuild
+
+    rebuild(denoiser, record)
+
+
+OPTIMIZE = registry.register(registry.Transform(
+    name="optimize", config=OptimizeConfig, apply=_optimize,
+    may_follow=("prune", "distill", "cache", "quantize"),  # the last in-place step of the chain
+    rebuild=_rebuild))
+
+
+def optimize_(denoiser, config: OptimizeConfig = OptimizeConfig()) -> dict:
+    """Optimize ``denoiser`` in place; returns the record kept in accel.json."""
+    return registry.apply(denoiser, OPTIMIZE.name, config)
 
 
 __all__ = ["OptimizeConfig", "optimize_"]

@@ -1,4 +1,5 @@
-"""``optimize_``: swap a diffusers model's GroupNorm(+SiLU) and attention for accel's kernels, in place."""
+"""Optimization as the registry applies it: swap a diffusers model's GroupNorm(+SiLU) and attention for accel's
+kernels, cast and re-layout it, and replay its steps as CUDA graphs, in place."""
 from __future__ import annotations
 
 from collections import Counter
@@ -7,33 +8,34 @@ import torch
 import torch.nn as nn
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
+from accel.core.errors import AccelError
 from accel.optimize.config import OptimizeConfig
+from accel.optimize.cuda_graph import HOOK_NAME, CudaGraphHook
 from accel.optimize.modules import FusedAttnProcessor, FusedGroupNorm, FusedResnetBlock2D
 
 REPLACEABLE_PROCESSORS = (AttnProcessor, AttnProcessor2_0)  # diffusers' defaults; others (quantized) stay
 
 
-def optimize_(denoiser, config: OptimizeConfig = OptimizeConfig()) -> dict:
-    """Optimize ``denoiser`` in place; returns the transform record stored in ``accel.json``."""
+def optimize(denoiser, config: OptimizeConfig) -> dict:
+    """Optimize ``denoiser`` in place (the registry records it); returns what the artifact keeps."""
+    if config.cuda_graph and denoiser.device.type != "cuda":
+        raise AccelError(f"--cuda-graph needs the model on a CUDA device (it is on {denoiser.device})")
     dtype = config.torch_dtype(denoiser.device)
     swaps = swap_modules(denoiser.module, config.backend)
     convert(denoiser.module, dtype, config.channels_last)
-    denoiser.weights_bytes = None  # a loaded fp32 file no longer describes fp16/bf16 weights
     if config.cuda_graph:
-        from accel.optimize.cuda_graph import CudaGraphRunner
-
-        denoiser.runner = CudaGraphRunner(denoiser)
-    record = {"name": "optimize", "config": config.to_dict(), "dtype": str(dtype).removeprefix("torch."),
-              "swaps": swaps}
-    denoiser.transforms.append(record)
-    return record
+        denoiser.add_hook(HOOK_NAME, CudaGraphHook())
+    return {"dtype": str(dtype).removeprefix("torch."), "swaps": swaps}
 
 
-def rebuild_optimized(network: nn.Module, record: dict) -> None:
-    """Give a fresh base network the optimized structure, precision and layout an artifact was saved with."""
+def rebuild(denoiser, record: dict) -> None:
+    """Give a fresh base network the optimized structure, precision, layout and CUDA-graph replay an artifact
+    was saved with (replay starts when the model is on a GPU)."""
     config = OptimizeConfig.from_dict(record["config"])
-    swap_modules(network, config.backend)
-    convert(network, getattr(torch, record["dtype"]), config.channels_last)
+    swap_modules(denoiser.module, config.backend)
+    convert(denoiser.module, getattr(torch, record["dtype"]), config.channels_last)
+    if config.cuda_graph:
+        denoiser.add_hook(HOOK_NAME, CudaGraphHook())
 
 
 def convert(network: nn.Module, dtype: torch.dtype, channels_last: bool) -> None:

@@ -11,7 +11,8 @@ from typing import Callable
 
 import torch
 
-from accel.errors import AccelError
+from accel import kernels
+from accel.core.errors import AccelError
 
 TRITON, TORCH = "triton", "torch"
 
@@ -20,10 +21,13 @@ def wants_kernel(backend: str, x: torch.Tensor) -> bool:
     return backend == TRITON or (backend == "auto" and x.is_cuda)
 
 
-def run(kernel: Callable, reference: Callable, backend: str, calls: Counter, x: torch.Tensor, *args, **kwargs):
+def run(kernel: str, reference: Callable, backend: str, calls: Counter, x: torch.Tensor, *args, **kwargs):
+    """``accel.kernels.<kernel>`` where it can run, else ``reference``."""
     if wants_kernel(backend, x):
         try:
-            out = kernel(x, *args, **kwargs)
+            if not hasattr(kernels, kernel):
+                raise AccelError("Triton is not installed")
+            out = getattr(kernels, kernel)(x, *args, **kwargs)
         except AccelError as unsupported:
             warnings.warn(f"accel optimize: {unsupported}; using the PyTorch reference there", RuntimeWarning,
                           stacklevel=2)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.resnet import ResnetBlock2D
 
-from accel.kernels import attention, group_norm, group_norm_reference
+from accel.kernels.reference import group_norm_reference
 from accel.optimize import dispatch
 
 
@@ -32,7 +32,7 @@ class FusedGroupNorm(nn.GroupNorm):
         return fused
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        return dispatch.run(group_norm, group_norm_reference, self.backend, self.calls, x, self.num_groups,
+        return dispatch.run("group_norm", group_norm_reference, self.backend, self.calls, x, self.num_groups,
                             self.weight, self.bias, self.eps, silu=self.silu, residual=residual)
 
     def extra_repr(self) -> str:
@@ -108,7 +108,7 @@ class FusedAttnProcessor:
         def by_head(t):
             return t.view(batch, -1, heads, head_dim).transpose(1, 2)
 
-        out = dispatch.run(attention, _sdpa, self.backend, self.calls, by_head(query), by_head(key),
+        out = dispatch.run("attention", _sdpa, self.backend, self.calls, by_head(query), by_head(key),
                            by_head(value), scale=attn.scale)
         hidden_states = out.transpose(1, 2).reshape(batch, -1, heads * head_dim)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))

@@ -6,7 +6,8 @@ import torch
 from accel.evaluate import EvalConfig, Evaluation, evaluate
 from accel.kernels._runtime import interpreted
 from accel.models.loading import load
-from accel.optimize.apply import kernel_usage, optimize_, reset_kernel_usage
+from accel.optimize import optimize_
+from accel.optimize.apply import kernel_usage, reset_kernel_usage
 from accel.optimize.config import OptimizeConfig
 
 PARITY_TIMESTEPS = (999, 500, 20)
@@ -43,10 +44,11 @@ def kernel_notes(usage: dict, device: torch.device) -> list[str]:
     return []
 
 
-def optimize_and_evaluate(source, config: OptimizeConfig, eval_config: EvalConfig, device=None
-                          ) -> tuple[object, Evaluation]:
-    original = load(source, device)
-    model = load(source, device)
+def optimize_and_evaluate(source, config: OptimizeConfig, eval_config: EvalConfig, device=None,
+                          sampling: dict | None = None) -> tuple[object, Evaluation]:
+    """``sampling``: changes to the model's own sampler, for both models."""
+    original = load(source, device, sampling)
+    model = load(source, device, sampling)
     record = optimize_(model, config)
     parity = output_parity(original, model)
     reset_kernel_usage(model.module)
@@ -54,8 +56,11 @@ def optimize_and_evaluate(source, config: OptimizeConfig, eval_config: EvalConfi
                           model_name=str(source), transform_config=config.to_dict())
     usage = kernel_usage(model.module)
     report = evaluation.report
-    report.update(dtype=record["dtype"], swaps=record["swaps"], kernels=usage, parity=parity)
-    report["notes"] += kernel_notes(usage, model.device)
-    report["quality_goal"] = (f"eps within {parity['tolerance_rel_rms']:g} relative RMS of the original's: "
-                              f"{'met' if parity['met'] else 'MISSED'} ({parity['rel_rms']:.2e})")
+    for name, data in (("dtype", record["dtype"]), ("swaps", record["swaps"]), ("kernels", usage),
+                       ("parity", parity)):
+        report.add_section(name, data)
+    report.notes += kernel_notes(usage, model.device)
+    check = (f"eps within {parity['tolerance_rel_rms']:g} relative RMS of the original's: "
+             f"{'met' if parity['met'] else 'MISSED'} ({parity['rel_rms']:.2e})")
+    report.add_section("quality_goal", check, f"Output check: {check}\n")
     return model, evaluation

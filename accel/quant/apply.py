@@ -1,6 +1,6 @@
-"""``quantize_``: swap a denoiser's Conv2d/Linear layers and attention matmuls for fake-quantized ones, then
-set activation ranges on a calibration set. The plan (which layer, which bits, which split) is recorded so an
-artifact can rebuild the same structure on a fresh base model."""
+"""Quantization as the registry applies it: swap a denoiser's Conv2d/Linear layers and attention matmuls for
+fake-quantized ones, then set activation ranges on a calibration set (and reconstruct). The plan (which layer,
+which bits, which split) is recorded so an artifact can rebuild the same structure on a fresh base model."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from accel.errors import AccelError
+from accel.calib.collect import CalibrationSet
+from accel.core.errors import AccelError
 from accel.quant.config import QuantConfig
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
 from accel.quant.split import find_split_sites
@@ -83,8 +84,10 @@ def _attention_modules(denoiser) -> list[str]:
     return [name for name, module in denoiser.module.named_modules() if isinstance(module, Attention)]
 
 
-def apply_plan(network: nn.Module, plan: dict[str, dict], attention: list[str], config: QuantConfig) -> None:
-    """Build the quantized structure (weight ranges fitted, activation ranges not yet set)."""
+def apply_plan(network: nn.Module, plan: dict[str, dict], attention: list[str], config: QuantConfig,
+               fit_ranges: bool = True) -> None:
+    """Build the quantized structure: weight ranges fitted (unless ``fit_ranges`` is False: a saved model's
+    scales are loaded instead), activation ranges not yet set."""
     for name, spec in plan.items():
         parent_name, _, child = name.rpartition(".")
         parent = network.get_submodule(parent_name) if parent_name else network
@@ -92,7 +95,7 @@ def apply_plan(network: nn.Module, plan: dict[str, dict], attention: list[str], 
         setattr(parent, child, QuantLayer(layer, spec["w_bits"], spec["a_bits"], split=spec["split"],
                                           w_symmetric=config.w_symmetric, a_symmetric=config.a_symmetric,
                                           group_size=config.group_size, w_range=config.w_range,
-                                          a_range=config.a_range))
+                                          a_range=config.a_range, fit_ranges=fit_ranges))
     for name in attention:
         network.get_submodule(name).set_processor(QuantAttnProcessor(config.a_bits, config.a_range))
 
@@ -119,9 +122,12 @@ def calibrate_activations(denoiser, calib, batch_size: int = 64, progress: bool 
         quantizer.finish_observing()
 
 
-def quantize_(denoiser, config: QuantConfig, calib, progress: bool = True) -> dict:
-    """Quantize ``denoiser`` in place; returns the transform record stored in ``accel.json``."""
+def quantize(denoiser, config: QuantConfig, calib: CalibrationSet | None, progress: bool = True) -> dict:
+    """Quantize ``denoiser`` in place (the registry records it); returns the plan the artifact keeps."""
     plan = plan_layers(denoiser, config)
+    if calib is None and (config.a_bits or config.recon_iters):
+        raise AccelError("activation ranges and reconstruction need a calibration set: "
+                         "calib = accel.calibrate(model, CalibConfig())")
     fp_network = copy.deepcopy(denoiser.module) if config.recon_iters else None
     attention = _attention_modules(denoiser) if config.quantize_attention and config.a_bits else []
     apply_plan(denoiser.module, plan, attention, config)
@@ -131,12 +137,10 @@ def quantize_(denoiser, config: QuantConfig, calib, progress: bool = True) -> di
         from accel.quant.reconstruct import reconstruct_
 
         reconstruct_(denoiser, calib, fp_network, config.recon_iters, config.seed, progress=progress)
-    denoiser.weights_bytes = None  # the fp32 file no longer describes these weights
-    record = {"name": "quantize", "config": config.to_dict(), "layers": plan, "attention": attention}
-    denoiser.transforms.append(record)
-    return record
+    return {"layers": plan, "attention": attention}
 
 
-def rebuild_quantized(network: nn.Module, record: dict) -> None:
+def rebuild(denoiser, record: dict) -> None:
     """Give a fresh base network the quantized structure described by an artifact's transform record."""
-    apply_plan(network, record["layers"], record["attention"], QuantConfig.from_dict(record["config"]))
+    apply_plan(denoiser.module, record["layers"], record["attention"], QuantConfig.from_dict(record["config"]),
+               fit_ranges=False)

@@ -19,7 +19,7 @@ class QuantLayer(nn.Module):
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, w_bits: int, a_bits: int | None, *, split: int = 0,
                  w_symmetric: bool = True, a_symmetric: bool = True, group_size: int | None = None,
-                 w_range: str = "mse", a_range: str = "mse"):
+                 w_range: str = "mse", a_range: str = "mse", fit_ranges: bool = True):
         super().__init__()
         self.is_conv = isinstance(layer, nn.Conv2d)
         self.conv_args = (dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
@@ -37,7 +37,8 @@ class QuantLayer(nn.Module):
             Quantizer(a_bits, a_symmetric, range_method=a_range) for _ in range(parts)) if a_bits else None
         self.rounding_logits: nn.ParameterList | None = None  # set only while reconstruction learns rounding
         self._weight_cache: tuple[tuple, torch.Tensor] | None = None
-        self.fit_weight_ranges()
+        if fit_ranges:  # not when rebuilding a saved model: its stored scales are loaded next
+            self.fit_weight_ranges()
 
     def weight_parts(self, weight: torch.Tensor) -> list[torch.Tensor]:
         return [weight[:, :self.split], weight[:, self.split:]] if self.split else [weight]

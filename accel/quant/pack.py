@@ -1,16 +1,16 @@
 """Quantized weights as stored in an artifact: integer codes (4 bits and below: two per byte) plus scales.
 
-A QuantLayer's float weight is replaced in the state dict by ``<layer>.weight_codes.<part>`` (uint8 holding
-``code - q_min``; one part, or two at a split site); its quantizers' scales and zero points stay as they are.
-Loading rebuilds the weight as ``(code - zero_point) * scale``: exactly the values the fake-quantized layer
-used, so the restored model's outputs equal the in-memory model's bit for bit.
+``pack_state`` replaces a QuantLayer's float weight in the state dict by ``<layer>.weight_codes.<part>``
+(uint8 holding ``code - q_min``; one part, or two at a split site); its quantizers' scales and zero points stay
+as they are. ``unpack_state`` rebuilds the weight as ``(code - zero_point) * scale``: exactly the values the
+fake-quantized layer used, so the restored model's outputs equal the in-memory model's bit for bit.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from accel.errors import AccelError
+from accel.core.errors import AccelError
 from accel.quant.layers import QuantLayer
 
 
@@ -25,8 +25,12 @@ def pack_codes(unsigned: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    expected = count if bits > 4 else (count + 1) // 2
+    if packed.dtype != torch.uint8 or packed.numel() != expected:
+        raise AccelError(f"packed {bits}-bit codes must be {expected} uint8 values, got {packed.numel()} "
+                         f"{packed.dtype}")
     if bits > 4:
-        return packed[:count].to(torch.int32)
+        return packed.to(torch.int32)
     both = torch.stack([packed & 0xF, packed >> 4], dim=1).reshape(-1)
     return both[:count].to(torch.int32)
 
@@ -36,9 +40,9 @@ def _quant_layers(network: nn.Module):
 
 
 @torch.no_grad()
-def packed_state(network: nn.Module) -> dict[str, torch.Tensor]:
-    """The network's state dict with every QuantLayer's weight stored as packed integer codes."""
-    state = {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
+def pack_state(network: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every QuantLayer's weight stored as packed integer codes."""
+    state = dict(state)
     for name, layer in _quant_layers(network):
         del state[f"{name}.weight"]
         for part, (codes, quantizer) in enumerate(zip(layer.weight_codes(), layer.weight_quantizers)):
@@ -47,11 +51,12 @@ def packed_state(network: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def load_packed_state(network: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load ``packed_state`` output into a network with the same quantized structure."""
+def unpack_state(network: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``pack_state``'s output with float weights again, for a network with the same quantized structure. The
+    network's per-channel scales take the stored shapes (a rebuilt layer has not fitted any yet)."""
     state = dict(state)
     for name, layer in _quant_layers(network):
-        for key, tensor in state.items():  # per-channel scales are shaped by the data they were fitted to
+        for key, tensor in state.items():
             if key.startswith(f"{name}.") and key.endswith((".scale", ".zero_point")):
                 target = layer.get_submodule(key[len(name) + 1:].rpartition(".")[0])
                 getattr(target, key.rpartition(".")[2]).data = torch.empty_like(tensor)
@@ -59,15 +64,11 @@ def load_packed_state(network: nn.Module, state: dict[str, torch.Tensor]) -> Non
         for part, (weight, quantizer) in enumerate(zip(layer.weight_parts(layer.weight), layer.weight_quantizers)):
             key = f"{name}.weight_codes.{part}"
             if key not in state:
-                raise AccelError(f"artifact weights lack {key}")
+                raise AccelError(f"the stored weights lack {key}")
             codes = unpack_codes(state.pop(key), quantizer.bits, weight.numel()).reshape(weight.shape)
             prefix = f"{name}.weight_quantizers.{part}."
             scale = quantizer._shaped(state[prefix + "scale"], weight)
             zero = quantizer._shaped(state[prefix + "zero_point"], weight)
             parts.append((codes + quantizer.q_min - zero) * scale)
         state[f"{name}.weight"] = torch.cat(parts, dim=1) if layer.split else parts[0]
-    missing, unexpected = network.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        example = (missing or unexpected)[0]
-        raise AccelError(f"artifact weights do not match the quantized model ({len(missing)} missing, "
-                         f"{len(unexpected)} unexpected, e.g. {example})")
+    return state

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from accel.core.errors import AccelError
+
 RANGE_METHODS = ("minmax", "mse", "percentile")
 _MSE_CANDIDATES = 100         # clipping ratios tried between _MSE_LOWEST and 1 of the observed range
 _MSE_LOWEST = 0.01
@@ -30,13 +32,15 @@ def grid(bits: int, symmetric: bool) -> tuple[int, int]:
 class Quantizer(nn.Module):
     """Fake-quantizes a tensor on a fixed grid. ``per_channel`` scales along dim 0 (weights)."""
 
+    holds_weights = False  # its step sizes are bookkeeping: parameter counts leave them out
+
     def __init__(self, bits: int, symmetric: bool = True, per_channel: bool = False, group_size: int | None = None,
                  range_method: str = "mse"):
         super().__init__()
         if not 2 <= bits <= 16:
-            raise ValueError(f"bits must be in 2..16, got {bits}")
+            raise AccelError(f"quantizer bits must be in 2..16, got {bits}")
         if range_method not in RANGE_METHODS:
-            raise ValueError(f"range_method must be one of {RANGE_METHODS}, got {range_method}")
+            raise AccelError(f"range_method must be one of {', '.join(RANGE_METHODS)}, got {range_method}")
         self.bits, self.symmetric, self.per_channel = bits, symmetric, per_channel
         self.group_size, self.range_method = group_size, range_method
         self.q_min, self.q_max = grid(bits, symmetric)
@@ -113,7 +117,7 @@ class Quantizer(nn.Module):
     def finish_observing(self) -> None:
         """Fit the scale to everything seen since ``start_observing`` (extremes always kept)."""
         if not self.observed:
-            raise RuntimeError("quantizer saw no data during calibration")
+            raise AccelError("an activation quantizer saw no data during calibration (empty calibration set?)")
         values = torch.cat(self.observed)
         self.observed = None
         self.fit(values)

@@ -1,14 +1,19 @@
-"""One calling convention over every supported network: ``eps = denoiser(x_t, t, cond=None)``."""
+"""One calling convention over every supported network: ``eps = denoiser(x_t, t, cond=None, step=None)``, with
+the sampler the network is meant to be run with and the step hooks that act on its calls."""
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from accel.core.hooks import StepCall, StepHook, Trajectory
+from accel.core.sampling_spec import SamplingSpec
+
 # diffusers class name -> how the adapter calls it
-_DIFFUSERS_KINDS = {
+DIFFUSERS_KINDS = {
     "UNet2DModel": "unet",
     "UNet2DConditionModel": "unet-text",
     "DiTTransformer2DModel": "dit",
@@ -18,27 +23,42 @@ TEXT_TOKENS = 77  # CLIP's sequence length, used for the stand-in text condition
 
 
 class Denoiser(nn.Module):
-    """A noise-prediction network with its noise schedule and where it came from.
+    """A noise-prediction network with its noise schedule, its sampler, and where it came from.
 
     ``module`` is a diffusers UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel / Transformer2DModel,
     or any module called as ``module(x_t, t)`` / ``module(x_t, t, cond)`` returning eps (or an object with
-    ``.sample``). Plain modules must give ``sample_shape``.
+    ``.sample``). Plain modules must give ``sample_shape``. ``scheduler_config`` is the noise schedule the
+    network was trained with; ``sampling`` the sampler it is meant to be run with (default DDIM, 50 steps).
     """
 
     def __init__(self, module: nn.Module, scheduler_config: dict[str, Any], *, source: str = "",
                  sample_shape: tuple[int, int, int] | None = None, weights_bytes: int | None = None,
-                 notes: tuple[str, ...] = (), cond_kind: str | None = None):
+                 notes: tuple[str, ...] = (), cond_kind: str | None = None, sampling: SamplingSpec | None = None):
         super().__init__()
         self.module = module
-        self.kind = _DIFFUSERS_KINDS.get(type(module).__name__, "module")
+        self.kind = DIFFUSERS_KINDS.get(type(module).__name__, "module")
         self.scheduler_config = dict(scheduler_config)
+        self.sampling = sampling or SamplingSpec()
         self.source = source
         self.weights_bytes = weights_bytes
         self.notes = list(notes)
         self._cond_kind = cond_kind  # given for modules that cannot say (an exported graph); else from the config
         self.transforms: list[dict] = []  # what accel did to the base model, in order (artifact accel.json)
-        self.runner = None  # optional replacement for _eps with the same signature (CUDA graph replay)
+        self.hooks: dict[str, StepHook] = {}  # by name, run in the order they were added
         self.sample_shape = tuple(sample_shape) if sample_shape else self._shape_from_config()
+
+    def add_hook(self, name: str, hook: StepHook) -> None:
+        """Attach ``hook`` under ``name`` (replacing a hook of that name)."""
+        self.hooks.pop(name, None)
+        self.hooks[name] = hook
+
+    def remove_hook(self, name: str) -> None:
+        self.hooks.pop(name, None)
+
+    def start_trajectory(self, trajectory: Trajectory) -> None:
+        """Called by the sampler before each trajectory: every hook forgets per-trajectory state."""
+        for hook in self.hooks.values():
+            hook.reset(trajectory)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -102,11 +122,26 @@ class Denoiser(nn.Module):
         cond = self.to_model(self.default_cond(batch_size, generator))
         return x, torch.full((batch_size,), t, device=self.device), cond
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor | None = None,
+                step: int | None = None) -> torch.Tensor:
+        """eps for ``x_t`` at timesteps ``t``; ``step`` is the call's index in the sampler's trajectory (hooks)."""
         t = torch.as_tensor(t, device=x_t.device)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
-        return (self.runner or self._eps)(x_t, t, cond)
+        call = StepCall(x_t, t, cond, step)
+        hooks = list(self.hooks.values())
+        for hook in hooks:
+            call = hook.pre_forward(call)
+        run = self._eps_call
+        for hook in reversed(hooks):
+            run = functools.partial(hook.new_forward, forward=run)
+        output = run(call)
+        for hook in reversed(hooks):
+            output = hook.post_forward(call, output)
+        return output
+
+    def _eps_call(self, call: StepCall) -> torch.Tensor:
+        return self._eps(call.x_t, call.t, call.cond)
 
     def _eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         if self.kind == "unet":

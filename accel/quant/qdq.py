@@ -12,12 +12,14 @@ After :func:`to_qdq`, every QuantLayer computes exactly what the exported graph 
 - at a split-shortcut site, two convolutions (each half of the input with its own scale and weight half)
   whose outputs are added. A runtime sees two ordinary Q/DQ convolutions and an Add, which TensorRT and ONNX
   Runtime both fuse; one convolution over a concatenation of differently-scaled halves has no Q/DQ form.
-Attention matmuls stay in floating point (FIELD_NOTES.md: TensorRT quantizes attention only in FP8), so
-quantized attention processors are exported as diffusers' float processor.
+Attention matmuls stay in floating point (TensorRT's quantization guide: attention is quantized only in FP8, and
+NVIDIA's Model Optimizer diffusers recipe keeps it out of INT8), so quantized attention processors are exported
+as diffusers' float processor.
 
 The TorchScript exporter stops at opset 20 and has no INT4 type, so a blocked DequantizeLinear is traced as the
-placeholder ``accel::BlockDequantizeLinear`` over INT8 codes (with a ``bits`` attribute); ``accel.export.onnx``
-rewrites it to the standard op, 4-bit codes as INT4 initializers, and raises the graph to opset 21.
+placeholder ``accel::BlockDequantizeLinear`` over INT8 codes (with a ``bits`` attribute); the exporter rewrites
+it to the standard op, 4-bit codes as INT4 initializers, and raises the graph to opset 21. This module is
+quantization's ``ExportForm`` in the transform registry.
 """
 from __future__ import annotations
 
@@ -25,11 +27,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from accel.errors import AccelError
+from accel.core.errors import AccelError
+from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
 
 INT8_MIN, INT8_MAX = -128, 127
-PLACEHOLDER_DOMAIN, BLOCK_DEQUANTIZE = "accel", "BlockDequantizeLinear"
 
 
 class QuantDequant(torch.autograd.Function):

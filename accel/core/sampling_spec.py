@@ -1,0 +1,90 @@
+"""``SamplingSpec``: the sampler a model is meant to be run with. It travels with the model (``Denoiser.sampling``,
+saved in ``accel.json``), so a 4-step student is evaluated, calibrated and exported with its own 4 steps.
+
+The noise schedule itself (betas, timesteps, what the network predicts) is the model's training scheduler
+config (``scheduler_config.json``); the spec names the sampler built on it: a short name or any diffusers
+scheduler class, its step count, DDIM's eta, and settings layered over the schedule config.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from accel.core.config import Config
+
+# short name -> (diffusers class, settings over the schedule config)
+SAMPLERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    # DPM-Solver++ (Lu et al. 2022), second order multistep: what Stable Diffusion users run at 20-25 steps
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+}
+# Samplers that draw fresh noise at every step: two models run with them from the same x_T follow different
+# trajectories, so PSNR between their samples is meaningless unless the sampler runs are identical.
+STOCHASTIC = {"DDPMScheduler", "DDPMParallelScheduler", "EulerAncestralDiscreteScheduler",
+              "KDPM2AncestralDiscreteScheduler", "LCMScheduler", "TCDScheduler"}
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass(frozen=True)
+class SamplingSpec(Config):
+    name: str = "ddim"                     # a key of SAMPLERS or a diffusers scheduler class name
+    steps: int = 50
+    eta: float = 0.0                       # DDIM only: 0 is deterministic, 1 is DDPM-like
+    prediction_type: str | None = None     # what the network outputs; None: as its training schedule says
+    options: dict[str, Any] = field(default_factory=dict)  # more settings over the schedule config
+
+    def validate(self) -> None:
+        if self.name not in SAMPLERS and _diffusers_scheduler(self.name) is None:
+            raise self.invalid("name", f"'{self.name}' is not a sampler: give {', '.join(SAMPLERS)} or a diffusers "
+                                       "scheduler class name (e.g. EulerDiscreteScheduler)")
+        if self.steps < 1:
+            raise self.invalid("steps", f"must be at least 1, got {self.steps}")
+        if self.eta < 0:
+            raise self.invalid("eta", f"must be 0 or more, got {self.eta}")
+        if self.eta and self.scheduler_class != "DDIMScheduler":
+            raise self.invalid("eta", f"applies to DDIM only ({self.name} has none)")
+        if self.prediction_type not in (None, *PREDICTION_TYPES):
+            raise self.invalid("prediction_type", f"must be one of {', '.join(PREDICTION_TYPES)}, "
+                                                  f"got {self.prediction_type!r}")
+
+    @property
+    def scheduler_class(self) -> str:
+        return SAMPLERS[self.name][0] if self.name in SAMPLERS else self.name
+
+    @property
+    def stochastic(self) -> bool:
+        algorithm = str(self.settings().get("algorithm_type", ""))
+        return self.scheduler_class in STOCHASTIC or self.eta > 0 or algorithm.startswith("sde")
+
+    def settings(self) -> dict:
+        """What the spec layers over the model's schedule config."""
+        preset = SAMPLERS[self.name][1] if self.name in SAMPLERS else {}
+        chosen = {"prediction_type": self.prediction_type} if self.prediction_type else {}
+        return {**preset, **self.options, **chosen}
+
+    def scheduler(self, schedule_config: dict):
+        """A fresh diffusers scheduler on the model's schedule, with this spec's timesteps set."""
+        scheduler = _diffusers_scheduler(self.scheduler_class).from_config({**schedule_config, **self.settings()})
+        scheduler.set_timesteps(self.steps)
+        return scheduler
+
+    def step_kwargs(self, scheduler, generator) -> dict:
+        """Keyword arguments for ``scheduler.step``: the noise generator and eta where the sampler takes them."""
+        accepted = inspect.signature(scheduler.step).parameters
+        kwargs = {"generator": generator} if "generator" in accepted else {}
+        if "eta" in accepted:
+            kwargs["eta"] = self.eta
+        return kwargs
+
+    def describe(self) -> str:
+        return f"{self.name} {self.steps} steps" + (f", eta {self.eta:g}" if self.eta else "")
+
+
+def _diffusers_scheduler(class_name: str):
+    import diffusers
+
+    candidate = getattr(diffusers, class_name, None) if class_name.isidentifier() else None
+    is_scheduler = isinstance(candidate, type) and issubclass(candidate, diffusers.SchedulerMixin)
+    return candidate if is_scheduler else None

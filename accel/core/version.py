@@ -1,0 +1,2 @@
+"""The library version, recorded in every artifact and report."""
+__version__ = "0.2.0"

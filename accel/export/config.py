@@ -1,0 +1,34 @@
+"""ExportConfig: the graph ``accel export`` writes (opset, precision, INT4 or the INT8 grid)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from accel.core.config import Config
+
+EXPORT = "export"         # the registry's name for this transform
+METADATA_KEY = "accel"    # the ONNX metadata entry (and the engine's JSON) with the model's sampling metadata
+
+DEFAULT_OPSET = 19  # what NVIDIA's diffusion demo exports for TensorRT 10, whose parser takes opsets 9-20
+BLOCKED_OPSET = 21  # INT4 and blocked scales in QuantizeLinear/DequantizeLinear
+MIN_OPSET = 13      # per-channel DequantizeLinear (axis) appeared in opset 13
+MAX_OPSET = 21
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ExportConfig(Config):
+    opset: int | None = None   # None: 19, or 21 when 4-bit or per-group linear layers go out blocked (INT4)
+    dtype: str = "fp32"        # inputs, weights and eps
+    int8_grid: bool = False    # 4-bit linear weights on the INT8 grid (as convolutions are) instead of INT4
+
+    def validate(self) -> None:
+        if self.opset is not None and self.opset < MIN_OPSET:
+            raise self.invalid("opset", f"{self.opset} is too low: per-channel DequantizeLinear needs opset "
+                                        f"{MIN_OPSET} or newer")
+        if self.opset is not None and self.opset > MAX_OPSET:
+            raise self.invalid("opset", f"{self.opset} is too high: this exporter writes opsets {MIN_OPSET} to "
+                                        f"{MAX_OPSET}")
+        if self.dtype not in DTYPES:
+            raise self.invalid("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype}")
