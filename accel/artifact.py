@@ -71,14 +71,14 @@ def load_artifact(folder: Path, module: nn.Module, scheduler_config: dict, name:
         denoiser = Denoiser(module, scheduler_config, source=name, weights_bytes=weights_bytes, notes=notes,
                             sampling=sampling)
         for entry in record["transforms"]:
-            _rebuild(denoiser, entry)
+            _rebuild(denoiser, entry, folder / MARKER)
     except ConfigError as error:
         raise AccelError(f"{folder / MARKER}: {error}")
     load_stored_state(denoiser, _checked_weights(folder, record), folder / WEIGHTS)
     return denoiser
 
 
-def _rebuild(denoiser: Denoiser, entry: dict) -> None:
+def _rebuild(denoiser: Denoiser, entry: dict, path: Path) -> None:
     """Give ``denoiser`` the structure of one recorded transform, and record it again (config upgraded)."""
     transform = registry.get(entry["name"])
     entry = {**entry, "config": transform.config.from_dict(entry["config"]).to_dict()}
@@ -87,8 +87,8 @@ def _rebuild(denoiser: Denoiser, entry: dict) -> None:
         try:
             transform.rebuild(denoiser, entry)
         except (KeyError, TypeError, ValueError, AttributeError) as error:  # the record came from a file
-            raise AccelError(f"its {transform.name} record does not describe this model ({type(error).__name__}: "
-                             f"{error})")
+            raise AccelError(f"{path}: its {transform.name} record does not describe this model "
+                             f"({type(error).__name__}: {error})")
     denoiser.transforms.append(entry)
 
 

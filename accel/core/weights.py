@@ -33,10 +33,9 @@ def load_stored_state(denoiser, state: registry.State, source: Path) -> None:
             if transform.unpack_state is not None:
                 state = transform.unpack_state(denoiser.module, state)
         denoiser.module.load_state_dict(state, strict=True)
-    except (RuntimeError, KeyError, ValueError, AttributeError) as error:  # another model's keys or shapes
-        detail = " ".join(str(error).split())
-        raise AccelError(f"{source} does not fit the model its folder describes ({type(error).__name__}: "
-                         f"{detail[:300]})")
+    except (AccelError, RuntimeError, KeyError, ValueError, AttributeError) as error:  # another model's weights
+        detail = " ".join(str(error).split())[:300]
+        raise AccelError(f"{source} does not fit the model its folder describes ({detail})")
 
 
 def file_sha256(path: Path) -> str:

@@ -54,8 +54,9 @@ def _inception_setup(weights: str | Path, reference_images: str | Path | None, d
     if reference_images is None:
         raise AccelError("Inception FID needs real images to compare with: pass --fid-ref images.npz "
                          "(uint8 array 'images', N x C x H x W)")
+    real = load_images_npz(reference_images)  # before the weights: a bad file fails without loading a network
     features = InceptionFeatures(weights, device=device)
-    return FidSetup(features, InceptionFeatures.name, RealReference.of(features(load_images_npz(reference_images))))
+    return FidSetup(features, InceptionFeatures.name, RealReference.of(features(real)))
 
 
 def load_images_npz(path: str | Path) -> np.ndarray:

@@ -91,8 +91,18 @@ def _scheduler_config(model_dir: Path) -> tuple[dict, tuple[str, ...]]:
     for candidate in (model_dir / "scheduler_config.json", model_dir.parent / "scheduler" / "scheduler_config.json",
                       model_dir / "scheduler" / "scheduler_config.json"):
         if candidate.is_file():
-            return read_json_object(candidate), ()
+            return _checked_schedule(candidate), ()
     return dict(FALLBACK_SCHEDULER), ("no scheduler_config.json found: assuming DDPM, linear betas, 1000 steps",)
+
+
+def _checked_schedule(path: Path) -> dict:
+    """The noise schedule in ``path``, checked by building the default sampler on it once."""
+    schedule = read_json_object(path)
+    try:
+        SamplingSpec().scheduler(schedule)
+    except Exception as error:  # diffusers raises many types for values that describe no schedule
+        raise AccelError(f"{path} does not describe a noise schedule ({_first_line(error)})")
+    return schedule
 
 
 def _check_safetensors(files: list[Path]) -> None:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from accel import kernels
+import accel.kernels as kernels
 from accel.core.errors import AccelError
 
 TRITON, TORCH = "triton", "torch"

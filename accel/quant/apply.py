@@ -13,23 +13,11 @@ from tqdm.auto import tqdm
 from accel.calib.collect import CalibrationSet
 from accel.core.errors import AccelError
 from accel.quant.config import QuantConfig
+from accel.quant.forward_order import forward_order
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
 from accel.quant.split import find_split_sites
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
-
-
-def forward_order(network: nn.Module, names: list[str], run) -> list[str]:
-    """``names`` (submodules of ``network``) in the order ``run(network)`` first calls them."""
-    order: list[str] = []
-    hooks = [network.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: order.append(n)) for n in names]
-    try:
-        with torch.no_grad():
-            run(network)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return list(dict.fromkeys(order))
 
 
 def _layer_order(denoiser) -> list[str]:

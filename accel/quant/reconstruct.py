@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from accel.quant.apply import forward_order
+from accel.quant.forward_order import forward_order
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
 
 BLOCK_TYPES = ("ResnetBlock2D", "BasicTransformerBlock", "Attention")
