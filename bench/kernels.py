@@ -285,6 +285,8 @@ def main(argv=None) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before accel.kernels is first imported
     import torch
 
+    from accel.core.files import write_text
+
     if not args.smoke and not torch.cuda.is_available():
         print("bench.kernels: needs a CUDA GPU (speed on a CPU means nothing); --smoke checks the script on CPU",
               file=sys.stderr)
@@ -303,9 +305,7 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else (
         HERE / "results" / f"kernels-{env['device_name'].replace(' ', '_')}-{env['date'][:10]}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(partial, out)
+    write_text(out, json.dumps(results, indent=2) + "\n")
     print(markdown(results))
     print(f"\nwritten to {out}")
     return 0

@@ -78,13 +78,3 @@ def run_cli(capsys, *argv):
         code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` need CUDA; without it they are skipped, not failed."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
