@@ -97,7 +97,7 @@ def evaluate(model: Denoiser, baseline: Denoiser | None = None, config: EvalConf
     latencies = step_latency_ms(models, config.latency_batch, repeats=config.latency_repeats)
     samples = _sample_interleaved(models, config)
     images = [to_uint8(s.images) for s in samples]
-    measured = [_measures(*args) for args in zip(models, samples, images, [fid] * len(models), latencies)]
+    measured = [_measures(m, s, i, fid, latency) for m, s, i, latency in zip(models, samples, images, latencies)]
     notes = list(dict.fromkeys(note for m in models for note in m.notes))
     delta = None
     if baseline is not None:

@@ -131,6 +131,17 @@ def test_existing_outputs_are_refused_unless_overwrite(tmp_path, capsys):
     assert grid.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_eval_with_fewer_steps_against_the_original_reports_calls_macs_and_time_per_image(capsys):
+    code, stdout, _ = run(capsys, "eval", "--model", "digits", "--steps", "5", "--baseline", "digits", "--n", "4",
+                          "--json")
+    report = json.loads(stdout)
+    original, compressed = report["original"], report["compressed"]
+    assert code == 0 and (original["calls_per_image"], compressed["calls_per_image"]) == (50, 5)
+    assert compressed["macs_per_image"] * 10 == original["macs_per_image"] and report["delta"]["macs_ratio"] == 0.1
+    assert original["sampler"]["steps"] == 50 and report["sampler"]["steps"] == 5
+    assert compressed["sampling_s_per_image"] > 0 and report["delta"]["speedup"] > 0
+
+
 def test_console_script_error_has_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "accel.cli", "info", "--model", str(tmp_path / "none")],
                             capture_output=True, text=True, timeout=120)

@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter is not installed (pip install -e .[dev])")
+@pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter is not installed (.[dev] has it)")
 def test_import_contracts_are_kept():
     result = subprocess.run(["lint-imports", "--no-logo", "--no-cache"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)

@@ -179,6 +179,17 @@ def test_artifact_reproduces_quantized_model_exactly(tmp_path, config):
     assert stored < fp32_bytes * (0.5 if config.w_bits == 4 else 0.65)  # tiny model: headers and 8-bit ends weigh a lot
 
 
+def test_loading_a_quantized_artifact_searches_no_ranges(tmp_path, monkeypatch):
+    """The stored scales are loaded: fitting weight ranges again (an MSE search per layer) would be thrown away."""
+    model = accel.load(make_tiny_unet())
+    quantize_(model, QuantConfig(a_bits=None), None, progress=False)
+    accel.save(model, tmp_path / "q")
+    fits = []
+    monkeypatch.setattr(Quantizer, "fit", lambda self, x: fits.append(self))
+    accel.load(tmp_path / "q")
+    assert fits == []
+
+
 def test_w4_artifact_of_reference_model_is_close_to_an_eighth(tmp_path):
     original = accel.load("digits")
     model = accel.load("digits")

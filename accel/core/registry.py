@@ -95,6 +95,8 @@ def check_can_follow(records: list[dict], name: str) -> None:
 def apply(denoiser, name: str, config: Config, *inputs) -> dict:
     """Apply transform ``name`` to ``denoiser`` in place and record it; returns the record."""
     transform = get(name)
+    if transform.apply is None:
+        raise AccelError(f"{name} writes a file instead of changing the model; call its own function")
     if not isinstance(config, transform.config):
         raise AccelError(f"{name} takes a {transform.config.__name__}, got {type(config).__name__}")
     check_can_follow(denoiser.transforms, name)

@@ -146,7 +146,7 @@ def export_onnx(denoiser, out: str | Path, config: ExportConfig = ExportConfig()
     denoiser.to(DTYPES[config.dtype])
     checks = [_as_dtype(args, DTYPES[config.dtype]) for args in checks]
     with atomic_file(out) as partial:
-        _trace(denoiser, checks[0], names, partial, min(opset, TRACE_MAX_OPSET), converted.get("blocked_layers", 0))
+        _trace(denoiser, checks[0], names, partial, min(opset, TRACE_MAX_OPSET), opset > TRACE_MAX_OPSET)
         model = onnx.load(str(partial))
         if opset > TRACE_MAX_OPSET:
             model = _raise_opset(model, opset)
@@ -177,7 +177,8 @@ def _trace(denoiser, example: tuple, names: list[str], path: Path, opset: int, p
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
         torch.onnx.export(_EpsGraph(denoiser).eval(), tuple(a for a in example if a is not None), str(path),
                           input_names=names, output_names=["eps"], dynamic_axes=_dynamic_axes(denoiser, names),
-                          opset_version=opset, dynamo=False, custom_opsets={PLACEHOLDER_DOMAIN: 1} if placeholders else None)
+                          opset_version=opset, dynamo=False,
+                          custom_opsets={PLACEHOLDER_DOMAIN: 1} if placeholders else None)
 
 
 def _raise_opset(model, opset: int):

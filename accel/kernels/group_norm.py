@@ -7,9 +7,9 @@ the projected time embedding a diffusers ResnetBlock2D adds right before its sec
 
 Two launches. The first reduces each group in ``split`` chunks to partial (count, mean, M2) statistics in fp32,
 the second merges them (Chan et al.'s parallel variance) and normalizes its chunk. One program per
-(sample, group) leaves an H100 under half busy at batch 2 (64 programs for the 132 SMs NVIDIA's H100 datasheet lists), so the
-launcher splits each group's spatial extent until there are several programs per SM. The input is read twice;
-at SD1.5 sizes (5 MB per activation in fp16) the second read comes from L2.
+(sample, group) leaves an H100 under half busy at batch 2 (64 programs for the 132 SMs of NVIDIA's H100 SXM
+datasheet), so the launcher splits each group's spatial extent until there are several programs per SM. The
+input is read twice; at SD1.5 sizes (5 MB per activation in fp16) the second read comes from L2.
 
 Strided throughout: NCHW, channels-last, and the (N, C, L) transposed views diffusers' attention normalizes
 all run without a copy.
