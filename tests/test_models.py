@@ -33,7 +33,7 @@ def test_text_unet_passes_encoder_hidden_states():
     x, cond = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 16)
     assert denoiser.cond_kind == "text"
     torch.testing.assert_close(denoiser(x, 10, cond), model(x, torch.tensor([10, 10]), encoder_hidden_states=cond).sample)
-    with pytest.raises(ValueError):
+    with pytest.raises(accel.AccelError, match="needs cond"):
         denoiser(x, 10)
     assert denoiser.default_cond(3, torch.Generator()).shape == (3, 77, 16)
 
@@ -58,7 +58,7 @@ class Plain(nn.Module):
 
 
 def test_plain_module_needs_and_uses_sample_shape():
-    with pytest.raises(ValueError):
+    with pytest.raises(accel.AccelError, match="sample_shape"):
         accel.Denoiser(Plain(), {})
     denoiser = accel.Denoiser(Plain(), {"num_train_timesteps": 1000}, sample_shape=(2, 4, 4))
     x = torch.randn(2, 2, 4, 4)

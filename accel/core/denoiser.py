@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from accel.core.errors import AccelError
 from accel.core.hooks import StepCall, StepHook, Trajectory
 from accel.core.sampling_spec import SamplingSpec
 
@@ -68,7 +69,7 @@ class Denoiser(nn.Module):
     def _shape_from_config(self) -> tuple[int, int, int]:
         config = self.config
         if "in_channels" not in config or "sample_size" not in config:
-            raise ValueError("a plain module needs sample_shape=(channels, height, width)")
+            raise AccelError("a plain module needs sample_shape=(channels, height, width)")
         size = config["sample_size"]
         height, width = (size, size) if isinstance(size, int) else size
         return (config["in_channels"], height, width)
@@ -148,7 +149,7 @@ class Denoiser(nn.Module):
             out = self.module(x_t, t, class_labels=cond).sample
         elif self.kind == "unet-text":
             if cond is None:
-                raise ValueError("UNet2DConditionModel needs cond (encoder_hidden_states)")
+                raise AccelError("UNet2DConditionModel needs cond (encoder_hidden_states)")
             out = self.module(x_t, t, encoder_hidden_states=cond).sample
         elif self.kind == "dit":
             out = self.module(x_t, timestep=t, class_labels=cond).sample
