@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import platform
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ class Report:
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sections", "markdown_sections")}
-        data = {key: asdict(value) if hasattr(value, "__dataclass_fields__") else value for key, value in data.items()}
+        data = {key: asdict(value) if is_dataclass(value) else value for key, value in data.items()}
         return {**data, **self.sections}
 
     def markdown(self) -> str:

@@ -58,7 +58,8 @@ def load_onnx(path: Path, name: str):
     if METADATA_KEY not in props:
         raise AccelError(f"{path} was not written by accel export (no sampling metadata); export it with "
                          "`accel export onnx`")
-    meta = exported_metadata(props[METADATA_KEY], f"the accel metadata of {path}")
+    what = f"the accel metadata of {path}"
+    meta = checked_metadata(parse_json_object(props[METADATA_KEY], what), what)
     module = OrtModule(ort_session(path), meta["inputs"], DTYPES[meta["dtype"]], meta["config"], meta["params"],
                        meta["macs"])
     return exported_denoiser(module, meta, path, name, "onnx",
@@ -71,9 +72,8 @@ METADATA_TYPES = {"kind": (str,), "cond_kind": (str, type(None)), "sample_shape"
                   "opset": (int,), "form": (str,), "dtype": (str,), "inputs": (list,)}
 
 
-def exported_metadata(text: str, what: str) -> dict:
+def checked_metadata(meta: dict, what: str) -> dict:
     """The metadata an exported file carries, each key checked (a damaged or hand-edited file is one line)."""
-    meta = parse_json_object(text, what)
     for key, types in METADATA_TYPES.items():
         if not isinstance(meta.get(key), types):
             raise AccelError(f"{what} has no valid '{key}' (re-export the model)")

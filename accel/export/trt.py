@@ -103,14 +103,13 @@ class TrtModule(nn.Module):
 
 def load_engine(path: Path, name: str):
     """A Denoiser running a TensorRT engine written by ``accel export trt``."""
-    from accel.export.runtime import exported_denoiser, exported_metadata
+    from accel.export.runtime import checked_metadata, exported_denoiser
 
     trt = _tensorrt()
     meta_path = path.with_name(path.name + ".json")
     if not meta_path.is_file():
         raise AccelError(f"{path} has no {meta_path.name} beside it; rebuild it with `accel export trt`")
-    meta = read_json_object(meta_path)
-    exported_metadata(json.dumps(meta), str(meta_path))
+    meta = checked_metadata(read_json_object(meta_path), str(meta_path))
     if meta.get("tensorrt") != trt.__version__:
         raise AccelError(f"{path} was built with TensorRT {meta.get('tensorrt')}, this is {trt.__version__}: rebuild")
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
