@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 import accel
 from accel.metrics.digits_cnn import DigitsCNN, WEIGHTS_PATH, to_uint8, uint8_to_unit_range
 from accel.models import reference
-from accel.models.reference import REFERENCE_DIR, TrainReferenceConfig, train_reference
+from accel.models.reference import REFERENCE_DIR, REFERENCE_TRAINING, train_reference
+from accel.train import NoisePrediction, TrainConfig
 
 
 def test_reference_samples_are_confident_digits_of_all_ten_classes():
@@ -26,32 +27,32 @@ def test_reference_samples_are_confident_digits_of_all_ten_classes():
 
 def test_committed_training_record_matches_weights_and_config():
     record = json.loads((REFERENCE_DIR / "training.json").read_text())
-    assert TrainReferenceConfig.from_dict(record["config"]) == TrainReferenceConfig()
+    assert TrainConfig.from_dict(record["config"]) == REFERENCE_TRAINING
     assert record["params"] == sum(p.numel() for p in accel.load("digits").parameters())
     assert record["loss_per_tenth_of_training"][-1] < record["loss_per_tenth_of_training"][0] / 3
 
 
-TINY = TrainReferenceConfig(steps=4, batch_size=8, warmup_steps=1, checkpoint_every=2)
+TINY = TrainConfig(steps=4, batch_size=8, warmup_steps=1, checkpoint_every=2)
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     train_reference(tmp_path / "straight", TINY)
     calls = {"n": 0}
-    real_step = reference._Trainer._train_step
+    real_loss = NoisePrediction.loss
 
-    def dies_on_third_step(self):
+    def dies_on_third_step(self, *args):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_step(self)
+        return real_loss(self, *args)
 
-    monkeypatch.setattr(reference._Trainer, "_train_step", dies_on_third_step)
+    monkeypatch.setattr(NoisePrediction, "loss", dies_on_third_step)
     with pytest.raises(KeyboardInterrupt):
         train_reference(tmp_path / "resumed", TINY)
     assert not (tmp_path / "resumed").exists()
     assert sorted(p.name for p in (tmp_path / "resumed.partial" / "checkpoint").iterdir()) == [
         "state.json", "tensors.safetensors"]  # nothing pickled: loading it runs no code
-    monkeypatch.setattr(reference._Trainer, "_train_step", real_step)
+    monkeypatch.setattr(NoisePrediction, "loss", real_loss)
     train_reference(tmp_path / "resumed", TINY)
     straight = load_file(tmp_path / "straight" / "diffusion_pytorch_model.safetensors")
     resumed = load_file(tmp_path / "resumed" / "diffusion_pytorch_model.safetensors")

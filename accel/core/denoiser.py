@@ -142,19 +142,21 @@ class Denoiser(nn.Module):
         return output
 
     def _eps_call(self, call: StepCall) -> torch.Tensor:
-        return self._eps(call.x_t, call.t, call.cond)
+        return self.eps_of(self.module, call.x_t, call.t, call.cond)
 
-    def _eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    def eps_of(self, module: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """eps from ``module`` called as this model's network is (a training loop passes its wrapped copy); no
+        hooks."""
         if self.kind == "unet":
-            out = self.module(x_t, t, class_labels=cond).sample
+            out = module(x_t, t, class_labels=cond).sample
         elif self.kind == "unet-text":
             if cond is None:
                 raise AccelError("UNet2DConditionModel needs cond (encoder_hidden_states)")
-            out = self.module(x_t, t, encoder_hidden_states=cond).sample
+            out = module(x_t, t, encoder_hidden_states=cond).sample
         elif self.kind == "dit":
-            out = self.module(x_t, timestep=t, class_labels=cond).sample
+            out = module(x_t, timestep=t, class_labels=cond).sample
         else:
-            out = self.module(x_t, t) if cond is None else self.module(x_t, t, cond)
+            out = module(x_t, t) if cond is None else module(x_t, t, cond)
             out = getattr(out, "sample", out)
         # DiT-style models with learned variance return [eps, variance] along channels.
         if out.shape[1] == 2 * x_t.shape[1]:

@@ -54,7 +54,7 @@ class _EpsGraph(nn.Module):
         self.denoiser = denoiser
 
     def forward(self, sample, timestep, cond=None):
-        return self.denoiser._eps(sample, timestep, cond)
+        return self.denoiser.eps_of(self.denoiser.module, sample, timestep, cond)
 
 
 def input_names(denoiser) -> list[str]:
@@ -136,13 +136,13 @@ def export_onnx(denoiser, out: str | Path, config: ExportConfig = ExportConfig()
     denoiser = export_copy(denoiser)
     names = input_names(denoiser)
     checks = parity_inputs(denoiser)
-    as_given = [denoiser._eps(*args).numpy() for args in checks]
+    as_given = [denoiser.eps_of(denoiser.module, *args).numpy() for args in checks]
     start = time.perf_counter()
     converted = _to_export_form(denoiser, blocked=opset >= BLOCKED_OPSET and not config.int8_grid)
     form = "qdq" if converted["qdq_layers"] else "float"
     # The gate's reference: the float32 PyTorch model in its exported form. For a quantized model that form
     # differs from the fake-quantized model by design (attention in float); that difference is reported apart.
-    expected = [denoiser._eps(*args).numpy() for args in checks]
+    expected = [denoiser.eps_of(denoiser.module, *args).numpy() for args in checks]
     denoiser.to(DTYPES[config.dtype])
     checks = [_as_dtype(args, DTYPES[config.dtype]) for args in checks]
     with atomic_file(out) as partial:
