@@ -5,7 +5,7 @@
     result = accel.evaluate(model, config=accel.EvalConfig(n=500))
     print(result.report.original.fid)
 
-Importing ``accel`` registers its capabilities (quant, optimize, export) in the core's transform registry;
+Importing ``accel`` registers its capabilities (quant, prune, optimize, export) in the core's transform registry;
 this module and the CLI are the only ones that know all of them.
 """
 from accel.calib import CalibConfig, CalibrationSet, calibrate
@@ -15,13 +15,15 @@ from accel.evaluate import EvalConfig, Evaluation, evaluate
 from accel.export import ExportConfig
 from accel.models.loading import load
 from accel.optimize import OptimizeConfig, optimize_
+from accel.prune import PruneConfig, prune_
 from accel.quant import W4A8, W8A8, QuantConfig, quantize_
 from accel.sampling import Samples, sample
+from accel.train import TrainConfig
 
 __all__ = ["AccelError", "CalibConfig", "CalibrationSet", "ConfigError", "Denoiser", "EvalConfig", "Evaluation",
-           "ExportConfig", "OptimizeConfig", "QuantConfig", "SamplingSpec", "Samples", "StepCall", "StepHook",
-           "Trajectory", "W4A8", "W8A8", "__version__", "calibrate", "evaluate", "load", "optimize_", "quantize_",
-           "sample", "save"]
+           "ExportConfig", "OptimizeConfig", "PruneConfig", "QuantConfig", "SamplingSpec", "Samples", "StepCall",
+           "StepHook", "TrainConfig", "Trajectory", "W4A8", "W8A8", "__version__", "calibrate", "evaluate", "load",
+           "optimize_", "prune_", "quantize_", "sample", "save"]
 
 
 def save(model: Denoiser, out, overwrite: bool = False, evaluation: Evaluation | None = None) -> None:

@@ -62,6 +62,8 @@ def _add_measuring(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from accel.prune.config import CRITERIA, DISTILL_WEIGHT, FINETUNE
+
     parser = _Parser(prog="accel", description="Compress diffusion denoisers and measure what it costs.",
                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -130,6 +132,37 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--int8-grid", action="store_true",
                     help="write 4-bit linear weights on the INT8 grid (as convolutions are) instead of as INT4")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    pr = commands.add_parser("prune", help="structured pruning (Diff-Pruning), fine-tuning + report")
+    _add_common(pr)
+    _add_sampler(pr, n_default=2000)
+    pr.add_argument("--out", help="artifact folder (default: <model>-pruned)")
+    pr.add_argument("--ratio", type=float, default=0.3, help="fraction of channels and heads removed (default 0.3)")
+    pr.add_argument("--criterion", choices=CRITERIA, default="diff-pruning",
+                    help="channel importance (default diff-pruning: Taylor over the informative timesteps)")
+    pr.add_argument("--threshold", type=float, default=0.05,
+                    help="diff-pruning: stop accumulating gradients once the loss < threshold x its max (0.05)")
+    pr.add_argument("--round-to", type=int, default=8, help="kept widths are multiples of this (default 8)")
+    pr.add_argument("--importance-batch", type=int, default=64, help="images per importance gradient pass (64)")
+    pr.add_argument("--timestep-stride", type=int, default=10,
+                    help="importance gradients at t = 0, stride, 2 x stride, ... (default 10)")
+    pr.add_argument("--data", help="fine-tuning images: an .npz of uint8 N x C x H x W, or 'teacher' (samples of "
+                    "the original, distillation on its eps); default for digits: its training set")
+    pr.add_argument("--distill-weight", type=float, default=DISTILL_WEIGHT,
+                    help=f"fine-tuning on images: weight of the original's eps as a second target (default "
+                    f"{DISTILL_WEIGHT:g}; 0: the DDPM loss alone, as Diff-Pruning)")
+    pr.add_argument("--teacher-samples", type=int, default=1000, help="--data teacher: samples drawn (1000)")
+    pr.add_argument("--finetune-steps", type=int, default=FINETUNE.steps,
+                    help=f"fine-tuning steps (default {FINETUNE.steps}; 0: none)")
+    pr.add_argument("--lr", type=float, default=FINETUNE.lr, help=f"peak learning rate (default {FINETUNE.lr:g})")
+    pr.add_argument("--train-batch", type=int, default=FINETUNE.batch_size,
+                    help=f"fine-tuning batch per process (default {FINETUNE.batch_size})")
+    pr.add_argument("--checkpoint-every", type=int, default=FINETUNE.checkpoint_every,
+                    help=f"checkpoint every N steps into <out>.partial (default {FINETUNE.checkpoint_every})")
+    pr.add_argument("--resume", action="store_true", help="continue the interrupted run in <out>.partial")
+    pr.add_argument("--ablation", action="store_true",
+                    help="also measure every criterion at --ratio and --criterion at 0.2/0.3/0.5, same fine-tuning")
+    _add_measuring(pr)
 
     tr = commands.add_parser("train-reference", help="retrain the built-in reference model or its FID classifier")
     tr.add_argument("--out", required=True, help="folder to write (a diffusers model folder)")
@@ -292,6 +325,36 @@ def cmd_optimize(args) -> None:
     _emit_report(args, evaluation.report, out)
 
 
+def cmd_prune(args) -> None:
+    from dataclasses import replace
+
+    import accel
+    from accel.core.files import ensure_writable_dir
+    from accel.prune.config import FINETUNE
+    from accel.prune.workflow import prune_and_evaluate
+
+    out = args.out or f"{Path(str(args.model)).name}-pruned"
+    config = accel.PruneConfig(ratio=args.ratio, criterion=args.criterion, threshold=args.threshold,
+                               round_to=args.round_to, importance_batch=args.importance_batch,
+                               timestep_stride=args.timestep_stride, seed=args.seed)
+    if args.finetune_steps < 0:
+        raise AccelError(f"--finetune-steps must be 0 (no fine-tuning) or more, got {args.finetune_steps}")
+    train_config = None
+    if args.finetune_steps:
+        train_config = replace(FINETUNE, steps=args.finetune_steps, lr=args.lr, batch_size=args.train_batch,
+                               seed=args.seed, warmup_steps=min(FINETUNE.warmup_steps, args.finetune_steps - 1),
+                               checkpoint_every=args.checkpoint_every)
+    eval_config = _eval_config(args)
+    ensure_writable_dir(out, args.overwrite)
+    result = prune_and_evaluate(args.model, config, train_config, eval_config, out, _device(args.device), args.data,
+                                args.resume, _sampling(args), args.teacher_samples, args.distill_weight,
+                                args.ablation)
+    if result is None:  # another process of `accelerate launch`: the main one writes and reports
+        return
+    accel.save(result.model, out, args.overwrite, result.evaluation)
+    _emit_report(args, result.evaluation.report, out)
+
+
 def cmd_export(args) -> None:
     import accel
 
@@ -322,14 +385,16 @@ def cmd_train_reference(args) -> None:
         epochs = {} if args.steps is None else {"epochs": args.steps}
         record = train_digits_cnn(args.out, seed=args.seed, overwrite=args.overwrite, **epochs)
     else:
-        from accel.models.reference import TrainReferenceConfig, train_reference
+        from dataclasses import replace
 
-        config = TrainReferenceConfig(seed=args.seed, **({} if args.steps is None else {"steps": args.steps}))
+        from accel.models.reference import REFERENCE_TRAINING, train_reference
+
+        config = replace(REFERENCE_TRAINING, seed=args.seed, **({} if args.steps is None else {"steps": args.steps}))
         record = train_reference(args.out, config, overwrite=args.overwrite)
     print(json.dumps(record, indent=2))
 
 
-COMMANDS = {"eval": cmd_eval, "sample": cmd_sample, "info": cmd_info, "quantize": cmd_quantize,
+COMMANDS = {"eval": cmd_eval, "sample": cmd_sample, "info": cmd_info, "quantize": cmd_quantize, "prune": cmd_prune,
             "optimize": cmd_optimize, "export": cmd_export, "train-reference": cmd_train_reference}
 
 
@@ -337,7 +402,8 @@ COMMANDS = {"eval": cmd_eval, "sample": cmd_sample, "info": cmd_info, "quantize"
 FLAGS = {("QuantConfig", "w_bits"): "--bits", ("QuantConfig", "a_bits"): "--act-bits",
          ("QuantConfig", "w_range"): "--range", ("QuantConfig", "a_range"): "--range",
          ("CalibConfig", "policy"): "--calib-policy", ("CalibConfig", "samples"): "--calib-samples",
-         ("CalibConfig", "every"): "--calib-every", ("SamplingSpec", "name"): "--sampler"}
+         ("CalibConfig", "every"): "--calib-every", ("SamplingSpec", "name"): "--sampler",
+         ("TrainConfig", "steps"): "--finetune-steps", ("TrainConfig", "batch_size"): "--train-batch"}
 
 
 def _as_flag_error(error: ConfigError, args: argparse.Namespace) -> str:
@@ -358,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accel: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("accel: interrupted; nothing was written", file=sys.stderr)
+        resumable = " (the last checkpoint in <out>.partial is kept: --resume continues)" if args.command == "prune" \
+            else ""
+        print(f"accel: interrupted; nothing was written{resumable}", file=sys.stderr)
         return 130
     return 0
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -63,7 +64,7 @@ def load_images_npz(path: str | Path) -> np.ndarray:
     try:
         with np.load(path) as archive:
             images = archive["images"]
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:  # np.load: a damaged .npz
         raise AccelError(f"cannot read images from {path}: need an .npz with a uint8 array 'images' ({error})")
     if images.dtype != np.uint8 or images.ndim != 4:
         raise AccelError(f"{path}: 'images' must be uint8 N x C x H x W, got {images.dtype} {images.shape}")
