@@ -21,6 +21,9 @@ EXAMPLES = """examples:
   accel quantize --bits 8 --act-bits 8 --model path/to/unet --out unet-w8a8
   accel quantize --bits 4 --calib-samples 256 --recon-iters 2000 --out q4 --ablation
   accel eval --model q4                       the saved artifact, measured again
+  accel prune --ratio 0.3                     prune + fine-tune "digits": artifact digits-pruned/ + report
+  accel prune --model path/to/unet --ratio 0.25 --data images.npz --out unet-p25   (or --data teacher: data-free)
+  accel prune --ratio 0.3 --resume            continue an interrupted fine-tuning run from digits-pruned.partial/
   accel optimize --model path/to/unet --out unet-fast   fused Triton kernels, fp16, channels-last + report
   accel export onnx --model q4 --out q4.onnx  ONNX (Q/DQ for quantized layers), checked with ONNX Runtime
   accel export onnx --model unet --dtype fp16 float16 graph; --int8-grid: 4-bit linear weights as INT8, opset 19

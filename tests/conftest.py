@@ -78,3 +78,13 @@ def run_cli(capsys, *argv):
         code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def refused(capsys, tmp_path, *argv) -> str:
+    """Run ``accel ARGV`` (with an output under tmp_path where the command writes); check the bad-input contract:
+    exit 2, one line on stderr and nothing on stdout, no traceback, nothing written. Returns the line."""
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("accel: error: "), err
+    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == before
+    return err

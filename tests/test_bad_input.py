@@ -10,18 +10,9 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 import accel
-from conftest import make_tiny_unet, run_cli as run, tiny_calib
+from conftest import make_tiny_unet, refused, run_cli as run, tiny_calib
 
 OUT = "written"  # every command below is pointed at this output; it must never appear
-
-
-def refused(capsys, tmp_path, *argv) -> str:
-    """Run ``accel ARGV`` (with an output under tmp_path where the command writes); check the contract."""
-    before = sorted(p.name for p in tmp_path.iterdir())
-    code, out, err = run(capsys, *argv)
-    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("accel: error: "), err
-    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == before
-    return err
 
 
 def commands(model, tmp_path):

@@ -7,19 +7,11 @@ import pytest
 
 import accel
 from accel.train import NoisePrediction
-from conftest import run_cli as run
+from conftest import refused, run_cli as run
 
 # seconds, not minutes: few samples and steps; every flag that sizes work is set
 QUICK = ["--n", "64", "--steps", "4", "--batch-size", "64", "--finetune-steps", "4", "--train-batch", "8",
          "--importance-batch", "8", "--timestep-stride", "100", "--checkpoint-every", "2"]
-
-
-def refused(capsys, tmp_path, *argv) -> str:
-    before = sorted(p.name for p in tmp_path.iterdir())
-    code, out, err = run(capsys, *argv)
-    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("accel: error: "), err
-    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == before
-    return err
 
 
 @pytest.fixture(scope="module")

@@ -69,8 +69,8 @@ def markdown(ablation: dict) -> str:
     lines = [f"## Pruning ablation ({ablation['samples']} samples, {ablation['sampler']['name']} "
              f"{ablation['sampler']['steps']} steps, seed {ablation['seed']}; original FID "
              f"{_fmt(ablation['original_fid'])}; each row fine-tuned {steps} steps on {ablation['data']})", "",
-             f"| criterion @ ratio | FID | FID ratio | PSNR to original (dB) | MACs ratio | params ratio | step speedup "
-             f"(batch {ablation['latency_batch']}) |", "|---|---|---|---|---|---|---|"]
+             "| criterion @ ratio | FID | FID ratio | PSNR to original (dB) | MACs ratio | params ratio | "
+             f"step speedup (batch {ablation['latency_batch']}) |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {_fmt(r['fid'])} | {_fmt(r['fid_ratio'])} | {_fmt(r['psnr_db'])} | "
               f"{_fmt(r['macs_ratio'])} | {_fmt(r['params_ratio'])} | {_fmt(r['step_speedup'])} |"
               for r in ablation["rows"]]

@@ -79,7 +79,8 @@ def output_layers(denoiser) -> list[nn.Module]:
     """The layers that write the model's output: their output channels are the image's."""
     module = denoiser.module
     names = {"unet": ("conv_out",), "unet-text": ("conv_out",), "dit": ("proj_out_2", "proj_out")}
-    found = [getattr(module, n) for n in names.get(denoiser.kind, ()) if isinstance(getattr(module, n, None), nn.Module)]
+    found = [getattr(module, n) for n in names.get(denoiser.kind, ())
+             if isinstance(getattr(module, n, None), nn.Module)]
     if not found:
         raise AccelError(f"pruning supports diffusers UNet2DModel, UNet2DConditionModel and DiT models; this is a "
                          f"{type(module).__name__}")
