@@ -34,7 +34,6 @@ WEIGHTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.GroupNorm, nn.LayerNorm
 class Slice:
     """One layer's share of a channel group: its ``dim`` ("out" or "in") channels ``idxs``, which are the group's
     channels ``root_idxs`` (a concatenation maps the group's channels to an offset range of the layer's)."""
-    name: str
     module: nn.Module
     dim: str
     idxs: list[int]
@@ -53,7 +52,6 @@ class ChannelGroup:
 
 @dataclass
 class HeadGroup:
-    name: str
     attention: nn.Module
     heads: int
     head_dim: int
@@ -113,8 +111,7 @@ def channel_groups(graph, denoiser) -> list[ChannelGroup]:
     groups = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_ROOTS):
         root = group[0].dep.target.module
-        slices = [Slice(names[item.dep.target.module], item.dep.target.module,
-                        "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in",
+        slices = [Slice(item.dep.target.module, "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in",
                         list(item.idxs), list(item.root_idxs))
                   for item in group if isinstance(item.dep.target.module, WEIGHTED)]
         channels = len(group[0].idxs)
@@ -126,12 +123,12 @@ def channel_groups(graph, denoiser) -> list[ChannelGroup]:
 
 def head_groups(module: nn.Module) -> list[HeadGroup]:
     groups = []
-    for name, attention in attention_layers(module).items():
+    for attention in attention_layers(module).values():
         width = attention.to_q.out_features
-        slices = [Slice(f"{name}.{proj}", getattr(attention, proj), "out", list(range(width)), list(range(width)))
-                  for proj in ("to_q", "to_k", "to_v")]
-        slices.append(Slice(f"{name}.to_out.0", attention.to_out[0], "in", list(range(width)), list(range(width))))
-        groups.append(HeadGroup(name, attention, attention.heads, width // attention.heads, slices))
+        everything = list(range(width))
+        slices = [Slice(getattr(attention, proj), "out", everything, everything) for proj in ("to_q", "to_k", "to_v")]
+        slices.append(Slice(attention.to_out[0], "in", everything, everything))
+        groups.append(HeadGroup(attention, attention.heads, width // attention.heads, slices))
     return groups
 
 
