@@ -16,7 +16,6 @@ from accel.evaluate import EvalConfig, Evaluation, evaluate
 from accel.metrics.digits_cnn import to_uint8
 from accel.metrics.latency import step_latency_ms
 from accel.metrics.quality import fid_setup
-from accel.metrics.size import count_macs, count_params
 from accel.models.loading import load
 from accel.prune import PRUNE, prune_
 from accel.prune.ablation import markdown as ablation_markdown, run_ablation
@@ -85,7 +84,6 @@ def prune_and_evaluate(source, config: PruneConfig, train_config: TrainConfig | 
     work_dir = work_dir_for(out)
     prepare_work_dir(work_dir, resume, run)
     model = load(source, device, sampling)
-    params_before, macs_before = count_params(model), count_macs(model)
     record = prune_(model, config, images.images)
     fid = fid_setup(original.sample_shape, eval_config.inception_weights, eval_config.fid_ref, str(original.device))
     fid_pruned = sample_fid(model, fid, eval_config.n, eval_config.seed, eval_config.batch_size, progress)
@@ -100,7 +98,7 @@ def prune_and_evaluate(source, config: PruneConfig, train_config: TrainConfig | 
                               "processes": trained.processes, "resumed_at_step": trained.resumed_at}
     evaluation = evaluate(model, baseline=original, config=eval_config, command="prune", model_name=str(source),
                           transform_config=config.to_dict())
-    _add_sections(evaluation.report, model, original, record, eval_config, fid_pruned, params_before, macs_before)
+    _add_sections(evaluation.report, model, original, record, eval_config, fid_pruned)
     if ablation:
         table = run_ablation(lambda: load(source, device, sampling), images, config, train_config, fid,
                              eval_config.n, eval_config.seed, eval_config.batch_size, distill_weight, progress)
@@ -109,7 +107,7 @@ def prune_and_evaluate(source, config: PruneConfig, train_config: TrainConfig | 
     return PruneResult(model, evaluation)
 
 
-def _add_sections(report, model, original, record, eval_config, fid_pruned, params_before, macs_before) -> None:
+def _add_sections(report, model, original, record, eval_config, fid_pruned) -> None:
     batch = eval_config.batch_size
     original_ms, pruned_ms = step_latency_ms([original, model], batch, warmup=2,
                                             repeats=max(3, eval_config.latency_repeats // 3))
@@ -117,7 +115,8 @@ def _add_sections(report, model, original, record, eval_config, fid_pruned, para
     after_ft = report.compressed.fid
     finetune = record.get("finetune")
     report.add_section("pruning", {
-        "params": [params_before, count_params(model)], "macs": [macs_before, count_macs(model)],
+        "params": [report.original.params, report.compressed.params],
+        "macs": [report.original.macs, report.compressed.macs],
         "layers_changed": len(record["widths"]), "importance": record["importance"],
         "fid_before_finetune": fid_pruned, "fid_after_finetune": after_ft if finetune else None,
         "finetune": finetune,
