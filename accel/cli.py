@@ -24,6 +24,10 @@ EXAMPLES = """examples:
   accel prune --ratio 0.3                     prune + fine-tune "digits": artifact digits-pruned/ + report
   accel prune --model path/to/unet --ratio 0.25 --data images.npz --out unet-p25   (or --data teacher: data-free)
   accel prune --ratio 0.3 --resume            continue an interrupted fine-tuning run from digits-pruned.partial/
+  accel distill --steps 4                      progressive distillation of "digits" to 4 steps: digits-4step/ + report
+  accel distill --method consistency --steps 1 --out cd1    one-step consistency student (LCM-style)
+  accel distill --model path/to/unet --data teacher --steps 4   data-free: x0 from the teacher's own samples
+  accel eval --model cd1 --steps 4            a consistency student sampled at 4 steps instead of its own 1
   accel optimize --model path/to/unet --out unet-fast   fused Triton kernels, fp16, channels-last + report
   accel export onnx --model q4 --out q4.onnx  ONNX (Q/DQ for quantized layers), checked with ONNX Runtime
   accel export onnx --model unet --dtype fp16 float16 graph; --int8-grid: 4-bit linear weights as INT8, opset 19
@@ -65,6 +69,7 @@ def _add_measuring(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from accel.distillation.config import CONSISTENCY, LOSSES, METHODS, PROGRESSIVE
     from accel.prune.config import CRITERIA, DISTILL_WEIGHT, FINETUNE
 
     parser = _Parser(prog="accel", description="Compress diffusion denoisers and measure what it costs.",
@@ -166,6 +171,37 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--ablation", action="store_true",
                     help="also measure every criterion at --ratio and --criterion at 0.2/0.3/0.5, same fine-tuning")
     _add_measuring(pr)
+
+    di = commands.add_parser("distill", help="step distillation (progressive or consistency) to 1-64 steps + report")
+    _add_common(di)
+    di.add_argument("--out", help="artifact folder (default: <model>-<steps>step)")
+    di.add_argument("--method", choices=METHODS, default="progressive",
+                    help="progressive (halve the steps stage by stage) or consistency (LCM-style; default progressive)")
+    di.add_argument("--steps", type=int, default=4, help="the student's sampling steps (default 4; progressive: a "
+                    "power of two)")
+    di.add_argument("--prediction", default="v_prediction", choices=("v_prediction", "epsilon", "sample"),
+                    help="what the student's network outputs (default v_prediction: see accel/distillation/config.py)")
+    di.add_argument("--teacher-steps", type=int, default=32,
+                    help="progressive: the first stage's teacher DDIM steps, halved each stage (default 32)")
+    di.add_argument("--solver-skip", type=int, default=20,
+                    help="consistency: training timesteps the teacher's DDIM solver jumps (default 20, as LCM)")
+    di.add_argument("--target-ema", type=float, default=0.95, help="consistency: target network EMA (default 0.95)")
+    di.add_argument("--loss", choices=LOSSES, default="pseudo-huber", help="consistency: the distance (pseudo-huber)")
+    di.add_argument("--data", help="training images: an .npz of uint8 N x C x H x W, or 'teacher' (the teacher's "
+                    "own samples, drawn once: data-free); default for digits: its training set")
+    di.add_argument("--teacher-samples", type=int, default=1000, help="--data teacher: samples drawn (1000)")
+    di.add_argument("--train-steps", type=int, help=f"training steps, per stage for progressive (default "
+                    f"{PROGRESSIVE.steps}), in all for consistency (default {CONSISTENCY.steps})")
+    di.add_argument("--lr", type=float, default=PROGRESSIVE.lr, help=f"peak learning rate (default {PROGRESSIVE.lr:g})")
+    di.add_argument("--train-batch", type=int, default=PROGRESSIVE.batch_size,
+                    help=f"training batch per process (default {PROGRESSIVE.batch_size})")
+    di.add_argument("--checkpoint-every", type=int, default=PROGRESSIVE.checkpoint_every,
+                    help=f"checkpoint every N steps into <out>.partial (default {PROGRESSIVE.checkpoint_every})")
+    di.add_argument("--resume", action="store_true", help="continue the interrupted run in <out>.partial")
+    di.add_argument("--n", type=int, default=2000, help="samples for FID (default 2000)")
+    di.add_argument("--batch-size", type=int, default=500, help="samples per denoiser call (default 500)")
+    di.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_measuring(di)
 
     tr = commands.add_parser("train-reference", help="retrain the built-in reference model or its FID classifier")
     tr.add_argument("--out", required=True, help="folder to write (a diffusers model folder)")
@@ -358,6 +394,33 @@ def cmd_prune(args) -> None:
     _emit_report(args, result.evaluation.report, out)
 
 
+def cmd_distill(args) -> None:
+    from dataclasses import replace
+
+    import accel
+    from accel.core.files import ensure_writable_dir
+    from accel.distillation.apply import default_training
+    from accel.distillation.workflow import distill_and_evaluate
+
+    out = args.out or f"{Path(str(args.model)).name}-{args.steps}step"
+    config = accel.DistillConfig(method=args.method, steps=args.steps, prediction_type=args.prediction,
+                                 teacher_steps=args.teacher_steps, solver_skip=args.solver_skip,
+                                 target_ema=args.target_ema, loss=args.loss, seed=args.seed)
+    budget = default_training(args.method)
+    steps = budget.steps if args.train_steps is None else args.train_steps
+    train_config = replace(budget, steps=steps, lr=args.lr, batch_size=args.train_batch, seed=args.seed,
+                           warmup_steps=min(budget.warmup_steps, max(steps - 1, 0)),
+                           checkpoint_every=args.checkpoint_every)
+    eval_config = _eval_config(args)
+    ensure_writable_dir(out, args.overwrite)
+    result = distill_and_evaluate(args.model, config, train_config, eval_config, out, _device(args.device), args.data,
+                                  args.resume, args.teacher_samples)
+    if result is None:  # another process of `accelerate launch`: the main one writes and reports
+        return
+    accel.save(result.model, out, args.overwrite, result.evaluation)
+    _emit_report(args, result.evaluation.report, out)
+
+
 def cmd_export(args) -> None:
     import accel
 
@@ -398,6 +461,7 @@ def cmd_train_reference(args) -> None:
 
 
 COMMANDS = {"eval": cmd_eval, "sample": cmd_sample, "info": cmd_info, "quantize": cmd_quantize, "prune": cmd_prune,
+            "distill": cmd_distill,
             "optimize": cmd_optimize, "export": cmd_export, "train-reference": cmd_train_reference}
 
 
@@ -406,13 +470,17 @@ FLAGS = {("QuantConfig", "w_bits"): "--bits", ("QuantConfig", "a_bits"): "--act-
          ("QuantConfig", "w_range"): "--range", ("QuantConfig", "a_range"): "--range",
          ("CalibConfig", "policy"): "--calib-policy", ("CalibConfig", "samples"): "--calib-samples",
          ("CalibConfig", "every"): "--calib-every", ("SamplingSpec", "name"): "--sampler",
-         ("TrainConfig", "steps"): "--finetune-steps", ("TrainConfig", "batch_size"): "--train-batch"}
+         ("TrainConfig", "steps"): ("--finetune-steps", "--train-steps"), ("TrainConfig", "batch_size"): "--train-batch",
+         ("DistillConfig", "prediction_type"): "--prediction"}
 
 
 def _as_flag_error(error: ConfigError, args: argparse.Namespace) -> str:
     """A config error in the words of the command line: the flag that set the field, where this command has one."""
-    flag = FLAGS.get((error.owner, error.field), "--" + error.field.replace("_", "-"))
-    return f"{flag} {error.problem}" if hasattr(args, flag[2:].replace("-", "_")) else str(error)
+    flags = FLAGS.get((error.owner, error.field), "--" + error.field.replace("_", "-"))
+    for flag in (flags,) if isinstance(flags, str) else flags:
+        if hasattr(args, flag[2:].replace("-", "_")):
+            return f"{flag} {error.problem}"
+    return str(error)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,8 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accel: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        resumable = " (the last checkpoint in <out>.partial is kept: --resume continues)" if args.command == "prune" \
-            else ""
+        resumable = (" (the last checkpoint in <out>.partial is kept: --resume continues)"
+                     if args.command in ("prune", "distill") else "")
         print(f"accel: interrupted; nothing was written{resumable}", file=sys.stderr)
         return 130
     return 0

@@ -19,6 +19,7 @@ TENSORS, STATE = "tensors.safetensors", "state.json"
 def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict) -> None:
     from safetensors.torch import save_file
 
+    Path(folder).parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(folder, overwrite=True) as staging:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(staging / TENSORS))
         (staging / STATE).write_text(json.dumps(state) + "\n")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from accel.core.errors import AccelError
+from accel.core.files import atomic_file
 from accel.core.weights import file_sha256
 from accel.data import digits_images
 from accel.metrics.quality import load_images_npz
@@ -32,30 +33,53 @@ class TrainingImages:
         return f"{self.source} ({len(self.images)} images)"
 
 
-def training_images(data: str | None, original, *, teacher_samples: int = 1000, seed: int = 0,
-                    batch_size: int = 500, progress: bool = True) -> TrainingImages:
-    """``data``: None (the digits training set, for the built-in model only), ``"teacher"`` or an .npz path;
-    ``original`` is the model being compressed (its sample shape is checked; it draws the teacher samples)."""
+def data_identity(data: str | None, original, teacher_samples: int = 1000, seed: int = 0) -> dict:
+    """What makes two runs' training data the same, known before any image is loaded or drawn; ``data`` as
+    for ``training_images``. Refuses data that cannot be used."""
     if data is None:
         if original.source != DIGITS:
             raise AccelError("this model needs training images: --data FILE.npz (uint8 N x C x H x W) or --data "
                              "teacher (samples of the model itself)")
         data = DIGITS
     if data == DIGITS:
-        images, _ = digits_images()
-        identity = {"data": DIGITS}
-    elif data == TEACHER:
+        return {"data": DIGITS}
+    if data == TEACHER:
         if teacher_samples < 2:
             raise AccelError(f"--teacher-samples must be at least 2, got {teacher_samples}")
-        images = sample(original, teacher_samples, seed, batch_size=batch_size, progress=progress).images.cpu()
-        identity = {"data": TEACHER, "samples": teacher_samples, "sampler": original.sampling.to_dict()}
+        return {"data": TEACHER, "samples": teacher_samples, "seed": seed, "sampler": original.sampling.to_dict()}
+    path = Path(data)
+    if not path.is_file():
+        raise AccelError(f"--data {data}: no such file (give an .npz of uint8 images, or 'teacher')")
+    return {"data": str(path.resolve()), "sha256": file_sha256(path)}
+
+
+def training_images(data: str | None, original, *, teacher_samples: int = 1000, seed: int = 0,
+                    batch_size: int = 500, progress: bool = True, cache: Path | None = None) -> TrainingImages:
+    """``data``: None (the digits training set, for the built-in model only), ``"teacher"`` or an .npz path;
+    ``original`` is the model being compressed (its sample shape is checked; it draws the teacher samples).
+    With ``cache`` (a .safetensors path), teacher samples are drawn once and read back from there after."""
+    identity = data_identity(data, original, teacher_samples, seed)
+    if identity["data"] == DIGITS:
+        images, _ = digits_images()
+    elif identity["data"] == TEACHER:
+        images = _teacher_samples(original, teacher_samples, seed, batch_size, progress, cache)
     else:
-        path = Path(data)
-        if not path.is_file():
-            raise AccelError(f"--data {data}: no such file (give an .npz of uint8 images, or 'teacher')")
-        images = torch.from_numpy(load_images_npz(path).astype(np.float32) / 127.5 - 1.0)
-        identity = {"data": str(path.resolve()), "sha256": file_sha256(path)}
+        images = torch.from_numpy(load_images_npz(Path(data)).astype(np.float32) / 127.5 - 1.0)
     if tuple(images.shape[1:]) != tuple(original.sample_shape):
         raise AccelError(f"--data {data}: images are {tuple(images.shape[1:])} (C x H x W) and the model takes "
                          f"{tuple(original.sample_shape)}")
-    return TrainingImages(images.float(), data if data in (DIGITS, TEACHER) else str(data), identity)
+    source = identity["data"] if identity["data"] in (DIGITS, TEACHER) else str(data)
+    return TrainingImages(images.float(), source, identity)
+
+
+def _teacher_samples(original, count: int, seed: int, batch_size: int, progress: bool, cache: Path | None):
+    from safetensors.torch import load_file, save_file
+
+    if cache is not None and cache.is_file():
+        return load_file(str(cache))["images"]
+    images = sample(original, count, seed, batch_size=batch_size, progress=progress).images.cpu()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(cache) as partial:
+            save_file({"images": images.contiguous()}, str(partial))
+    return images

@@ -81,10 +81,10 @@ class _Run:
     def plain(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.network)
 
-    def restore(self) -> None:
+    def restore(self, task) -> None:
         tensors, state = load_checkpoint(self.folder)
         check_same_run(state, self.run, self.folder)
-        for prefix, target in (("network", self.plain), ("ema", self.ema)):
+        for prefix, target in (("network", self.plain), ("ema", self.ema), ("task", _stateful(task))):
             if target is not None:
                 target.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items()
                                         if k.startswith(prefix + ".")})
@@ -92,12 +92,13 @@ class _Run:
         self.step, self.losses, self.elapsed_s = state["step"], state["losses"], state["elapsed_s"]
         self.resumed_at = self.step
 
-    def save(self) -> None:
+    def save(self, task) -> None:
         if self.accelerator.is_main_process:
             optimizer_tensors, optimizer_json = optimizer_state(self.optimizer, "optimizer")
-            tensors = {f"network.{k}": v for k, v in self.plain.state_dict().items()}
-            if self.ema is not None:
-                tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+            tensors = {}
+            for prefix, source in (("network", self.plain), ("ema", self.ema), ("task", _stateful(task))):
+                if source is not None:
+                    tensors.update({f"{prefix}.{k}": v for k, v in source.state_dict().items()})
             state = dict(run=self.run, config=self.config.to_dict(), optimizer=optimizer_json, step=self.step,
                          losses=self.losses, elapsed_s=self.elapsed_s)
             save_checkpoint(self.folder, {**tensors, **optimizer_tensors}, state)
@@ -114,6 +115,8 @@ class _Run:
         if config.grad_clip > 0:
             accelerator.clip_grad_norm_(self.network.parameters(), config.grad_clip)
         self.optimizer.step()
+        if hasattr(task, "after_step"):  # e.g. consistency distillation's target network follows the student
+            task.after_step(self.plain)
         if self.ema is not None:
             decay = ema_decay(config.ema_decay, self.step)
             with torch.no_grad():
@@ -125,11 +128,12 @@ class _Run:
 def train(network: nn.Module, task, config: TrainConfig, work_dir: str | Path, *, run: dict,
           forward_of: Callable[[nn.Module], Forward], desc: str = "train", progress: bool = True) -> TrainResult:
     """Train ``network`` on ``task`` (its ``loss(forward, batch_size, generator, device)``) for ``config.steps``
-    steps; ``forward_of(module)`` is eps(x_t, t, cond) through ``module`` (the prepared, possibly DDP-wrapped
+    steps. A task may also have ``after_step(network)`` (run after each optimizer step) and ``state_dict`` /
+    ``load_state_dict`` (tensors checkpointed with the network); ``forward_of(module)`` is eps(x_t, t, cond) through ``module`` (the prepared, possibly DDP-wrapped
     network). A checkpoint in ``work_dir`` is resumed if it belongs to ``run`` and refused otherwise."""
     state = _Run(network, config, work_dir, run)
     if state.folder.exists():
-        state.restore()
+        state.restore(task)
     if hasattr(task, "to"):
         task.to(state.accelerator.device)
     forward = forward_of(state.network)
@@ -144,10 +148,16 @@ def train(network: nn.Module, task, config: TrainConfig, work_dir: str | Path, *
             if state.step % 50 == 0:
                 bar.set_postfix(loss=f"{sum(state.losses[-50:]) / 50:.4f}")
             if state.step % config.checkpoint_every == 0 and state.step < config.steps:
-                state.save()
+                state.save(task)
     result = state.ema if state.ema is not None else state.plain
+    result.requires_grad_(True)  # an ordinary network again (the EMA copy was frozen): it may be trained further
     return TrainResult(result.eval(), state.losses, state.elapsed_s, state.accelerator.num_processes,
                        state.resumed_at, state.accelerator.is_main_process)
+
+
+def _stateful(task):
+    """The task itself where it has weights of its own to checkpoint (a target network), else None."""
+    return task if hasattr(task, "state_dict") else None
 
 
 def loss_curve(losses: list[float], points: int = 10) -> list[float]:
