@@ -1,5 +1,6 @@
-"""One process of the two-process training test (tests/test_train.py runs it under torch.distributed.run):
-trains a tiny UNet with accel's loop and writes its final weights and the image indices it drew."""
+"""One process of the two-process tests (tests/test_train.py and tests/test_distill.py run it under
+torch.distributed.run): trains a tiny UNet with accel's loop, or distills one progressively in two stages, and
+writes its final weights (and, for the loop, the image indices it drew)."""
 import json
 import sys
 from pathlib import Path
@@ -37,5 +38,18 @@ def main(out: Path) -> None:
                                                       "losses": result.losses}))
 
 
+def distill(out: Path) -> None:
+    import accel
+
+    model = accel.Denoiser(make_tiny_unet(), {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"})
+    images = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    config = TrainConfig(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=1)
+    accel.distill(model, accel.DistillConfig(steps=2, teacher_steps=8), images, config, work_dir=out / "work",
+                  progress=False)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    save_file({k: v.contiguous() for k, v in model.module.state_dict().items()}, str(out / f"rank{rank}.safetensors"))
+    (out / f"rank{rank}.json").write_text(json.dumps(model.transforms[-1]["stages"]))
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    (distill if sys.argv[2:] == ["distill"] else main)(Path(sys.argv[1]))

@@ -1,6 +1,9 @@
 """Step distillation's pieces against diffusers and against the paper's algebra, and the transform on tiny
 networks: it must change the weights and the sampler, and an artifact must come back the same."""
 import copy
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -102,8 +105,6 @@ def test_distill_changes_weights_sampler_and_prediction(method, steps, tmp_path)
 
 
 def test_a_distilled_artifact_reloads_with_its_sampler_and_outputs(tmp_path):
-    from conftest import make_tiny_unet as _  # noqa: F401  (the tiny UNet is a diffusers model: it saves)
-
     model = _tiny_denoiser()
     accel.distill(model, accel.DistillConfig(steps=1, teacher_steps=2), _images(), TINY, progress=False)
     accel.save(model, tmp_path / "student")
@@ -144,3 +145,22 @@ def test_consistency_resume_restores_the_target_network(tmp_path):
     assert resumed.transforms[-1]["stages"][0]["resumed_at_step"] == 2
     for (name, a), (_, b) in zip(straight.module.state_dict().items(), resumed.module.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_two_processes_distill_to_the_same_student(tmp_path):
+    """`accelerate launch` with nothing else changed: 2 CPU processes (gloo) train each stage together, the main one
+    keeps each finished stage, and both end with the same student."""
+    from safetensors.torch import load_file
+
+    from test_train import WORKER, _free_port
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), str(WORKER), str(tmp_path), "distill"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stages = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [[s["processes"] for s in ss] for ss in stages] == [[2, 2], [2, 2]]
+    weights = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["stage-02", "stage-04"]
+    assert not (tmp_path / "work" / "stage-04" / "checkpoint").exists()
