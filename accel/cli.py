@@ -68,6 +68,18 @@ def _add_measuring(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fid-ref", help="real images for Inception FID: .npz with uint8 'images' N x C x H x W")
 
 
+def _add_training(parser: argparse.ArgumentParser, budget, data_help: str) -> None:
+    """The flags of commands that train on accel.train: data, optimizer, checkpoints; defaults from ``budget``."""
+    parser.add_argument("--data", help=data_help)
+    parser.add_argument("--teacher-samples", type=int, default=1000, help="--data teacher: samples drawn (1000)")
+    parser.add_argument("--lr", type=float, default=budget.lr, help=f"peak learning rate (default {budget.lr:g})")
+    parser.add_argument("--train-batch", type=int, default=budget.batch_size,
+                        help=f"training batch per process (default {budget.batch_size})")
+    parser.add_argument("--checkpoint-every", type=int, default=budget.checkpoint_every,
+                        help=f"checkpoint every N steps into <out>.partial (default {budget.checkpoint_every})")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run in <out>.partial")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from accel.distillation.config import CONSISTENCY, LOSSES, METHODS, PROGRESSIVE
     from accel.prune.config import CRITERIA, DISTILL_WEIGHT, FINETUNE
@@ -154,20 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--importance-batch", type=int, default=64, help="images per importance gradient pass (64)")
     pr.add_argument("--timestep-stride", type=int, default=10,
                     help="importance gradients at t = 0, stride, 2 x stride, ... (default 10)")
-    pr.add_argument("--data", help="fine-tuning images: an .npz of uint8 N x C x H x W, or 'teacher' (samples of "
-                    "the original, distillation on its eps); default for digits: its training set")
+    _add_training(pr, FINETUNE, "fine-tuning images: an .npz of uint8 N x C x H x W, or 'teacher' (samples of the "
+                  "original, distillation on its eps); default for digits: its training set")
     pr.add_argument("--distill-weight", type=float, default=DISTILL_WEIGHT,
                     help=f"fine-tuning on images: weight of the original's eps as a second target (default "
                     f"{DISTILL_WEIGHT:g}; 0: the DDPM loss alone, as Diff-Pruning)")
-    pr.add_argument("--teacher-samples", type=int, default=1000, help="--data teacher: samples drawn (1000)")
     pr.add_argument("--finetune-steps", type=int, default=FINETUNE.steps,
                     help=f"fine-tuning steps (default {FINETUNE.steps}; 0: none)")
-    pr.add_argument("--lr", type=float, default=FINETUNE.lr, help=f"peak learning rate (default {FINETUNE.lr:g})")
-    pr.add_argument("--train-batch", type=int, default=FINETUNE.batch_size,
-                    help=f"fine-tuning batch per process (default {FINETUNE.batch_size})")
-    pr.add_argument("--checkpoint-every", type=int, default=FINETUNE.checkpoint_every,
-                    help=f"checkpoint every N steps into <out>.partial (default {FINETUNE.checkpoint_every})")
-    pr.add_argument("--resume", action="store_true", help="continue the interrupted run in <out>.partial")
     pr.add_argument("--ablation", action="store_true",
                     help="also measure every criterion at --ratio and --criterion at 0.2/0.3/0.5, same fine-tuning")
     _add_measuring(pr)
@@ -187,17 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="consistency: training timesteps the teacher's DDIM solver jumps (default 20, as LCM)")
     di.add_argument("--target-ema", type=float, default=0.95, help="consistency: target network EMA (default 0.95)")
     di.add_argument("--loss", choices=LOSSES, default="pseudo-huber", help="consistency: the distance (pseudo-huber)")
-    di.add_argument("--data", help="training images: an .npz of uint8 N x C x H x W, or 'teacher' (the teacher's "
-                    "own samples, drawn once: data-free); default for digits: its training set")
-    di.add_argument("--teacher-samples", type=int, default=1000, help="--data teacher: samples drawn (1000)")
+    _add_training(di, PROGRESSIVE, "training images: an .npz of uint8 N x C x H x W, or 'teacher' (the teacher's "
+                  "own samples, drawn once: data-free); default for digits: its training set")
     di.add_argument("--train-steps", type=int, help=f"training steps, per stage for progressive (default "
                     f"{PROGRESSIVE.steps}), in all for consistency (default {CONSISTENCY.steps})")
-    di.add_argument("--lr", type=float, default=PROGRESSIVE.lr, help=f"peak learning rate (default {PROGRESSIVE.lr:g})")
-    di.add_argument("--train-batch", type=int, default=PROGRESSIVE.batch_size,
-                    help=f"training batch per process (default {PROGRESSIVE.batch_size})")
-    di.add_argument("--checkpoint-every", type=int, default=PROGRESSIVE.checkpoint_every,
-                    help=f"checkpoint every N steps into <out>.partial (default {PROGRESSIVE.checkpoint_every})")
-    di.add_argument("--resume", action="store_true", help="continue the interrupted run in <out>.partial")
     di.add_argument("--n", type=int, default=2000, help="samples for FID (default 2000)")
     di.add_argument("--batch-size", type=int, default=500, help="samples per denoiser call (default 500)")
     di.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -364,9 +362,15 @@ def cmd_optimize(args) -> None:
     _emit_report(args, evaluation.report, out)
 
 
-def cmd_prune(args) -> None:
+def _train_config(budget, steps: int, args):
+    """``budget`` (a command's default TrainConfig) with the training flags given; the warm-up shrinks to fit."""
     from dataclasses import replace
 
+    return replace(budget, steps=steps, lr=args.lr, batch_size=args.train_batch, seed=args.seed,
+                   warmup_steps=min(budget.warmup_steps, max(steps - 1, 0)), checkpoint_every=args.checkpoint_every)
+
+
+def cmd_prune(args) -> None:
     import accel
     from accel.core.files import ensure_writable_dir
     from accel.prune.config import FINETUNE
@@ -378,11 +382,7 @@ def cmd_prune(args) -> None:
                                timestep_stride=args.timestep_stride, seed=args.seed)
     if args.finetune_steps < 0:
         raise AccelError(f"--finetune-steps must be 0 (no fine-tuning) or more, got {args.finetune_steps}")
-    train_config = None
-    if args.finetune_steps:
-        train_config = replace(FINETUNE, steps=args.finetune_steps, lr=args.lr, batch_size=args.train_batch,
-                               seed=args.seed, warmup_steps=min(FINETUNE.warmup_steps, args.finetune_steps - 1),
-                               checkpoint_every=args.checkpoint_every)
+    train_config = _train_config(FINETUNE, args.finetune_steps, args) if args.finetune_steps else None
     eval_config = _eval_config(args)
     ensure_writable_dir(out, args.overwrite)
     result = prune_and_evaluate(args.model, config, train_config, eval_config, out, _device(args.device), args.data,
@@ -395,8 +395,6 @@ def cmd_prune(args) -> None:
 
 
 def cmd_distill(args) -> None:
-    from dataclasses import replace
-
     import accel
     from accel.core.files import ensure_writable_dir
     from accel.distillation.apply import default_training
@@ -407,10 +405,7 @@ def cmd_distill(args) -> None:
                                  teacher_steps=args.teacher_steps, solver_skip=args.solver_skip,
                                  target_ema=args.target_ema, loss=args.loss, seed=args.seed)
     budget = default_training(args.method)
-    steps = budget.steps if args.train_steps is None else args.train_steps
-    train_config = replace(budget, steps=steps, lr=args.lr, batch_size=args.train_batch, seed=args.seed,
-                           warmup_steps=min(budget.warmup_steps, max(steps - 1, 0)),
-                           checkpoint_every=args.checkpoint_every)
+    train_config = _train_config(budget, budget.steps if args.train_steps is None else args.train_steps, args)
     eval_config = _eval_config(args)
     ensure_writable_dir(out, args.overwrite)
     result = distill_and_evaluate(args.model, config, train_config, eval_config, out, _device(args.device), args.data,

@@ -14,24 +14,18 @@ at each step count, as consistency models are.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 import accel
-from accel.core.files import write_text
 from accel.distillation.config import CONSISTENCY, PROGRESSIVE
 from accel.distillation.workflow import teacher_ddim
-from accel.evaluate import device_name
 from accel.metrics.digits_cnn import to_uint8
 from accel.metrics.quality import fid_setup
-from accel.report import to_json
 from accel.train.data import training_images
-from bench.run import _commit
+from bench.run import write_results
 
 HERE = Path(__file__).parent
 STEP_COUNTS = (8, 4, 2, 1)
@@ -137,17 +131,10 @@ def main(argv: list[str] | None = None) -> None:
             rows += progressive_rows(measure, images, settings, prediction, Path(work) / prediction)
     rows += consistency_rows(measure, images, settings)
     rows.sort(key=lambda row: -row["steps"])
-    machine = device_name(torch.device("cpu"))
-    text = (f"# Step distillation benchmark ({mode}): digits on {machine}\n\n"
-            f"torch {torch.__version__}, python {platform.python_version()}, accel {accel.__version__}; "
-            f"`python -m bench.distill{' --quick' if args.quick else ''}` in {time.perf_counter() - start:.0f} s\n\n"
-            + markdown(reference, rows, settings))
-    write_text(out, text)
-    write_text(out.with_suffix(".json"), to_json({
-        "mode": mode, "commit": _commit(), "machine": machine, "versions": {"torch": torch.__version__,
-                                                                           "accel": accel.__version__},
-        "settings": vars(settings), "teacher_ddim50": reference, "rows": rows,
-        "wall_s": time.perf_counter() - start}))
+    command = f"python -m bench.distill{' --quick' if args.quick else ''}"
+    text = write_results(out, f"Step distillation benchmark ({mode})", command, start,
+                         markdown(reference, rows, settings),
+                         {"mode": mode, "settings": vars(settings), "teacher_ddim50": reference, "rows": rows})
     print(text)
 
 

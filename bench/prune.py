@@ -12,24 +12,18 @@ ONNX Runtime on the CPU. Fine-tuning does not change the architecture, so the sp
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 import accel
-from accel.core.files import write_text
-from accel.evaluate import device_name
 from accel.metrics.latency import step_latency_ms
 from accel.metrics.quality import fid_setup
 from accel.prune.ablation import markdown as ablation_markdown, run_ablation
 from accel.prune.config import FINETUNE
-from accel.report import to_json
 from accel.train.data import training_images
-from bench.run import _commit
+from bench.run import write_results
 
 HERE = Path(__file__).parent
 
@@ -103,17 +97,10 @@ def main(argv: list[str] | None = None) -> None:
                             batch_size=settings.sampling_batch)
     with tempfile.TemporaryDirectory() as work:
         speed = speed_rows(settings, Path(work))
-    machine = device_name(torch.device("cpu"))
-    text = (f"# Pruning benchmark ({mode}): digits on {machine}\n\n"
-            f"torch {torch.__version__}, python {platform.python_version()}, accel {accel.__version__}; "
-            f"`python -m bench.prune{' --quick' if args.quick else ''}` in {time.perf_counter() - start:.0f} s\n\n"
-            + ablation_markdown(ablation) + "\n" + speed_markdown(speed, settings.repeats))
-    write_text(out, text)
-    write_text(out.with_suffix(".json"), to_json({
-        "mode": mode, "commit": _commit(), "machine": machine, "versions": {"torch": torch.__version__,
-                                                                           "accel": accel.__version__},
-        "settings": vars(settings), "ablation": ablation, "speed": speed,
-        "wall_s": time.perf_counter() - start}))
+    command = f"python -m bench.prune{' --quick' if args.quick else ''}"
+    text = write_results(out, f"Pruning benchmark ({mode})", command, start,
+                         ablation_markdown(ablation) + "\n" + speed_markdown(speed, settings.repeats),
+                         {"mode": mode, "settings": vars(settings), "ablation": ablation, "speed": speed})
     print(text)
 
 

@@ -40,6 +40,25 @@ FULL = Settings(n=2000, ablation_n=2000, ablation_steps=50, recon_iters=500)
 QUICK = Settings(n=500, ablation_n=300, ablation_steps=20, recon_iters=20)
 
 
+def write_results(out: Path, title: str, command: str, start: float, body: str, results: dict) -> str:
+    """A benchmark's markdown (title, machine, versions, the command and its wall time, then ``body``) at ``out``
+    and its JSON (``results`` with the commit, machine and versions) beside it; returns the markdown."""
+    import platform
+
+    import torch
+
+    from accel.evaluate import device_name
+
+    machine, wall_s = device_name(torch.device("cpu")), time.perf_counter() - start
+    text = (f"# {title}: digits on {machine}\n\ntorch {torch.__version__}, python {platform.python_version()}, accel "
+            f"{accel.__version__}; `{command}` in {wall_s:.0f} s\n\n" + body)
+    write_text(out, text)
+    write_text(out.with_suffix(".json"), to_json({
+        **results, "commit": _commit(), "machine": machine,
+        "versions": {"torch": torch.__version__, "accel": accel.__version__}, "wall_s": wall_s}))
+    return text
+
+
 def _commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

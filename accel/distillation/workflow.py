@@ -28,7 +28,7 @@ from accel.metrics.digits_cnn import to_uint8
 from accel.metrics.quality import fid_setup
 from accel.models.loading import load
 from accel.sampling import sample
-from accel.train import TrainConfig
+from accel.train import TrainConfig, work_dir_for
 from accel.train.data import data_identity, training_images
 from accel.train.loop import check_same_run
 
@@ -42,11 +42,6 @@ SPEEDUP_GOAL = 10.0
 class DistillResult:
     model: object
     evaluation: Evaluation
-
-
-def work_dir_for(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + ".partial")
 
 
 def teacher_ddim(teacher, steps: int) -> SamplingSpec:

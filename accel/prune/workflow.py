@@ -22,7 +22,7 @@ from accel.prune.ablation import markdown as ablation_markdown, run_ablation
 from accel.prune.config import DISTILL_WEIGHT, PruneConfig
 from accel.prune.finetune import finetune
 from accel.sampling import sample
-from accel.train import TrainConfig, checkpoint_state, loss_curve
+from accel.train import TrainConfig, checkpoint_state, loss_curve, work_dir_for
 from accel.train.data import TEACHER, training_images
 from accel.train.loop import check_same_run
 
@@ -34,11 +34,6 @@ GOALS = {"macs": (0.60, "at least 40% fewer MACs"), "fid_ratio": (1.25, "FID wit
 class PruneResult:
     model: object
     evaluation: Evaluation
-
-
-def work_dir_for(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + ".partial")
 
 
 def prepare_work_dir(work_dir: Path, resume: bool, run: dict) -> None:

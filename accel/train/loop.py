@@ -50,6 +50,12 @@ def ema_decay(target: float, step: int) -> float:
     return min(target, (1 + step) / (10 + step))
 
 
+def work_dir_for(out: str | Path) -> Path:
+    """Where a command that trains keeps its checkpoints until its artifact ``out`` is written: ``<out>.partial``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
 def checkpoint_state(work_dir: Path) -> dict | None:
     """The JSON state of the checkpoint in ``work_dir`` (None if there is none)."""
     folder = Path(work_dir) / CHECKPOINT
