@@ -164,3 +164,11 @@ def test_two_processes_distill_to_the_same_student(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["stage-02", "stage-04"]
     assert not (tmp_path / "work" / "stage-04" / "checkpoint").exists()
+
+
+def test_data_may_be_named_as_on_the_command_line():
+    with pytest.raises(accel.AccelError, match="this model needs training images"):
+        accel.distill(_tiny_denoiser(), accel.DistillConfig(steps=1, teacher_steps=2), None, TINY, progress=False)
+    student = accel.distill(accel.load("digits"), accel.DistillConfig(steps=1, teacher_steps=2), None, TINY,
+                           progress=False)
+    assert student.sampling.steps == 1 and student.transforms[-1]["name"] == "distill"  # the digits set
