@@ -2,8 +2,6 @@
 networks: it must change the weights and the sampler, and an artifact must come back the same."""
 import copy
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -152,12 +150,9 @@ def test_two_processes_distill_to_the_same_student(tmp_path):
     keeps each finished stage, and both end with the same student."""
     from safetensors.torch import load_file
 
-    from test_train import WORKER, _free_port
+    from test_train import run_two_processes
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), str(WORKER), str(tmp_path), "distill"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_two_processes(str(tmp_path), "distill")
     stages = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [[s["processes"] for s in ss] for ss in stages] == [[2, 2], [2, 2]]
     weights = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]

@@ -1,5 +1,4 @@
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,18 +15,19 @@ from conftest import make_tiny_unet
 WORKER = Path(__file__).parent / "ddp_worker.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def run_two_processes(*args: str) -> None:
+    """tests/ddp_worker.py as 2 CPU processes under torch.distributed.run; ``--standalone`` lets it pick a free
+    port itself (a port chosen here could be taken before it binds). On failure, the workers' own errors."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
+               *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if "Error" in line or "error" in line]
+    assert done.returncode == 0, "\n".join(errors[:20]) or done.stderr[-2000:]
 
 
 def test_two_processes_end_with_identical_weights_after_seeing_different_data(tmp_path):
     """The loop under torch.distributed.run with 2 CPU processes (gloo), as `accelerate launch` runs it."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), str(WORKER), str(tmp_path)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_two_processes(str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     weights = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
     assert ranks[0]["processes"] == ranks[1]["processes"] == 2
