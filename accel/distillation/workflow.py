@@ -18,11 +18,11 @@ from pathlib import Path
 from accel.core import registry
 from accel.core.errors import AccelError
 from accel.core.files import read_json_object, write_text
+from accel.core.sampling_spec import SamplingSpec
 from accel.distillation import DISTILL
 from accel.distillation.apply import check_distillable, default_training
 from accel.distillation.config import DistillConfig
 from accel.distillation.schedule import Schedule, student_timesteps
-from accel.core.sampling_spec import SamplingSpec
 from accel.evaluate import EvalConfig, Evaluation, evaluate
 from accel.metrics.digits_cnn import to_uint8
 from accel.metrics.quality import fid_setup
@@ -106,12 +106,8 @@ def _teacher_at_student_steps(teacher, steps: int, eval_config: EvalConfig, prog
     fid = fid_setup(teacher.sample_shape, eval_config.inception_weights, eval_config.fid_ref, str(teacher.device))
     samples = sample(teacher, eval_config.n, eval_config.seed, spec, eval_config.batch_size, progress=progress)
     return {"sampler": spec.to_dict(), "fid": fid.scores(to_uint8(samples.images))["fid"],
-            "seconds_per_image": samples.seconds_per_image, "timesteps": student_timesteps(
-                _schedule_of(teacher), steps)}
-
-
-def _schedule_of(teacher) -> Schedule:
-    return Schedule(teacher.scheduler_config)
+            "seconds_per_image": samples.seconds_per_image,
+            "timesteps": student_timesteps(Schedule(teacher.scheduler_config), steps)}
 
 
 def goal_checks(report, steps: int) -> list[str]:
