@@ -167,3 +167,13 @@ def test_data_may_be_named_as_on_the_command_line():
     student = accel.distill(accel.load("digits"), accel.DistillConfig(steps=1, teacher_steps=2), None, TINY,
                            progress=False)
     assert student.sampling.steps == 1 and student.transforms[-1]["name"] == "distill"  # the digits set
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"beta_schedule": "exotic"}, "accel cannot step the teacher's noise schedule: exotic is not implemented"),
+    ({"thresholding": True}, "uses dynamic thresholding"),
+    ({"_class_name": "FlowMatchEulerDiscreteScheduler"}, "(flow matching)"),
+])
+def test_a_schedule_accel_cannot_step_is_named(change, message):
+    with pytest.raises(accel.AccelError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Schedule({**SCHEDULE, **change})
