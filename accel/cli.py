@@ -370,6 +370,16 @@ def _train_config(budget, steps: int, args):
                    warmup_steps=min(budget.warmup_steps, max(steps - 1, 0)), checkpoint_every=args.checkpoint_every)
 
 
+def _save_trained(args, result, out) -> None:
+    """The artifact and report of a command that trains; None is another process of `accelerate launch`, which
+    leaves writing and reporting to the main one."""
+    import accel
+
+    if result is not None:
+        accel.save(result.model, out, args.overwrite, result.evaluation)
+        _emit_report(args, result.evaluation.report, out)
+
+
 def cmd_prune(args) -> None:
     import accel
     from accel.core.files import ensure_writable_dir
@@ -388,10 +398,7 @@ def cmd_prune(args) -> None:
     result = prune_and_evaluate(args.model, config, train_config, eval_config, out, _device(args.device), args.data,
                                 args.resume, _sampling(args), args.teacher_samples, args.distill_weight,
                                 args.ablation)
-    if result is None:  # another process of `accelerate launch`: the main one writes and reports
-        return
-    accel.save(result.model, out, args.overwrite, result.evaluation)
-    _emit_report(args, result.evaluation.report, out)
+    _save_trained(args, result, out)
 
 
 def cmd_distill(args) -> None:
@@ -410,10 +417,7 @@ def cmd_distill(args) -> None:
     ensure_writable_dir(out, args.overwrite)
     result = distill_and_evaluate(args.model, config, train_config, eval_config, out, _device(args.device), args.data,
                                   args.resume, args.teacher_samples)
-    if result is None:  # another process of `accelerate launch`: the main one writes and reports
-        return
-    accel.save(result.model, out, args.overwrite, result.evaluation)
-    _emit_report(args, result.evaluation.report, out)
+    _save_trained(args, result, out)
 
 
 def cmd_export(args) -> None:
