@@ -5,9 +5,10 @@
     result = accel.evaluate(model, config=accel.EvalConfig(n=500))
     print(result.report.original.fid)
 
-Importing ``accel`` registers its capabilities (quant, prune, distillation, optimize, export) in the core's transform registry;
+Importing ``accel`` registers its capabilities (quant, prune, distillation, cache, optimize, export) in the core's transform registry;
 this module and the CLI are the only ones that know all of them.
 """
+from accel.cache import CacheConfig, cache_
 from accel.calib import CalibConfig, CalibrationSet, calibrate
 from accel.core import AccelError, ConfigError, Denoiser, SamplingSpec, StepCall, StepHook, Trajectory
 from accel.core.version import __version__
@@ -21,9 +22,9 @@ from accel.quant import W4A8, W8A8, QuantConfig, quantize_
 from accel.sampling import Samples, sample
 from accel.train import TrainConfig
 
-__all__ = ["AccelError", "CalibConfig", "CalibrationSet", "ConfigError", "Denoiser", "DistillConfig", "EvalConfig", "Evaluation",
+__all__ = ["AccelError", "CacheConfig", "CalibConfig", "CalibrationSet", "ConfigError", "Denoiser", "DistillConfig", "EvalConfig", "Evaluation",
            "ExportConfig", "OptimizeConfig", "PruneConfig", "QuantConfig", "SamplingSpec", "Samples", "StepCall",
-           "StepHook", "TrainConfig", "Trajectory", "W4A8", "W8A8", "__version__", "calibrate", "distill", "evaluate", "load",
+           "StepHook", "TrainConfig", "Trajectory", "W4A8", "W8A8", "__version__", "cache_", "calibrate", "distill", "evaluate", "load",
            "optimize_", "prune_", "quantize_", "sample", "save"]
 
 

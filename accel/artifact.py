@@ -79,13 +79,15 @@ def load_artifact(folder: Path, module: nn.Module, scheduler_config: dict, name:
 
 
 def _rebuild(denoiser: Denoiser, entry: dict, path: Path) -> None:
-    """Give ``denoiser`` the structure of one recorded transform, and record it again (config upgraded)."""
+    """Give ``denoiser`` the structure and step hooks of one recorded transform, and record it again (config upgraded)."""
     transform = registry.get(entry["name"])
     entry = {**entry, "config": transform.config.from_dict(entry["config"]).to_dict()}
     registry.check_can_follow(denoiser.transforms, transform.name)
-    if transform.rebuild is not None:
+    for give_back in (transform.rebuild, transform.attach):
+        if give_back is None:
+            continue
         try:
-            transform.rebuild(denoiser, entry)
+            give_back(denoiser, entry)
         except (KeyError, TypeError, ValueError, AttributeError) as error:  # the record came from a file
             raise AccelError(f"{path}: its {transform.name} record does not describe this model "
                              f"({type(error).__name__}: {error})")

@@ -28,6 +28,8 @@ EXAMPLES = """examples:
   accel distill --method consistency --steps 1 --out cd1    one-step consistency student (LCM-style)
   accel distill --model path/to/unet --data teacher --steps 4   data-free: x0 from the teacher's own samples
   accel eval --model cd1 --steps 4            a consistency student sampled at 4 steps instead of its own 1
+  accel cache --interval 3                    DeepCache on "digits": full step every 3rd, digits-cache3/ + report
+  accel cache --interval 5 --branch 1 --schedule quadratic --model path/to/unet --out unet-c5
   accel optimize --model path/to/unet --out unet-fast   fused Triton kernels, fp16, channels-last + report
   accel export onnx --model q4 --out q4.onnx  ONNX (Q/DQ for quantized layers), checked with ONNX Runtime
   accel export onnx --model unet --dtype fp16 float16 graph; --int8-grid: 4-bit linear weights as INT8, opset 19
@@ -81,6 +83,7 @@ def _add_training(parser: argparse.ArgumentParser, budget, data_help: str) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from accel.cache.config import SCHEDULES
     from accel.distillation.config import CONSISTENCY, LOSSES, METHODS, PROGRESSIVE
     from accel.prune.config import CRITERIA, DISTILL_WEIGHT, FINETUNE
 
@@ -200,6 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--batch-size", type=int, default=500, help="samples per denoiser call (default 500)")
     di.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _add_measuring(di)
+
+    ca = commands.add_parser("cache", help="training-free feature caching across steps (DeepCache) + report")
+    _add_common(ca)
+    _add_sampler(ca, n_default=2000)
+    ca.add_argument("--out", help="artifact folder (default: <model>-cache<interval>)")
+    ca.add_argument("--interval", type=int, default=3, help="one full step per N steps (default 3)")
+    ca.add_argument("--branch", type=int, default=0, help="UNets: the skip level that stays live on cached steps, "
+                    "0 the shallowest and cheapest (default 0)")
+    ca.add_argument("--schedule", choices=SCHEDULES, default="uniform",
+                    help="UNets: full steps every N (uniform) or crowded quadratically around --center (default "
+                    "uniform)")
+    ca.add_argument("--center", type=float, default=0.4,
+                    help="quadratic: where full steps crowd, as a fraction of the trajectory (default 0.4)")
+    _add_measuring(ca)
 
     tr = commands.add_parser("train-reference", help="retrain the built-in reference model or its FID classifier")
     tr.add_argument("--out", required=True, help="folder to write (a diffusers model folder)")
@@ -420,6 +437,21 @@ def cmd_distill(args) -> None:
     _save_trained(args, result, out)
 
 
+def cmd_cache(args) -> None:
+    import accel
+    from accel.cache.workflow import cache_and_evaluate
+    from accel.core.files import ensure_writable_dir
+
+    out = args.out or f"{Path(str(args.model)).name}-cache{args.interval}"
+    config = accel.CacheConfig(interval=args.interval, branch=args.branch, schedule=args.schedule,
+                               center=args.center)
+    eval_config = _eval_config(args)
+    ensure_writable_dir(out, args.overwrite)
+    result = cache_and_evaluate(args.model, config, eval_config, _device(args.device), _sampling(args))
+    accel.save(result.model, out, args.overwrite, result.evaluation)
+    _emit_report(args, result.evaluation.report, out)
+
+
 def cmd_export(args) -> None:
     import accel
 
@@ -440,6 +472,10 @@ def cmd_export(args) -> None:
              f"{record['export_s']:.1f} s\n"
              f"ONNX Runtime ({parity['provider']}) vs PyTorch on {parity['inputs']} random inputs: max abs "
              f"{parity['max_abs']:.2e}, max rel {parity['max_rel']:.2e} (tolerance {parity['tolerance']:g}): met")
+    if "cached_graph" in record:
+        cached = record["cached_graph"]
+        human += (f"\ncached steps: {cached['out']}, fed by the full step's feature in ONNX Runtime: max rel "
+                  f"{cached['parity']['max_rel']:.2e}: met")
     _emit(args, {**record, "out": str(out)}, human)
 
 
@@ -460,7 +496,7 @@ def cmd_train_reference(args) -> None:
 
 
 COMMANDS = {"eval": cmd_eval, "sample": cmd_sample, "info": cmd_info, "quantize": cmd_quantize, "prune": cmd_prune,
-            "distill": cmd_distill,
+            "distill": cmd_distill, "cache": cmd_cache,
             "optimize": cmd_optimize, "export": cmd_export, "train-reference": cmd_train_reference}
 
 

@@ -34,12 +34,25 @@ class StepCall:
 Forward = Callable[[StepCall], torch.Tensor]
 
 
+@dataclass
+class CapturedFeature:
+    """What a splitter's ``capturing()`` yields (see ``StepHook``): the feature of the call made within."""
+    feature: torch.Tensor | None = None
+
+
 class StepHook:
     """Override what you need; every method's default leaves the call as it is.
 
     A hook is configuration plus per-trajectory state. Copying a denoiser copies its hooks; a hook whose state
     cannot or should not be copied (a captured CUDA graph) defines ``__deepcopy__`` to start fresh.
+
+    A hook whose steps run the network in two forms (feature caching) exposes them as ``splitter``:
+    ``splitter.capturing()`` is a context in which a call runs whole and the yielded ``CapturedFeature`` keeps
+    what the other form needs; ``splitter.reusing(feature)`` a context in which a call reads it instead of
+    computing it. Exporters write one graph per form.
     """
+
+    splitter = None
 
     def reset(self, trajectory: Trajectory) -> None:
         """A new trajectory starts: forget per-trajectory state."""

@@ -2,7 +2,7 @@
 loading, export, the CLI) finds it here instead of importing it.
 
 A ``Transform`` names its config class, how it is applied in place, how an artifact gives a fresh base model
-the structure it left (``rebuild``), how its weights are stored (``pack_state`` / ``unpack_state``), how its
+the structure it left (``rebuild``) and the step hooks it attached (``attach``), how its weights are stored (``pack_state`` / ``unpack_state``), how its
 layers go into an exported graph (``export``), and which transforms may come before it. ``apply`` is the one
 place a transform is checked against what came before and recorded in ``Denoiser.transforms``.
 
@@ -51,6 +51,9 @@ class Transform:
     apply: Callable[..., dict] | None
     may_follow: tuple[str, ...] | str = ()  # transforms that may come before this one; ANY: all but itself
     rebuild: Callable[..., None] | None = None  # rebuild(denoiser, record): a fresh base gets the structure
+    # attach(denoiser, record): behaviour that is not in the weights (step hooks) given back to a loaded model,
+    # an artifact's or an exported file's runtime alike
+    attach: Callable[..., None] | None = None
     pack_state: Callable[[nn.Module, State], State] | None = None    # weights as stored in model.safetensors
     unpack_state: Callable[[nn.Module, State], State] | None = None  # ... and back, before load_state_dict
     export: ExportForm | None = None

@@ -9,6 +9,7 @@ from accel.core.config import Config
 
 EXPORT = "export"         # the registry's name for this transform
 METADATA_KEY = "accel"    # the ONNX metadata entry (and the engine's JSON) with the model's sampling metadata
+CACHED_STEP_KEY = "accel_cached_step"  # a cached model's cached-step graph: names the full-step file that runs it
 
 DEFAULT_OPSET = 19  # what NVIDIA's diffusion demo exports for TensorRT 10, whose parser takes opsets 9-20
 BLOCKED_OPSET = 21  # INT4 and blocked scales in QuantizeLinear/DequantizeLinear

@@ -16,6 +16,7 @@ traces, checks and runs what they give.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -30,7 +31,8 @@ from accel.core import registry
 from accel.core.errors import AccelError
 from accel.core.files import atomic_file, ensure_writable_file
 from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
-from accel.export.config import BLOCKED_OPSET, DEFAULT_OPSET, DTYPES, EXPORT, METADATA_KEY, ExportConfig
+from accel.export.config import (BLOCKED_OPSET, CACHED_STEP_KEY, DEFAULT_OPSET, DTYPES, EXPORT, METADATA_KEY,
+                                 ExportConfig)
 
 TRACE_MAX_OPSET = 20      # torch's TorchScript exporter; higher opsets are reached with onnx's version converter
 PARITY_TIMESTEPS = (999, 500, 20)
@@ -57,16 +59,51 @@ class _EpsGraph(nn.Module):
         return self.denoiser.eps_of(self.denoiser.module, sample, timestep, cond)
 
 
+class _FullStepGraph(_EpsGraph):
+    """A cached model's full step: eps, and the feature its cached steps read (``FEATURE``)."""
+
+    def forward(self, sample, timestep, cond=None):
+        with step_splitter(self.denoiser).capturing() as captured:
+            eps = super().forward(sample, timestep, cond)
+        return eps, captured.feature
+
+
+class _CachedStepGraph(_EpsGraph):
+    """A cached model's cached step: eps from the inputs and the feature of the last full step."""
+
+    def forward(self, sample, timestep, *cond_and_feature):
+        *cond, feature = cond_and_feature
+        with step_splitter(self.denoiser).reusing(feature):
+            return super().forward(sample, timestep, *cond)
+
+
+FEATURE = "cached_feature"  # the full step's extra output and the cached step's extra input
+CACHED_SUFFIX = ".cached.onnx"
+
+
+def step_splitter(denoiser):
+    """The two forms of step of a model whose hook splits them (feature caching), or None."""
+    return next((hook.splitter for hook in denoiser.hooks.values() if hook.splitter is not None), None)
+
+
+def cached_graph_path(out: Path) -> Path:
+    """Where the cached-step graph of ``out`` (the full-step graph) goes: beside it, x.onnx -> x.cached.onnx."""
+    return out.with_name(out.stem + CACHED_SUFFIX)
+
+
 def input_names(denoiser) -> list[str]:
     cond = {"class": ["class_labels"], "text": ["encoder_hidden_states"]}.get(denoiser.cond_kind, [])
     return ["sample", "timestep", *cond]
 
 
 def _dynamic_axes(denoiser, names: list[str]) -> dict:
-    axes = {name: {0: "batch"} for name in [*names, "eps"]}
+    """Every input and output has a dynamic batch; a UNet's images (and a cached feature) dynamic height and
+    width."""
+    axes = {name: {0: "batch"} for name in names}
     if denoiser.kind in ("unet", "unet-text"):
-        axes["sample"].update({2: "height", 3: "width"})
-        axes["eps"].update({2: "height", 3: "width"})
+        for name, size in (("sample", ""), ("eps", ""), (FEATURE, "feature_")):
+            if name in axes:
+                axes[name].update({2: f"{size}height", 3: f"{size}width"})
     return axes
 
 
@@ -125,46 +162,129 @@ def _to_export_form(denoiser, blocked: bool) -> dict:
 def export_onnx(denoiser, out: str | Path, config: ExportConfig = ExportConfig(), overwrite: bool = False) -> dict:
     """Write ``denoiser`` as ONNX to ``out`` (atomically), check it, and compare ONNX Runtime with PyTorch.
 
-    Returns the export record: form (float or qdq), opset, dtype, ops, Q/DQ counts, parity errors and tolerance.
-    """
-    import onnx
+    A model whose steps come in two forms (feature caching) is written as two graphs: ``out`` runs a full step
+    and also returns the feature to carry (``FEATURE``); ``x.cached.onnx`` beside it runs a cached step from that
+    feature. Two static graphs rather than one with an If node: each runtime optimizes each graph whole (TensorRT
+    builds one engine per graph with its own tactics), and the cached graph holds only the shallow levels'
+    weights, so the pair is barely larger than one file.
 
+    Returns the export record: form (float or qdq), opset, dtype, ops, Q/DQ counts, parity errors and tolerance
+    (and the cached graph's, under ``cached_graph``).
+    """
     registry.check_can_follow(denoiser.transforms, EXPORT)
     out = ensure_writable_file(out, (".onnx",), "a .onnx file", overwrite)
+    cached_out = cached_graph_path(out) if step_splitter(denoiser) is not None else None
+    if cached_out is not None:
+        ensure_writable_file(cached_out, (".onnx",), "a .onnx file", overwrite)
     opset = resolve_opset(config, [name for form in _export_forms(denoiser) for name in form.blocked_layers(
         denoiser.module)])
     denoiser = export_copy(denoiser)
     names = input_names(denoiser)
     checks = parity_inputs(denoiser)
-    as_given = [denoiser.eps_of(denoiser.module, *args).numpy() for args in checks]
+    as_given = [_reference_full_step(denoiser, args)[0].numpy() for args in checks]
     start = time.perf_counter()
     converted = _to_export_form(denoiser, blocked=opset >= BLOCKED_OPSET and not config.int8_grid)
     form = "qdq" if converted["qdq_layers"] else "float"
     # The gate's reference: the float32 PyTorch model in its exported form. For a quantized model that form
     # differs from the fake-quantized model by design (attention in float); that difference is reported apart.
-    expected = [denoiser.eps_of(denoiser.module, *args).numpy() for args in checks]
+    expected_full = [_reference_full_step(denoiser, args) for args in checks]
+    expected = [eps.numpy() for eps, _ in expected_full]
+    full_graph = (_FullStepGraph if cached_out else _EpsGraph)(denoiser).eval()
+    cached_graph = _CachedStepGraph(denoiser).eval() if cached_out else None
+    if cached_graph is not None:
+        features = _from_other_steps([feature for _, feature in expected_full])
+        expected_cached = [_reference_cached_step(denoiser, args, feature).numpy()
+                           for args, feature in zip(checks, features)]
+        macs_cached = _cached_macs(cached_graph, checks[0], features[0])
     denoiser.to(DTYPES[config.dtype])
     checks = [_as_dtype(args, DTYPES[config.dtype]) for args in checks]
-    with atomic_file(out) as partial:
-        _trace(denoiser, checks[0], names, partial, min(opset, TRACE_MAX_OPSET), opset > TRACE_MAX_OPSET)
-        model = onnx.load(str(partial))
-        if opset > TRACE_MAX_OPSET:
-            model = _raise_opset(model, opset)
-        onnx.checker.check_model(model, full_check=True)
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    meta = metadata(denoiser, opset, form, config.dtype)
+    tolerance = TOLERANCE[form, config.dtype]
+    with contextlib.ExitStack() as stack:
+        partial = stack.enter_context(atomic_file(out))
+        if cached_out is not None:
+            cached_partial = stack.enter_context(atomic_file(cached_out))
+            meta["step_graphs"] = {"cached": cached_out.name, "feature": FEATURE, "macs_cached": macs_cached}
+        outputs = ["eps", FEATURE] if cached_out else ["eps"]
+        model = _write_graph(full_graph, checks[0], names, outputs, partial, opset, {METADATA_KEY: meta})
         record = {"form": form, "opset": opset, "dtype": config.dtype, **converted,
                   "export_s": time.perf_counter() - start, "ops": _op_counts(model),
                   "exported_form_vs_model_max_rel": _max_rel(expected, as_given)}
-        props = {METADATA_KEY: json.dumps(metadata(denoiser, opset, form, config.dtype), default=str)}
-        onnx.helper.set_model_props(model, props)
-        onnx.save(model, str(partial))
-        tolerance = TOLERANCE[form, config.dtype]
-        record["parity"] = check_parity(str(partial), names, checks, expected, tolerance)
-        if not record["parity"]["met"]:
-            raise AccelError(f"ONNX Runtime disagrees with PyTorch: max relative error "
-                             f"{record['parity']['max_rel']:.2e} > {tolerance:g}; nothing was written")
-    record["bytes"] = out.stat().st_size
+        record["parity"] = _checked(check_parity(str(partial), names, checks, expected, tolerance), "")
+        if cached_out is not None:
+            record["cached_graph"] = _write_cached_graph(cached_graph, partial, cached_partial, names, checks,
+                                                         expected_cached, tolerance, opset, out.name)
+            record["cached_graph"]["out"] = str(cached_out)
+    record["bytes"] = out.stat().st_size + (cached_out.stat().st_size if cached_out else 0)
     return record
+
+
+def _write_cached_graph(graph: nn.Module, full_path: Path, path: Path, names: list[str], checks: list[tuple],
+                        expected: list[np.ndarray], tolerance: float, opset: int, full_name: str) -> dict:
+    """The cached-step graph, checked as a sampler runs it: fed by the features ONNX Runtime's full step (at
+    ``full_path``, to be renamed ``full_name``) wrote."""
+    full_outputs = _ort_outputs(str(full_path), names, checks, FEATURE)
+    inputs = [(*args, feature) for args, feature in zip(checks, _from_other_steps(
+        [torch.from_numpy(f) for f in full_outputs]))]
+    names = [*names, FEATURE]
+    model = _write_graph(graph, inputs[0], names, ["eps"], path, opset, {CACHED_STEP_KEY: {"of": full_name}})
+    parity = check_parity(str(path), names, inputs, expected, tolerance)
+    return {"ops": _op_counts(model), "parity": _checked(parity, "cached-step graph fed by the full step's: ")}
+
+
+def _from_other_steps(features: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each parity input's cached feature taken from the next timestep's input of the same batch size, as a
+    sampler's cached step reads a feature an earlier step wrote (from its own input, the cached step would
+    reproduce the full step exactly and test less)."""
+    per_batch = len(PARITY_TIMESTEPS)
+    return [features[i - i % per_batch + (i + 1) % per_batch] for i in range(len(features))]
+
+
+def _reference_full_step(denoiser, args: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """eps (and a cached model's feature) computed by the model itself, not by the graphs that are traced: the
+    parity gate's reference."""
+    splitter = step_splitter(denoiser)
+    if splitter is None:
+        return denoiser.eps_of(denoiser.module, *args), None
+    with splitter.capturing() as captured:
+        eps = denoiser.eps_of(denoiser.module, *args)
+    return eps, captured.feature
+
+
+def _reference_cached_step(denoiser, args: tuple, feature: torch.Tensor) -> torch.Tensor:
+    with step_splitter(denoiser).reusing(feature):
+        return denoiser.eps_of(denoiser.module, *args)
+
+
+def _checked(parity: dict, what: str) -> dict:
+    if not parity["met"]:
+        raise AccelError(f"ONNX Runtime disagrees with PyTorch: {what}max relative error {parity['max_rel']:.2e} > "
+                         f"{parity['tolerance']:g}; nothing was written")
+    return parity
+
+
+def _write_graph(graph: nn.Module, example: tuple, names: list[str], outputs: list[str], path: Path, opset: int,
+                 props: dict):
+    """Trace ``graph`` into ``path`` at ``opset``, check it, infer its shapes and store ``props`` (as JSON)."""
+    import onnx
+
+    _trace(graph, example, names, outputs, path, min(opset, TRACE_MAX_OPSET), opset > TRACE_MAX_OPSET)
+    model = onnx.load(str(path))
+    if opset > TRACE_MAX_OPSET:
+        model = _raise_opset(model, opset)
+    onnx.checker.check_model(model, full_check=True)
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.helper.set_model_props(model, {key: json.dumps(value, default=str) for key, value in props.items()})
+    onnx.save(model, str(path))
+    return model
+
+
+def _cached_macs(cached_graph: nn.Module, example: tuple, feature: torch.Tensor) -> int:
+    """MACs of one cached step on one sample."""
+    from accel.metrics.size import counted_macs
+
+    one = tuple(None if a is None else a[:1] for a in example)
+    return counted_macs(lambda: cached_graph(*one, feature[:1]))
 
 
 def _as_dtype(args: tuple, dtype: torch.dtype) -> tuple:
@@ -172,13 +292,14 @@ def _as_dtype(args: tuple, dtype: torch.dtype) -> tuple:
     return tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in args)
 
 
-def _trace(denoiser, example: tuple, names: list[str], path: Path, opset: int, placeholders: bool) -> None:
+def _trace(graph: nn.Module, example: tuple, names: list[str], outputs: list[str], path: Path, opset: int,
+           placeholders: bool) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
-        torch.onnx.export(_EpsGraph(denoiser).eval(), tuple(a for a in example if a is not None), str(path),
-                          input_names=names, output_names=["eps"], dynamic_axes=_dynamic_axes(denoiser, names),
-                          opset_version=opset, dynamo=False,
-                          custom_opsets={PLACEHOLDER_DOMAIN: 1} if placeholders else None)
+        torch.onnx.export(graph, tuple(a for a in example if a is not None), str(path),
+                          input_names=names, output_names=outputs,
+                          dynamic_axes=_dynamic_axes(graph.denoiser, [*names, *outputs]), opset_version=opset,
+                          dynamo=False, custom_opsets={PLACEHOLDER_DOMAIN: 1} if placeholders else None)
 
 
 def _raise_opset(model, opset: int):
@@ -218,15 +339,25 @@ def check_parity(path: str, names: list[str], inputs: list[tuple], expected: lis
     from accel.export.runtime import ort_session
 
     session = ort_session(path)
-    got = []
-    for args in inputs:
-        feed = {name: tensor.numpy() for name, tensor in zip(names, (t for t in args if t is not None))}
-        got.append(session.run(["eps"], feed)[0].astype(np.float32))
+    got = [output.astype(np.float32) for output in _run(session, names, inputs, "eps")]
     worst_abs = max(float(np.abs(a - b).max()) for a, b in zip(got, expected))
     worst_rel = _max_rel(got, expected)
     return {"provider": session.get_providers()[0], "inputs": len(inputs), "timesteps": list(PARITY_TIMESTEPS),
             "batches": list(PARITY_BATCHES), "max_abs": worst_abs, "max_rel": worst_rel, "tolerance": tolerance,
             "met": worst_rel <= tolerance}
+
+
+def _ort_outputs(path: str, names: list[str], inputs: list[tuple], output: str) -> list[np.ndarray]:
+    from accel.export.runtime import ort_session
+
+    return _run(ort_session(path), names, inputs, output)
+
+
+def _run(session, names: list[str], inputs: list[tuple], output: str) -> list[np.ndarray]:
+    """``output`` of ``session`` for each input tuple (None entries, absent conditioning, skipped)."""
+    feeds = [{name: tensor.numpy() for name, tensor in zip(names, (t for t in args if t is not None))}
+             for args in inputs]
+    return [session.run([output], feed)[0] for feed in feeds]
 
 
 def _max_rel(outputs: list[np.ndarray], references: list[np.ndarray]) -> float:

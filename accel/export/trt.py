@@ -77,12 +77,14 @@ def _profile_shapes(shape: list[int], name: str, meta: dict, max_batch: int) -> 
 
 
 class TrtModule(nn.Module):
-    """Runs a deserialized engine on CUDA torch tensors: ``module(x_t, t, cond=None) -> eps``."""
+    """Runs a deserialized engine on CUDA torch tensors: ``module(x_t, t, cond=None) -> eps``; ``macs_run`` adds up
+    the MACs of the calls it ran."""
 
     def __init__(self, engine, input_names: list[str], config: dict, params: int, macs: int):
         super().__init__()
         self.engine, self.context = engine, engine.create_execution_context()
         self.input_names, self.config, self.num_params, self.num_macs = input_names, config, params, macs
+        self.macs_run = 0
         self.register_buffer("_device_anchor", torch.empty(0, device="cuda"))  # Denoiser.device reads buffers
         trt = _tensorrt()
         dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
@@ -90,6 +92,7 @@ class TrtModule(nn.Module):
         self.dtypes = {name: dtypes[engine.get_tensor_dtype(name)] for name in [*input_names, "eps"]}
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        self.macs_run += self.num_macs * len(x)
         for name, tensor in zip(self.input_names, (x, t, cond)):
             tensor = tensor.to(self.dtypes[name]).contiguous()
             self.context.set_input_shape(name, tuple(tensor.shape))
@@ -126,8 +129,12 @@ def export_trt(denoiser, out: str | Path, config: ExportConfig = ExportConfig(),
     is weight-only, and accel's 4-bit layers quantize their activations to INT8, so an INT8 GEMM is what
     executes their W4A8 arithmetic exactly.
     """
-    from accel.export.onnx import export_onnx, metadata
+    from accel.export.onnx import export_onnx, metadata, step_splitter
 
+    if step_splitter(denoiser) is not None:
+        raise AccelError("a cached model runs two graphs (full and cached steps), and accel's TensorRT runtime runs "
+                         "one engine: export it with `accel export onnx` (both graphs run in ONNX Runtime), or "
+                         "export the model before caching")
     _tensorrt()  # fail before any work when the extra is missing
     if config.opset not in (None, DEFAULT_OPSET):
         raise AccelError(f"--opset {config.opset}: TensorRT engines are built from opset {DEFAULT_OPSET} graphs")

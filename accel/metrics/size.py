@@ -24,7 +24,7 @@ def count_params(denoiser: Denoiser) -> int:
                for p in m.parameters(recurse=False))
 
 
-def _counted_macs(run) -> int:
+def counted_macs(run) -> int:
     """Half the FLOPs PyTorch's FlopCounterMode records for the matrix ops ``run()`` dispatches (convolutions,
     matmuls, attention), as fvcore/thop count MACs."""
     with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
@@ -38,15 +38,18 @@ def count_macs(denoiser: Denoiser) -> int:
     exported from (same graph)."""
     if hasattr(denoiser.module, "num_macs"):
         return denoiser.module.num_macs
-    return _counted_macs(lambda: denoiser(*denoiser.example_inputs(1)))
+    return counted_macs(lambda: denoiser(*denoiser.example_inputs(1)))
 
 
 def macs_per_image(denoiser: Denoiser) -> int:
     """MACs of one image's whole trajectory with the model's sampler, counted while sampling it, so that steps
     that cost less than others (feature caching) count as what they cost."""
-    if hasattr(denoiser.module, "num_macs"):
-        return denoiser.module.num_macs * len(denoiser.sampling.scheduler(denoiser.scheduler_config).timesteps)
-    return _counted_macs(lambda: sample(denoiser, 1, seed=0, progress=False))
+    runtime = denoiser.module
+    if hasattr(runtime, "macs_run"):  # an exported model's runtime adds up the MACs of the calls it runs
+        runtime.macs_run = 0
+        sample(denoiser, 1, seed=0, progress=False)
+        return runtime.macs_run
+    return counted_macs(lambda: sample(denoiser, 1, seed=0, progress=False))
 
 
 def weights_bytes(denoiser: Denoiser) -> int:

@@ -18,6 +18,9 @@ REPLACEABLE_PROCESSORS = (AttnProcessor, AttnProcessor2_0)  # diffusers' default
 
 def optimize(denoiser, config: OptimizeConfig) -> dict:
     """Optimize ``denoiser`` in place (the registry records it); returns what the artifact keeps."""
+    if config.cuda_graph and any(hook.splitter is not None for hook in denoiser.hooks.values()):
+        raise AccelError("--cuda-graph replays one captured call for every step, and this model's steps run two "
+                         "ways (feature caching): optimize it without --cuda-graph")
     if config.cuda_graph and denoiser.device.type != "cuda":
         raise AccelError(f"--cuda-graph needs the model on a CUDA device (it is on {denoiser.device})")
     dtype = config.torch_dtype(denoiser.device)

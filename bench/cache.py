@@ -1,0 +1,104 @@
+"""The feature-caching benchmark: DeepCache on the built-in model at intervals 2, 3, 5 and 10, uniform and
+quadratic full steps, each beside the plain sampler with the same MACs per image (fewer steps), all against the
+original's DDIM 50 from the same noise. Each row is what `accel cache` measures: the cached model and the original
+sampled batch by batch in turn (wall time per image is a ratio from one run), FID, PSNR to the original's samples.
+
+    python -m bench.cache            # full: 2,000 samples -> bench/results/cache_digits_cpu.json and .md
+    python -m bench.cache --quick    # CI: 200 samples, same rows and code
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import accel
+from accel.cache.workflow import FID_RATIO_GOAL, GOAL_INTERVAL, SPEEDUP_GOAL, cache_and_evaluate
+from bench.run import write_results
+
+HERE = Path(__file__).parent
+INTERVALS = (2, 3, 5, 10)
+# branch 0 (the shallowest level live) at every interval and both schedules; branch 1 shows what a deeper live
+# level buys back in quality and costs in speed
+ROWS = ([(interval, 0, schedule) for schedule in ("uniform", "quadratic") for interval in INTERVALS]
+        + [(interval, 1, "uniform") for interval in (3, 5)])
+
+
+@dataclass(frozen=True)
+class Settings:
+    n: int
+    batch_size: int
+    judged: bool  # mark rows against the issue's goals (the full sample count only)
+
+
+FULL = Settings(n=2000, batch_size=500, judged=True)
+QUICK = Settings(n=200, batch_size=200, judged=False)  # CI: about 3 minutes on 2 cores
+
+
+def measure_row(interval: int, branch: int, schedule: str, settings: Settings) -> dict:
+    config = accel.CacheConfig(interval=interval, branch=branch, schedule=schedule)
+    eval_config = accel.EvalConfig(n=settings.n, batch_size=settings.batch_size)
+    report = cache_and_evaluate("digits", config, eval_config, progress=False).evaluation.report
+    o, c, d = report.original, report.compressed, report.delta
+    section = report.sections["cache"]
+    plain = section["plain_sampler_at_equal_macs"]
+    return {"interval": interval, "branch": branch, "schedule": schedule, "full_steps": section["full_steps"],
+            "original": {"fid": o.fid, "ms_per_image": o.sampling_s_per_image * 1e3, "macs_per_image": o.macs_per_image},
+            "cached": {"fid": c.fid, "fid_ratio": d.fid_ratio, "psnr_db": d.psnr_db_vs_original,
+                       "ms_per_image": c.sampling_s_per_image * 1e3, "speedup": d.speedup,
+                       "macs_per_image": c.macs_per_image},
+            "plain_at_equal_macs": {"steps": plain["steps"], "fid": plain["fid"], "fid_ratio": plain["fid"] / o.fid,
+                                    "psnr_db": plain["psnr_db_vs_original"],
+                                    "ms_per_image": plain["seconds_per_image"] * 1e3,
+                                    "macs_per_image": plain["macs_per_image"]}}
+
+
+def markdown(rows: list[dict], settings: Settings) -> str:
+    first = rows[0]["original"]
+    lines = [f"Original: DDIM 50, {first['macs_per_image'] / 1e9:.2f} G MACs per image. {settings.n} samples per "
+             "row, seed 0, the same initial noise for every model; FID on the digits-CNN features. The original is "
+             "sampled again beside each cached row (its FID and time in that row's run give the ratios).", "",
+             "| interval | branch | full steps | MACs per image | FID (original) | FID ratio | PSNR dB | ms per image "
+             "| faster | plain DDIM at equal MACs: steps, FID ratio, PSNR dB, ms | caching ahead? |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        o, c, p = row["original"], row["cached"], row["plain_at_equal_macs"]
+        mark = ""
+        if settings.judged and row["interval"] == GOAL_INTERVAL and row["branch"] == 0:
+            met = c["speedup"] >= SPEEDUP_GOAL and c["fid_ratio"] <= FID_RATIO_GOAL
+            mark = " (goal met)" if met else " (goal MISSED)"
+        lines.append(
+            f"| {row['interval']} | {row['branch']} | {row['schedule']}, {len(row['full_steps'])} | "
+            f"{c['macs_per_image'] / 1e9:.2f} G | {c['fid']:.2f} ({o['fid']:.2f}) | {c['fid_ratio']:.3f}{mark} | "
+            f"{c['psnr_db']:.1f} | {c['ms_per_image']:.2f} | {c['speedup']:.2f}x | {p['steps']}, "
+            f"{p['fid_ratio']:.3f}, {p['psnr_db']:.1f}, {p['ms_per_image']:.2f} | "
+            f"{'yes' if c['fid'] < p['fid'] else 'no'} |")
+    lines += ["", f"Goal (interval {GOAL_INTERVAL}, judged on the full run only): at least {SPEEDUP_GOAL:g}x lower "
+              f"wall time per image with FID within {FID_RATIO_GOAL - 1:.0%} of the original's. \"Caching ahead?\": "
+              "lower FID than the plain sampler at the same MACs per image."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="CI settings")
+    parser.add_argument("--out", type=Path, help="markdown report, a .json beside it (default: full settings to "
+                        "bench/results/cache_digits_cpu.md; quick ones to bench/cache_quick.md)")
+    args = parser.parse_args(argv)
+    settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
+    out = args.out or (HERE / "cache_quick.md" if args.quick else HERE / "results" / "cache_digits_cpu.md")
+    start = time.perf_counter()
+    rows = []
+    for interval, branch, schedule in ROWS:
+        rows.append(measure_row(interval, branch, schedule, settings))
+        print(f"interval {interval} branch {branch} {schedule}: FID ratio {rows[-1]['cached']['fid_ratio']:.3f}, "
+              f"{rows[-1]['cached']['speedup']:.2f}x", flush=True)
+    command = f"python -m bench.cache{' --quick' if args.quick else ''}"
+    text = write_results(out, f"Feature caching benchmark ({mode})", command, start, markdown(rows, settings),
+                         {"mode": mode, "settings": vars(settings), "rows": rows})
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
