@@ -211,11 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--interval", type=int, default=3, help="one full step per N steps (default 3)")
     ca.add_argument("--branch", type=int, default=0, help="UNets: the skip level that stays live on cached steps, "
                     "0 the shallowest and cheapest (default 0)")
-    ca.add_argument("--schedule", choices=SCHEDULES, default="uniform",
-                    help="UNets: full steps every N (uniform) or crowded quadratically around --center (default "
-                    "uniform)")
-    ca.add_argument("--center", type=float, default=0.4,
-                    help="quadratic: where full steps crowd, as a fraction of the trajectory (default 0.4)")
+    ca.add_argument("--schedule", choices=SCHEDULES, default="quadratic",
+                    help="UNets: full steps every N (uniform) or as many, crowded quadratically around --center "
+                    "(default quadratic: measured best on digits, see accel/cache/config.py)")
+    ca.add_argument("--center", type=float, default=0.0,
+                    help="quadratic: where full steps crowd, as a fraction of the trajectory (default 0: the start)")
     _add_measuring(ca)
 
     tr = commands.add_parser("train-reference", help="retrain the built-in reference model or its FID classifier")

@@ -25,7 +25,7 @@ def _digits(steps: int = 10):
 @pytest.mark.parametrize("interval", [1, 2, 3, 5, 10])
 @pytest.mark.parametrize("steps", [10, 50])
 def test_both_schedules_run_the_same_number_of_full_steps_starting_at_step_0(interval, steps):
-    uniform = full_steps(steps, accel.CacheConfig(interval=interval))
+    uniform = full_steps(steps, accel.CacheConfig(interval=interval, schedule="uniform"))
     quadratic = full_steps(steps, accel.CacheConfig(interval=interval, schedule="quadratic"))
     assert uniform == tuple(range(0, steps, interval))
     assert len(quadratic) == len(uniform) and quadratic[0] == 0
@@ -77,7 +77,7 @@ def test_the_network_is_unchanged_at_rest_even_after_an_error_inside_a_cached_ca
 
 def test_caching_changes_samples_and_costs_what_its_schedule_says():
     plain, cached = _digits(), _digits()
-    record = accel.cache_(cached, accel.CacheConfig(interval=3))
+    record = accel.cache_(cached, accel.CacheConfig(interval=3, schedule="uniform"))
     assert record["full_steps"] == [0, 3, 6, 9] and [t["name"] for t in cached.transforms] == ["cache"]
     a, b = accel.sample(plain, 4, progress=False).images, accel.sample(cached, 4, progress=False).images
     assert (a - b).abs().max() > 1e-3
@@ -115,7 +115,7 @@ def test_caching_then_quantizing_keeps_the_cache_and_exports_two_graphs(tmp_path
     from conftest import tiny_calib
 
     model = _digits(6)
-    accel.cache_(model, accel.CacheConfig(interval=3))
+    accel.cache_(model, accel.CacheConfig(interval=3, schedule="uniform"))
     accel.quantize_(model, accel.QuantConfig(w_bits=8, a_bits=8, recon_iters=0), tiny_calib(model), progress=False)
     assert [t["name"] for t in model.transforms] == ["cache", "quantize"]
     record = export_onnx(model, tmp_path / "cq.onnx")
@@ -201,7 +201,7 @@ def test_a_transformer_with_enable_cache_gets_diffusers_attention_cache_each_tra
     assert torch.equal(accel.sample(cached, 2, progress=False).images, b)  # reset between trajectories
     x, t, c = cached.example_inputs(2)
     assert torch.equal(cached(x, t, c), plain(x, t, c))  # outside a sampler: a whole call
-    with pytest.raises(AccelError, match="--branch and --schedule"):
+    with pytest.raises(AccelError, match="--branch chooses a UNet's skip level"):
         accel.cache_(_cacheable_dit(), accel.CacheConfig(branch=1))
 
 

@@ -12,7 +12,7 @@ QUICK = ["--n", "16", "--batch-size", "16", "--steps", "12"]
 
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory):
-    """`accel cache --interval 3` on digits at 12 DDIM steps: its JSON report and its artifact folder."""
+    """`accel cache --interval 3 --schedule uniform` on digits at 12 DDIM steps: its JSON report and its artifact folder."""
     import contextlib
     import io
 
@@ -21,7 +21,7 @@ def cached(tmp_path_factory):
     out = tmp_path_factory.mktemp("cache") / "c3"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-        assert main(["cache", "--interval", "3", *QUICK, "--out", str(out), "--json"]) == 0
+        assert main(["cache", "--interval", "3", "--schedule", "uniform", *QUICK, "--out", str(out), "--json"]) == 0
     return json.loads(stdout.getvalue()), out
 
 

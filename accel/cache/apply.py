@@ -20,7 +20,7 @@ def cache(denoiser, config: CacheConfig) -> dict:
     denoiser.add_hook(HOOK_NAME, hook)
     if isinstance(hook, DeepCacheHook):
         return {"method": "deepcache", "full_steps": list(full_steps(steps, config))}
-    return {"method": "pyramid-attention-broadcast"}
+    return {"method": "pyramid-attention-broadcast", "schedule": "every interval-th call inside timesteps (100, 800)"}
 
 
 def attach(denoiser, record: dict) -> None:

@@ -17,9 +17,13 @@ class CacheConfig(Config):
     # matching up block run; everything deeper is read from the cache. 0 is the shallowest and cheapest.
     branch: int = 0
     # uniform: steps 0, N, 2N, ...; quadratic: as many full steps, quadratically denser around `center`
-    # (DeepCache's non-uniform 1:N, for the part of the trajectory where deep features change fastest)
-    schedule: str = "uniform"
-    center: float = 0.4   # quadratic: where full steps crowd, as a fraction of the trajectory (DeepCache: ~40%)
+    # (DeepCache's non-uniform 1:N). Quadratic from the start is the default: on digits at interval 3 (DDIM 50,
+    # 1,000 samples) it kept FID at 20.2 against the original's 21.4, where uniform gave 25.6, DeepCache's centre
+    # for LDM (0.4 of the trajectory) 28-ish and the end 60.5 -- although the deep features change most between the
+    # last steps (relative change 0.26 at the last step vs 0.03 mid-trajectory and 0.06 at the first): errors in the
+    # first steps, where the image's layout forms, carry through the whole trajectory.
+    schedule: str = "quadratic"
+    center: float = 0.0   # quadratic: where full steps crowd, as a fraction of the trajectory (0: the first step)
 
     def validate(self) -> None:
         if self.interval < 1:

@@ -2,7 +2,7 @@
 driven by accel's sampler. Pyramid Attention Broadcast (Zhao et al. 2024) is the one of diffusers' hooks that
 takes an interval: each transformer block's self-attention output is reused for ``interval - 1`` of every
 ``interval`` calls while the timestep is inside diffusers' default range (100, 800), where attention changes
-least; outside it every call runs whole.
+least; outside it every call runs whole. ``schedule`` and ``center`` do not apply (PAB's schedule is its own).
 
 diffusers 0.42.1's ``DiTTransformer2DModel`` and ``Transformer2DModel``, the transformers accel wraps, do not
 inherit ``CacheMixin``; the hooks themselves work on their blocks (tested on a DiT subclass that adds the mixin).
@@ -24,10 +24,9 @@ def has_diffusers_cache(network: nn.Module) -> bool:
 
 
 def check_config(config: CacheConfig) -> None:
-    if config.branch != 0 or config.schedule != "uniform":
-        raise AccelError("--branch and --schedule choose a UNet's skip level and its full steps; diffusers' "
-                         "attention cache on a transformer reuses every block's attention uniformly (leave them "
-                         "at their defaults)")
+    if config.branch != 0:
+        raise AccelError("--branch chooses a UNet's skip level; diffusers' attention cache on a transformer reuses "
+                         "every block's attention (leave --branch at 0)")
 
 
 class DiffusersCacheHook(StepHook):
