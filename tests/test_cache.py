@@ -222,3 +222,27 @@ def test_the_parity_gate_checks_the_cached_graph_too_and_writes_neither_file_whe
     with pytest.raises(AccelError, match="cached-step graph fed by the full step's: max relative error 1.0"):
         onnx_export.export_onnx(model, tmp_path / "c.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_damaged_cache_records_are_one_line(tmp_path, capsys):
+    import json
+
+    import onnx
+
+    from accel.export.onnx import export_onnx
+    from conftest import refused
+
+    model = accel.load(make_tiny_unet())
+    accel.cache_(model, accel.CacheConfig(interval=2))
+    accel.save(model, tmp_path / "c2")
+    record = json.loads((tmp_path / "c2" / "accel.json").read_text())
+    record["transforms"][0]["config"]["branch"] = 9
+    (tmp_path / "c2" / "accel.json").write_text(json.dumps(record))
+    assert "--branch 9 does not exist" in refused(capsys, tmp_path, "eval", "--model", str(tmp_path / "c2"), "--n", "2")
+    export_onnx(model, tmp_path / "c.onnx")
+    graph = onnx.load(str(tmp_path / "c.onnx"))
+    entry = next(p for p in graph.metadata_props if p.key == "accel")
+    entry.value = json.dumps({**json.loads(entry.value), "step_graphs": ["c.cached.onnx"]})
+    onnx.save(graph, str(tmp_path / "d.onnx"))
+    assert "no valid 'step_graphs'" in refused(capsys, tmp_path, "eval", "--model", str(tmp_path / "d.onnx"),
+                                               "--n", "2")
