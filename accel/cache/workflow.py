@@ -13,7 +13,6 @@ import torch
 
 from accel.cache import CACHE, cache_
 from accel.cache.config import CacheConfig
-from accel.cache.hook import DeepCacheHook
 from accel.core import registry
 from accel.evaluate import EvalConfig, Evaluation, evaluate
 from accel.metrics.digits_cnn import to_uint8
@@ -44,7 +43,7 @@ def cache_and_evaluate(source, config: CacheConfig, eval_config: EvalConfig, dev
                           transform_config=config.to_dict())
     report = evaluation.report
     section = {**{k: v for k, v in record.items() if k not in ("name", "config")},
-               **_step_costs(model, report.compressed.macs_per_image, eval_config.latency_batch)}
+               **_step_costs(model, record, report.compressed.macs_per_image, eval_config.latency_batch)}
     section["plain_sampler_at_equal_macs"] = equal_macs_baseline(original, report.compressed.macs_per_image,
                                                                  evaluation.images[0], eval_config, progress)
     report.add_section("cache", section, _markdown(section, report))
@@ -55,16 +54,15 @@ def cache_and_evaluate(source, config: CacheConfig, eval_config: EvalConfig, dev
 
 
 @torch.inference_mode()
-def _step_costs(model, macs_per_image: int, latency_batch: int) -> dict:
+def _step_costs(model, record: dict, macs_per_image: int, latency_batch: int) -> dict:
     """MACs and latency of a full step and of a cached step (one sample's MACs; latency at ``latency_batch``)."""
-    hook = model.hooks[CACHE.name]
     full_macs = count_macs(model)
     costs = {"macs_per_full_step": full_macs}
-    if not isinstance(hook, DeepCacheHook):  # diffusers' attention cache decides per block and timestep
+    if "full_steps" not in record:  # diffusers' attention cache decides per block and timestep
         return costs
-    calls = len(model.sampling.scheduler(model.scheduler_config).timesteps)
-    full_calls = len(hook.full) if hook.full else 1
-    cached_calls = calls - full_calls
+    hook = model.hooks[CACHE.name]
+    full_calls = len(record["full_steps"])
+    cached_calls = len(model.sampling.scheduler(model.scheduler_config).timesteps) - full_calls
     costs["macs_per_cached_step"] = (macs_per_image - full_calls * full_macs) // max(cached_calls, 1)
     costs["calls_per_image"] = {"full": full_calls, "cached": cached_calls}
     inputs = model.example_inputs(latency_batch)
