@@ -14,6 +14,7 @@ the skip-feature stack the right length (so diffusers' loop is reused, not rewri
 from __future__ import annotations
 
 import contextlib
+
 import torch
 import torch.nn as nn
 

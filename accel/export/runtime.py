@@ -10,8 +10,8 @@ import torch.nn as nn
 from accel.core import registry
 from accel.core.denoiser import Denoiser
 from accel.core.errors import AccelError, ConfigError
-from accel.core.hooks import CapturedFeature
 from accel.core.files import parse_json_object
+from accel.core.hooks import CapturedFeature
 from accel.core.sampling_spec import SamplingSpec
 from accel.export.config import CACHED_STEP_KEY, DTYPES, EXPORT, METADATA_KEY
 
