@@ -33,7 +33,7 @@ class UNetSplitter:
 class DeepCacheHook(StepHook):
     """Runs step i whole when i is one of the trajectory's full steps (or nothing is cached yet), else from the
     cache. Calls outside a sampler (``step`` None: timing, tracing, a user's own call) run whole and leave the
-    cache alone. ``counts`` tallies full and cached calls, for the report."""
+    cache alone. ``counts`` tallies the full and cached calls it ran (what the sampler actually did)."""
 
     def __init__(self, config: CacheConfig, splitter):
         self.config, self.splitter = config, splitter

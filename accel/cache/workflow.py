@@ -78,13 +78,14 @@ def equal_macs_baseline(original, macs_per_image: int, original_images, eval_con
                         progress: bool = True) -> dict:
     """The original's own sampler at the step count whose MACs per image are closest to ``macs_per_image``:
     FID, PSNR to the original's full-step samples, time per image."""
-    steps = max(1, round(macs_per_image / count_macs(original)))
+    macs_per_step = count_macs(original)
+    steps = max(1, round(macs_per_image / macs_per_step))
     spec = replace(original.sampling, steps=steps)
     fid = fid_setup(original.sample_shape, eval_config.inception_weights, eval_config.fid_ref,
                     str(original.device))
     samples = sample(original, eval_config.n, eval_config.seed, spec, eval_config.batch_size, progress=progress)
     images = to_uint8(samples.images)
-    return {"sampler": spec.to_dict(), "steps": steps, "macs_per_image": count_macs(original) * steps,
+    return {"sampler": spec.to_dict(), "steps": steps, "macs_per_image": macs_per_step * steps,
             "fid": fid.scores(images)["fid"], "psnr_db_vs_original": psnr_db(original_images, images),
             "seconds_per_image": samples.seconds_per_image}
 
