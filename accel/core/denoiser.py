@@ -34,9 +34,11 @@ class Denoiser(nn.Module):
 
     def __init__(self, module: nn.Module, scheduler_config: dict[str, Any], *, source: str = "",
                  sample_shape: tuple[int, int, int] | None = None, weights_bytes: int | None = None,
-                 notes: tuple[str, ...] = (), cond_kind: str | None = None, sampling: SamplingSpec | None = None):
+                 notes: tuple[str, ...] = (), cond_kind: str | None = None, sampling: SamplingSpec | None = None,
+                 runtime: str = "PyTorch"):
         super().__init__()
         self.module = module
+        self.runtime = runtime  # what runs the network: PyTorch, or the runtime of an exported file
         self.kind = DIFFUSERS_KINDS.get(type(module).__name__, "module")
         self.scheduler_config = dict(scheduler_config)
         self.sampling = sampling or SamplingSpec()

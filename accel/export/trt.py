@@ -25,7 +25,7 @@ MAX_BATCH = 16
 MAX_SIZE_FACTOR = 2  # UNets: the profile's height/width go from the model's own to this many times it
 
 
-def _tensorrt():
+def tensorrt_module():
     try:
         import tensorrt
     except ImportError:
@@ -35,7 +35,7 @@ def _tensorrt():
 
 def build_engine(onnx_path: Path, out: Path, meta: dict, max_batch: int = MAX_BATCH) -> dict:
     """Parse ``onnx_path``, build a serialized engine, write ``out`` and ``out``.json atomically."""
-    trt = _tensorrt()
+    trt = tensorrt_module()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -86,7 +86,7 @@ class TrtModule(nn.Module):
         self.input_names, self.config, self.num_params, self.num_macs = input_names, config, params, macs
         self.macs_run = 0
         self.register_buffer("_device_anchor", torch.empty(0, device="cuda"))  # Denoiser.device reads buffers
-        trt = _tensorrt()
+        trt = tensorrt_module()
         dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
                   trt.DataType.INT64: torch.int64, trt.DataType.INT32: torch.int32}
         self.dtypes = {name: dtypes[engine.get_tensor_dtype(name)] for name in [*input_names, "eps"]}
@@ -108,7 +108,7 @@ def load_engine(path: Path, name: str):
     """A Denoiser running a TensorRT engine written by ``accel export trt``."""
     from accel.export.runtime import checked_metadata, exported_denoiser
 
-    trt = _tensorrt()
+    trt = tensorrt_module()
     meta_path = path.with_name(path.name + ".json")
     if not meta_path.is_file():
         raise AccelError(f"{path} has no {meta_path.name} beside it; rebuild it with `accel export trt`")
@@ -119,7 +119,8 @@ def load_engine(path: Path, name: str):
     if engine is None:
         raise AccelError(f"{path} does not deserialize here (built for another GPU or TensorRT version): rebuild")
     module = TrtModule(engine, meta["inputs"], meta["config"], meta["params"], meta["macs"])
-    return exported_denoiser(module, meta, path, name, "trt", f"as a TensorRT {trt.__version__} engine")
+    return exported_denoiser(module, meta, path, name, "trt", f"as a TensorRT {trt.__version__} engine",
+                             f"TensorRT {trt.__version__}")
 
 
 def export_trt(denoiser, out: str | Path, config: ExportConfig = ExportConfig(), overwrite: bool = False) -> dict:
@@ -135,7 +136,7 @@ def export_trt(denoiser, out: str | Path, config: ExportConfig = ExportConfig(),
         raise AccelError("a cached model runs two graphs (full and cached steps), and accel's TensorRT runtime runs "
                          "one engine: export it with `accel export onnx` (both graphs run in ONNX Runtime), or "
                          "export the model before caching")
-    _tensorrt()  # fail before any work when the extra is missing
+    tensorrt_module()  # fail before any work when the extra is missing
     if config.opset not in (None, DEFAULT_OPSET):
         raise AccelError(f"--opset {config.opset}: TensorRT engines are built from opset {DEFAULT_OPSET} graphs")
     out = ensure_writable_file(out, (".plan",), "a .plan file", overwrite)
