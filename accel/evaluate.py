@@ -11,6 +11,7 @@ import torch
 
 from accel.core.config import Config
 from accel.core.denoiser import Denoiser
+from accel.core.processes import Processes, current_processes
 from accel.metrics.digits_cnn import to_uint8
 from accel.metrics.latency import step_latency_ms
 from accel.metrics.quality import FidSetup, fid_setup, psnr_db
@@ -58,21 +59,28 @@ def device_name(device: torch.device) -> str:
     return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def _sample_interleaved(models: list[Denoiser], config: EvalConfig) -> list[Samples]:
-    """Every model's samples, drawn batch by batch in turn, so a slow moment of the machine hits all alike."""
-    runs = [sample_batches(m, config.n, config.seed, batch_size=config.batch_size) for m in models]
-    batches: list[list[Samples]] = [[] for _ in models]
-    for step in zip(*runs):
-        for own, batch in zip(batches, step):
-            own.append(batch)
-    return [join(own) for own in batches]
+def _sample_interleaved(models: list[Denoiser], config: EvalConfig, processes: Processes) -> list[Samples]:
+    """Every model's samples (uint8 images), drawn batch by batch in turn, so a slow moment of the machine hits
+    all alike. Under several processes each draws every ``processes.count``-th batch, exactly as a single process
+    would draw it, and every process gets all batches back in order."""
+    share = slice(processes.rank, None, processes.count)
+    runs = [sample_batches(m, config.n, config.seed, batch_size=config.batch_size, progress=processes.is_main,
+                           batches=share) for m in models]
+    own_steps = [[_as_uint8(batch) for batch in step] for step in zip(*runs)]
+    steps = processes.gather_strided(own_steps)
+    return [join(list(batches)) for batches in zip(*steps)]
+
+
+def _as_uint8(batch: Samples) -> Samples:
+    """The batch as an image file holds it: a quarter of the bytes to send between processes."""
+    return Samples(torch.from_numpy(to_uint8(batch.images)), batch.seconds, batch.calls_per_image)
 
 
 def _measures(denoiser: Denoiser, samples: Samples, images: np.ndarray, fid: FidSetup, latency_ms: float) -> Measures:
     return Measures(**fid.scores(images), latency_ms_per_step=latency_ms,
                     sampling_s_per_image=samples.seconds_per_image, calls_per_image=samples.calls_per_image,
                     macs_per_image=macs_per_image(denoiser), params=count_params(denoiser), macs=count_macs(denoiser),
-                    size_bytes=weights_bytes(denoiser), sampler=denoiser.sampling.to_dict())
+                    size_bytes=weights_bytes(denoiser), sampler=denoiser.sampling.to_dict(), runtime=denoiser.runtime)
 
 
 def _psnr(models: list[Denoiser], images: list[np.ndarray]) -> tuple[float | None, list[str]]:
@@ -86,23 +94,53 @@ def _psnr(models: list[Denoiser], images: list[np.ndarray]) -> tuple[float | Non
 
 
 def evaluate(model: Denoiser, baseline: Denoiser | None = None, config: EvalConfig = EvalConfig(),
-             command: str = "eval", model_name: str | None = None, transform_config: dict | None = None) -> Evaluation:
+             command: str = "eval", model_name: str | None = None, transform_config: dict | None = None,
+             processes: Processes | None = None) -> Evaluation:
     """Sample ``config.n`` images from each model with the same seeds and noise, then measure them.
 
-    With a ``baseline`` the report compares it ("original") with ``model`` ("compressed").
+    With a ``baseline`` the report compares it ("original") with ``model`` ("compressed"). Under ``accelerate
+    launch`` every process must call it: they share the batches, and each gets the report one process would
+    make, with its own latencies. ``processes=SINGLE``: the calling process does it all (where it evaluates alone,
+    as the main one after a training run).
     """
     models = [baseline, model] if baseline is not None else [model]
-    device = model.device
-    fid = fid_setup(model.sample_shape, config.inception_weights, config.fid_ref, str(device))
+    return evaluate_many(models, config, command, model_name, transform_config, compare=baseline is not None,
+                         processes=processes)[-1]
+
+
+def evaluate_many(models: list[Denoiser], config: EvalConfig = EvalConfig(), command: str = "eval",
+                  model_name: str | None = None, transform_config: dict | None = None,
+                  compare: bool = True, processes: Processes | None = None) -> list[Evaluation]:
+    """``models[0]`` (the original) against each of the others, all sampled in one run (batches interleaved,
+    same seeds and noise): one Evaluation per other model, sharing the original's measures. ``processes``: as
+    for ``evaluate`` (default: all of this run's)."""
+    processes = processes or current_processes()
+    device = models[-1].device
+    fid = fid_setup(models[-1].sample_shape, config.inception_weights, config.fid_ref, str(device))
     latencies = step_latency_ms(models, config.latency_batch, repeats=config.latency_repeats)
-    samples = _sample_interleaved(models, config)
-    images = [to_uint8(s.images) for s in samples]
+    samples = _sample_interleaved(models, config, processes)
+    images = [s.images.numpy() for s in samples]
     measured = [_measures(m, s, i, fid, latency) for m, s, i, latency in zip(models, samples, images, latencies)]
+    if not compare:
+        return [_evaluation(models, measured, images, None, fid, config, command, model_name, transform_config,
+                            processes)]
+    return [_evaluation([models[0], model], [measured[0], measures], [images[0], own], _psnr([models[0], model],
+                        [images[0], own]), fid, config, command, model_name, transform_config, processes)
+            for model, measures, own in zip(models[1:], measured[1:], images[1:])]
+
+
+def _evaluation(models, measured, images, psnr, fid, config, command, model_name, transform_config,
+                processes) -> Evaluation:
+    """The report of ``models`` (one, or the original and a compressed model) from their measures."""
+    model, device = models[-1], models[-1].device
     notes = list(dict.fromkeys(note for m in models for note in m.notes))
+    if processes.count > 1:
+        notes.append(f"sampled by {processes.count} processes; time per image is the sum of their batch times / n, "
+                     "latency per step the main process's own")
     delta = None
-    if baseline is not None:
-        psnr, psnr_notes = _psnr(models, images)
-        delta, notes = Delta.between(measured[0], measured[1], psnr), notes + psnr_notes
+    if psnr is not None:
+        value, psnr_notes = psnr
+        delta, notes = Delta.between(measured[0], measured[1], value), notes + psnr_notes
     report = Report(
         command=command, model=model_name or model.source, seed=config.seed, device=device.type,
         device_name=device_name(device), sampler={**model.sampling.to_dict(), "batch_size": config.batch_size},
@@ -111,6 +149,6 @@ def evaluate(model: Denoiser, baseline: Denoiser | None = None, config: EvalConf
         fid_floor=fid.real.floor if fid.real else None, fid_floor_samples=fid.real.half_size if fid.real else None,
         fid_unavailable=fid.unavailable_reason,
         latency={"batch_size": config.latency_batch, "repeats": config.latency_repeats},
-        original=measured[0], compressed=measured[1] if baseline is not None else None, delta=delta,
+        original=measured[0], compressed=measured[1] if delta else None, delta=delta,
         config=transform_config or {}, eval_config=config.to_dict(), notes=notes)
     return Evaluation(report, images)

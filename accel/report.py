@@ -35,6 +35,7 @@ class Measures:
     macs: int
     size_bytes: int
     sampler: dict
+    runtime: str = "PyTorch"  # or the runtime an exported file ran in
 
 
 @dataclass
@@ -129,7 +130,7 @@ def to_json(data: dict) -> str:
     return json.dumps(_json_safe(data), indent=2) + "\n"
 
 
-def _fmt(value, key: str = "") -> str:
+def format_value(value, key: str = "") -> str:
     if value is None:
         return "-"
     if isinstance(value, str):
@@ -156,13 +157,13 @@ def markdown_table(report: Report) -> str:
     lines = ["| | original |" + (" compressed | delta |" if compressed else ""),
              "|---|---|" + ("---|---|" if compressed else "")]
     for key, delta_key in ROWS.items():
-        row = f"| {key} | {_fmt(original[key], key)} |"
+        row = f"| {key} | {format_value(original[key], key)} |"
         if compressed:
-            compared = f"{delta_key} {_fmt(delta[delta_key])}" if delta_key else ""
-            row += f" {_fmt(compressed[key], key)} | {compared} |"
+            compared = f"{delta_key} {format_value(delta[delta_key])}" if delta_key else ""
+            row += f" {format_value(compressed[key], key)} | {compared} |"
         lines.append(row)
     if compressed:
-        lines.append(f"| psnr_db_vs_original | | {_fmt(delta['psnr_db_vs_original'])} | |")
+        lines.append(f"| psnr_db_vs_original | | {format_value(delta['psnr_db_vs_original'])} | |")
     return "\n".join(lines)
 
 
@@ -179,7 +180,7 @@ def _sampler_line(report: Report) -> str:
 def _markdown_summary(report: Report) -> str:
     fid_line = (f"FID: {report.fid_features} features, {report.fid_samples} samples vs "
                 f"{report.fid_reference_samples} real images; floor (two disjoint halves of the real set, "
-                f"{report.fid_floor_samples} each): {_fmt(report.fid_floor)}; compare it with "
+                f"{report.fid_floor_samples} each): {format_value(report.fid_floor)}; compare it with "
                 f"fid_at_floor_size, the first {report.fid_floor_samples} samples vs the same real half"
                 if report.fid_features else f"FID: not computed ({report.fid_unavailable})")
     parts = [
@@ -225,3 +226,39 @@ def write_report(folder: Path, report: Report, images_by_model: list[np.ndarray]
     (folder / "report.json").write_text(to_json(report.to_dict()))
     (folder / "report.md").write_text(report.markdown())
     sample_grid(images_by_model).save(folder / "samples.png")
+
+
+def quality_speed_plot(points: list[dict], path: Path, x_label: str, title: str) -> None:
+    """A PNG at ``path``: FID ratio against ``x`` (both log scale), one labelled point per dict of ``points``
+    (``label``, ``x``, ``y``; an optional ``group`` colours points alike)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    figure, axes = plt.subplots(figsize=(8, 5.5), dpi=110)
+    groups = list(dict.fromkeys(point.get("group", "") for point in points))
+    for group in groups:
+        members = [p for p in points if p.get("group", "") == group]
+        axes.scatter([p["x"] for p in members], [p["y"] for p in members], label=group or None, s=28)
+    for index, point in enumerate(points):  # labels alternate above and below: neighbours often sit close
+        axes.annotate(point["label"], (point["x"], point["y"]), textcoords="offset points",
+                      xytext=(4, 4 if index % 2 else -10), fontsize=7)
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    # minor ticks labelled at 2x and 5x a power of ten only: every one of them crowds a wide axis
+    sparse = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:e}"[0] in "25" else "")
+    for axis, scale in ((axes.xaxis, axes.set_xscale), (axes.yaxis, axes.set_yscale)):
+        scale("log")
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(sparse)
+    axes.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    axes.set_xlabel(x_label)
+    axes.set_ylabel("FID ratio to the original (log scale; 1 = unchanged)")
+    axes.set_title(title, fontsize=10)
+    if any(groups):
+        axes.legend(fontsize=8)
+    axes.grid(True, which="both", linewidth=0.3)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    plt.close(figure)

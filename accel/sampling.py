@@ -54,8 +54,10 @@ def join(batches: list[Samples]) -> Samples:
 @torch.inference_mode()
 def sample_batches(denoiser: Denoiser, count: int, seed: int = 0, spec: SamplingSpec | None = None,
                    batch_size: int = DEFAULT_BATCH, cond: torch.Tensor | None = None,
-                   progress: bool = True) -> Iterator[Samples]:
-    """``sample`` one batch at a time, each with its own wall time (evaluations interleave two models' batches)."""
+                   progress: bool = True, batches: slice = slice(None)) -> Iterator[Samples]:
+    """``sample`` one batch at a time, each with its own wall time (evaluations interleave two models' batches).
+    ``batches`` picks which to draw (default all); each keeps its index, noise and generator, so
+    ``slice(rank, None, count)`` is exactly one process's share of the batches of a single-process run."""
     if count < 1:
         raise AccelError(f"--n must be at least 1, got {count}")
     if batch_size < 1:
@@ -65,10 +67,10 @@ def sample_batches(denoiser: Denoiser, count: int, seed: int = 0, spec: Sampling
     noise = initial_noise(denoiser, count, seed)
     if cond is None:
         cond = denoiser.default_cond(count, torch.Generator().manual_seed(seed + 1))
-    firsts = range(0, count, batch_size)
+    chosen = list(enumerate(range(0, count, batch_size)))[batches]
     calls = len(spec.scheduler(denoiser.scheduler_config).timesteps)
-    with tqdm(total=len(firsts) * calls, desc=spec.describe(), unit="step", disable=not progress) as bar:
-        for index, first in enumerate(firsts):
+    with tqdm(total=len(chosen) * calls, desc=spec.describe(), unit="step", disable=not progress) as bar:
+        for index, first in chosen:
             last = min(first + batch_size, count)
             batch_cond = None if cond is None else denoiser.to_model(cond[first:last])
             step_generator = torch.Generator(device=device).manual_seed(seed * 100_003 + index)

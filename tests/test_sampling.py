@@ -4,7 +4,7 @@ import torch
 import accel
 from accel.core.errors import AccelError, ConfigError
 from accel.core.hooks import StepHook
-from accel.sampling import initial_noise, sample
+from accel.sampling import initial_noise, sample, sample_batches
 from conftest import make_tiny_dit, make_tiny_text_unet
 
 QUICK = accel.SamplingSpec(steps=3)
@@ -147,6 +147,16 @@ def test_sampling_spec_round_trips_and_knows_stochastic_samplers():
     assert not spec.stochastic and accel.SamplingSpec(name="ddpm").stochastic
     assert accel.SamplingSpec(eta=0.3).stochastic
     assert accel.SamplingSpec(name="dpm++", options={"algorithm_type": "sde-dpmsolver++"}).stochastic
+
+
+def test_a_share_of_the_batches_is_drawn_exactly_as_in_the_whole_run(denoiser):
+    """Each batch keeps its index, noise and step generator: a process drawing every 2nd batch of a stochastic
+    sampler gets those batches bit for bit (what evaluations under several processes rely on)."""
+    ddpm = accel.SamplingSpec(name="ddpm", steps=3)
+    whole = list(sample_batches(denoiser, 7, seed=5, spec=ddpm, batch_size=2, progress=False))
+    odd = list(sample_batches(denoiser, 7, seed=5, spec=ddpm, batch_size=2, progress=False, batches=slice(1, None, 2)))
+    assert len(whole) == 4 and len(odd) == 2
+    assert all(torch.equal(a.images, b.images) for a, b in zip(odd, whole[1::2]))
 
 
 def test_zero_samples_and_zero_batch_are_errors(denoiser):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from accel.core import registry
 from accel.core.errors import AccelError
+from accel.core.processes import SINGLE
 from accel.core.files import read_json_object, write_text
 from accel.core.sampling_spec import SamplingSpec
 from accel.distillation import DISTILL
@@ -71,7 +72,7 @@ def distill_and_evaluate(source, config: DistillConfig, train_config: TrainConfi
     if not _is_main():
         return None
     evaluation = evaluate(student, baseline=teacher, config=eval_config, command="distill", model_name=str(source),
-                          transform_config=config.to_dict())
+                          transform_config=config.to_dict(), processes=SINGLE)  # the other processes are done
     free = _teacher_at_student_steps(teacher, config.steps, eval_config, progress)
     _add_sections(evaluation.report, student.transforms[-1], images.describe(), config, free)
     shutil.rmtree(work_dir, ignore_errors=True)  # the artifact is written next; the checkpoints are no longer needed

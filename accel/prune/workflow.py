@@ -12,6 +12,7 @@ from pathlib import Path
 
 from accel.core import registry
 from accel.core.errors import AccelError
+from accel.core.processes import SINGLE
 from accel.evaluate import EvalConfig, Evaluation, evaluate
 from accel.metrics.digits_cnn import to_uint8
 from accel.metrics.latency import step_latency_ms
@@ -92,7 +93,7 @@ def prune_and_evaluate(source, config: PruneConfig, train_config: TrainConfig | 
                               "loss_per_tenth": loss_curve(trained.losses), "seconds": round(trained.elapsed_s, 1),
                               "processes": trained.processes, "resumed_at_step": trained.resumed_at}
     evaluation = evaluate(model, baseline=original, config=eval_config, command="prune", model_name=str(source),
-                          transform_config=config.to_dict())
+                          transform_config=config.to_dict(), processes=SINGLE)  # the other processes are done
     _add_sections(evaluation.report, model, original, record, eval_config, fid_pruned)
     if ablation:
         table = run_ablation(lambda: load(source, device, sampling), images, config, train_config, fid,
