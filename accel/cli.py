@@ -218,12 +218,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="quadratic: where full steps crowd, as a fraction of the trajectory (default 0: the start)")
     _add_measuring(ca)
 
+    co = commands.add_parser("compress", help="a recipe of stages (prune, distill, cache, quantize, optimize, "
+                             "export) run in order, resumable, one report with a row per stage")
+    _add_common(co)
+    co.add_argument("--recipe", help="a built-in recipe (see --list-recipes) or a .toml / .json recipe file")
+    co.add_argument("--list-recipes", action="store_true", help="the built-in recipes and what they measured")
+    co.add_argument("--out", help="output folder (default: <model>-<recipe>)")
+    co.add_argument("--resume", action="store_true",
+                    help="continue the run in --out: reuse the stages whose settings and input are unchanged")
+    co.add_argument("--n", type=int, default=2000, help="samples for FID, in every stage's report (default 2000)")
+    co.add_argument("--batch-size", type=int, default=500, help="samples per denoiser call (default 500)")
+    co.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_measuring(co)
+
     tr = commands.add_parser("train-reference", help="retrain the built-in reference model or its FID classifier")
     tr.add_argument("--out", required=True, help="folder to write (a diffusers model folder)")
     tr.add_argument("--steps", type=int, default=None, help="training steps (default: as committed)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--classifier", action="store_true", help="train the digits FID classifier instead")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.subcommands = commands.choices  # name -> parser: a recipe stage's keys are its command's flags
     return parser
 
 
@@ -272,19 +286,23 @@ def _emit_report(args, report, out=None) -> None:
 def cmd_eval(args) -> None:
     import accel
     from accel.core.files import atomic_dir, ensure_writable_dir
+    from accel.core.processes import current_processes
     from accel.export.runtime import load_exported_from
     from accel.report import write_report
 
     if args.out:
         ensure_writable_dir(args.out, args.overwrite)
-    device = _device(args.device)
+    processes = current_processes()  # several under accelerate launch: they share the sampling
+    device = processes.own_device(_device(args.device))
     config = _eval_config(args)
     model = accel.load(args.model, device, _sampling(args))
     if args.baseline:
         baseline = accel.load(args.baseline, device, _sampling(args, "baseline_"))
     else:
         baseline = load_exported_from(model, device)
-    evaluation = accel.evaluate(model, baseline, config, model_name=args.model)
+    evaluation = accel.evaluate(model, baseline, config, model_name=args.model, processes=processes)
+    if not processes.is_main:
+        return  # the main process writes and prints the report
     if args.out:
         with atomic_dir(args.out, args.overwrite) as staging:
             write_report(staging, evaluation.report, evaluation.images)
@@ -343,19 +361,25 @@ def _layer_bits(items: list[str]) -> dict[str, int]:
     return bits
 
 
+def _quantize_configs(args):
+    import accel
+
+    config = accel.QuantConfig(
+        w_bits=args.bits, a_bits=args.act_bits or None, w_range=args.range, a_range=args.range,
+        group_size=args.group_size, split_shortcut=not args.no_split, quantize_attention=not args.no_attention,
+        layer_bits=_layer_bits(args.layer_bits), skip=tuple(args.skip), recon_iters=args.recon_iters, seed=args.seed)
+    calib = accel.CalibConfig(policy=args.calib_policy, samples=args.calib_samples, every=args.calib_every,
+                              seed=args.seed)
+    return config, calib
+
+
 def cmd_quantize(args) -> None:
     import accel
     from accel.core.files import ensure_writable_dir
     from accel.quant.workflow import quantize_and_evaluate
 
-    act_bits = args.act_bits or None
-    out = args.out or f"{Path(str(args.model)).name}-w{args.bits}a{act_bits or 16}"
-    config = accel.QuantConfig(
-        w_bits=args.bits, a_bits=act_bits, w_range=args.range, a_range=args.range, group_size=args.group_size,
-        split_shortcut=not args.no_split, quantize_attention=not args.no_attention,
-        layer_bits=_layer_bits(args.layer_bits), skip=tuple(args.skip), recon_iters=args.recon_iters, seed=args.seed)
-    calib = accel.CalibConfig(policy=args.calib_policy, samples=args.calib_samples, every=args.calib_every,
-                              seed=args.seed)
+    out = args.out or f"{Path(str(args.model)).name}-w{args.bits}a{args.act_bits or 16}"
+    config, calib = _quantize_configs(args)
     eval_config = _eval_config(args)
     ensure_writable_dir(out, args.overwrite)
     result = quantize_and_evaluate(args.model, config, calib, eval_config, _device(args.device), args.calib,
@@ -364,14 +388,20 @@ def cmd_quantize(args) -> None:
     _emit_report(args, result.evaluation.report, out)
 
 
+def _optimize_config(args):
+    import accel
+
+    return accel.OptimizeConfig(dtype=args.dtype, channels_last=not args.no_channels_last, backend=args.backend,
+                                cuda_graph=args.cuda_graph)
+
+
 def cmd_optimize(args) -> None:
     import accel
     from accel.core.files import ensure_writable_dir
     from accel.optimize.workflow import optimize_and_evaluate
 
     out = args.out or f"{Path(str(args.model)).name}-fast"
-    config = accel.OptimizeConfig(dtype=args.dtype, channels_last=not args.no_channels_last, backend=args.backend,
-                                  cuda_graph=args.cuda_graph)
+    config = _optimize_config(args)
     eval_config = _eval_config(args)
     ensure_writable_dir(out, args.overwrite)
     model, evaluation = optimize_and_evaluate(args.model, config, eval_config, _device(args.device), _sampling(args))
@@ -397,19 +427,24 @@ def _save_trained(args, result, out) -> None:
         _emit_report(args, result.evaluation.report, out)
 
 
-def cmd_prune(args) -> None:
+def _prune_configs(args):
     import accel
-    from accel.core.files import ensure_writable_dir
     from accel.prune.config import FINETUNE
-    from accel.prune.workflow import prune_and_evaluate
 
-    out = args.out or f"{Path(str(args.model)).name}-pruned"
     config = accel.PruneConfig(ratio=args.ratio, criterion=args.criterion, threshold=args.threshold,
                                round_to=args.round_to, importance_batch=args.importance_batch,
                                timestep_stride=args.timestep_stride, seed=args.seed)
     if args.finetune_steps < 0:
         raise AccelError(f"--finetune-steps must be 0 (no fine-tuning) or more, got {args.finetune_steps}")
-    train_config = _train_config(FINETUNE, args.finetune_steps, args) if args.finetune_steps else None
+    return config, _train_config(FINETUNE, args.finetune_steps, args) if args.finetune_steps else None
+
+
+def cmd_prune(args) -> None:
+    from accel.core.files import ensure_writable_dir
+    from accel.prune.workflow import prune_and_evaluate
+
+    out = args.out or f"{Path(str(args.model)).name}-pruned"
+    config, train_config = _prune_configs(args)
     eval_config = _eval_config(args)
     ensure_writable_dir(out, args.overwrite)
     result = prune_and_evaluate(args.model, config, train_config, eval_config, out, _device(args.device), args.data,
@@ -418,23 +453,34 @@ def cmd_prune(args) -> None:
     _save_trained(args, result, out)
 
 
-def cmd_distill(args) -> None:
+def _distill_configs(args):
     import accel
-    from accel.core.files import ensure_writable_dir
     from accel.distillation.apply import default_training
-    from accel.distillation.workflow import distill_and_evaluate
 
-    out = args.out or f"{Path(str(args.model)).name}-{args.steps}step"
     config = accel.DistillConfig(method=args.method, steps=args.steps, prediction_type=args.prediction,
                                  teacher_steps=args.teacher_steps, solver_skip=args.solver_skip,
                                  target_ema=args.target_ema, loss=args.loss, seed=args.seed)
     budget = default_training(args.method)
-    train_config = _train_config(budget, budget.steps if args.train_steps is None else args.train_steps, args)
+    return config, _train_config(budget, budget.steps if args.train_steps is None else args.train_steps, args)
+
+
+def cmd_distill(args) -> None:
+    from accel.core.files import ensure_writable_dir
+    from accel.distillation.workflow import distill_and_evaluate
+
+    out = args.out or f"{Path(str(args.model)).name}-{args.steps}step"
+    config, train_config = _distill_configs(args)
     eval_config = _eval_config(args)
     ensure_writable_dir(out, args.overwrite)
     result = distill_and_evaluate(args.model, config, train_config, eval_config, out, _device(args.device), args.data,
                                   args.resume, args.teacher_samples)
     _save_trained(args, result, out)
+
+
+def _cache_config(args):
+    import accel
+
+    return accel.CacheConfig(interval=args.interval, branch=args.branch, schedule=args.schedule, center=args.center)
 
 
 def cmd_cache(args) -> None:
@@ -443,8 +489,7 @@ def cmd_cache(args) -> None:
     from accel.core.files import ensure_writable_dir
 
     out = args.out or f"{Path(str(args.model)).name}-cache{args.interval}"
-    config = accel.CacheConfig(interval=args.interval, branch=args.branch, schedule=args.schedule,
-                               center=args.center)
+    config = _cache_config(args)
     eval_config = _eval_config(args)
     ensure_writable_dir(out, args.overwrite)
     result = cache_and_evaluate(args.model, config, eval_config, _device(args.device), _sampling(args))
@@ -452,11 +497,17 @@ def cmd_cache(args) -> None:
     _emit_report(args, result.evaluation.report, out)
 
 
+def _export_config(args):
+    import accel
+
+    return accel.ExportConfig(opset=args.opset, dtype=args.dtype, int8_grid=args.int8_grid)
+
+
 def cmd_export(args) -> None:
     import accel
 
     out = args.out or f"{Path(str(args.model)).name}.{'onnx' if args.format == 'onnx' else 'plan'}"
-    config = accel.ExportConfig(opset=args.opset, dtype=args.dtype, int8_grid=args.int8_grid)
+    config = _export_config(args)
     model = accel.load(args.model, "cpu")
     if args.format == "onnx":
         from accel.export.onnx import export_onnx
@@ -479,6 +530,135 @@ def cmd_export(args) -> None:
     _emit(args, {**record, "out": str(out)}, human)
 
 
+# set once for the whole chain by accel compress's own flags, or meaningless inside a chain
+CHAIN_FLAGS = {"model", "out", "device", "seed", "json", "overwrite", "resume", "n", "batch-size", "latency-batch",
+               "inception-weights", "fid-ref", "ablation", "help"}
+STAGE_CONFIGS = {"prune": _prune_configs, "distill": _distill_configs, "cache": _cache_config,
+                 "quantize": _quantize_configs, "optimize": _optimize_config, "export": _export_config}
+
+
+def _stage_args(spec, where: str, chain: argparse.Namespace) -> argparse.Namespace:
+    """The stage's command-line arguments, as if typed: its keys become its command's flags, the chain's
+    evaluation flags are added, and its configs are built once here so a bad value is refused before any work."""
+    import contextlib
+    import io
+
+    parser = build_parser().subcommands[spec.name]
+    flags = {o[2:]: a for a in parser._actions for o in a.option_strings if o.startswith("--")}
+    argv = _positional(spec, where)
+    for key, value in spec.settings.items():
+        if spec.name == "export" and key == "format":
+            continue
+        if key in CHAIN_FLAGS:
+            raise AccelError(f"{where}: key '{key}' is not a stage setting (the chain sets it: accel compress "
+                             f"--{key}, where it exists)")
+        if key not in flags:
+            known = sorted(set(flags) - CHAIN_FLAGS) + (["format"] if spec.name == "export" else [])
+            raise AccelError(f"{where}: unknown key '{key}' ({spec.name} takes {', '.join(known)})")
+        argv += _as_argv(key, value, flags[key], where)
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            args = parser.parse_args(argv)
+    except SystemExit:
+        message = errors.getvalue().strip().split(": error: ", 1)[-1].removesuffix(" (see --help)")
+        raise AccelError(f"{where}: {message}")
+    for name in ("device", "seed", "n", "batch_size", "latency_batch", "inception_weights", "fid_ref"):
+        if hasattr(args, name):
+            setattr(args, name, getattr(chain, name))
+    try:
+        STAGE_CONFIGS[spec.name](args)
+    except ConfigError as error:
+        raise AccelError(f"{where}: {_as_flag_error(error, args)}")
+    except AccelError as error:
+        raise AccelError(f"{where}: {error}")
+    return args
+
+
+def _positional(spec, where: str) -> list[str]:
+    if spec.name != "export":
+        return []
+    if spec.settings.get("format") not in ("onnx", "trt"):
+        raise AccelError(f"{where}: needs key 'format', onnx or trt (got {spec.settings.get('format')!r})")
+    return [spec.settings["format"]]
+
+
+def _as_argv(key: str, value, action: argparse.Action, where: str) -> list[str]:
+    if action.nargs == 0:  # a switch (--no-split): true or false
+        if not isinstance(value, bool):
+            raise AccelError(f"{where}: key '{key}' is a switch: true or false, got {value!r}")
+        return [f"--{key}"] if value else []
+    repeatable = isinstance(action.default, list)  # --layer-bits, --skip: a list in a recipe
+    values = value if isinstance(value, list) and repeatable else [value]
+    if isinstance(value, list) and not repeatable or any(isinstance(v, bool) for v in values):
+        raise AccelError(f"{where}: key '{key}' takes one value, got {value!r}")
+    return [part for v in values for part in (f"--{key}", str(v))]
+
+
+def _stage_runner(name: str, stage_args: argparse.Namespace):
+    """Runs the stage's own command on the previous stage's model, its report on stderr."""
+    import contextlib
+    from copy import copy
+
+    def run(source: str, output: Path, resume: bool) -> None:
+        args = copy(stage_args)
+        args.model, args.out, args.overwrite, args.json = source, str(output), True, False
+        if hasattr(args, "resume"):
+            args.resume = resume
+        with contextlib.redirect_stdout(sys.stderr):
+            COMMANDS[name](args)
+    return run
+
+
+def _stages(recipe, args) -> list:
+    from accel.compress import Stage
+
+    stages = []
+    for spec in recipe.stages:
+        where = f"recipe '{recipe.name}' {spec.label}"
+        stage_args = _stage_args(spec, where, args)
+        if spec.name == "export" and stage_args.format == "trt":
+            from accel.export.trt import tensorrt_module
+
+            try:
+                tensorrt_module()  # before any stage runs, not after the training ones
+            except AccelError as error:
+                raise AccelError(f"{where}: {error}")
+        output = f"model.{'onnx' if stage_args.format == 'onnx' else 'plan'}" if spec.name == "export" else None
+        trains = spec.name == "distill" or spec.name == "prune" and stage_args.finetune_steps > 0
+        stages.append(Stage(spec, spec.name, _stage_runner(spec.name, stage_args), output, everywhere=trains))
+    return stages
+
+
+def cmd_compress(args) -> None:
+    from accel.compress import builtin_recipes, compress, load_recipe
+    from accel.core.processes import current_processes
+
+    if args.list_recipes:
+        recipes = [load_recipe(name) for name in builtin_recipes()]
+        _emit(args, {"recipes": [{**r.to_dict(), "measured": r.measured} for r in recipes]},
+              "\n\n".join(_recipe_text(r) for r in recipes))
+        return
+    if not args.recipe:
+        raise AccelError("pass --recipe NAME or FILE (--list-recipes shows the built-in ones)")
+    recipe = load_recipe(args.recipe)
+    device = current_processes().own_device(_device(args.device))  # several under accelerate launch
+    args.device = str(device)  # what every stage runs on
+    stages = _stages(recipe, args)
+    out = args.out or f"{Path(str(args.model)).name}-{recipe.name}"
+    result = compress(args.model, recipe, stages, out, _eval_config(args), device, args.resume, args.overwrite)
+    if not result.is_main:
+        return  # the main process prints
+    payload = {**result.report.to_dict(), "out": str(out), "final": str(result.final)}
+    _emit(args, payload, result.report.markdown() + f"\nfinal model: {result.final}; report: {Path(out) / 'report.md'}")
+
+
+def _recipe_text(recipe) -> str:
+    steps = " -> ".join(f"{s.name}" + (f" ({', '.join(f'{k}={v}' for k, v in s.settings.items())})"
+                                        if s.settings else "") for s in recipe.stages)
+    return f"{recipe.name}: {recipe.description}\n  {steps}\n  measured: {recipe.measured or 'not yet'}"
+
+
 def cmd_train_reference(args) -> None:
     if args.classifier:
         from accel.metrics.digits_cnn import train_digits_cnn
@@ -496,7 +676,7 @@ def cmd_train_reference(args) -> None:
 
 
 COMMANDS = {"eval": cmd_eval, "sample": cmd_sample, "info": cmd_info, "quantize": cmd_quantize, "prune": cmd_prune,
-            "distill": cmd_distill, "cache": cmd_cache,
+            "distill": cmd_distill, "cache": cmd_cache, "compress": cmd_compress,
             "optimize": cmd_optimize, "export": cmd_export, "train-reference": cmd_train_reference}
 
 
@@ -530,6 +710,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accel: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args.command == "compress":
+            print("accel: interrupted; the finished stages and the last checkpoint are kept: --resume continues",
+                  file=sys.stderr)
+            return 130
         resumable = (" (the last checkpoint in <out>.partial is kept: --resume continues)"
                      if args.command in ("prune", "distill") else "")
         print(f"accel: interrupted; nothing was written{resumable}", file=sys.stderr)

@@ -48,6 +48,11 @@ def with_sampler(spec: SamplingSpec, changes: dict) -> SamplingSpec:
     return replace(spec, **changes)
 
 
+def model_path(name: str) -> Path:
+    """The folder or file ``name`` loads from: a built-in model's folder, a local path, or the hub cache."""
+    return _resolve(name)
+
+
 def _resolve(name: str) -> Path:
     if name in BUILTIN_MODELS:
         return BUILTIN_MODELS[name]
