@@ -1,4 +1,5 @@
-"""The benchmark report: one row per (model, variant), written to bench/report.md and .json.
+"""The samplers, quantization and ONNX Runtime benchmark: one row per (model, variant), written to
+bench/results/quant_digits_cpu.md and .json (full) or bench/quant_quick.md and .json (quick).
 
     python -m bench.run            # full settings: 2,000 samples, 50 DDIM steps
     python -m bench.run --quick    # CI settings: fewer samples and reconstruction iterations
@@ -236,9 +237,10 @@ def markdown(rows: list[dict], mode: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CI settings")
-    parser.add_argument("--out", type=Path, default=HERE / "report.md", help="markdown report (a .json beside it)")
+    parser.add_argument("--out", type=Path, help="markdown report (a .json beside it)")
     args = parser.parse_args(argv)
     settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
+    args.out = args.out or (HERE / "quant_quick.md" if args.quick else HERE / "results" / "quant_digits_cpu.md")
     with tempfile.TemporaryDirectory() as work:
         exports = build_models(Path(work), settings.recon_iters)
         latencies = benchmark_latencies(Path(work))
