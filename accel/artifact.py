@@ -39,7 +39,7 @@ def write_model_files(denoiser: Denoiser, folder: Path) -> None:
     (folder / "config.json").write_text(denoiser.module.to_json_string())
     (folder / "scheduler_config.json").write_text(json.dumps(denoiser.scheduler_config, indent=2) + "\n")
     save_file(stored_state(denoiser), str(folder / WEIGHTS))
-    record = {"format": FORMAT, "accel_version": __version__, "base": denoiser.source,
+    record = {"format": FORMAT, "accel_version": __version__, "base": denoiser.source, "origin": denoiser.origin,
               "transforms": denoiser.transforms, "sampling": denoiser.sampling.to_dict(),
               "weights_sha256": file_sha256(folder / WEIGHTS)}
     (folder / MARKER).write_text(json.dumps(record, indent=2) + "\n")
@@ -70,6 +70,7 @@ def load_artifact(folder: Path, module: nn.Module, scheduler_config: dict, name:
         sampling = SamplingSpec.from_dict(record["sampling"]) if "sampling" in record else None
         denoiser = Denoiser(module, scheduler_config, source=name, weights_bytes=weights_bytes, notes=notes,
                             sampling=sampling)
+        denoiser.origin = str(record.get("origin", record.get("base", name)))
         for entry in record["transforms"]:
             _rebuild(denoiser, entry, folder / MARKER)
     except ConfigError as error:

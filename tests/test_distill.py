@@ -169,6 +169,18 @@ def test_data_may_be_named_as_on_the_command_line():
     assert student.sampling.steps == 1 and student.transforms[-1]["name"] == "distill"  # the digits set
 
 
+def test_an_artifact_made_from_digits_trains_on_the_digits_set_by_default(tmp_path):
+    """A chain's later stage (distilling a pruned teacher) has the digits set without --data."""
+    from accel.train.data import data_identity
+
+    pruned_like = accel.load("digits")
+    accel.cache_(pruned_like, accel.CacheConfig(interval=2))
+    accel.save(pruned_like, tmp_path / "a")
+    again = accel.load(tmp_path / "a")
+    assert again.source == str(tmp_path / "a") and again.origin == "digits"
+    assert data_identity(None, again) == {"data": "digits"}
+
+
 @pytest.mark.parametrize("change, message", [
     ({"beta_schedule": "exotic"}, "accel cannot step the teacher's noise schedule: exotic is not implemented"),
     ({"thresholding": True}, "uses dynamic thresholding"),

@@ -1,8 +1,8 @@
 """Run a recipe stage by stage: each stage's model under ``OUT/stages/NN-name``, resumable, then one evaluation of
 the original and every stage, side by side, with the same noise.
 
-A stage's key is a hash of the key before it (the first: the input model's files) and its own settings, so a
-stage is reused by ``resume`` only when its recipe and its input are unchanged. ``OUT/compress.json`` records the
+A stage's key is a hash of its input (the model's files for the first stage, the previous stage's output for the
+others) and its own settings, so a stage is reused by ``resume`` only when its recipe and its input are unchanged. ``OUT/compress.json`` records the
 finished stages (key, output hash, seconds) and the one in progress; it is rewritten atomically after every
 change, so killing a run loses at most the stage in progress, and a training stage resumes from its checkpoint.
 """
@@ -74,8 +74,8 @@ def model_fingerprint(model: str, folder: Path | None) -> str:
     return digest.hexdigest()
 
 
-def stage_key(previous: str, spec: StageSpec, seed: int) -> str:
-    text = json.dumps({"previous": previous, "stage": spec.name, "settings": spec.settings, "seed": seed},
+def stage_key(input_hash: str, spec: StageSpec, seed: int) -> str:
+    text = json.dumps({"input": input_hash, "stage": spec.name, "settings": spec.settings, "seed": seed},
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -160,9 +160,9 @@ def run_stages(model: str, model_files: Path | None, recipe: Recipe, stages: lis
     main one keeps the state and runs the stages alone, except those that run ``everywhere`` (training)."""
     fingerprint = model_fingerprint(model, model_files)
     state = processes.on_main(lambda: _open_state(out, model, fingerprint, recipe, resume))
-    runs, source, key = [], model, fingerprint
+    runs, source, input_hash = [], model, fingerprint
     for index, stage in enumerate(stages):
-        key = stage_key(key, stage.spec, seed)
+        key = stage_key(input_hash, stage.spec, seed)
         folder = out / "stages" / stage.spec.folder
         output = stage.output(folder)
         reused_seconds, in_progress = processes.on_main(lambda: _plan(state, index, key, stage, folder, resume))
@@ -178,7 +178,7 @@ def run_stages(model: str, model_files: Path | None, recipe: Recipe, stages: lis
             seconds = time.perf_counter() - start
             processes.on_main(lambda: state.end(key, output, seconds))
             runs.append(StageRun(stage.spec, output, seconds, reused=False))
-        source = str(output)
+        source, input_hash = str(output), processes.on_main(lambda: output_hash(output))
     return runs
 
 

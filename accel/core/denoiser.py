@@ -43,6 +43,7 @@ class Denoiser(nn.Module):
         self.scheduler_config = dict(scheduler_config)
         self.sampling = sampling or SamplingSpec()
         self.source = source
+        self.origin = source  # the model a chain of transforms started from: an artifact of it keeps it
         self.weights_bytes = weights_bytes
         self.notes = list(notes)
         self._cond_kind = cond_kind  # given for modules that cannot say (an exported graph); else from the config

@@ -37,7 +37,7 @@ def data_identity(data: str | None, original, teacher_samples: int = 1000, seed:
     """What makes two runs' training data the same, known before any image is loaded or drawn; ``data`` as
     for ``training_images``. Refuses data that cannot be used."""
     if data is None:
-        if original.source != DIGITS:
+        if original.origin != DIGITS:  # the built-in model, or an artifact made from it (a pruned teacher)
             raise AccelError("this model needs training images: --data FILE.npz (uint8 N x C x H x W) or --data "
                              "teacher (samples of the model itself)")
         data = DIGITS
