@@ -246,12 +246,13 @@ def quality_speed_plot(points: list[dict], path: Path, x_label: str, title: str)
         axes.annotate(point["label"], (point["x"], point["y"]), textcoords="offset points",
                       xytext=(4, 4 if index % 2 else -10), fontsize=7)
     plain = FuncFormatter(lambda value, _: f"{value:g}")
-    # minor ticks labelled at 2x and 5x a power of ten only: every one of them crowds a wide axis
+    # minor ticks labelled at 2x and 5x a power of ten only where the axis spans decades: all of them crowd it
     sparse = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:e}"[0] in "25" else "")
-    for axis, scale in ((axes.xaxis, axes.set_xscale), (axes.yaxis, axes.set_yscale)):
+    for axis, scale, key in ((axes.xaxis, axes.set_xscale, "x"), (axes.yaxis, axes.set_yscale, "y")):
+        values = [point[key] for point in points]
         scale("log")
         axis.set_major_formatter(plain)
-        axis.set_minor_formatter(sparse)
+        axis.set_minor_formatter(plain if max(values) < 10 * min(values) else sparse)  # within a decade: all
     axes.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     axes.set_xlabel(x_label)
     axes.set_ylabel("FID ratio to the original (log scale; 1 = unchanged)")
