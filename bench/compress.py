@@ -2,7 +2,7 @@
 
     python -m bench.compress                 # full: every built-in recipe, 2,000 samples
                                              #   -> bench/results/compress_digits_cpu.json and .md
-    python -m bench.compress --quick         # CI: the quick recipe, 200 samples -> bench/compress_quick.json and .md
+    python -m bench.compress --quick         # CI: the quick recipe, 100 samples -> bench/compress_quick.json and .md
     python -m bench.compress --recipes fast --work runs   # one recipe; its run kept in runs/fast
 
 Each recipe runs with ``--resume`` in ``--work``, so an interrupted benchmark continues where it stopped. A
@@ -26,7 +26,7 @@ from accel.compress.stage_table import table_markdown
 from bench.run import write_results
 
 HERE = Path(__file__).parent
-FULL_N, QUICK_N = 2000, 200
+FULL_N, QUICK_N = 2000, 100
 # The goals for the fast recipe's final exported model, against the original in PyTorch at DDIM 50
 GOAL_RECIPE = "fast"
 GOALS = {"speedup": 15.0, "fid_ratio": 1.5, "size_ratio": 0.2}
@@ -76,7 +76,7 @@ def markdown(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="CI: the quick recipe at 200 samples")
+    parser.add_argument("--quick", action="store_true", help="CI: the quick recipe at 100 samples")
     parser.add_argument("--recipes", help="comma-separated built-in recipes (default: all; quick: quick)")
     parser.add_argument("--work", type=Path, help="where the runs are kept (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="markdown report, a .json beside it")

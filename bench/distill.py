@@ -45,8 +45,8 @@ class Settings:
 
 FULL = Settings(n=2000, progressive_steps=PROGRESSIVE.steps, consistency_steps=CONSISTENCY.steps,
                 train_batch=PROGRESSIVE.batch_size, sampling_batch=500, parameterization=True, judged=True)
-# CI: under 5 minutes on 2 cores
-QUICK = Settings(n=300, progressive_steps=100, consistency_steps=300, train_batch=32, sampling_batch=300,
+# CI: about 2 minutes on 2 cores
+QUICK = Settings(n=200, progressive_steps=60, consistency_steps=150, train_batch=32, sampling_batch=200,
                  parameterization=False, judged=False)
 
 
