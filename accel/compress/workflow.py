@@ -16,8 +16,8 @@ from accel.compress.chain import Stage, StageRun, check_order, run_stages
 from accel.compress.recipe import Recipe
 from accel.compress.stage_table import stage_rows, stages_markdown
 from accel.core.errors import AccelError
-from accel.core.processes import current_processes
 from accel.core.files import atomic_file, ensure_writable_dir, write_text
+from accel.core.processes import current_processes
 from accel.evaluate import EvalConfig, Evaluation, evaluate_many
 from accel.models.loading import load, model_path
 from accel.report import Report, quality_speed_plot, sample_grid, to_json

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from accel.core import registry
 from accel.core.errors import AccelError
-from accel.core.processes import SINGLE
 from accel.core.files import read_json_object, write_text
+from accel.core.processes import SINGLE
 from accel.core.sampling_spec import SamplingSpec
 from accel.distillation import DISTILL
 from accel.distillation.apply import check_distillable, default_training
