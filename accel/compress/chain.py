@@ -178,7 +178,8 @@ def run_stages(model: str, model_files: Path | None, recipe: Recipe, stages: lis
             seconds = time.perf_counter() - start
             processes.on_main(lambda: state.end(key, output, seconds))
             runs.append(StageRun(stage.spec, output, seconds, reused=False))
-        source, input_hash = str(output), processes.on_main(lambda: output_hash(output))
+        # the next stage's input: the output hash the state just verified or recorded (hashing is slow for big models)
+        source, input_hash = str(output), processes.on_main(lambda: state.data["done"][index]["output_sha256"])
     return runs
 
 

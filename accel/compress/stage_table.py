@@ -50,7 +50,7 @@ def _cell(key: str, row: dict) -> str:
     value = row[key]
     if key == "stage_seconds" and row["reused"]:
         return f"{format_value(value)} (earlier run)"
-    if key in ("speedup",) and value is not None:
+    if key == "speedup" and value is not None:
         return f"{value:.2f}x"
     if key == "psnr_db" and value is not None:
         return f"{value:.1f} dB"
