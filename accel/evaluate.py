@@ -38,7 +38,10 @@ class EvalConfig(Config):
                 raise self.invalid(name, f"must be at least 1, got {getattr(self, name)}")
         if self.fid_ref and not self.inception_weights:
             raise self.invalid("fid_ref", "gives real images for Inception FID, which also needs the Inception "
-                                          "weights file (--inception-weights)")
+                                          "weights file (`inception_weights`)")
+        if self.inception_weights and not self.fid_ref:
+            raise self.invalid("fid_ref", "is needed for Inception FID: real images to compare with (an .npz with "
+                                          "a uint8 array 'images', N x C x H x W)")
 
 
 @dataclass
@@ -63,12 +66,21 @@ def _sample_interleaved(models: list[Denoiser], config: EvalConfig, processes: P
     """Every model's samples (uint8 images), drawn batch by batch in turn, so a slow moment of the machine hits
     all alike. Under several processes each draws every ``processes.count``-th batch, exactly as a single process
     would draw it, and every process gets all batches back in order."""
+    _warm_up(models, min(config.batch_size, config.n))
     share = slice(processes.rank, None, processes.count)
     runs = [sample_batches(m, config.n, config.seed, batch_size=config.batch_size, progress=processes.is_main,
                            batches=share) for m in models]
     own_steps = [[_as_uint8(batch) for batch in step] for step in zip(*runs)]
     steps = processes.gather_strided(own_steps)
     return [join(list(batches)) for batches in zip(*steps)]
+
+
+@torch.inference_mode()
+def _warm_up(models: list[Denoiser], batch_size: int) -> None:
+    """One call of each model at the sampling batch before any batch is timed: a first call pays for memory,
+    lazily built kernels and ONNX Runtime's first run, which no later batch pays."""
+    for model in models:
+        model(*model.example_inputs(batch_size))
 
 
 def _as_uint8(batch: Samples) -> Samples:

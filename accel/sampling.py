@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from accel.core.denoiser import Denoiser
-from accel.core.errors import AccelError
+from accel.core.errors import ConfigError
 from accel.core.hooks import Trajectory
 from accel.core.sampling_spec import SamplingSpec
 
@@ -59,9 +59,9 @@ def sample_batches(denoiser: Denoiser, count: int, seed: int = 0, spec: Sampling
     ``batches`` picks which to draw (default all); each keeps its index, noise and generator, so
     ``slice(rank, None, count)`` is exactly one process's share of the batches of a single-process run."""
     if count < 1:
-        raise AccelError(f"--n must be at least 1, got {count}")
+        raise ConfigError("sample", "count", f"must be at least 1, got {count}")
     if batch_size < 1:
-        raise AccelError(f"--batch-size must be at least 1, got {batch_size}")
+        raise ConfigError("sample", "batch_size", f"must be at least 1, got {batch_size}")
     spec = spec or denoiser.sampling
     device, dtype = denoiser.device, denoiser.dtype
     noise = initial_noise(denoiser, count, seed)

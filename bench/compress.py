@@ -5,72 +5,58 @@
     python -m bench.compress --quick         # CI: the quick recipe, 100 samples -> bench/compress_quick.json and .md
     python -m bench.compress --recipes fast --work runs   # one recipe; its run kept in runs/fast
 
-Each recipe runs with ``--resume`` in ``--work``, so an interrupted benchmark continues where it stopped. A
+Each recipe runs with ``resume`` in ``--work``, so an interrupted benchmark continues where it stopped. A
 recipe's time is the sum of its stages' wall times (each recorded when the stage ran, in OUT/compress.json) plus
 the final side-by-side evaluation of this run.
 """
+
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from accel.cli import main as accel_main
+import accel
 from accel.compress import builtin_recipes, load_recipe
 from accel.compress.stage_table import table_markdown
-from bench.run import write_results
+from bench.common import HERE, RESULTS, goal, write_results
 
-HERE = Path(__file__).parent
 FULL_N, QUICK_N = 2000, 100
-# The issue's goals for the fast recipe's final exported model, against the original in PyTorch at DDIM 50
+# The fast recipe's final exported model against the original in PyTorch at DDIM 50
 GOAL_RECIPE = "fast"
-GOALS = {"speedup": 15.0, "fid_ratio": 1.5, "size_ratio": 0.2}
-MOONSHOT = {"speedup": 30.0, "fid_ratio": 1.25}
 
 
 def run_recipe(name: str, n: int, work: Path) -> dict:
     start = time.perf_counter()
-    stdout = io.StringIO()
-    argv = ["compress", "--recipe", name, "--n", str(n), "--out", str(work / name), "--resume", "--json"]
-    with contextlib.redirect_stdout(stdout):
-        code = accel_main(argv)
-    if code != 0:
-        sys.exit(f"accel {' '.join(argv)} failed with status {code}")
+    result = accel.compress("digits", name, work / name, eval_config=accel.EvalConfig(n=n), resume=True,
+                            progress=False)
     wall_s = time.perf_counter() - start
-    report = json.loads(stdout.getvalue())
-    rows = report["stages"]
+    rows = result.report.sections["stages"]
     ran_now = sum(row["stage_seconds"] for row in rows[1:] if not row["reused"])
     chain_s = sum(row["stage_seconds"] for row in rows[1:])
-    return {"recipe": name, "description": load_recipe(name).description, "command": f"accel {' '.join(argv[:3])}",
+    return {"recipe": name, "description": load_recipe(name).description, "command": f"accel compress --recipe {name}",
             "n": n, "rows": rows, "stages_s": chain_s, "evaluation_s": wall_s - ran_now,
-            "total_s": chain_s + wall_s - ran_now, "goals": goal_lines(rows[-1]) if name == GOAL_RECIPE else []}
+            "total_s": chain_s + wall_s - ran_now, "goals": goals(rows[-1]) if name == GOAL_RECIPE else []}
 
 
-def goal_lines(final: dict) -> list[str]:
-    measured = {"speedup": final["speedup"], "fid_ratio": final["fid_ratio"], "size_ratio": final["size_ratio"]}
-    met = (measured["speedup"] >= GOALS["speedup"] and measured["fid_ratio"] <= GOALS["fid_ratio"]
-           and measured["size_ratio"] <= GOALS["size_ratio"])
-    moonshot = measured["speedup"] >= MOONSHOT["speedup"] and measured["fid_ratio"] <= MOONSHOT["fid_ratio"]
-    summary = (f"{measured['speedup']:.1f}x less wall time per image, FID ratio {measured['fid_ratio']:.3f}, size "
-               f"ratio {measured['size_ratio']:.3f} ({final['runtime']})")
-    return [f"at least 15x, FID within 50%, file at most 0.2 of fp32: {'met' if met else 'MISSED'} ({summary})",
-            f"moonshot, 30x at FID within 25%: {'met' if moonshot else 'not met'}"]
+def goals(final: dict) -> list[dict]:
+    return [goal("wall time per image, original / final", final["speedup"], 15.0, at_least=True),
+            goal("FID ratio to the original", final["fid_ratio"], 1.5),
+            goal("file size, final / fp32", final["size_ratio"], 0.2),
+            goal("moonshot: wall time per image, original / final", final["speedup"], 30.0, at_least=True),
+            goal("moonshot: FID ratio to the original", final["fid_ratio"], 1.25)]
 
 
-def markdown(results: list[dict]) -> str:
+def body(results: dict) -> str:
     parts = []
-    for result in results:
+    for result in results["recipes"]:
         minutes = result["total_s"] / 60
         parts += [f"## `{result['command']}` ({result['n']} samples)", "", result["description"], "",
                   f"Whole recipe: {minutes:.1f} min ({result['stages_s'] / 60:.1f} min of stages, "
                   f"{result['evaluation_s'] / 60:.1f} min for the final evaluation of all of them).", "",
                   table_markdown(result["rows"]), "",
-                  *[f"- Goal: {line}" for line in result["goals"]], ""]
+                  *[f"- Goal: {judged['line']}" for judged in result["goals"]], ""]
     return "\n".join(parts)
 
 
@@ -83,15 +69,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     names = args.recipes.split(",") if args.recipes else (["quick"] if args.quick else list(builtin_recipes()))
     n, mode = (QUICK_N, "quick") if args.quick else (FULL_N, "full")
-    out = args.out or (HERE / "compress_quick.md" if args.quick else HERE / "results" / "compress_digits_cpu.md")
+    out = args.out or (HERE / "compress_quick.md" if args.quick else RESULTS / "compress_digits_cpu.md")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        results = [run_recipe(name, n, work) for name in names]
+        recipes = [run_recipe(name, n, work) for name in names]
     command = f"python -m bench.compress{' --quick' if args.quick else ''}"
-    print(write_results(out, f"Built-in recipes ({mode})", command, start, markdown(results),
-                        {"mode": mode, "n": n, "recipes": results}))
+    results = {"mode": mode, "n": n, "recipes": recipes}
+    print(write_results(out, f"Built-in recipes ({mode})", command, start, body(results), results))
 
 
 if __name__ == "__main__":

@@ -1,81 +1,72 @@
-"""The pruning benchmark: the criterion/ratio ablation and the pruned model's measured speed, PyTorch and ONNX
-Runtime, on this machine.
+"""The pruning benchmark: the criterion/ratio ablation, and the pruned model's speed in PyTorch and ONNX Runtime.
 
     python -m bench.prune            # full: 2,000 samples, DDIM 50, 1,000 fine-tuning steps per row
                                      #   -> bench/results/prune_digits_cpu.json and .md
     python -m bench.prune --quick    # CI: a few hundred samples and a few fine-tuning steps, same code
 
-Speed rows time the original and the pruned model (the default recipe: diff-pruning at 0.3) step by step,
-interleaved, at batch 1 and at the sampling batch, first in PyTorch, then both exported to fp32 ONNX and run by
-ONNX Runtime on the CPU. Fine-tuning does not change the architecture, so the speed rows do not fine-tune.
+Ablation rows are `accel prune --ablation`'s: every criterion at 0.3 and diff-pruning at 0.2 and 0.5, each pruned
+and fine-tuned alike, then all sampled in one run with the original. The runtime rows sample the original and the
+default recipe's model (diff-pruning at 0.3, not fine-tuned: fine-tuning does not change the architecture) in
+PyTorch and exported to fp32 ONNX in ONNX Runtime, all four in one run.
 """
+
 from __future__ import annotations
 
 import argparse
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import accel
-from accel.metrics.latency import step_latency_ms
-from accel.metrics.quality import fid_setup
-from accel.prune.ablation import markdown as ablation_markdown, run_ablation
+from accel.evaluate import evaluate_many
+from accel.measure.prune import ablation_markdown, run_ablation
 from accel.prune.config import FINETUNE
-from accel.train.data import training_images
-from bench.run import write_results
+from accel.report import table
+from bench.common import HERE, RESULTS, write_results
+from bench.run import row
 
-HERE = Path(__file__).parent
+RUNTIME_COLUMNS = {"model": "model", "runtime": "runs in", "fid": "FID", "ms_per_image": "ms/image",
+                   "speedup": "speedup vs original in PyTorch", "speedup_same_runtime": "speedup vs original in the "
+                   "same runtime", "latency_ms": "ms/step (batch 1)"}
 
 
 @dataclass(frozen=True)
 class Settings:
-    n: int                  # samples per ablation row
-    steps: int              # DDIM steps
+    n: int  # samples per row
+    steps: int  # DDIM steps
     finetune_steps: int
     train_batch: int
     importance_batch: int
     timestep_stride: int
-    sampling_batch: int     # samples per call, and the large batch of the speed rows
-    repeats: int            # timed calls per model in the speed rows
+    batch_size: int  # samples per call
 
 
 FULL = Settings(n=2000, steps=50, finetune_steps=FINETUNE.steps, train_batch=FINETUNE.batch_size,
-                importance_batch=64, timestep_stride=10, sampling_batch=500, repeats=20)
-# CI: under 5 minutes on 2 cores
+                importance_batch=64, timestep_stride=10, batch_size=500)
 QUICK = Settings(n=200, steps=20, finetune_steps=30, train_batch=32, importance_batch=16, timestep_stride=50,
-                 sampling_batch=200, repeats=5)
+                 batch_size=200)  # CI: a few minutes on 2 cores
 
 
-def speed_rows(settings: Settings, work: Path) -> list[dict]:
-    """Step latency of the original and the pruned model, PyTorch then ONNX Runtime, at batch 1 and the
-    sampling batch; each pair timed interleaved in one call."""
-    from accel.data import digits_images
-    from accel.export.onnx import export_onnx
+def prune_settings(settings: Settings, finetune: bool = True):
+    return accel.stage_settings("prune", importance_batch=settings.importance_batch,
+                                timestep_stride=settings.timestep_stride, train_batch=settings.train_batch,
+                                finetune_steps=settings.finetune_steps if finetune else 0)
 
-    original, pruned = accel.load("digits"), accel.load("digits")
-    config = accel.PruneConfig(importance_batch=settings.importance_batch, timestep_stride=settings.timestep_stride)
-    accel.prune_(pruned, config, digits_images()[0])
-    accel.save(pruned, work / "pruned")
-    pairs = {"PyTorch fp32": (original, pruned)}
-    export_onnx(original, work / "original.onnx")
-    export_onnx(accel.load(work / "pruned"), work / "pruned.onnx")
-    pairs["ONNX Runtime fp32 (CPU)"] = (accel.load(work / "original.onnx"), accel.load(work / "pruned.onnx"))
-    rows = []
-    for runtime, models in pairs.items():
-        for batch in (1, settings.sampling_batch):
-            original_ms, pruned_ms = step_latency_ms(list(models), batch, warmup=3, repeats=settings.repeats)
-            rows.append({"runtime": runtime, "batch": batch, "original_ms": original_ms, "pruned_ms": pruned_ms,
-                         "speedup": original_ms / pruned_ms})
+
+def runtime_rows(settings: Settings, work: Path) -> list[dict]:
+    """The original and the pruned model, in PyTorch and in ONNX Runtime, sampled in one run."""
+    original = accel.load("digits", sampling={"steps": settings.steps})
+    pruned = accel.run_stage("prune", original, prune_settings(settings, finetune=False), progress=False).model
+    graphs = [accel.run_stage("export", model, format="onnx", out=work / f"{name}.onnx", progress=False).model
+              for name, model in (("original", original), ("pruned", pruned))]
+    evaluations = evaluate_many([original, pruned, *graphs], accel.EvalConfig(n=settings.n,
+                                batch_size=settings.batch_size), command="bench", model_name="digits")
+    rows = [row("original", evaluations[0].report, "original"), row("pruned 0.3", evaluations[0].report),
+            row("original", evaluations[1].report), row("pruned 0.3", evaluations[2].report)]
+    for own, reference in ((rows[0], rows[0]), (rows[1], rows[0]), (rows[2], rows[2]), (rows[3], rows[2])):
+        own["speedup_same_runtime"] = reference["ms_per_image"] / own["ms_per_image"]
     return rows
-
-
-def speed_markdown(rows: list[dict], repeats: int) -> str:
-    lines = [f"## Speed: diff-pruning @ 0.3 vs the original (median of {repeats} interleaved calls per model)", "",
-             "| runtime | batch | original ms/step | pruned ms/step | speedup |", "|---|---|---|---|---|"]
-    lines += [f"| {r['runtime']} | {r['batch']} | {r['original_ms']:.2f} | {r['pruned_ms']:.2f} | "
-              f"{r['speedup']:.2f}x |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,23 +76,27 @@ def main(argv: list[str] | None = None) -> None:
                         "bench/results/prune_digits_cpu.md; quick ones to bench/prune_quick.md)")
     args = parser.parse_args(argv)
     settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
-    out = args.out or (HERE / "prune_quick.md" if args.quick else HERE / "results" / "prune_digits_cpu.md")
+    out = args.out or (HERE / "prune_quick.md" if args.quick else RESULTS / "prune_digits_cpu.md")
     start = time.perf_counter()
-    sampling = {"steps": settings.steps}
-    original = accel.load("digits", sampling=sampling)
-    config = accel.PruneConfig(importance_batch=settings.importance_batch, timestep_stride=settings.timestep_stride)
-    train_config = replace(FINETUNE, steps=settings.finetune_steps, batch_size=settings.train_batch,
-                           warmup_steps=min(FINETUNE.warmup_steps, settings.finetune_steps // 4))
-    ablation = run_ablation(lambda: accel.load("digits", sampling=sampling), training_images(None, original), config,
-                            train_config, fid_setup(original.sample_shape), settings.n, seed=0,
-                            batch_size=settings.sampling_batch)
+    ablation = run_ablation(lambda: accel.load("digits", sampling={"steps": settings.steps}),
+                            prune_settings(settings), accel.EvalConfig(n=settings.n, batch_size=settings.batch_size),
+                            progress=False)
     with tempfile.TemporaryDirectory() as work:
-        speed = speed_rows(settings, Path(work))
+        runtimes = runtime_rows(settings, Path(work))
     command = f"python -m bench.prune{' --quick' if args.quick else ''}"
-    text = write_results(out, f"Pruning benchmark ({mode})", command, start,
-                         ablation_markdown(ablation) + "\n" + speed_markdown(speed, settings.repeats),
-                         {"mode": mode, "settings": vars(settings), "ablation": ablation, "speed": speed})
-    print(text)
+    results = {"mode": mode, "settings": vars(settings), "ablation": ablation, "runtimes": runtimes}
+    print(write_results(out, f"Pruning benchmark ({mode})", command, start, body(results), results))
+
+
+def runtime_table(results: dict) -> str:
+    settings = results["settings"]
+    return (f"## Runtimes ({settings['n']} samples, DDIM {settings['steps']}, one run)\n\n"
+            "The pruned model is not fine-tuned here: fine-tuning changes no width, so it changes no time.\n\n"
+            + table(RUNTIME_COLUMNS, results["runtimes"]) + "\n")
+
+
+def body(results: dict) -> str:
+    return ablation_markdown(results["ablation"]) + "\n" + runtime_table(results)
 
 
 if __name__ == "__main__":

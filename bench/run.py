@@ -1,237 +1,147 @@
-"""The samplers, quantization and ONNX Runtime benchmark: one row per (model, variant), written to
-bench/results/quant_digits_cpu.md and .json (full) or bench/quant_quick.md and .json (quick).
+"""The samplers, quantization and runtimes benchmark on the built-in model.
 
-    python -m bench.run            # full settings: 2,000 samples, 50 DDIM steps
-    python -m bench.run --quick    # CI settings: fewer samples and reconstruction iterations
+    python -m bench.run            # full: 2,000 samples, DDIM 50 -> bench/results/quant_digits_cpu.json and .md
+    python -m bench.run --quick    # CI: 100 samples, a 10-step ablation, 5 reconstruction iterations
+                                   #   -> bench/quant_quick.json and .md
 
-Quality and time per image come from ``accel.evaluate`` (each model against the one it came from, sampled in
-one run, batches interleaved); per-step latency comes from the pytest-benchmark suite in
-``bench/test_latency.py``, run once over every model here, so nothing is timed twice by hand.
+Three tables, each measured in one run (every model sampled batch by batch in turn, from the same noise, after a
+warm-up call each): the original's samplers (DDIM 50, DDIM 20, DPM-Solver++ 20); the quantization ablation (W4A8
+from the naive recipe to Q-Diffusion's, and W8A8), fake-quantized in PyTorch, so its times are float arithmetic,
+not integer speed; and the runtimes: fp32, W8A8 and W4A8 exported to ONNX and run by ONNX Runtime, beside the
+original in PyTorch, the fp32 graph in ONNX Runtime and the PyTorch models they were exported from.
 """
+
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import accel
-from accel.core.files import write_text
-from accel.report import to_json
+from accel.evaluate import evaluate_many
+from accel.measure.quantize import run_ablation
+from accel.metrics.quality import psnr_db
+from accel.quant import Q_DIFFUSION
+from accel.report import table
+from bench.common import HERE, RESULTS, write_results
 
-HERE = Path(__file__).parent
-COLUMNS = ("model", "variant", "sampler", "fid", "fid_ratio", "fid_at_floor_size", "fid_floor", "psnr_db",
-           "calls_per_image", "macs_per_image", "ms_per_image", "speedup", "latency_ms_b1", "latency_ms_b256",
-           "step_speedup", "max_rel_error", "params", "macs", "size_bytes", "wall_s")
+COLUMNS = {"model": "model", "runtime": "runs in", "sampler": "sampler", "fid": "FID", "fid_ratio": "FID ratio",
+           "psnr_db": "PSNR to original (dB)", "calls_per_image": "calls/image", "macs_per_image": "MACs/image",
+           "ms_per_image": "ms/image", "speedup": "speedup (time/image)", "latency_ms": "ms/step (batch 1)",
+           "size_bytes": "size"}
+ABLATION_COLUMNS = {"name": "recipe", "fid": "FID", "fid_ratio": "FID ratio", "psnr_db": "PSNR to original (dB)",
+                    "size_bytes": "size"}
+EXPORT_COLUMNS = {**COLUMNS, "source_fid_ratio": "FID ratio to its PyTorch model",
+                  "source_psnr_db": "PSNR to its PyTorch model (dB)", "parity_max_rel": "export parity (max rel)"}
 
 
 @dataclass(frozen=True)
 class Settings:
-    n: int                  # samples for the reference, sampler and export rows
-    ablation_n: int         # samples for the quantization ablation
-    ablation_steps: int     # DDIM steps of the ablation
-    recon_iters: int        # reconstruction iterations of the quantized models
+    n: int  # samples for the sampler and runtime tables
+    ablation_n: int  # samples for the quantization ablation
+    ablation_steps: int  # DDIM steps of the ablation
+    recon_iters: int  # reconstruction iterations of the quantized models
+    batch_size: int
 
 
-FULL = Settings(n=2000, ablation_n=2000, ablation_steps=50, recon_iters=500)
-# CI: part of the quick leaderboard's 10 minutes on 2 cores
-QUICK = Settings(n=100, ablation_n=100, ablation_steps=10, recon_iters=5)
+FULL = Settings(n=2000, ablation_n=2000, ablation_steps=50, recon_iters=Q_DIFFUSION.recon_iters, batch_size=500)
+QUICK = Settings(n=100, ablation_n=100, ablation_steps=10, recon_iters=5, batch_size=100)  # CI: a few minutes
 
 
-def write_results(out: Path, title: str, command: str, start: float, body: str, results: dict) -> str:
-    """A benchmark's markdown (title, machine, versions, the command and its wall time, then ``body``) at ``out``
-    and its JSON (``results`` with the commit, machine and versions) beside it; returns the markdown."""
-    import platform
-
-    import torch
-
-    from accel.evaluate import device_name
-
-    machine, wall_s = device_name(torch.device("cpu")), time.perf_counter() - start
-    text = (f"# {title}: digits on {machine}\n\ntorch {torch.__version__}, python {platform.python_version()}, accel "
-            f"{accel.__version__}; `{command}` in {wall_s:.0f} s\n\n" + body)
-    write_text(out, text)
-    write_text(out.with_suffix(".json"), to_json({
-        **results, "commit": _commit(), "machine": machine,
-        "versions": {"torch": torch.__version__, "accel": accel.__version__}, "wall_s": wall_s}))
-    return text
+def row(name: str, report, side: str = "compressed") -> dict:
+    """One model of a report (``side`` "original" or "compressed") as a table row."""
+    measures = getattr(report, side)
+    delta = report.delta if side == "compressed" else None
+    return {"model": name, "runtime": measures.runtime, "sampler": f"{measures.sampler['name']} "
+            f"{measures.sampler['steps']}", "fid": measures.fid, "fid_ratio": delta.fid_ratio if delta else 1.0,
+            "psnr_db": delta.psnr_db_vs_original if delta else None, "calls_per_image": measures.calls_per_image,
+            "macs_per_image": measures.macs_per_image, "ms_per_image": measures.sampling_s_per_image * 1e3,
+            "speedup": delta.speedup if delta else 1.0, "latency_ms": measures.latency_ms_per_step,
+            "size_bytes": measures.size_bytes}
 
 
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+def sampler_rows(settings: Settings) -> list[dict]:
+    """The original with fewer steps against its own DDIM 50: the baselines any step reduction must beat."""
+    variants = {"original, DDIM 50": {}, "original, DDIM 20": {"steps": 20},
+                "original, DPM-Solver++ (2M) 20": {"name": "dpm++", "steps": 20}}
+    models = [accel.load("digits", sampling=changes) for changes in variants.values()]
+    evaluations = evaluate_many(models, _eval(settings.n, settings), command="bench", model_name="digits")
+    names = list(variants)
+    return [row(names[0], evaluations[0].report, "original")] + [
+        row(name, evaluation.report) for name, evaluation in zip(names[1:], evaluations)]
 
 
-def _quantized(bits: int, recon_iters: int):
-    fp32 = accel.load("digits")
-    model = accel.load("digits")
-    config = accel.QuantConfig(w_bits=bits, a_bits=8, recon_iters=recon_iters)
-    accel.quantize_(model, config, accel.calibrate(fp32, accel.CalibConfig()), progress=False)
-    return model
+def ablation_rows(settings: Settings) -> dict:
+    """The W4A8 ablation (naive -> full recipe) and W8A8 on the reference model."""
+    full = replace(Q_DIFFUSION, recon_iters=settings.recon_iters)
+    return run_ablation(lambda: accel.load("digits", sampling={"steps": settings.ablation_steps}), full,
+                        accel.CalibConfig(), _eval(settings.ablation_n, settings), progress=False)
 
 
-def build_models(folder: Path, recon_iters: int) -> dict[str, dict]:
-    """W8A8 and W4A8 artifacts of digits in ``folder``, and the fp32, W8A8 and W4A8 ONNX exports beside them:
-    {name: export record} for the three exports."""
-    from accel.export.onnx import export_onnx
-
+def runtime_rows(settings: Settings, work: Path) -> list[dict]:
+    """fp32, W8A8 and W4A8 in ONNX Runtime (W4A8's linear layers as INT4, opset 21) and the PyTorch models they
+    were exported from, all against the original in PyTorch, sampled in one run."""
+    pytorch = {"fp32": accel.load("digits")}
     for bits in (8, 4):
-        accel.save(_quantized(bits, recon_iters), folder / f"w{bits}a8")
-    return {name: export_onnx(accel.load(source), folder / f"{name}.onnx")
-            for name, source in (("fp32", "digits"), ("w8a8", folder / "w8a8"), ("w4a8", folder / "w4a8"))}
-
-
-def benchmark_latencies(models: Path) -> dict[tuple[str, int], float]:
-    """Median ms per denoiser step for every (model label, batch), from one pytest-benchmark run."""
-    import pytest
-
-    with tempfile.TemporaryDirectory() as work:
-        results = Path(work) / "benchmarks.json"
-        code = pytest.main([str(HERE / "test_latency.py"), "-k", "denoiser_step", "--benchmark-only", "-q",
-                            "-p", "no:cacheprovider", f"--benchmark-json={results}", f"--models={models}"])
-        if code != 0:
-            raise SystemExit(f"bench.run: the latency benchmarks failed (pytest exit {code})")
-        entries = json.loads(results.read_text())["benchmarks"]
-    return {(e["extra_info"]["model"], e["extra_info"]["batch"]): e["stats"]["median"] * 1e3 for e in entries}
-
-
-def _row(model: str, variant: str, **values) -> dict:
-    return {"model": model, "variant": variant, **{c: values.get(c) for c in COLUMNS[2:]}, **{
-        k: v for k, v in values.items() if k.startswith("_")}}
-
-
-def _compared(report, name: str, variant: str, **extra) -> dict:
-    """A row from a two-model report: the compressed side, measured against the original."""
-    side, delta = report.compressed, report.delta
-    measured = dict(sampler=f"{side.sampler['name']} {side.sampler['steps']}", fid=side.fid,
-                    fid_ratio=delta.fid_ratio, psnr_db=delta.psnr_db_vs_original, calls_per_image=side.calls_per_image,
-                    macs_per_image=side.macs_per_image, ms_per_image=side.sampling_s_per_image * 1e3,
-                    speedup=delta.speedup, params=side.params, macs=side.macs, size_bytes=side.size_bytes)
-    return _row(name, variant, **{**measured, **extra})
-
-
-def reference_row(n: int, latencies: dict) -> dict:
-    start = time.perf_counter()
-    report = accel.evaluate(accel.load("digits"), config=accel.EvalConfig(n=n), command="bench",
-                            model_name="digits").report
-    side = report.original
-    return _row("digits", "fp32 (PyTorch)", sampler="ddim 50", fid=side.fid, fid_at_floor_size=side.fid_at_floor_size,
-                fid_floor=report.fid_floor, calls_per_image=side.calls_per_image, macs_per_image=side.macs_per_image,
-                ms_per_image=side.sampling_s_per_image * 1e3, latency_ms_b1=latencies["digits", 1],
-                latency_ms_b256=latencies["digits", 256], params=side.params, macs=side.macs,
-                size_bytes=side.size_bytes, wall_s=time.perf_counter() - start,
-                _context={k: report.to_dict()[k] for k in ("device", "device_name", "versions", "fid_features",
-                                                           "fid_samples", "fid_floor_samples", "seed")})
-
-
-# Fewer steps of the same model, against its own DDIM 50: the baselines any step reduction must beat.
-SAMPLER_ROWS = (("DDIM, 20 steps", {"steps": 20}), ("DPM-Solver++ (2M), 20 steps", {"name": "dpm++", "steps": 20}))
-
-
-def sampler_rows(n: int) -> list[dict]:
-    rows = []
-    for variant, sampling in SAMPLER_ROWS:
-        start = time.perf_counter()
-        report = accel.evaluate(accel.load("digits", sampling=sampling), accel.load("digits"),
-                                accel.EvalConfig(n=n), command="bench", model_name="digits").report
-        rows.append(_compared(report, "digits", f"fp32 {variant}", wall_s=time.perf_counter() - start,
-                              _samplers={"samples": n}))
+        pytorch[f"W{bits}A8"] = accel.run_stage("quantize", "digits", bits=bits, recon_iters=settings.recon_iters,
+                                                progress=False).model
+    exported = {name: accel.run_stage("export", model, format="onnx", out=work / f"{name}.onnx", progress=False)
+                for name, model in pytorch.items()}
+    names = list(pytorch)
+    models = [model for name in names for model in (pytorch[name], exported[name].model)]
+    evaluations = evaluate_many(models, _eval(settings.n, settings), command="bench", model_name="digits")
+    rows = [row("fp32", evaluations[0].report, "original")]
+    for index, name in enumerate(names):
+        pair = evaluations[2 * index - 1] if index else None, evaluations[2 * index]  # PyTorch, ONNX Runtime
+        if pair[0] is not None:
+            rows.append(row(f"{name} (fake-quantized)", pair[0].report))
+        rows.append({**row(name, pair[1].report), **_against_source(pair, exported[name].record)})
     return rows
 
 
-def quantization_rows(settings: Settings) -> list[dict]:
-    """The W4A8 ablation (naive -> full recipe) and W8A8 on the reference model, as benchmark rows."""
-    from accel.metrics.quality import fid_setup
-    from accel.metrics.size import weights_bytes
-    from accel.quant.ablation import ablation_configs, run_ablation
-
-    sampling = {"steps": settings.ablation_steps}
-    original = accel.load("digits", sampling=sampling)
-    full = accel.QuantConfig(w_bits=4, a_bits=8, recon_iters=settings.recon_iters)
-    start = time.perf_counter()
-    table = run_ablation(lambda: accel.load("digits", sampling=sampling),
-                         lambda calib: accel.calibrate(original, calib), full, accel.CalibConfig(),
-                         fid_setup(original.sample_shape), settings.ablation_n, seed=0)
-    sizes = {}  # stored bytes depend only on the weight bits, not on the recipe
-    for bits in {config.w_bits for _, config, _ in ablation_configs(full, accel.CalibConfig())}:
-        model = accel.load("digits")
-        accel.quantize_(model, accel.QuantConfig(w_bits=bits, a_bits=None), None, progress=False)
-        sizes[bits] = weights_bytes(model)
-    wall = (time.perf_counter() - start) / len(table["rows"])
-    return [_row("digits", row["name"], sampler=f"ddim {settings.ablation_steps}", fid=row["fid"],
-                 fid_ratio=row["fid_ratio"], psnr_db=row["psnr_db"], size_bytes=sizes[row["config"]["w_bits"]],
-                 wall_s=wall, _ablation={"samples": settings.ablation_n, "steps": settings.ablation_steps,
-                                         "original_fid": table["original_fid"]})
-            for row in table["rows"]]
+def _against_source(pair, export: dict) -> dict:
+    """An exported model against the PyTorch model it came from, in the same run: FID ratio, PSNR, parity."""
+    source, graph = pair
+    source_fid = source.report.compressed.fid if source else graph.report.original.fid
+    source_images = source.images[1] if source else graph.images[0]
+    return {"source_fid_ratio": _ratio(graph.report.compressed.fid, source_fid),
+            "source_psnr_db": psnr_db(source_images, graph.images[1]),
+            "parity_max_rel": export["parity"]["max_rel"], "opset": export["opset"],
+            "int4_layers": export["int4_layers"]}
 
 
-def onnx_runtime_rows(n: int, folder: Path, exports: dict[str, dict], latencies: dict, recon_iters: int) -> list[dict]:
-    """FP32, W8A8 and W4A8 (linear layers as INT4, opset 21) sampled through ONNX Runtime, each against the
-    PyTorch model it was exported from (same seeds and sampler): FID ratio, PSNR, time per image, step latency."""
-    rows = []
-    for name, record in exports.items():
-        start = time.perf_counter()
-        pytorch_label = "digits" if name == "fp32" else name
-        pytorch = accel.load("digits" if name == "fp32" else folder / name)
-        report = accel.evaluate(accel.load(folder / f"{name}.onnx"), pytorch, accel.EvalConfig(n=n), command="bench",
-                                model_name=f"{name}.onnx").report
-        ort_ms = latencies[f"{name}.onnx", 1]
-        variant = (f"{name.upper()} ONNX, opset {record['opset']}, {record['int4_layers']} INT4 layers "
-                   "(ONNX Runtime, CPU)")
-        rows.append(_compared(report, "digits", variant, latency_ms_b1=ort_ms,
-                              step_speedup=latencies[pytorch_label, 1] / ort_ms,
-                              max_rel_error=record["parity"]["max_rel"], size_bytes=record["bytes"],
-                              wall_s=time.perf_counter() - start,
-                              _export={"samples": n, "recon_iters": recon_iters, "pytorch_fid": report.original.fid}))
-    return rows
+def _ratio(a, b):
+    return None if a is None or not b else a / b
 
 
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+def _eval(n: int, settings: Settings):
+    return accel.EvalConfig(n=n, batch_size=settings.batch_size)
 
 
-def markdown(rows: list[dict], mode: str) -> str:
-    context = rows[0]["_context"]
-    lines = [f"# accel benchmark report ({mode})", "",
-             f"Machine: {context['device_name']} ({context['device']}); versions: "
-             + ", ".join(f"{k} {v}" for k, v in context["versions"].items()),
-             f"FID: {context['fid_features']} features, all real images, seed {context['seed']}; fid_at_floor_size "
-             f"and fid_floor: {context['fid_floor_samples']} vs {context['fid_floor_samples']} (see README). "
-             "ms_per_image: wall time of sampling divided by images; speedup: the same ratio against the row's "
-             "original, sampled in the same run. latency_ms_b1/b256: median ms per denoiser call from "
-             "bench/test_latency.py (pytest-benchmark); step_speedup: its ratio against the original.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
-    samplers = next((row["_samplers"] for row in rows if row.get("_samplers")), None)
-    if samplers:
-        lines += ["", f"Sampler rows: the same fp32 model with fewer steps against its own DDIM 50 run on "
-                      f"{samplers['samples']} samples, same seeds and initial noise (both samplers deterministic, so "
-                      "PSNR to the 50-step samples means something)."]
-    ablation = next((row["_ablation"] for row in rows if row.get("_ablation")), None)
-    if ablation:
-        lines += ["", f"Quantization rows: fake-quantized PyTorch models (no latency: integer speed needs an exported "
-                      f"engine); FID and PSNR on {ablation['samples']} samples at {ablation['steps']} DDIM steps, "
-                      f"same seeds as their own FP32 run (FID {ablation['original_fid']:.4g}), which is what "
-                      "fid_ratio divides by."]
-    export = next((row["_export"] for row in rows if row.get("_export")), None)
-    if export:
-        lines += ["", f"ONNX Runtime rows: `accel export onnx` of the FP32 model, W8A8 and W4A8 (recipe defaults, "
-                      f"{export['recon_iters']} reconstruction iterations), sampled through ONNX Runtime on "
-                      f"{export['samples']} samples at 50 DDIM steps; fid_ratio, psnr_db, speedup and step_speedup "
-                      "compare each with the PyTorch model it was exported from (the quantized ones fake-quantized, "
-                      "with quantized attention; the export keeps attention in float); max_rel_error is the export's "
-                      "parity check."]
-    return "\n".join(lines) + "\n"
+def sampler_table(results: dict) -> str:
+    return (f"## Samplers ({results['settings']['n']} samples, one run)\n\n" + table(COLUMNS, results["samplers"])
+            + "\n")
+
+
+def ablation_table(results: dict) -> str:
+    settings, ablation = results["settings"], results["ablation"]
+    return (f"## Quantization ablation ({ablation['samples']} samples at DDIM {settings['ablation_steps']}, one "
+            f"run; fake-quantized in PyTorch, {settings['recon_iters']} reconstruction iterations per block)\n\n"
+            + table(ABLATION_COLUMNS, ablation["rows"]) + "\n")
+
+
+def runtime_table(results: dict) -> str:
+    return (f"## Runtimes ({results['settings']['n']} samples, DDIM 50, one run)\n\n"
+            "Every row against the original in PyTorch (speedup: its wall time per image over the row's), the fp32 "
+            "graph in ONNX Runtime beside it; an exported row also against the PyTorch model it came from. "
+            "Fake-quantized rows run float arithmetic on the integer grid: their time is not integer speed.\n\n"
+            + table(EXPORT_COLUMNS, results["runtimes"]) + "\n")
+
+
+def body(results: dict) -> str:
+    return "\n".join([sampler_table(results), ablation_table(results), runtime_table(results)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -240,17 +150,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="markdown report (a .json beside it)")
     args = parser.parse_args(argv)
     settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
-    args.out = args.out or (HERE / "quant_quick.md" if args.quick else HERE / "results" / "quant_digits_cpu.md")
+    out = args.out or (HERE / "quant_quick.md" if args.quick else RESULTS / "quant_digits_cpu.md")
+    start = time.perf_counter()
+    samplers, ablation = sampler_rows(settings), ablation_rows(settings)
     with tempfile.TemporaryDirectory() as work:
-        exports = build_models(Path(work), settings.recon_iters)
-        latencies = benchmark_latencies(Path(work))
-        rows = [reference_row(settings.n, latencies), *sampler_rows(settings.n), *quantization_rows(settings),
-                *onnx_runtime_rows(settings.n, Path(work), exports, latencies, settings.recon_iters)]
-    text = markdown(rows, mode)
-    write_text(args.out, text)
-    write_text(args.out.with_suffix(".json"), to_json({"mode": mode, "commit": _commit(), "settings": vars(settings),
-                                                       "rows": rows}))
-    print(text)
+        runtimes = runtime_rows(settings, Path(work))
+    command = f"python -m bench.run{' --quick' if args.quick else ''}"
+    results = {"mode": mode, "settings": vars(settings), "samplers": samplers, "ablation": ablation,
+               "runtimes": runtimes}
+    print(write_results(out, f"Samplers, quantization and runtimes ({mode})", command, start, body(results),
+                        results))
 
 
 if __name__ == "__main__":

@@ -153,10 +153,10 @@ def test_what_cannot_be_cached_is_refused_before_anything_changes():
     with pytest.raises(accel.ConfigError, match="schedule"):
         accel.CacheConfig(schedule="cubic")
     model = _digits()
-    with pytest.raises(AccelError, match="--branch 3 does not exist.*branches 0-2"):
+    with pytest.raises(AccelError, match="CacheConfig.branch 3 does not exist.*branches 0-2"):
         accel.cache_(model, accel.CacheConfig(branch=3))
     student = _digits(steps=2)
-    with pytest.raises(AccelError, match="samples in 2 steps.*fewer than --interval 3: caching gives nothing"):
+    with pytest.raises(AccelError, match="CacheConfig.interval 3 is more than the 2 steps this model samples in.*caching gives nothing"):
         accel.cache_(student, accel.CacheConfig(interval=3))
     dit = accel.load(make_tiny_dit(), "cpu")
     with pytest.raises(AccelError, match="DiTTransformer2DModel is not supported by the cache yet"):
@@ -201,7 +201,7 @@ def test_a_transformer_with_enable_cache_gets_diffusers_attention_cache_each_tra
     assert torch.equal(accel.sample(cached, 2, progress=False).images, b)  # reset between trajectories
     x, t, c = cached.example_inputs(2)
     assert torch.equal(cached(x, t, c), plain(x, t, c))  # outside a sampler: a whole call
-    with pytest.raises(AccelError, match="--branch chooses a UNet's skip level"):
+    with pytest.raises(AccelError, match="CacheConfig.branch chooses a UNet's skip level"):
         accel.cache_(_cacheable_dit(), accel.CacheConfig(branch=1))
 
 
@@ -238,7 +238,7 @@ def test_damaged_cache_records_are_one_line(tmp_path, capsys):
     record = json.loads((tmp_path / "c2" / "accel.json").read_text())
     record["transforms"][0]["config"]["branch"] = 9
     (tmp_path / "c2" / "accel.json").write_text(json.dumps(record))
-    assert "--branch 9 does not exist" in refused(capsys, tmp_path, "eval", "--model", str(tmp_path / "c2"), "--n", "2")
+    assert "CacheConfig.branch 9 does not exist" in refused(capsys, tmp_path, "eval", "--model", str(tmp_path / "c2"), "--n", "2")
     export_onnx(model, tmp_path / "c.onnx")
     graph = onnx.load(str(tmp_path / "c.onnx"))
     entry = next(p for p in graph.metadata_props if p.key == "accel")

@@ -34,10 +34,9 @@ def test_cache_reports_both_costs_and_the_plain_sampler_at_equal_macs(cached):
     assert cheap < full / 2
     assert report["compressed"]["macs_per_image"] == 4 * full + 8 * cheap
     assert report["original"]["macs_per_image"] == 12 * full
-    plain = section["plain_sampler_at_equal_macs"]
-    assert plain["steps"] == round((4 * full + 8 * cheap) / full) and plain["sampler"]["steps"] == plain["steps"]
-    assert report["delta"]["psnr_db_vs_original"] is not None
-    assert any(line.startswith("ahead of the plain sampler at equal MACs per image") for line in report["goals"])
+    plain = section["plain_sampler_at_equal_macs"]  # the step count whose MACs per image are nearest the cache's
+    assert abs(plain["macs_per_image"] - report["compressed"]["macs_per_image"]) <= full / 2
+    assert plain["fid"] is not None and report["delta"]["psnr_db_vs_original"] is not None
     assert {"report.json", "report.md", "samples.png", "accel.json", "model.safetensors"} <= {
         p.name for p in out.iterdir()}
     assert "## Cache" in (out / "report.md").read_text()
@@ -69,7 +68,7 @@ def test_the_artifact_samples_with_its_cache_through_eval_quantize_and_onnx(cach
 @pytest.mark.parametrize("argv, message", [
     (["--interval", "0"], "--interval must be at least 1"),
     (["--branch", "3"], "--branch 3 does not exist"),
-    (["--interval", "5", "--steps", "4"], "samples in 4 steps"),
+    (["--interval", "5", "--steps", "4"], "--interval 5 is more than the 4 steps this model samples in"),
     (["--center", "2"], "--center must be a fraction"),
 ])
 def test_bad_cache_input_is_one_line(capsys, tmp_path, argv, message):

@@ -53,8 +53,10 @@ def chain(tmp_path_factory):
 def test_every_stage_is_an_artifact_and_the_final_model_sits_in_out(chain):
     report, out = chain
     assert sorted(p.name for p in (out / "stages").iterdir()) == ["01-cache", "02-quantize", "03-export"]
-    assert (out / "stages" / "01-cache" / "accel.json").is_file()
-    assert (out / "stages" / "02-quantize" / "report.json").is_file()  # each stage's own report against its input
+    for stage in ("01-cache", "02-quantize"):
+        assert {p.name for p in (out / "stages" / stage).iterdir()} == {
+            "config.json", "scheduler_config.json", "accel.json", "model.safetensors"}  # an artifact, no report
+    assert not list((out / "stages").glob("*.partial"))  # no stage left checkpoints behind
     assert report["final"] == str(out / "model.onnx")
     assert (out / "model.onnx").read_bytes() == (out / "stages" / "03-export" / "model.onnx").read_bytes()
     assert (out / "model.cached.onnx").is_file()  # the cached model's second graph travels with it
@@ -104,9 +106,8 @@ def test_resume_reuses_unchanged_stages_and_redoes_from_the_first_change(chain, 
 
 def test_a_killed_run_keeps_its_finished_stages(tmp_path):
     """Stage 2 interrupted: stage 1 stays recorded; --resume reuses it and runs stage 2 as 'resuming'."""
-    from accel.compress import Stage, StageSpec
-    from accel.compress.chain import run_stages
-    from accel.compress.recipe import Recipe
+    from accel.compress import Recipe, StageSpec
+    from accel.compress.chain import ChainStage, run_stages
 
     calls = []
 
@@ -116,35 +117,38 @@ def test_a_killed_run_keeps_its_finished_stages(tmp_path):
             if fail:
                 raise KeyboardInterrupt
             output.mkdir()
-            (output / "accel.json").write_text(f"{name} from {Path(source).name}")
+            (output / "accel.json").write_text(f"{name} from {Path(str(source)).name}")
         return run
 
     specs = [StageSpec(1, "prune", {"ratio": 0.3}), StageSpec(2, "distill", {"steps": 4})]
-    recipe = Recipe("r", "", "", tuple(specs))
+    recipe = Recipe("r", "", tuple(specs))
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(KeyboardInterrupt):
-        run_stages("m", None, recipe, [Stage(specs[0], "prune", writer("a")),
-                                       Stage(specs[1], "distill", writer("b", fail=True))], out, False, 0, print)
+        run_stages("m", "m", "fingerprint", recipe, [ChainStage(specs[0], writer("a")),
+                                                     ChainStage(specs[1], writer("b", fail=True))], out, False, 0,
+                   print)
     state = json.loads((out / "compress.json").read_text())
     assert len(state["done"]) == 1 and state["running"]["index"] == 1
-    runs = run_stages("m", None, recipe, [Stage(specs[0], "prune", writer("a")), Stage(specs[1], "distill",
-                                                                                      writer("b"))], out, True, 0, print)
+    runs = run_stages("m", "m", "fingerprint", recipe, [ChainStage(specs[0], writer("a")),
+                                                        ChainStage(specs[1], writer("b"))], out, True, 0, print)
     assert calls == [("a", False), ("b", False), ("b", True)]  # stage 1 not run again; stage 2 resumed in place
     assert [r.reused for r in runs] == [True, False]
     assert (out / "stages" / "02-distill" / "accel.json").read_text() == "b from 01-prune"
 
 
-def test_a_changed_input_model_redoes_every_stage(tmp_path):
+def test_a_changed_input_model_has_another_fingerprint():
+    """The first stage's key hashes the model's weights: the same model twice matches, a changed weight does not."""
+    import torch
+
+    import accel
     from accel.compress.chain import model_fingerprint
 
-    model = tmp_path / "m"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    (model / "model.safetensors").write_bytes(b"1")
-    before = model_fingerprint("m", model)
-    (model / "model.safetensors").write_bytes(b"2")
-    assert model_fingerprint("m", model) != before
+    model, again = accel.load("digits"), accel.load("digits")
+    assert model_fingerprint(model) == model_fingerprint(again)
+    with torch.no_grad():
+        next(again.module.parameters()).view(-1)[0] += 1e-3
+    assert model_fingerprint(model) != model_fingerprint(again)
 
 
 def test_evaluate_many_gives_what_pairwise_evaluations_give():
@@ -164,14 +168,15 @@ def test_evaluate_many_gives_what_pairwise_evaluations_give():
 
 
 def test_builtin_recipes_parse_and_pass_the_checks_done_before_work(capsys):
-    from accel.cli import _stages, build_parser
+    import accel
     from accel.compress import builtin_recipes, load_recipe
+    from accel.compress.workflow import plan
 
     assert {"quick", "fast", "training-free"} <= set(builtin_recipes())
-    args = build_parser().parse_args(["compress", "--recipe", "fast"])
+    digits = accel.load("digits")
     for name in builtin_recipes():
         recipe = load_recipe(name)
-        assert recipe.description and len(_stages(recipe, args)) == len(recipe.stages)
+        assert recipe.description and len(plan(recipe, digits, 0, "cpu", 500, False)) == len(recipe.stages)
     code, out, _ = run(capsys, "compress", "--list-recipes", "--json")
     assert code == 0 and {r["name"] for r in json.loads(out)["recipes"]} == set(builtin_recipes())
 
@@ -179,11 +184,13 @@ def test_builtin_recipes_parse_and_pass_the_checks_done_before_work(capsys):
 @pytest.mark.parametrize("text, expected", [
     ("[[stage]]\nname = 'prune'\nratoi = 0.3\n", "stage 1 (prune): unknown key 'ratoi'"),
     ("[[stage]]\nname = 'shrink'\n", "stage 1 has name 'shrink'"),
-    ("[[stage]]\nname = 'prune'\nratio = 'lots'\n", "stage 1 (prune): argument --ratio: invalid float value"),
-    ("[[stage]]\nname = 'prune'\nratio = 1.5\n", "stage 1 (prune): --ratio"),
+    ("[[stage]]\nname = 'prune'\nratio = 'lots'\n", "stage 1 (prune): key 'ratio' must be float, got 'lots'"),
+    ("[[stage]]\nname = 'prune'\nratio = 1.5\n", "stage 1 (prune): key 'ratio' must be between 0 and 1"),
+    ("[[stage]]\nname = 'quantize'\nbits = 9\n", "stage 1 (quantize): key 'bits' must be between 2 and 8"),
+    ("[[stage]]\nname = 'quantize'\nbits = 8\nw_bits = 6\n", "stage 1 (quantize): key 'w-bits' sets quant.w_bits, which another key sets too"),
     ("[[stage]]\nname = 'cache'\nn = 100\n", "stage 1 (cache): key 'n' is not a stage setting"),
     ("[[stage]]\nname = 'quantize'\nno-split = 1\n", "stage 1 (quantize): key 'no-split' is a switch"),
-    ("[[stage]]\nname = 'export'\n", "stage 1 (export): needs key 'format'"),
+    ("[[stage]]\nname = 'export'\n", "stage 1 (export): key 'format' is needed: onnx or trt"),
     ("[[stage]]\nname = 'quantize'\nbits = 8\n[[stage]]\nname = 'prune'\n",
      "stage 2 (prune): cannot prune this model: it went through quantize"),
     ("[[stage]]\nname = 'quantize'\nbits = 8\n[[stage]]\nname = 'distill'\n",
@@ -261,9 +268,36 @@ def test_two_processes_train_together_and_share_the_final_evaluation(tmp_path):
                           "--out", str(out), "--json"])
     rows = report["stages"]
     assert [r["stage"] for r in rows] == ["original", "01-prune", "02-export"]
-    assert json.loads((out / "stages" / "01-prune" / "report.json").read_text())["pruning"]["finetune"][
+    assert json.loads((out / "stages" / "01-prune" / "accel.json").read_text())["transforms"][-1]["finetune"][
         "processes"] == 2
     alone = run_eval(1, ["eval", "--model", str(out / "model.onnx"), "--baseline", "digits", "--n", "24",
                          "--batch-size", "5", "--device", "cpu", "--json"])
     assert rows[0]["fid"] == alone["original"]["fid"] and rows[-1]["fid"] == alone["compressed"]["fid"]
     assert rows[-1]["psnr_db"] == alone["delta"]["psnr_db_vs_original"]
+
+
+@pytest.mark.slow
+def test_python_and_the_command_line_make_the_same_models_and_fids(tmp_path, capsys):
+    """``accel.compress(accel.load("digits"), "quick")`` and ``accel compress --recipe quick``, same seed: every
+    stage's weights bit for bit, the final graph's initializers, and every FID of the report."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    import accel
+
+    code, out, err = run(capsys, "compress", "--recipe", "quick", "--n", "32", "--batch-size", "32", "--out",
+                         str(tmp_path / "cli"), "--json")
+    assert code == 0, err
+    from_cli = json.loads(out)
+    result = accel.compress(accel.load("digits"), "quick", tmp_path / "py",
+                            eval_config=accel.EvalConfig(n=32, batch_size=32), progress=False)
+    for stage in ("01-prune", "02-cache", "03-quantize"):
+        records = [json.loads((tmp_path / run_ / "stages" / stage / "accel.json").read_text()) for run_ in ("cli", "py")]
+        assert records[0]["weights_sha256"] == records[1]["weights_sha256"], stage
+    graphs = [onnx.load(str(tmp_path / run_ / "model.onnx")).graph.initializer for run_ in ("cli", "py")]
+    assert len(graphs[0]) == len(graphs[1]) > 0
+    for a, b in zip(*graphs):
+        assert a.name == b.name and np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b)), a.name
+    assert [row["fid"] for row in from_cli["stages"]] == [row["fid"] for row in result.report.sections["stages"]]
+    assert result.final == tmp_path / "py" / "model.onnx" and result.model.runtime.startswith("ONNX Runtime")

@@ -161,24 +161,26 @@ def test_two_processes_distill_to_the_same_student(tmp_path):
     assert not (tmp_path / "work" / "stage-04" / "checkpoint").exists()
 
 
-def test_data_may_be_named_as_on_the_command_line():
-    with pytest.raises(accel.AccelError, match="this model needs training images"):
-        accel.distill(_tiny_denoiser(), accel.DistillConfig(steps=1, teacher_steps=2), None, TINY, progress=False)
-    student = accel.distill(accel.load("digits"), accel.DistillConfig(steps=1, teacher_steps=2), None, TINY,
-                           progress=False)
-    assert student.sampling.steps == 1 and student.transforms[-1]["name"] == "distill"  # the digits set
+def test_the_distill_stage_names_its_data_as_the_command_line_does():
+    budget = dict(steps=1, teacher_steps=2, train_steps=3, train_batch=4, progress=False)
+    with pytest.raises(accel.ConfigError, match="DataConfig.source is needed for this model"):
+        accel.run_stage("distill", _tiny_denoiser(), **budget)
+    digits = accel.load("digits")
+    result = accel.run_stage("distill", digits, **budget)
+    assert result.model.sampling.steps == 1 and result.record["data"].startswith("the digits training set")
+    assert digits.transforms == [] and digits.sampling.steps == 50  # the stage ran on a copy
 
 
 def test_an_artifact_made_from_digits_trains_on_the_digits_set_by_default(tmp_path):
     """A chain's later stage (distilling a pruned teacher) has the digits set without --data."""
-    from accel.train.data import data_identity
+    from accel.train.data import DataConfig, data_identity
 
     pruned_like = accel.load("digits")
     accel.cache_(pruned_like, accel.CacheConfig(interval=2))
     accel.save(pruned_like, tmp_path / "a")
     again = accel.load(tmp_path / "a")
     assert again.source == str(tmp_path / "a") and again.origin == "digits"
-    assert data_identity(None, again) == {"data": "digits"}
+    assert data_identity(DataConfig(), again) == {"data": "digits"}
 
 
 @pytest.mark.parametrize("change, message", [

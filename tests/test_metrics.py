@@ -88,7 +88,7 @@ def test_fid_setup_chooses_digits_features_or_says_why_not():
 def test_inception_fid_needs_reference_images(tmp_path):
     from accel.core.errors import AccelError
 
-    with pytest.raises(AccelError, match="--fid-ref"):
+    with pytest.raises(AccelError, match="EvalConfig.fid_ref is needed"):
         fid_setup((3, 32, 32), inception_weights=tmp_path / "w.pth")
 
 

@@ -12,7 +12,7 @@ from accel.metrics.size import count_macs
 from accel.optimize.apply import kernel_usage
 from accel.optimize.cuda_graph import CudaGraphHook
 from accel.optimize.modules import FusedAttnProcessor, FusedGroupNorm, FusedResnetBlock2D
-from accel.optimize.workflow import PARITY_TIMESTEPS, PARITY_TOLERANCE, output_parity
+from accel.measure.optimize import PARITY_TIMESTEPS, PARITY_TOLERANCE, output_parity
 from conftest import make_tiny_unet, run_cli as run
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -137,7 +137,7 @@ def test_cuda_graph_replay_survives_a_reload_and_a_copy(tmp_path):
 
 
 def test_cuda_graph_on_a_cpu_model_is_refused():
-    with pytest.raises(accel.AccelError, match="--cuda-graph needs the model on a CUDA device"):
+    with pytest.raises(accel.AccelError, match="OptimizeConfig.cuda_graph needs the model on a CUDA device"):
         accel.optimize_(accel.load(make_tiny_unet(), "cpu"), accel.OptimizeConfig(cuda_graph=True))
 
 

@@ -52,8 +52,16 @@ def test_side_by_side_evaluation_report(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "| fid |" in text and "psnr_db_vs_original" in text and "floor" in text and "calls_per_image" in text
     from PIL import Image
-    # two 8-wide grids of 16 px cells with 1 px lines, a 4 px gap; 24 samples make 3 rows; scaled 4x
-    assert Image.open(tmp_path / "samples.png").size == ((2 * (8 * 17 - 1) + 4) * 4, (3 * 17 - 1) * 4)
+
+    from accel.report.pictures import CAPTION_PX
+
+    # two 8-wide grids of 16 px cells with 1 px lines, a 4 px gap; 24 samples make 3 rows; scaled 4x; a caption
+    # band above, with each grid's caption written over it (dark pixels over each grid, none over the gap)
+    picture = np.asarray(Image.open(tmp_path / "samples.png").convert("L"))
+    grid = (8 * 17 - 1) * 4
+    assert picture.shape == ((3 * 17 - 1) * 4 + CAPTION_PX, 2 * grid + 4 * 4)
+    band = picture[:CAPTION_PX]
+    assert band[:, :grid].min() < 100 and band[:, grid + 16:].min() < 100 and band[:, grid:grid + 16].min() == 255
 
 
 def test_fewer_steps_show_in_calls_macs_and_time_per_image():
@@ -83,7 +91,7 @@ def _single(**changes) -> Report:
 
 def test_single_model_markdown_has_no_compressed_column():
     report = _single()
-    text = report.markdown()
+    text = report.to_markdown()
     assert "compressed" not in text and "not computed (no weights)" in text and "2.50M" in text
     assert json.loads(to_json(report.to_dict()))["original"]["fid"] is None
 
@@ -91,7 +99,7 @@ def test_single_model_markdown_has_no_compressed_column():
 def test_sections_are_added_through_one_call_and_cannot_overwrite_the_schema():
     report = _single()
     report.add_section("ablation", {"rows": [1]}, "## Ablation\n")
-    assert report.to_dict()["ablation"] == {"rows": [1]} and report.markdown().endswith("## Ablation\n")
+    assert report.to_dict()["ablation"] == {"rows": [1]} and report.to_markdown().endswith("## Ablation\n")
     for taken in ("delta", "ablation", *(f.name for f in fields(Report))):
         with pytest.raises(ValueError, match="overwrite"):
             report.add_section(taken, {})

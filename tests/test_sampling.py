@@ -160,9 +160,9 @@ def test_a_share_of_the_batches_is_drawn_exactly_as_in_the_whole_run(denoiser):
 
 
 def test_zero_samples_and_zero_batch_are_errors(denoiser):
-    with pytest.raises(AccelError, match="--n"):
+    with pytest.raises(AccelError, match="sample.count must be at least 1"):
         sample(denoiser, 0, spec=QUICK, progress=False)
-    with pytest.raises(AccelError, match="--batch-size"):
+    with pytest.raises(AccelError, match="sample.batch_size must be at least 1"):
         sample(denoiser, 2, spec=QUICK, batch_size=0, progress=False)
 
 

@@ -4,6 +4,7 @@ attention cache on transformers that have ``enable_cache``. No weight changes: a
 Registered as the ``cache`` transform."""
 from accel.cache import apply
 from accel.cache.config import SCHEDULES, CacheConfig
+from accel.cache.stage import CACHE_STAGE
 from accel.core import registry
 
 CACHE = registry.register(registry.Transform(
@@ -18,4 +19,4 @@ def cache_(denoiser, config: CacheConfig = CacheConfig()) -> dict:
     return registry.apply(denoiser, CACHE.name, config)
 
 
-__all__ = ["SCHEDULES", "CacheConfig", "cache_"]
+__all__ = ["CACHE_STAGE", "SCHEDULES", "CacheConfig", "cache_"]

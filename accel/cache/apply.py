@@ -6,16 +6,16 @@ from accel.cache import transformer, unet
 from accel.cache.config import CacheConfig
 from accel.cache.hook import HOOK_NAME, DeepCacheHook, UNetSplitter
 from accel.cache.schedule import full_steps
-from accel.core.errors import AccelError
+from accel.core.errors import AccelError, ConfigError
 
 
 def cache(denoiser, config: CacheConfig) -> dict:
     """Attach the cache to ``denoiser`` (the registry records it); returns what the artifact keeps."""
     steps = len(denoiser.sampling.scheduler(denoiser.scheduler_config).timesteps)
     if steps < config.interval:
-        raise AccelError(f"this model samples in {steps} steps ({denoiser.sampling.describe()}), fewer than "
-                         f"--interval {config.interval}: caching gives nothing there (one full step and the rest "
-                         "from its cache); cache a many-step sampler, or use a smaller --interval")
+        raise ConfigError("CacheConfig", "interval", f"{config.interval} is more than the {steps} steps this model "
+                          f"samples in ({denoiser.sampling.describe()}): caching gives nothing there (one full step "
+                          "and the rest from its cache); cache a many-step sampler, or use a smaller interval")
     hook = hook_for(denoiser, config)
     denoiser.add_hook(HOOK_NAME, hook)
     if isinstance(hook, DeepCacheHook):

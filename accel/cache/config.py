@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from accel.core.config import Config
+from accel.core.config import Config, one_of
 
 SCHEDULES = ("uniform", "quadratic")
 
@@ -22,7 +22,7 @@ class CacheConfig(Config):
     # for LDM (0.4 of the trajectory) 28-ish and the end 60.5 -- although the deep features change most between the
     # last steps (relative change 0.26 at the last step vs 0.03 mid-trajectory and 0.06 at the first): errors in the
     # first steps, where the image's layout forms, carry through the whole trajectory.
-    schedule: str = "quadratic"
+    schedule: str = one_of("quadratic", SCHEDULES)
     center: float = 0.0   # quadratic: where full steps crowd, as a fraction of the trajectory (0: the first step)
 
     def validate(self) -> None:
@@ -31,7 +31,5 @@ class CacheConfig(Config):
                                            f"{self.interval}")
         if self.branch < 0:
             raise self.invalid("branch", f"must be 0 (the shallowest skip level) or more, got {self.branch}")
-        if self.schedule not in SCHEDULES:
-            raise self.invalid("schedule", f"must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
         if not 0.0 <= self.center <= 1.0:
             raise self.invalid("center", f"must be a fraction of the trajectory in [0, 1], got {self.center}")

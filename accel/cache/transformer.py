@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from accel.cache.config import CacheConfig
-from accel.core.errors import AccelError
+from accel.core.errors import ConfigError
 from accel.core.hooks import Forward, StepCall, StepHook, Trajectory
 
 OUTSIDE_ANY_RANGE = -1
@@ -25,8 +25,8 @@ def has_diffusers_cache(network: nn.Module) -> bool:
 
 def check_config(config: CacheConfig) -> None:
     if config.branch != 0:
-        raise AccelError("--branch chooses a UNet's skip level; diffusers' attention cache on a transformer reuses "
-                         "every block's attention (leave --branch at 0)")
+        raise ConfigError("CacheConfig", "branch", "chooses a UNet's skip level; diffusers' attention cache on a "
+                          "transformer reuses every block's attention (leave it at 0)")
 
 
 class DiffusersCacheHook(StepHook):

@@ -18,7 +18,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
-from accel.core.errors import AccelError
+from accel.core.errors import AccelError, ConfigError
 from accel.core.hooks import CapturedFeature
 
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
@@ -40,7 +40,7 @@ def check_branch(network: nn.Module, branch: int) -> None:
         raise AccelError(f"this {type(network).__name__} has {len(network.down_blocks)} down blocks and "
                          f"{len(network.up_blocks)} up blocks; DeepCache pairs them one to one")
     if not 0 <= branch < branch_count(network):
-        raise AccelError(f"--branch {branch} does not exist: this {type(network).__name__} has "
+        raise ConfigError("CacheConfig", "branch", f"{branch} does not exist: this {type(network).__name__} has "
                          f"{branch_count(network)} skip levels (branches 0-{branch_count(network) - 1}, 0 the "
                          "shallowest)")
 
@@ -50,7 +50,8 @@ def _cached_module(network: nn.Module, branch: int) -> nn.Module:
     deepest_skipped_up = len(network.up_blocks) - 2 - branch
     if deepest_skipped_up < 0:
         if network.mid_block is None:
-            raise AccelError("the deepest branch of a UNet without a mid block skips nothing; choose a lower --branch")
+            raise ConfigError("CacheConfig", "branch", f"{branch} is the deepest level of a UNet without a mid "
+                              "block, which skips nothing: choose a lower one")
         return network.mid_block
     return network.up_blocks[deepest_skipped_up]
 

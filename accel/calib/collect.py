@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from accel.core.config import Config
-from accel.core.errors import AccelError
+from accel.core.config import Config, one_of
+from accel.core.errors import AccelError, one_line
 from accel.core.files import atomic_file, parse_json_object
 from accel.core.hooks import StepCall, StepHook, Trajectory
 
@@ -36,17 +36,22 @@ HOOK_NAME = "calibration"
 
 @dataclass(frozen=True)
 class CalibConfig(Config):
-    policy: str = "uniform"
+    policy: str = one_of("uniform", POLICIES)
     samples: int = 64   # sampler trajectories
     every: int = 5      # keep every k-th sampler step (uniform policy); the others keep as many per trajectory
     seed: int = 0
 
     def validate(self) -> None:
-        if self.policy not in POLICIES:
-            raise self.invalid("policy", f"must be one of {', '.join(POLICIES)}, got {self.policy}")
         for name in ("samples", "every"):
             if getattr(self, name) < 1:
                 raise self.invalid(name, f"must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class CalibFile(Config):
+    """Where a calibration set is kept: a file to reuse or create (None: a cache under ~/.cache/accel)."""
+
+    path: str | None = None
 
 
 def model_fingerprint(denoiser) -> str:
@@ -93,7 +98,7 @@ class CalibrationSet:
                 metadata = (handle.metadata() or {}).get(METADATA_KEY)
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         except Exception as error:  # safetensors raises its own types for files that are not safetensors
-            raise AccelError(f"{path} is not an accel calibration set ({str(error).splitlines()[0]})")
+            raise AccelError(f"{path} is not an accel calibration set ({one_line(error)})")
         if metadata is None:
             raise AccelError(f"{path} is not an accel calibration set (no '{METADATA_KEY}' metadata)")
         meta = parse_json_object(metadata, f"the calibration metadata of {path}")
@@ -105,7 +110,7 @@ class CalibrationSet:
         for key, wanted in recipe.items():
             if self.meta.get(key) != wanted:
                 raise AccelError(f"calibration set {path} was recorded with {key} {self.meta.get(key)!r}; this run "
-                                 f"needs {wanted!r} (record a new one: another --calib path)")
+                                 f"needs {wanted!r} (record a new one: another `calib` path)")
 
 
 def _check_tensors(tensors: dict, path) -> None:

@@ -1,7 +1,8 @@
-"""The whole chain in one command: a recipe of stages (prune, distill, cache, quantize, optimize, export), each
-written as an artifact under OUT/stages/, resumable, then one report with a row per stage against the original."""
-from accel.compress.chain import Stage
-from accel.compress.recipe import STAGES, Recipe, StageSpec, builtin_recipes, load_recipe
+"""The whole chain as one call: a recipe of stages (prune, distill, cache, quantize, optimize, export), each
+written as an artifact under OUT/stages/, resumable, then one report with a row per stage against the original
+(``accel.compress``, ``accel compress``)."""
+
+from accel.compress.recipe import Recipe, StageSpec, as_recipe, builtin_recipes, load_recipe
 from accel.compress.workflow import CompressResult, compress
 
-__all__ = ["STAGES", "CompressResult", "Recipe", "Stage", "StageSpec", "builtin_recipes", "compress", "load_recipe"]
+__all__ = ["CompressResult", "Recipe", "StageSpec", "as_recipe", "builtin_recipes", "compress", "load_recipe"]

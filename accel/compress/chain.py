@@ -1,11 +1,12 @@
-"""Run a recipe stage by stage: each stage's model under ``OUT/stages/NN-name``, resumable, then one evaluation of
-the original and every stage, side by side, with the same noise.
+"""Run a recipe stage by stage: each stage's model under ``OUT/stages/NN-name``, resumable.
 
-A stage's key is a hash of its input (the model's files for the first stage, the previous stage's output for the
-others) and its own settings, so a stage is reused by ``resume`` only when its recipe and its input are unchanged. ``OUT/compress.json`` records the
-finished stages (key, output hash, seconds) and the one in progress; it is rewritten atomically after every
-change, so killing a run loses at most the stage in progress, and a training stage resumes from its checkpoint.
+A stage's key is a hash of its input (the original model's weights for the first stage, the previous stage's output
+for the others), its settings and the seed, so a stage is reused by ``resume`` only when its recipe and its input
+are unchanged. ``OUT/compress.json`` records the finished stages (key, output hash, seconds) and the one in
+progress; it is rewritten atomically after every change, so killing a run loses at most the stage in progress,
+and a training stage resumes from its checkpoints in ``OUT/stages/NN-name.partial``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,27 +17,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from accel.compress.recipe import Recipe, StageSpec
 from accel.core import registry
 from accel.core.errors import AccelError
 from accel.core.files import read_json_object, write_text
 from accel.core.processes import SINGLE, Processes, alone
-from accel.core.weights import file_sha256
+from accel.core.weights import file_sha256, stored_state
 
 STATE = "compress.json"
-STATE_FORMAT = 1
-MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.onnx", "*.plan")
-OUTPUTS_NOT_HASHED = {"report.json"}  # written by the stage's own measuring; the model is the rest
+STATE_FORMAT = 2  # 2: the first stage's input is fingerprinted by the model's weights, not its files
 
 
 @dataclass(frozen=True)
-class Stage:
-    """A recipe stage ready to run: ``run(input_model, output_path, resume)`` writes ``output_path``: the stage
-    folder itself (an artifact), or ``output_file`` inside it (an exported file). Under several processes only
-    the main one runs it, unless it runs ``everywhere``."""
+class ChainStage:
+    """A recipe stage ready to run: ``run(source, output_path, resume)`` makes ``output_path`` from ``source`` (the
+    original model, or the previous stage's output path): the stage folder itself (an artifact), or
+    ``output_file`` inside it (an exported file). Under several processes only the main one runs it, unless it
+    runs ``everywhere``."""
+
     spec: StageSpec
-    transform: str                       # the registry name the stage records (its order rules)
-    run: Callable[[str, Path, bool], None]
+    run: Callable[[object, Path, bool], None]
     output_file: str | None = None
     everywhere: bool = False  # under several processes, run by all of them (a training stage shares its work)
 
@@ -48,29 +50,28 @@ class Stage:
 class StageRun:
     spec: StageSpec
     output: Path
-    seconds: float       # wall time of the stage (0 when reused from an earlier run)
+    seconds: float  # wall time of the stage (0 when reused from an earlier run)
     reused: bool
 
 
-def check_order(recipe_label: str, input_transforms: list[dict], stages: list[Stage]) -> None:
+def check_order(recipe_label: str, input_transforms: list[dict], specs: list[StageSpec]) -> None:
     """Refuse an order that cannot work (quantize before prune, distill after quantize) before any work."""
     done = list(input_transforms)
-    for stage in stages:
+    for spec in specs:
         try:
-            registry.check_can_follow(done, stage.transform)
+            registry.check_can_follow(done, spec.name)
         except AccelError as error:
-            raise AccelError(f"{recipe_label} {stage.spec.label}: {error}")
-        done.append({"name": stage.transform})
+            raise AccelError(f"{recipe_label} {spec.label}: {error}")
+        done.append({"name": spec.name})
 
 
-def model_fingerprint(model: str, folder: Path | None) -> str:
-    """A hash of the model's files (a built-in or local model), or its name (a hub id resolved elsewhere)."""
-    digest = hashlib.sha256(model.encode() if folder is None else b"")
-    if folder is not None:
-        files = [folder] if folder.is_file() else sorted(p for pattern in MODEL_FILES for p in folder.rglob(pattern))
-        for path in files:
-            if path.is_file() and path.name not in OUTPUTS_NOT_HASHED:
-                digest.update(path.name.encode() + bytes.fromhex(file_sha256(path)))
+def model_fingerprint(model) -> str:
+    """A hash of what the model is: its config, schedule, sampler, transforms and stored weights."""
+    described = {"config": model.config, "schedule": model.scheduler_config, "sampling": model.sampling.to_dict(),
+                 "transforms": model.transforms}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(stored_state(model).items()):
+        digest.update(name.encode() + tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -97,13 +98,14 @@ class ChainState:
     def resumed(cls, out: Path, model: str, fingerprint: str, recipe: Recipe) -> "ChainState":
         path = out / STATE
         if not path.is_file():
-            raise AccelError(f"--resume: {out} is not the output of accel compress (no {STATE}); choose another --out")
+            raise AccelError(f"`resume`: {out} is not the output of accel compress (no {STATE}); choose another "
+                             "`out`")
         data = read_json_object(path)
         if data.get("format") != STATE_FORMAT or not isinstance(data.get("done"), list):
-            raise AccelError(f"--resume: {path} is damaged or from another accel version; start over with --overwrite")
+            raise AccelError(f"`resume`: {path} is damaged or from another accel version; start over with `overwrite`")
         if data.get("model_fingerprint") != fingerprint:
-            raise AccelError(f"--resume: {out} was made from another model ({data.get('model')!r}, not {model!r} as "
-                             "it is now); choose another --out, or start over with --overwrite")
+            raise AccelError(f"`resume`: {out} was made from another model ({data.get('model')!r}, not {model!r} as "
+                             "it is now); choose another `out`, or start over with `overwrite`")
         _check_same_first_stage(data.get("recipe", {}).get("stages", []), recipe, out)
         state = cls(out, {**data, "recipe": recipe.to_dict()})
         state.save()
@@ -134,19 +136,19 @@ class ChainState:
 
 
 def _check_same_first_stage(recorded: list, recipe: Recipe, out: Path) -> None:
-    """--resume continues the same recipe (later stages may have changed); a different first stage means
+    """``resume`` continues the same recipe (later stages may have changed); a different first stage means
     another recipe made ``out``."""
     first = recipe.stages[0]
     before = recorded[0] if recorded and isinstance(recorded[0], dict) else {}
     if before.get("name") != first.name:
-        raise AccelError(f"--resume: {out} was made by another recipe (its stage 1 is {before.get('name')!r}, this "
-                         f"recipe's is {first.name!r}); choose another --out, or start over with --overwrite")
+        raise AccelError(f"`resume`: {out} was made by another recipe (its stage 1 is {before.get('name')!r}, this "
+                         f"recipe's is {first.name!r}); choose another `out`, or start over with `overwrite`")
     settings = {k: v for k, v in before.items() if k != "name"}
     for key in sorted(set(settings) | set(first.settings)):
         if settings.get(key) != first.settings.get(key):
-            raise AccelError(f"--resume: {out} was made by another recipe: {first.label} key '{key}' was "
+            raise AccelError(f"`resume`: {out} was made by another recipe: {first.label} key '{key}' was "
                              f"{settings.get(key)!r} there and is {first.settings.get(key)!r} here; choose another "
-                             "--out, or start over with --overwrite")
+                             "`out`, or start over with `overwrite`")
 
 
 def output_hash(output: Path) -> str:
@@ -154,12 +156,12 @@ def output_hash(output: Path) -> str:
     return file_sha256(output / "accel.json" if output.is_dir() else output)
 
 
-def run_stages(model: str, model_files: Path | None, recipe: Recipe, stages: list[Stage], out: Path, resume: bool,
-               seed: int, log: Callable[[str], None], processes: Processes = SINGLE) -> list[StageRun]:
-    """Every stage in order, reusing those a resumed run finished with the same key. Under several processes the
-    main one keeps the state and runs the stages alone, except those that run ``everywhere`` (training)."""
-    fingerprint = model_fingerprint(model, model_files)
-    state = processes.on_main(lambda: _open_state(out, model, fingerprint, recipe, resume))
+def run_stages(model, name: str, fingerprint: str, recipe: Recipe, stages: list[ChainStage], out: Path,
+               resume: bool, seed: int, log: Callable[[str], None], processes: Processes = SINGLE) -> list[StageRun]:
+    """Every stage in order, the first on ``model`` (named ``name``, fingerprinted ``fingerprint``), reusing those a
+    resumed run finished with the same key. Under several processes the main one keeps the state and runs the
+    stages alone, except those that run ``everywhere`` (training)."""
+    state = processes.on_main(lambda: _open_state(out, name, fingerprint, recipe, resume))
     runs, source, input_hash = [], model, fingerprint
     for index, stage in enumerate(stages):
         key = stage_key(input_hash, stage.spec, seed)
@@ -176,7 +178,7 @@ def run_stages(model: str, model_files: Path | None, recipe: Recipe, stages: lis
                 stage.run(source, output, in_progress)
             processes.on_main(lambda: None if stage.everywhere else _alone(stage.run, source, output, in_progress))
             seconds = time.perf_counter() - start
-            processes.on_main(lambda: state.end(key, output, seconds))
+            processes.on_main(lambda: _finish(state, key, output, seconds, folder))
             runs.append(StageRun(stage.spec, output, seconds, reused=False))
         # the next stage's input: the output hash the state just verified or recorded (hashing is slow for big models)
         source, input_hash = str(output), processes.on_main(lambda: state.data["done"][index]["output_sha256"])
@@ -189,7 +191,7 @@ def _open_state(out: Path, model: str, fingerprint: str, recipe: Recipe, resume:
     return state
 
 
-def _plan(state: ChainState, index: int, key: str, stage: Stage, folder: Path,
+def _plan(state: ChainState, index: int, key: str, stage: ChainStage, folder: Path,
           resume: bool) -> tuple[float | None, bool]:
     """(seconds, False) for a stage to reuse; (None, in_progress) for one to run, its folder made ready: an
     interrupted stage of the same key keeps its checkpoints (``<folder>.partial``) to resume from."""
@@ -197,7 +199,7 @@ def _plan(state: ChainState, index: int, key: str, stage: Stage, folder: Path,
     if seconds is not None:
         return seconds, False
     in_progress = state.begin(index, key)
-    checkpoints = folder.with_name(folder.name + ".partial")
+    checkpoints = _checkpoints(folder)
     if folder.exists():
         shutil.rmtree(folder)
     if not in_progress and checkpoints.exists():
@@ -207,6 +209,15 @@ def _plan(state: ChainState, index: int, key: str, stage: Stage, folder: Path,
     return None, in_progress
 
 
-def _alone(run: Callable[[str, Path, bool], None], *args) -> None:
+def _finish(state: ChainState, key: str, output: Path, seconds: float, folder: Path) -> None:
+    state.end(key, output, seconds)
+    shutil.rmtree(_checkpoints(folder), ignore_errors=True)  # the stage's training checkpoints, now done with
+
+
+def _checkpoints(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".partial")
+
+
+def _alone(run: Callable[[object, Path, bool], None], *args) -> None:
     with alone():
         run(*args)

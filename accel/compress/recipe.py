@@ -1,4 +1,4 @@
-"""Recipes: an ordered list of stages, read from a TOML or JSON file or taken from the built-in ones.
+"""Recipes: an ordered list of stages, from a TOML or JSON file, a Python dict, or the built-in ones.
 
     description = "prune 30%, distill to 4 steps, INT8 weights, ONNX"
     [[stage]]
@@ -8,29 +8,33 @@
     name = "export"
     format = "onnx"
 
-A stage's keys are its command's flags (``accel prune --ratio 0.3`` is ``ratio = 0.3``; ``finetune-steps`` and
-``finetune_steps`` are the same key). This module checks the file's shape; which keys a stage takes is the
-command line's business (one schema: the flags), checked before any stage runs.
+From Python the same recipe is ``{"stages": [{"prune": {"ratio": 0.3}}, {"export": {"format": "onnx"}}]}``. A
+stage's keys are its settings (accel.core.stages: a config's field or the command's flag, ``finetune-steps`` and
+``finetune_steps`` alike). This module checks the recipe's shape; the stages' own settings check their keys and
+values (accel.compress.workflow, before any stage runs).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from accel.core import stages
 from accel.core.errors import AccelError
 
-STAGES = ("prune", "distill", "cache", "quantize", "optimize", "export")
 BUILTIN_DIR = Path(__file__).parent / "recipes"
-TOP_LEVEL = {"description", "measured", "stage"}
+# a file's top-level keys; "measured" is a free-text note a user's recipe may carry
+TOP_LEVEL = {"description", "measured", "stage", "stages"}
 Scalar = (str, int, float, bool)
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    number: int      # 1-based position in the recipe
-    name: str        # one of STAGES
-    settings: dict   # key (flag name, dashes) -> value, as the recipe gives it
+    number: int  # 1-based position in the recipe
+    name: str  # a registered stage
+    settings: dict  # key (with dashes) -> value, as the recipe gives it
 
     @property
     def label(self) -> str:
@@ -45,7 +49,6 @@ class StageSpec:
 class Recipe:
     name: str
     description: str
-    measured: str                 # what the recipe measured on digits (built-in recipes)
     stages: tuple[StageSpec, ...]
 
     def to_dict(self) -> dict:
@@ -57,27 +60,53 @@ def builtin_recipes() -> dict[str, Path]:
     return {path.stem: path for path in sorted(BUILTIN_DIR.glob("*.toml"))}
 
 
+def as_recipe(recipe: str | Path | Mapping | Recipe, name: str = "recipe") -> Recipe:
+    """A built-in recipe's name, a .toml / .json file, a dict (``name`` names it), or a Recipe as it is."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, Mapping):
+        return from_dict(recipe, name, f"recipe '{name}'")
+    return load_recipe(str(recipe))
+
+
 def load_recipe(name_or_path: str) -> Recipe:
     """A built-in recipe by name, or a .toml / .json recipe file."""
     builtin = builtin_recipes()
     if name_or_path in builtin:
-        return _parsed(builtin[name_or_path], name_or_path)
+        return from_dict(_read(builtin[name_or_path]), name_or_path, f"recipe {builtin[name_or_path]}")
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         raise AccelError(f"recipe '{name_or_path}' is neither a built-in recipe ({', '.join(builtin)}) nor a file")
-    return _parsed(path, path.stem)
+    return from_dict(_read(path), path.stem, f"recipe {path}")
 
 
-def _parsed(path: Path, name: str) -> Recipe:
-    data = _read(path)
+def from_dict(data: Mapping, name: str, where: str) -> Recipe:
+    """A recipe from its file's form (``stage``: a list of tables with a ``name``) or Python's (``stages``: a list
+    of ``{name: settings}``)."""
     unknown = sorted(set(data) - TOP_LEVEL)
     if unknown:
-        raise AccelError(f"recipe {path}: unknown key '{unknown[0]}' (a recipe has {', '.join(sorted(TOP_LEVEL))})")
-    stages = data.get("stage")
-    if not isinstance(stages, list) or not stages or not all(isinstance(s, dict) for s in stages):
-        raise AccelError(f"recipe {path}: needs at least one [[stage]] table (JSON: a list 'stage' of objects)")
-    return Recipe(name, str(data.get("description", "")), str(data.get("measured", "")),
-                  tuple(_stage(number, table, path) for number, table in enumerate(stages, 1)))
+        raise AccelError(f"{where}: unknown key '{unknown[0]}' (a recipe has {', '.join(sorted(TOP_LEVEL))})")
+    if "stage" in data and "stages" in data:
+        raise AccelError(f"{where}: give its stages once, as 'stage' (a file's tables) or 'stages' (Python's list)")
+    tables = data.get("stage") if "stage" in data else _named_tables(data.get("stages"), where)
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, Mapping) for t in tables):
+        raise AccelError(f"{where}: needs at least one [[stage]] table (Python: a list 'stages' of "
+                         "{name: settings})")
+    return Recipe(name, str(data.get("description", "")),
+                  tuple(_stage(number, table, where) for number, table in enumerate(tables, 1)))
+
+
+def _named_tables(stages, where: str) -> list:
+    """``[{"prune": {"ratio": 0.3}}, ...]`` as the file form's ``[{"name": "prune", "ratio": 0.3}, ...]``."""
+    if not isinstance(stages, list):
+        return stages
+    tables = []
+    for number, entry in enumerate(stages, 1):
+        if not isinstance(entry, Mapping) or len(entry) != 1 or not isinstance(next(iter(entry.values())), Mapping):
+            raise AccelError(f"{where}: stage {number} must be {{name: settings}}, got {entry!r}")
+        (stage_name, settings), = entry.items()
+        tables.append({"name": stage_name, **settings})
+    return tables
 
 
 def _read(path: Path) -> dict:
@@ -104,19 +133,19 @@ def _toml():
     return tomllib
 
 
-def _stage(number: int, table: dict, path: Path) -> StageSpec:
+def _stage(number: int, table: Mapping, where: str) -> StageSpec:
     name = table.get("name")
-    if name not in STAGES:
-        raise AccelError(f"recipe {path}: stage {number} has name {name!r}; stages are {', '.join(STAGES)}")
+    if name not in stages.names():
+        raise AccelError(f"{where}: stage {number} has name {name!r}; stages are {', '.join(stages.names())}")
     settings = {}
     for key, value in table.items():
         if key == "name":
             continue
         if not (isinstance(value, Scalar) or isinstance(value, list) and all(isinstance(v, Scalar) for v in value)):
-            raise AccelError(f"recipe {path}: stage {number} ({name}) key '{key}' must be a number, string, boolean "
-                             "or list of them")
+            raise AccelError(f"{where}: stage {number} ({name}) key '{key}' must be a number, string, boolean or "
+                             "list of them")
         flag = key.replace("_", "-")
         if flag in settings:
-            raise AccelError(f"recipe {path}: stage {number} ({name}) gives '{flag}' twice")
+            raise AccelError(f"{where}: stage {number} ({name}) gives '{flag}' twice")
         settings[flag] = value
     return StageSpec(number, name, settings)

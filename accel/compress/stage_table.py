@@ -3,11 +3,11 @@ measured in the same evaluation against the original."""
 from __future__ import annotations
 
 from accel.compress.chain import StageRun
-from accel.report import Report, format_value
+from accel.report import Report, format_value, table
 
 COLUMNS = {  # key -> markdown header
     "stage": "stage", "runtime": "runs in", "sampler": "sampler", "fid": "FID", "fid_ratio": "FID ratio",
-    "psnr_db": "PSNR to original", "calls_per_image": "calls/image", "macs_per_image": "MACs/image",
+    "psnr_db": "PSNR to original (dB)", "calls_per_image": "calls/image", "macs_per_image": "MACs/image",
     "latency_ms_per_step": "ms/step", "ms_per_image": "ms/image", "speedup": "speedup", "size_bytes": "size",
     "size_ratio": "size ratio", "stage_seconds": "stage wall time (s)"}
 
@@ -33,25 +33,19 @@ def _row(stage: str, measures, delta, run: StageRun | None) -> dict:
 def stages_markdown(rows: list[dict], plot: str) -> str:
     return "\n".join(["## Stages", "",
                       "Every row against the original, from one evaluation (same seeds and initial noise, batches "
-                      "interleaved); speedup is the original's wall time per image over the row's (cumulative); "
-                      "stage wall time is how long the stage took to run (its training, calibration, export and own "
-                      "report).", "", table_markdown(rows), "",
+                      "interleaved, after a warm-up call of each model); speedup is the original's wall time per image "
+                      "over the row's (cumulative); stage wall time is how long the stage took to run (its training, "
+                      "calibration or export).", "", table_markdown(rows), "",
                       f"![FID ratio against wall time per image]({plot})", "",
                       "![samples: the original, then each stage, same noise](samples.png)", ""])
 
 
 def table_markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS.values()) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(key, row) for key in COLUMNS) + " |" for row in rows]
-    return "\n".join(lines)
+    shown = [{**row, "stage_seconds": _stage_time(row)} for row in rows]
+    return table(COLUMNS, shown)
 
 
-def _cell(key: str, row: dict) -> str:
-    value = row[key]
-    if key == "stage_seconds" and row["reused"]:
-        return f"{format_value(value)} (earlier run)"
-    if key == "speedup" and value is not None:
-        return f"{value:.2f}x"
-    if key == "psnr_db" and value is not None:
-        return f"{value:.1f} dB"
-    return format_value(value, key)
+def _stage_time(row: dict):
+    if row["stage_seconds"] is not None and row["reused"]:
+        return f"{format_value(row['stage_seconds'])} (earlier run)"
+    return row["stage_seconds"]

@@ -1,57 +1,148 @@
-"""``accel compress``: run a recipe's stages, then measure the original and every stage side by side.
+"""``accel.compress``: run a recipe's stages, then measure the original and every stage side by side.
 
 OUT/ holds the chain's final model (an artifact's files, or model.onnx / model.plan), report.json, report.md,
-samples.png (original, then each stage, same noise), quality_vs_speed.png, compress.json (the run's state) and
-stages/NN-name/ (each stage's model with its own report against its input).
+samples.png (the original, then each stage, same noise, each captioned), quality_vs_speed.png, compress.json (the
+run's state) and stages/NN-name/ (each stage's model).
 """
+
 from __future__ import annotations
 
+import contextlib
+import copy
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-from accel.compress.chain import Stage, StageRun, check_order, run_stages
-from accel.compress.recipe import Recipe
+from accel.artifact import write_model_files
+from accel.compress.chain import ChainStage, StageRun, check_order, model_fingerprint, run_stages
+from accel.compress.recipe import Recipe, StageSpec, as_recipe
 from accel.compress.stage_table import stage_rows, stages_markdown
-from accel.core.errors import AccelError
-from accel.core.files import atomic_file, ensure_writable_dir, write_text
+from accel.core import stages
+from accel.core.denoiser import Denoiser
+from accel.core.errors import AccelError, ConfigError
+from accel.core.files import atomic_dir, atomic_file, ensure_writable_dir, write_text
 from accel.core.processes import current_processes
+from accel.core.stages import Context, Settings, Stage
 from accel.evaluate import EvalConfig, Evaluation, evaluate_many
-from accel.models.loading import load, model_path
+from accel.models.loading import load
 from accel.report import Report, quality_speed_plot, sample_grid, to_json
+from accel.train.runs import work_dir_for
 
 ARTIFACT_FILES = ("config.json", "scheduler_config.json", "accel.json", "model.safetensors")
 PLOT = "quality_vs_speed.png"
+# set once for the whole chain (accel compress's own settings), or meaningless inside a chain
+CHAIN_KEYS = {"model", "out", "device", "seed", "json", "overwrite", "resume", "n", "batch-size", "latency-batch",
+              "inception-weights", "fid-ref", "ablation", "help"}
 
 
 @dataclass
 class CompressResult:
-    report: Report
-    final: Path          # the chain's final model inside OUT
+    report: Report  # the final stage against the original, with a row per stage (section "stages")
+    model: Denoiser  # the chain's final model, loaded (an exported one runs in its runtime)
+    final: Path | None  # its file(s) in ``out``: the folder (an artifact) or the exported file
+    out: Path | None
     stages: list[StageRun]
-    is_main: bool        # the process that wrote OUT (the others of an `accelerate launch` print nothing)
+    is_main: bool  # the process that wrote ``out`` (the others of an `accelerate launch` print nothing)
 
 
-def compress(model: str, recipe: Recipe, stages: list[Stage], out: str | Path, eval_config: EvalConfig,
-             device=None, resume: bool = False, overwrite: bool = False,
-             log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> CompressResult:
-    out, processes = Path(out), current_processes()
-    log = log if processes.is_main else _quiet
-    original = load(model, device)
-    check_order(f"recipe '{recipe.name}'", original.transforms, stages)
-    resume = resume and out.is_dir()  # nothing to resume: a fresh run
-    processes.on_main(lambda: _prepare(out, resume, overwrite))
-    runs = run_stages(model, _local_files(model), recipe, stages, out, resume, eval_config.seed, log, processes)
-    log(f"measuring the original and {len(runs)} stage(s) side by side ({eval_config.n} samples each)")
-    models = [original] + [load(str(run.output), device) for run in runs]
-    evaluations = evaluate_many(models, eval_config, command="compress", model_name=model,
-                                transform_config=recipe.to_dict(), processes=processes)
-    report = _report(evaluations, runs, recipe)
-    final = processes.on_main(lambda: _place_final(runs[-1].output, out))
-    processes.on_main(lambda: _write(out, report, evaluations))
-    return CompressResult(report, final, runs, processes.is_main)
+def compress(model: str | Path | Denoiser, recipe: str | Path | dict | Recipe, out: str | Path | None = None, *,
+             eval_config: EvalConfig = EvalConfig(), device=None, resume: bool = False, overwrite: bool = False,
+             progress: bool = True, log: Callable[[str], None] | None = None) -> CompressResult:
+    """Run ``recipe`` (a built-in recipe's name, a .toml / .json file, a dict or a Recipe) on ``model`` (a name,
+    a folder, a file, or a loaded model, which stays as it is), then evaluate the original and every stage in one
+    run. Every stage's settings and the stages' order are checked before any work.
+
+    ``out`` keeps every stage and the report (``resume`` continues a run there); without it the stages go to a
+    temporary folder and only the result is kept. Under ``accelerate launch`` every process calls it: training
+    stages share their work, the others run on the main process, and the evaluation is shared.
+    """
+    processes = current_processes()
+    log = (log or _stderr) if processes.is_main else _quiet
+    original = model if isinstance(model, Denoiser) else load(model, device)
+    name = original.source if isinstance(model, Denoiser) else str(model)
+    recipe = as_recipe(recipe)
+    chain = plan(recipe, original, eval_config.seed, device, eval_config.batch_size, progress)
+    if out is None and processes.count > 1:
+        raise AccelError("`out` is needed when several processes run a chain (they share its stages there)")
+    with _folder(out) as folder:
+        resume = resume and out is not None and folder.is_dir()  # nothing to resume: a fresh run
+        processes.on_main(lambda: _prepare(folder, resume, overwrite))
+        fingerprint = processes.on_main(lambda: model_fingerprint(original))
+        runs = run_stages(original, name, fingerprint, recipe, chain, folder, resume, eval_config.seed, log,
+                          processes)
+        log(f"measuring the original and {len(runs)} stage(s) side by side ({eval_config.n} samples each)")
+        models = [original] + [load(run.output, device) for run in runs]
+        evaluations = evaluate_many(models, eval_config, command="compress", model_name=name,
+                                    transform_config=recipe.to_dict(), processes=processes)
+        report = _report(evaluations, runs, recipe)
+        final = None
+        if out is not None:
+            final = processes.on_main(lambda: _place_final(runs[-1].output, folder))
+            processes.on_main(lambda: _write(folder, report, evaluations, runs))
+    return CompressResult(report, models[-1], final, None if out is None else folder, runs, processes.is_main)
+
+
+def plan(recipe: Recipe, original: Denoiser, seed: int, device, batch_size: int,
+         progress: bool) -> list[ChainStage]:
+    """Each stage's settings checked (keys, types, ranges, what must be installed) and the order checked, before
+    any stage runs: a mistake in stage 4 must not cost the training of stage 1."""
+    chain = []
+    for spec in recipe.stages:
+        stage = stages.get(spec.name)
+        settings = _settings(stage, spec, seed, f"recipe '{recipe.name}' {spec.label}")
+        output_file = stage.output_file(settings) if stage.output_file else None
+        chain.append(ChainStage(spec, _runner(stage, settings, device, batch_size, progress), output_file,
+                                everywhere=stage.trains(settings)))
+    check_order(f"recipe '{recipe.name}'", original.transforms, list(recipe.stages))
+    return chain
+
+
+def _settings(stage: Stage, spec: StageSpec, seed: int, where: str) -> Settings:
+    chained = sorted(set(spec.settings) & CHAIN_KEYS)
+    if chained:
+        raise AccelError(f"{where}: key '{chained[0]}' is not a stage setting (the chain sets it for every stage: "
+                         "accel compress's own setting, where it has one)")
+    try:
+        return stage.settings(spec.settings, seed=seed)
+    except ConfigError as error:
+        key = stage.key_for(error.owner, error.field)
+        raise AccelError(f"{where}: " + (f"key '{key}' {error.problem}" if key else str(error)))
+    except AccelError as error:
+        raise AccelError(f"{where}: {error}")
+
+
+def _runner(stage: Stage, settings: Settings, device, batch_size: int, progress: bool):
+    """The stage as the chain runs it: on a copy of the original model or on the previous stage's output, its
+    checkpoints beside its folder, its model written as an artifact (or its file where it writes one)."""
+
+    def run(source, output: Path, resume: bool) -> None:
+        model = copy.deepcopy(source) if isinstance(source, Denoiser) else load(source, device)
+        folder = output.parent if stage.output_file else output
+        context = Context(work_dir=work_dir_for(folder), resume=resume,
+                          out=output if stage.output_file else None, overwrite=True, batch_size=batch_size,
+                          progress=progress)
+        result = stage.run(model, settings, context)
+        if stage.output_file is None and current_processes().is_main:
+            with atomic_dir(output, overwrite=True) as staging:
+                write_model_files(result.model, staging)
+
+    return run
+
+
+@contextlib.contextmanager
+def _folder(out: str | Path | None) -> Iterator[Path]:
+    if out is not None:
+        yield Path(out)
+        return
+    with tempfile.TemporaryDirectory(prefix="accel-compress-") as temporary:
+        yield Path(temporary) / "run"
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _quiet(line: str) -> None:
@@ -66,13 +157,6 @@ def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir()
-
-
-def _local_files(model: str) -> Path | None:
-    try:
-        return model_path(model)
-    except AccelError:
-        return None
 
 
 def _report(evaluations: list[Evaluation], runs: list[StageRun], recipe: Recipe) -> Report:
@@ -101,12 +185,13 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, partial)
 
 
-def _write(out: Path, report: Report, evaluations: list[Evaluation]) -> None:
+def _write(out: Path, report: Report, evaluations: list[Evaluation], runs: list[StageRun]) -> None:
     images = [evaluations[0].images[0]] + [e.images[1] for e in evaluations]
+    captions = ["original"] + [run.spec.folder for run in runs]
     write_text(out / "report.json", to_json(report.to_dict()))
-    write_text(out / "report.md", report.markdown())
+    write_text(out / "report.md", report.to_markdown())
     with atomic_file(out / "samples.png") as partial:
-        sample_grid(images).save(partial)
+        sample_grid(images, captions).save(partial)
     points = [{"label": row["stage"], "x": row["ms_per_image"], "y": row["fid_ratio"] or 1.0}
               for row in report.sections["stages"]]
     with atomic_file(out / PLOT) as partial:

@@ -1,9 +1,10 @@
-"""The core every capability plugs into, and which imports none of them: errors, the config base, the transform
-registry, the Denoiser with its sampling spec and step hooks, and writing files atomically.
+"""The core every capability plugs into, and which imports none of them: errors, the config base, the transform and
+stage registries, the Denoiser with its sampling spec and step hooks, writing files atomically, and processes.
 
-Layering (enforced by import-linter, see pyproject.toml): core <- data, kernels <- models, metrics, sampling,
-report, artifact <- evaluate, calib <- capabilities (quant, optimize, export, ...) <- cli and the public
-``accel`` package. Capabilities never import one another; they meet here.
+Layers, each importing only those below it (the import-linter contracts in pyproject.toml; docs/architecture.md):
+cli <- compress, measure <- capabilities (quant, optimize, export, prune, distillation, cache) <- calib <- evaluate
+<- report, models <- train <- metrics <- sampling, artifact <- kernels, data <- core. Capabilities never import
+one another; they meet here.
 """
 from accel.core.config import Config
 from accel.core.denoiser import Denoiser

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from accel.core.errors import AccelError
+from accel.core.errors import AccelError, one_line
 from accel.core.files import atomic_dir, read_json_object
 
 TENSORS, STATE = "tensors.safetensors", "state.json"
@@ -31,7 +31,7 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         tensors = load_file(str(folder / TENSORS))
     except Exception as error:  # safetensors raises its own types for damaged files
-        raise AccelError(f"checkpoint {folder} is damaged ({str(error).splitlines()[0]}); remove it to start over")
+        raise AccelError(f"checkpoint {folder} is damaged ({one_line(error)}); remove it to start over")
     return tensors, read_json_object(folder / STATE)
 
 

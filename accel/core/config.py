@@ -4,6 +4,9 @@ A config is frozen (a preset cannot be changed by accident: ``dataclasses.replac
 on construction (field types first, then the subclass's ``validate``), versioned, and round-trips through
 JSON: ``to_dict`` writes its fields and ``version``; ``from_dict`` refuses unknown keys and wrong types, and
 upgrades what an older version wrote. Every error is a ConfigError that names the field.
+
+A field with a fixed set of values declares them once, with ``one_of``: the check here, the command line's
+``choices`` and the documentation all read them from the field.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import functools
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from accel.core.errors import ConfigError
@@ -29,15 +32,28 @@ class FrozenDict(dict):
         return FrozenDict, (dict(self),)
 
 
+def one_of(default, choices: tuple) -> Any:
+    """A dataclass field whose value must be one of ``choices`` (or None, where the annotation allows it)."""
+    return field(default=default, metadata={"choices": tuple(choices)})
+
+
+def choices_of(config_class, name: str) -> tuple | None:
+    """The values a field declared with ``one_of`` takes (None for any other field)."""
+    return next((f.metadata.get("choices") for f in fields(config_class) if f.name == name), None)
+
+
 @dataclass(frozen=True)
 class Config:
     VERSION: ClassVar[int] = 1
 
     def __post_init__(self):
         hints = _type_hints(type(self))
-        for field in fields(self):
-            value = _coerce(getattr(self, field.name), hints[field.name], self, field.name)
-            object.__setattr__(self, field.name, value)
+        for item in fields(self):
+            value = _coerce(getattr(self, item.name), hints[item.name], self, item.name)
+            object.__setattr__(self, item.name, value)
+            choices = item.metadata.get("choices")
+            if choices and value is not None and value not in choices:
+                raise self.invalid(item.name, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
         self.validate()
 
     def validate(self) -> None:

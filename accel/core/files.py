@@ -17,14 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from accel.core.errors import AccelError
+from accel.core.errors import AccelError, ConfigError
 
 
 def ensure_writable_dir(out: str | Path, overwrite: bool) -> Path:
     """Refuse an existing non-empty ``out`` unless ``overwrite``; check its parent exists."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise AccelError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+        raise AccelError(f"{out} exists and is not empty; choose another `out`, or pass `overwrite`")
     if not out.parent.is_dir():
         raise AccelError(f"cannot write {out}: folder {out.parent} does not exist")
     return out
@@ -34,11 +34,11 @@ def ensure_writable_file(out: str | Path, suffixes: tuple[str, ...], what: str, 
     """Check an output file's suffix (``what`` names the accepted kinds), its folder, and that it may be written."""
     out = Path(out)
     if out.suffix not in suffixes:
-        raise AccelError(f"--out {out}: give {what}")
+        raise ConfigError("output", "out", f"{out}: give {what}")
     if not out.parent.is_dir():
         raise AccelError(f"cannot write {out}: folder {out.parent} does not exist")
     if out.exists() and not overwrite:
-        raise AccelError(f"{out} exists; choose another --out or pass --overwrite")
+        raise AccelError(f"{out} exists; choose another `out`, or pass `overwrite`")
     return out
 
 
@@ -89,7 +89,7 @@ def atomic_file(out: str | Path, overwrite: bool = True) -> Iterator[Path]:
     (``ensure_writable_file``); ``overwrite=False`` refuses here."""
     out = Path(out)
     if out.exists() and not overwrite:
-        raise AccelError(f"{out} exists; choose another --out or pass --overwrite")
+        raise AccelError(f"{out} exists; choose another `out`, or pass `overwrite`")
     if not out.parent.is_dir():
         raise AccelError(f"cannot write {out}: folder {out.parent} does not exist")
     partial = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.partial{out.suffix}")

@@ -8,10 +8,10 @@ scheduler class, its step count, DDIM's eta, and settings layered over the sched
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from accel.core.config import Config
+from accel.core.config import Config, one_of
 
 # short name -> (diffusers class, settings over the schedule config)
 SAMPLERS = {
@@ -32,22 +32,18 @@ class SamplingSpec(Config):
     name: str = "ddim"                     # a key of SAMPLERS or a diffusers scheduler class name
     steps: int = 50
     eta: float = 0.0                       # DDIM only: 0 is deterministic, 1 is DDPM-like
-    prediction_type: str | None = None     # what the network outputs; None: as its training schedule says
+    prediction_type: str | None = one_of(None, PREDICTION_TYPES)  # None: as its training schedule says
     options: dict[str, Any] = field(default_factory=dict)  # more settings over the schedule config
 
     def validate(self) -> None:
-        if self.name not in SAMPLERS and _diffusers_scheduler(self.name) is None:
-            raise self.invalid("name", f"'{self.name}' is not a sampler: give {', '.join(SAMPLERS)} or a diffusers "
-                                       "scheduler class name (e.g. EulerDiscreteScheduler)")
+        if not is_sampler(self.name):
+            raise self.invalid("name", NOT_A_SAMPLER.format(self.name))
         if self.steps < 1:
             raise self.invalid("steps", f"must be at least 1, got {self.steps}")
         if self.eta < 0:
             raise self.invalid("eta", f"must be 0 or more, got {self.eta}")
         if self.eta and self.scheduler_class != "DDIMScheduler":
             raise self.invalid("eta", f"applies to DDIM only ({self.name} has none)")
-        if self.prediction_type not in (None, *PREDICTION_TYPES):
-            raise self.invalid("prediction_type", f"must be one of {', '.join(PREDICTION_TYPES)}, "
-                                                  f"got {self.prediction_type!r}")
 
     @property
     def scheduler_class(self) -> str:
@@ -80,6 +76,46 @@ class SamplingSpec(Config):
 
     def describe(self) -> str:
         return f"{self.name} {self.steps} steps" + (f", eta {self.eta:g}" if self.eta else "")
+
+    def changed(self, changes: dict) -> "SamplingSpec":
+        """This spec with ``changes`` (``{"steps": 20}``); another sampler name starts from that sampler's own
+        settings, keeping the step count and what the network predicts."""
+        spec = self
+        if changes.get("name", self.name) != self.name:
+            spec = SamplingSpec(steps=self.steps, prediction_type=self.prediction_type)
+        return replace(spec, **changes)
+
+
+@dataclass(frozen=True)
+class SamplerChange(Config):
+    """Changes to a model's own sampler, as ``--sampler``, ``--steps`` and ``--eta`` give them; None keeps what
+    the model has."""
+
+    name: str | None = None
+    steps: int | None = None
+    eta: float | None = None
+
+    def validate(self) -> None:
+        if self.name is not None and not is_sampler(self.name):
+            raise self.invalid("name", NOT_A_SAMPLER.format(self.name))
+        if self.steps is not None and self.steps < 1:
+            raise self.invalid("steps", f"must be at least 1, got {self.steps}")
+        if self.eta is not None and self.eta < 0:
+            raise self.invalid("eta", f"must be 0 or more, got {self.eta}")
+
+    def applied_to(self, spec: SamplingSpec) -> SamplingSpec:
+        given = {"name": self.name, "steps": self.steps, "eta": self.eta}
+        return spec.changed({key: value for key, value in given.items() if value is not None})
+
+
+NOT_A_SAMPLER = (
+    "'{}' is not a sampler: give " + ", ".join(SAMPLERS) + " or a diffusers scheduler class name "
+    "(e.g. EulerDiscreteScheduler)"
+)
+
+
+def is_sampler(name: str) -> bool:
+    return name in SAMPLERS or _diffusers_scheduler(name) is not None
 
 
 def _diffusers_scheduler(class_name: str):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from accel.core import registry
-from accel.core.errors import AccelError
+from accel.core.errors import AccelError, one_line
 
 
 @torch.no_grad()
@@ -34,8 +34,7 @@ def load_stored_state(denoiser, state: registry.State, source: Path) -> None:
                 state = transform.unpack_state(denoiser.module, state)
         denoiser.module.load_state_dict(state, strict=True)
     except (AccelError, RuntimeError, KeyError, ValueError, AttributeError) as error:  # another model's weights
-        detail = " ".join(str(error).split())[:300]
-        raise AccelError(f"{source} does not fit the model its folder describes ({detail})")
+        raise AccelError(f"{source} does not fit the model its folder describes ({one_line(error)})")
 
 
 def file_sha256(path: Path) -> str:

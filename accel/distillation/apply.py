@@ -6,23 +6,23 @@ its finished student there, so an interrupted run resumes in the stage it was in
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from accel.core.checkpoint import load_checkpoint, save_checkpoint
-from accel.core.errors import AccelError
+from accel.core.errors import ConfigError
+from accel.core.processes import current_processes
 from accel.core.sampling_spec import SamplingSpec
 from accel.distillation.config import CONSISTENCY, PROGRESSIVE, DistillConfig
 from accel.distillation.schedule import Schedule
 from accel.distillation.tasks import ConsistencyDistillation, ProgressiveStage
 from accel.train import TrainConfig, loss_curve, train
-from accel.train.loop import CHECKPOINT, check_same_run
+from accel.train.loop import CHECKPOINT
+from accel.train.runs import check_same_run, work_folder
 
 STUDENT = "student"  # a finished stage's folder: its student's weights and record
 
@@ -48,9 +48,9 @@ def check_distillable(denoiser, config: DistillConfig) -> Schedule:
     """Refuse, before any work, a teacher accel cannot step or a step count its solver grid cannot give."""
     schedule = Schedule(denoiser.scheduler_config)
     if config.method == "consistency" and config.steps > schedule.train_steps // config.solver_skip:
-        raise AccelError(f"--steps {config.steps} is more than the consistency solver's grid has "
-                         f"({schedule.train_steps} // {config.solver_skip} = "
-                         f"{schedule.train_steps // config.solver_skip} timesteps)")
+        raise ConfigError("DistillConfig", "steps", f"{config.steps} is more than the consistency solver's grid has "
+                          f"({schedule.train_steps} // {config.solver_skip} = "
+                          f"{schedule.train_steps // config.solver_skip} timesteps)")
     return schedule
 
 
@@ -61,23 +61,13 @@ def distill(denoiser, config: DistillConfig, images: torch.Tensor, train_config:
     schedule = check_distillable(denoiser, config)
     train_config = train_config or default_training(config.method)
     run = {"distill": config.to_dict(), "train": train_config.to_dict(), **(run or {})}
-    with _folder(work_dir) as folder:
+    with work_folder(work_dir, "accel-distill-") as folder:
         stages = (_progressive if config.method == "progressive" else _consistency)(
             denoiser, config, images, train_config, folder, run, progress)
     teacher = {"sampler": denoiser.sampling.to_dict(), "prediction_type": teacher_prediction(denoiser)}
     denoiser.scheduler_config["prediction_type"] = config.prediction_type
     denoiser.sampling = student_sampler(config, schedule)
     return {"teacher": teacher, "sampler": denoiser.sampling.to_dict(), "stages": stages}
-
-
-@contextlib.contextmanager
-def _folder(work_dir):
-    if work_dir is not None:
-        Path(work_dir).mkdir(parents=True, exist_ok=True)
-        yield Path(work_dir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="accel-distill-") as temporary:
-            yield Path(temporary)
 
 
 def _progressive(denoiser, config, images, train_config, folder, run, progress) -> list[dict]:
@@ -112,8 +102,6 @@ def _common(denoiser, config, images):
 def _stage(denoiser, task, train_config, stage_dir: Path, run: dict, desc: str, progress: bool) -> dict:
     """Train one stage (or load its finished student from an interrupted run); the denoiser's network becomes
     the stage's student (its EMA weights)."""
-    from accelerate import PartialState
-
     done = stage_dir / STUDENT
     if done.exists():
         tensors, record = load_checkpoint(done)
@@ -127,10 +115,12 @@ def _stage(denoiser, task, train_config, stage_dir: Path, run: dict, desc: str, 
     record = {"train_steps": train_config.steps, "seconds": round(result.elapsed_s, 1),
               "loss_per_tenth": loss_curve(result.losses), "processes": result.processes,
               "resumed_at_step": result.resumed_at}
-    state = PartialState()
-    if state.is_main_process:
-        save_checkpoint(done, denoiser.module.state_dict(), {**record, "run": run})
-        shutil.rmtree(stage_dir / CHECKPOINT, ignore_errors=True)
-    state.wait_for_everyone()
+    current_processes().on_main(lambda: _keep_student(done, denoiser.module, record, run))
     return record
+
+
+def _keep_student(done: Path, network, record: dict, run: dict) -> None:
+    """The finished stage's student, kept in place of its checkpoint (a resumed run starts after it)."""
+    save_checkpoint(done, network.state_dict(), {**record, "run": run})
+    shutil.rmtree(done.parent / CHECKPOINT, ignore_errors=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from accel.core.config import Config
+from accel.core.config import Config, one_of
 from accel.core.sampling_spec import PREDICTION_TYPES
 from accel.train.config import TrainConfig
 
@@ -15,31 +15,26 @@ MAX_STEPS = 64
 
 @dataclass(frozen=True)
 class DistillConfig(Config):
-    method: str = "progressive"
+    method: str = one_of("progressive", METHODS)
     steps: int = 4                       # the student's sampling steps (progressive: a power of two)
     # what the student's network outputs. v (Salimans & Ho 2022): x0 = alpha z - sigma v stays bounded where
     # alpha -> 0, while eps gives x0 = (z - sigma eps) / alpha, which a 1-4 step sampler's first step (t = 999,
     # alpha = 5e-5 on digits' cosine schedule) blows up by 2e4 (bench.distill's parameterization rows)
-    prediction_type: str = "v_prediction"
+    prediction_type: str = one_of("v_prediction", PREDICTION_TYPES)
     # progressive: the first stage's teacher runs DDIM at this many steps; each stage halves it
     teacher_steps: int = 32
     # consistency: the teacher's DDIM solver jumps this many training timesteps (LCM: 1000 / 50 = 20)
     solver_skip: int = 20
     target_ema: float = 0.95             # consistency: EMA of the target network (CM and LCM: 0.95)
-    loss: str = "pseudo-huber"           # consistency: iCT's pseudo-Huber, or plain L2
+    loss: str = one_of("pseudo-huber", LOSSES)  # consistency: iCT's pseudo-Huber, or plain L2
     seed: int = 0
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise self.invalid("method", f"must be one of {', '.join(METHODS)}, got '{self.method}'")
         if not 1 <= self.steps <= MAX_STEPS:
             raise self.invalid("steps", f"must be between 1 and {MAX_STEPS}, got {self.steps}")
         if self.method == "progressive" and not _power_of_two(self.steps):
             raise self.invalid("steps", f"must be a power of two for progressive distillation (each stage halves "
                                         f"the steps), got {self.steps}")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise self.invalid("prediction_type", f"must be one of {', '.join(PREDICTION_TYPES)}, "
-                                                  f"got '{self.prediction_type}'")
         if self.method == "progressive" and (not _power_of_two(self.teacher_steps)
                                              or not 2 * self.steps <= self.teacher_steps <= 2 * MAX_STEPS):
             raise self.invalid("teacher_steps", f"must be a power of two from 2 x steps ({2 * self.steps}) to "
@@ -48,8 +43,6 @@ class DistillConfig(Config):
             raise self.invalid("solver_skip", f"must be between 1 and 500 timesteps, got {self.solver_skip}")
         if not 0.0 <= self.target_ema < 1.0:
             raise self.invalid("target_ema", f"must be in [0, 1), got {self.target_ema}")
-        if self.loss not in LOSSES:
-            raise self.invalid("loss", f"must be one of {', '.join(LOSSES)}, got '{self.loss}'")
 
     def stages(self) -> list[int]:
         """Progressive: the student's step count at each stage (teacher_steps / 2, / 4, ... down to steps)."""

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from accel.core.config import Config
+from accel.core.config import Config, one_of
 
 EXPORT = "export"         # the registry's name for this transform
 METADATA_KEY = "accel"    # the ONNX metadata entry (and the engine's JSON) with the model's sampling metadata
@@ -21,7 +21,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 @dataclass(frozen=True)
 class ExportConfig(Config):
     opset: int | None = None   # None: 19, or 21 when 4-bit or per-group linear layers go out blocked (INT4)
-    dtype: str = "fp32"        # inputs, weights and eps
+    dtype: str = one_of("fp32", tuple(DTYPES))  # inputs, weights and eps
     int8_grid: bool = False    # 4-bit linear weights on the INT8 grid (as convolutions are) instead of INT4
 
     def validate(self) -> None:
@@ -31,5 +31,13 @@ class ExportConfig(Config):
         if self.opset is not None and self.opset > MAX_OPSET:
             raise self.invalid("opset", f"{self.opset} is too high: this exporter writes opsets {MIN_OPSET} to "
                                         f"{MAX_OPSET}")
-        if self.dtype not in DTYPES:
-            raise self.invalid("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype}")
+
+
+FORMATS = {"onnx": ".onnx", "trt": ".plan"}  # what the export stage writes -> the file's suffix
+
+
+@dataclass(frozen=True)
+class ExportTarget(Config):
+    """The file the export stage writes: an ONNX graph, or a TensorRT engine built from one."""
+
+    format: str | None = one_of(None, tuple(FORMATS))  # no default: a recipe says which (the stage checks)

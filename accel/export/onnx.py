@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import time
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,25 +27,12 @@ import torch
 import torch.nn as nn
 
 from accel.core import registry
-from accel.core.errors import AccelError
+from accel.core.errors import AccelError, ConfigError
 from accel.core.files import atomic_file, ensure_writable_file
-from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
 from accel.export.config import (BLOCKED_OPSET, CACHED_STEP_KEY, DEFAULT_OPSET, DTYPES, EXPORT, METADATA_KEY,
                                  ExportConfig)
-
-TRACE_MAX_OPSET = 20      # torch's TorchScript exporter; higher opsets are reached with onnx's version converter
-PARITY_TIMESTEPS = (999, 500, 20)
-PARITY_BATCHES = (2, 3)   # 3 differs from the traced batch: checks the dynamic batch axis
-# max |ORT - PyTorch| / max |PyTorch| over the parity inputs, PyTorch being the float32 model in its exported
-# form. It must separate export bugs (a wrong scale, axis or layout: errors of order 1 on every input) from
-# arithmetic noise. Float graphs differ only by operator order (the issue's goal: 1e-4). In a Q/DQ graph, an
-# activation within float rounding of an INT8 rounding boundary can land one step (1/127 of its range) apart, and
-# the step propagates: measured at 6.4e-3 on the reference model at W8A8, and 4.1e-2 on one of six inputs of the
-# random tiny text UNet at W4A8 (a third of its outputs moved). 5e-2 allows such a step, not a bug. fp16 graphs
-# are compared with the float32 model: fp16's 2^-11 rounding over the network's depth measured 1e-3 or less;
-# 1e-2 is the fp16 tolerance `accel optimize` uses.
-TOLERANCE = {("float", "fp32"): 1e-4, ("qdq", "fp32"): 5e-2, ("float", "fp16"): 1e-2, ("qdq", "fp16"): 5e-2}
-
+from accel.export.graph import FEATURE, op_counts, write_graph
+from accel.export.parity import PARITY_TIMESTEPS, TOLERANCE, check_parity, max_rel, ort_outputs, parity_inputs
 
 class _EpsGraph(nn.Module):
     """What is traced: the denoiser's own eps computation (conditioning routing, learned-variance slicing)."""
@@ -77,7 +63,6 @@ class _CachedStepGraph(_EpsGraph):
             return super().forward(sample, timestep, *cond)
 
 
-FEATURE = "cached_feature"  # the full step's extra output and the cached step's extra input
 CACHED_SUFFIX = ".cached.onnx"
 
 
@@ -94,27 +79,6 @@ def cached_graph_path(out: Path) -> Path:
 def input_names(denoiser) -> list[str]:
     cond = {"class": ["class_labels"], "text": ["encoder_hidden_states"]}.get(denoiser.cond_kind, [])
     return ["sample", "timestep", *cond]
-
-
-def _dynamic_axes(denoiser, names: list[str]) -> dict:
-    """Every input and output has a dynamic batch; a UNet's images (and a cached feature) dynamic height and
-    width."""
-    axes = {name: {0: "batch"} for name in names}
-    if denoiser.kind in ("unet", "unet-text"):
-        for name, size in (("sample", ""), ("eps", ""), (FEATURE, "feature_")):
-            if name in axes:
-                axes[name].update({2: f"{size}height", 3: f"{size}width"})
-    return axes
-
-
-def parity_inputs(denoiser, seed: int = 1234) -> list[tuple]:
-    """Fresh random (x, t, cond) at several timesteps and batch sizes, as float32 CPU tensors."""
-    inputs = []
-    for batch in PARITY_BATCHES:
-        for index, t in enumerate(PARITY_TIMESTEPS):
-            x, steps, cond = denoiser.example_inputs(batch, t=t, seed=seed + 10 * batch + index)
-            inputs.append((x.float().cpu(), steps.cpu(), None if cond is None else cond.cpu()))
-    return inputs
 
 
 def metadata(denoiser, opset: int, form: str, dtype: str) -> dict:
@@ -137,9 +101,10 @@ def resolve_opset(config: ExportConfig, blocked: list[str]) -> int:
     if config.opset is None:
         return BLOCKED_OPSET if wants_blocks else DEFAULT_OPSET
     if wants_blocks and config.opset < BLOCKED_OPSET:
-        raise AccelError(f"--opset {config.opset} is too low for INT4: {len(blocked)} linear layers (first: "
-                         f"{blocked[0]}) need blocked INT4/INT8 DequantizeLinear from opset {BLOCKED_OPSET}; use "
-                         f"--opset {BLOCKED_OPSET}, or --int8-grid to write their 4-bit codes on the INT8 grid")
+        raise ConfigError("ExportConfig", "opset", f"{config.opset} is too low for INT4: {len(blocked)} linear "
+                          f"layers (first: {blocked[0]}) need blocked INT4/INT8 DequantizeLinear from opset "
+                          f"{BLOCKED_OPSET}; use opset {BLOCKED_OPSET}, or `int8_grid` to write their 4-bit codes "
+                          "on the INT8 grid")
     return config.opset
 
 
@@ -156,6 +121,21 @@ def _to_export_form(denoiser, blocked: bool) -> dict:
         for key, value in form.convert(denoiser.module, blocked).items():
             counts[key] = counts.get(key, 0) + value
     return counts
+
+
+@dataclass
+class _Prepared:
+    """The model in its exported form, cast to the graph's dtype, with the parity gate's inputs and references."""
+
+    denoiser: object
+    names: list[str]  # the graph's inputs
+    checks: list[tuple]  # parity inputs, in the graph's dtype
+    expected: list[np.ndarray]  # eps of the exported form on them, in float32: the gate's reference
+    form: str  # float or qdq
+    counts: dict  # Q/DQ and INT4 layers
+    form_vs_model: float  # max relative gap between the exported form and the model as given
+    meta: dict
+    cached: tuple | None = None  # a cached model's (cached-step graph, its expected eps, MACs of a cached step)
 
 
 @torch.no_grad()
@@ -176,60 +156,73 @@ def export_onnx(denoiser, out: str | Path, config: ExportConfig = ExportConfig()
     cached_out = cached_graph_path(out) if step_splitter(denoiser) is not None else None
     if cached_out is not None:
         ensure_writable_file(cached_out, (".onnx",), "a .onnx file", overwrite)
-    opset = resolve_opset(config, [name for form in _export_forms(denoiser) for name in form.blocked_layers(
-        denoiser.module)])
-    denoiser = export_copy(denoiser)
-    names = input_names(denoiser)
-    checks = parity_inputs(denoiser)
-    as_given = [_reference_full_step(denoiser, args)[0].numpy() for args in checks]
+    opset = resolve_opset(config, [name for form in _export_forms(denoiser)
+                                   for name in form.blocked_layers(denoiser.module)])
     start = time.perf_counter()
-    converted = _to_export_form(denoiser, blocked=opset >= BLOCKED_OPSET and not config.int8_grid)
-    form = "qdq" if converted["qdq_layers"] else "float"
-    # The gate's reference: the float32 PyTorch model in its exported form. For a quantized model that form
-    # differs from the fake-quantized model by design (attention in float); that difference is reported apart.
-    expected_full = [_reference_full_step(denoiser, args) for args in checks]
-    expected = [eps.numpy() for eps, _ in expected_full]
-    full_graph = (_FullStepGraph if cached_out else _EpsGraph)(denoiser).eval()
-    cached_graph = _CachedStepGraph(denoiser).eval() if cached_out else None
-    if cached_graph is not None:
-        features = _from_other_steps([feature for _, feature in expected_full])
-        expected_cached = [_reference_cached_step(denoiser, args, feature).numpy()
-                           for args, feature in zip(checks, features)]
-        macs_cached = _cached_macs(cached_graph, checks[0], features[0])
-    denoiser.to(DTYPES[config.dtype])
-    checks = [_as_dtype(args, DTYPES[config.dtype]) for args in checks]
-    meta = metadata(denoiser, opset, form, config.dtype)
-    tolerance = TOLERANCE[form, config.dtype]
+    prepared = _prepare(export_copy(denoiser), config, opset)
+    tolerance = TOLERANCE[prepared.form, config.dtype]
     with contextlib.ExitStack() as stack:
         partial = stack.enter_context(atomic_file(out))
         if cached_out is not None:
             cached_partial = stack.enter_context(atomic_file(cached_out))
-            meta["step_graphs"] = {"cached": cached_out.name, "feature": FEATURE, "macs_cached": macs_cached}
-        outputs = ["eps", FEATURE] if cached_out else ["eps"]
-        model = _write_graph(full_graph, checks[0], names, outputs, partial, opset, {METADATA_KEY: meta})
-        record = {"form": form, "opset": opset, "dtype": config.dtype, **converted,
-                  "export_s": time.perf_counter() - start, "ops": _op_counts(model),
-                  "exported_form_vs_model_max_rel": _max_rel(expected, as_given)}
-        record["parity"] = _checked(check_parity(str(partial), names, checks, expected, tolerance), "")
+            prepared.meta["step_graphs"] = {"cached": cached_out.name, "feature": FEATURE,
+                                            "macs_cached": prepared.cached[2]}
+        record = _write_full_graph(prepared, partial, opset, config, tolerance, start)
         if cached_out is not None:
-            record["cached_graph"] = _write_cached_graph(cached_graph, partial, cached_partial, names, checks,
-                                                         expected_cached, tolerance, opset, out.name)
-            record["cached_graph"]["out"] = str(cached_out)
+            graph, expected, _ = prepared.cached
+            record["cached_graph"] = {**_write_cached_graph(graph, partial, cached_partial, prepared.names,
+                                                            prepared.checks, expected, tolerance, opset, out.name),
+                                      "out": str(cached_out)}
     record["bytes"] = out.stat().st_size + (cached_out.stat().st_size if cached_out else 0)
     return record
+
+
+def _prepare(denoiser, config: ExportConfig, opset: int) -> _Prepared:
+    """``denoiser`` (a copy) converted to its exported form and cast, with what the parity gate compares."""
+    checks = parity_inputs(denoiser)
+    as_given = [_reference_full_step(denoiser, args)[0].numpy() for args in checks]
+    counts = _to_export_form(denoiser, blocked=opset >= BLOCKED_OPSET and not config.int8_grid)
+    form = "qdq" if counts["qdq_layers"] else "float"
+    # The gate's reference: the float32 PyTorch model in its exported form. For a quantized model that form
+    # differs from the fake-quantized model by design (attention in float); that difference is reported apart.
+    expected_full = [_reference_full_step(denoiser, args) for args in checks]
+    expected = [eps.numpy() for eps, _ in expected_full]
+    cached = None
+    if step_splitter(denoiser) is not None:
+        graph = _CachedStepGraph(denoiser).eval()
+        features = _from_other_steps([feature for _, feature in expected_full])
+        cached = (graph, [_reference_cached_step(denoiser, args, feature).numpy()
+                          for args, feature in zip(checks, features)], _cached_macs(graph, checks[0], features[0]))
+    denoiser.to(DTYPES[config.dtype])
+    return _Prepared(denoiser, input_names(denoiser), [_as_dtype(args, DTYPES[config.dtype]) for args in checks],
+                     expected, form, counts, max_rel(expected, as_given),
+                     metadata(denoiser, opset, form, config.dtype), cached)
+
+
+def _write_full_graph(prepared: _Prepared, path: Path, opset: int, config: ExportConfig, tolerance: float,
+                      start: float) -> dict:
+    """The (full-step) graph at ``path``, checked: the export record."""
+    graph = (_FullStepGraph if prepared.cached else _EpsGraph)(prepared.denoiser).eval()
+    outputs = ["eps", FEATURE] if prepared.cached else ["eps"]
+    model = write_graph(graph, prepared.checks[0], prepared.names, outputs, path, opset,
+                        {METADATA_KEY: prepared.meta})
+    parity = check_parity(str(path), prepared.names, prepared.checks, prepared.expected, tolerance)
+    return {"form": prepared.form, "opset": opset, "dtype": config.dtype, **prepared.counts,
+            "export_s": time.perf_counter() - start, "ops": op_counts(model),
+            "exported_form_vs_model_max_rel": prepared.form_vs_model, "parity": _checked(parity, "")}
 
 
 def _write_cached_graph(graph: nn.Module, full_path: Path, path: Path, names: list[str], checks: list[tuple],
                         expected: list[np.ndarray], tolerance: float, opset: int, full_name: str) -> dict:
     """The cached-step graph, checked as a sampler runs it: fed by the features ONNX Runtime's full step (at
     ``full_path``, to be renamed ``full_name``) wrote."""
-    full_outputs = _ort_outputs(str(full_path), names, checks, FEATURE)
+    full_outputs = ort_outputs(str(full_path), names, checks, FEATURE)
     inputs = [(*args, feature) for args, feature in zip(checks, _from_other_steps(
         [torch.from_numpy(f) for f in full_outputs]))]
     names = [*names, FEATURE]
-    model = _write_graph(graph, inputs[0], names, ["eps"], path, opset, {CACHED_STEP_KEY: {"of": full_name}})
+    model = write_graph(graph, inputs[0], names, ["eps"], path, opset, {CACHED_STEP_KEY: {"of": full_name}})
     parity = check_parity(str(path), names, inputs, expected, tolerance)
-    return {"ops": _op_counts(model), "parity": _checked(parity, "cached-step graph fed by the full step's: ")}
+    return {"ops": op_counts(model), "parity": _checked(parity, "cached-step graph fed by the full step's: ")}
 
 
 def _from_other_steps(features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -263,22 +256,6 @@ def _checked(parity: dict, what: str) -> dict:
     return parity
 
 
-def _write_graph(graph: nn.Module, example: tuple, names: list[str], outputs: list[str], path: Path, opset: int,
-                 props: dict):
-    """Trace ``graph`` into ``path`` at ``opset``, check it, infer its shapes and store ``props`` (as JSON)."""
-    import onnx
-
-    _trace(graph, example, names, outputs, path, min(opset, TRACE_MAX_OPSET), opset > TRACE_MAX_OPSET)
-    model = onnx.load(str(path))
-    if opset > TRACE_MAX_OPSET:
-        model = _raise_opset(model, opset)
-    onnx.checker.check_model(model, full_check=True)
-    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    onnx.helper.set_model_props(model, {key: json.dumps(value, default=str) for key, value in props.items()})
-    onnx.save(model, str(path))
-    return model
-
-
 def _cached_macs(cached_graph: nn.Module, example: tuple, feature: torch.Tensor) -> int:
     """MACs of one cached step on one sample."""
     from accel.metrics.size import counted_macs
@@ -292,74 +269,3 @@ def _as_dtype(args: tuple, dtype: torch.dtype) -> tuple:
     return tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in args)
 
 
-def _trace(graph: nn.Module, example: tuple, names: list[str], outputs: list[str], path: Path, opset: int,
-           placeholders: bool) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
-        torch.onnx.export(graph, tuple(a for a in example if a is not None), str(path),
-                          input_names=names, output_names=outputs,
-                          dynamic_axes=_dynamic_axes(graph.denoiser, [*names, *outputs]), opset_version=opset,
-                          dynamo=False, custom_opsets={PLACEHOLDER_DOMAIN: 1} if placeholders else None)
-
-
-def _raise_opset(model, opset: int):
-    """A graph traced at opset 20 raised to ``opset`` by onnx's version converter, with every blocked placeholder
-    rewritten to the standard (opset 21) DequantizeLinear, 4-bit codes as INT4."""
-    import ml_dtypes
-    from onnx import numpy_helper, version_converter
-
-    initializers = {i.name: i for i in model.graph.initializer}
-    for node in model.graph.node:
-        if (node.domain, node.op_type) == (PLACEHOLDER_DOMAIN, BLOCK_DEQUANTIZE):
-            bits = next(a.i for a in node.attribute if a.name == "bits")
-            kept = [a for a in node.attribute if a.name != "bits"]
-            del node.attribute[:]
-            node.attribute.extend(kept)
-            node.domain, node.op_type = "", "DequantizeLinear"
-            if bits <= 4:
-                codes = initializers[node.input[0]]
-                values = numpy_helper.to_array(codes).astype(ml_dtypes.int4)
-                codes.CopyFrom(numpy_helper.from_array(values, codes.name))
-    standard = [entry for entry in model.opset_import if entry.domain != PLACEHOLDER_DOMAIN]
-    del model.opset_import[:]
-    model.opset_import.extend(standard)
-    return version_converter.convert_version(model, opset)
-
-
-def _op_counts(model) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def check_parity(path: str, names: list[str], inputs: list[tuple], expected: list[np.ndarray],
-                 tolerance: float) -> dict:
-    """ONNX Runtime (CPU; CUDA first where installed) against the PyTorch outputs on the same inputs."""
-    from accel.export.runtime import ort_session
-
-    session = ort_session(path)
-    got = [output.astype(np.float32) for output in _run(session, names, inputs, "eps")]
-    worst_abs = max(float(np.abs(a - b).max()) for a, b in zip(got, expected))
-    worst_rel = _max_rel(got, expected)
-    return {"provider": session.get_providers()[0], "inputs": len(inputs), "timesteps": list(PARITY_TIMESTEPS),
-            "batches": list(PARITY_BATCHES), "max_abs": worst_abs, "max_rel": worst_rel, "tolerance": tolerance,
-            "met": worst_rel <= tolerance}
-
-
-def _ort_outputs(path: str, names: list[str], inputs: list[tuple], output: str) -> list[np.ndarray]:
-    from accel.export.runtime import ort_session
-
-    return _run(ort_session(path), names, inputs, output)
-
-
-def _run(session, names: list[str], inputs: list[tuple], output: str) -> list[np.ndarray]:
-    """``output`` of ``session`` for each input tuple (None entries, absent conditioning, skipped)."""
-    feeds = [{name: tensor.numpy() for name, tensor in zip(names, (t for t in args if t is not None))}
-             for args in inputs]
-    return [session.run([output], feed)[0] for feed in feeds]
-
-
-def _max_rel(outputs: list[np.ndarray], references: list[np.ndarray]) -> float:
-    """max |output - reference| / max |reference|, the worst over the pairs."""
-    return max(float(np.abs(o - r).max()) / max(float(np.abs(r).max()), 1e-12) for o, r in zip(outputs, references))

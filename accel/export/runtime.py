@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from accel.core import registry
 from accel.core.denoiser import Denoiser
-from accel.core.errors import AccelError, ConfigError
+from accel.core.errors import AccelError, ConfigError, one_line
 from accel.core.files import parse_json_object
 from accel.core.hooks import CapturedFeature
 from accel.core.sampling_spec import SamplingSpec
@@ -23,6 +23,9 @@ def ort_session(path: str | Path):
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
+    # the same cores as PyTorch's, so that a side-by-side timing compares runtimes, not thread counts (the report
+    # records both: accel.report.schema.threads)
+    options.intra_op_num_threads = torch.get_num_threads()
     # ONNX Runtime fuses INT4 DequantizeLinear + MatMul into MatMulNBits, which by default (accuracy level 4)
     # requantizes the activations to INT8 per block: other arithmetic than the graph's, a 1e-2 relative error
     # measured on its own. Level 1 keeps the fused kernel and computes in fp32, as the graph says.
@@ -35,7 +38,7 @@ def ort_session(path: str | Path):
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types for unreadable models
-        raise AccelError(f"ONNX Runtime cannot load {path}: {str(error).splitlines()[0]}")
+        raise AccelError(f"ONNX Runtime cannot load {path}: {one_line(error)}")
 
 
 def _weight_only(path: str | Path) -> bool:
@@ -118,7 +121,7 @@ def load_onnx(path: Path, name: str):
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:
-        raise AccelError(f"{path} is not a readable ONNX file ({str(error).splitlines()[0]})")
+        raise AccelError(f"{path} is not a readable ONNX file ({one_line(error)})")
     props = {p.key: p.value for p in model.metadata_props}
     if CACHED_STEP_KEY in props:
         full = parse_json_object(props[CACHED_STEP_KEY], f"the accel metadata of {path}").get("of", "its full step")
@@ -203,7 +206,7 @@ def load_exported_from(model, device):
     try:
         baseline = load(source, device)
     except AccelError:
-        model.notes.append(f"the model this was exported from ({source}) does not load here; pass --baseline to "
+        model.notes.append(f"the model this was exported from ({source}) does not load here; give a baseline (accel eval --baseline) to "
                            "compare with it")
         return None
     baseline.sampling = model.sampling

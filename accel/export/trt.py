@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from accel.core.errors import AccelError
+from accel.core.errors import AccelError, ConfigError
 from accel.core.files import atomic_file, ensure_writable_file, read_json_object, write_text
 from accel.export.config import DEFAULT_OPSET, ExportConfig
 
@@ -138,7 +138,8 @@ def export_trt(denoiser, out: str | Path, config: ExportConfig = ExportConfig(),
                          "export the model before caching")
     tensorrt_module()  # fail before any work when the extra is missing
     if config.opset not in (None, DEFAULT_OPSET):
-        raise AccelError(f"--opset {config.opset}: TensorRT engines are built from opset {DEFAULT_OPSET} graphs")
+        raise ConfigError("ExportConfig", "opset", f"{config.opset}: TensorRT engines are built from opset "
+                          f"{DEFAULT_OPSET} graphs")
     out = ensure_writable_file(out, (".plan",), "a .plan file", overwrite)
     graph = ExportConfig(opset=DEFAULT_OPSET, dtype=config.dtype, int8_grid=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.stem}.", dir=out.parent) as work:  # the graph is not kept

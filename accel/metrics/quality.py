@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from accel.core.errors import AccelError
+from accel.core.errors import AccelError, ConfigError
 from accel.metrics.fid import FeatureStats, RealReference, digits_reference, frechet_distance
 
 DIGITS_SHAPE = (1, 16, 16)
@@ -46,15 +46,16 @@ def fid_setup(sample_shape: tuple[int, ...], inception_weights: str | Path | Non
         from accel.metrics.digits_cnn import DigitsFeatures
 
         return FidSetup(DigitsFeatures(), DigitsFeatures.name, digits_reference())
-    return FidSetup(None, None, None, "FID for this model needs --inception-weights and --fid-ref (real images, .npz)")
+    return FidSetup(None, None, None, "FID for this model needs an Inception weights file and real images (.npz; accel eval "
+                                             "--inception-weights, --fid-ref)")
 
 
 def _inception_setup(weights: str | Path, reference_images: str | Path | None, device: str) -> FidSetup:
     from accel.metrics.inception import InceptionFeatures
 
     if reference_images is None:
-        raise AccelError("Inception FID needs real images to compare with: pass --fid-ref images.npz "
-                         "(uint8 array 'images', N x C x H x W)")
+        raise ConfigError("EvalConfig", "fid_ref", "is needed for Inception FID: real images to compare with (an "
+                          ".npz with a uint8 array 'images', N x C x H x W)")
     real = load_images_npz(reference_images)  # before the weights: a bad file fails without loading a network
     features = InceptionFeatures(weights, device=device)
     return FidSetup(features, InceptionFeatures.name, RealReference.of(features(real)))

@@ -2,8 +2,8 @@
 local Hugging Face cache. Nothing is downloaded."""
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import torch.nn as nn
@@ -11,7 +11,7 @@ import torch.nn as nn
 from accel.artifact import MARKER, load_artifact
 from accel.core import registry
 from accel.core.denoiser import DIFFUSERS_KINDS, Denoiser
-from accel.core.errors import AccelError
+from accel.core.errors import AccelError, one_line
 from accel.core.files import read_json_object
 from accel.core.sampling_spec import SamplingSpec
 from accel.models.reference import REFERENCE_DIR
@@ -37,15 +37,9 @@ def load(source: str | Path | nn.Module | Denoiser, device: str | None = None,
     else:
         denoiser = _load_path(_resolve(str(source)), str(source))
     if sampling:
-        denoiser.sampling = with_sampler(denoiser.sampling, sampling)
+        denoiser.sampling = denoiser.sampling.changed(sampling)
     denoiser.eval()
     return denoiser.to(device) if device else denoiser
-
-
-def with_sampler(spec: SamplingSpec, changes: dict) -> SamplingSpec:
-    if changes.get("name", spec.name) != spec.name:
-        spec = SamplingSpec(steps=spec.steps, prediction_type=spec.prediction_type)
-    return replace(spec, **changes)
 
 
 def model_path(name: str) -> Path:
@@ -106,7 +100,7 @@ def _checked_schedule(path: Path) -> dict:
     try:
         SamplingSpec().scheduler(schedule)
     except Exception as error:  # diffusers raises many types for values that describe no schedule
-        raise AccelError(f"{path} does not describe a noise schedule ({_first_line(error)})")
+        raise AccelError(f"{path} does not describe a noise schedule ({one_line(error)})")
     return schedule
 
 
@@ -119,7 +113,7 @@ def _check_safetensors(files: list[Path]) -> None:
                 for key in handle.keys():
                     handle.get_slice(key)
         except Exception as error:
-            raise AccelError(f"{file} is not a readable safetensors file ({str(error).splitlines()[0]})")
+            raise AccelError(f"{file} is not a readable safetensors file ({one_line(error)})")
 
 
 def _load_path(path: Path, name: str) -> Denoiser:
@@ -143,27 +137,35 @@ def _load_path(path: Path, name: str) -> Denoiser:
     return Denoiser(module, scheduler_config, source=name, weights_bytes=weights_bytes, notes=notes)
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 def _from_config(model_dir: Path, class_name: str, config: dict) -> nn.Module:
     """A fresh (randomly initialised) network of the class and shape config.json describes."""
     import diffusers
 
-    logging.getLogger("diffusers").setLevel(logging.ERROR)
     try:
-        return getattr(diffusers, class_name).from_config(config)
+        with _diffusers_quiet():
+            return getattr(diffusers, class_name).from_config(config)
     except Exception as error:  # diffusers raises many types for values that do not describe a network
-        raise AccelError(f"{model_dir / 'config.json'} does not describe a {class_name} ({_first_line(error)})")
+        raise AccelError(f"{model_dir / 'config.json'} does not describe a {class_name} ({one_line(error)})")
 
 
 def _from_pretrained(model_dir: Path, class_name: str) -> nn.Module:
     import diffusers
 
-    logging.getLogger("diffusers").setLevel(logging.ERROR)
     model_class = getattr(diffusers, class_name)
     try:
-        return model_class.from_pretrained(model_dir, local_files_only=True)
+        with _diffusers_quiet():
+            return model_class.from_pretrained(model_dir, local_files_only=True)
     except Exception as error:
-        raise AccelError(f"cannot load weights from {model_dir}: {_first_line(error)}")
+        raise AccelError(f"cannot load weights from {model_dir}: {one_line(error)}")
+
+
+@contextlib.contextmanager
+def _diffusers_quiet():
+    """diffusers logs its own line before raising (a folder without weights): the error says it once."""
+    logger = logging.getLogger("diffusers")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -3,6 +3,7 @@ channels-last, CUDA graphs (``accel optimize``). Registered as the ``optimize`` 
 and Triton for the kernels) are imported on first use, not with ``accel``."""
 from accel.core import registry
 from accel.optimize.config import OptimizeConfig
+from accel.optimize.stage import OPTIMIZE_STAGE
 
 
 def _optimize(denoiser, config: OptimizeConfig) -> dict:
@@ -28,4 +29,4 @@ def optimize_(denoiser, config: OptimizeConfig = OptimizeConfig()) -> dict:
     return registry.apply(denoiser, OPTIMIZE.name, config)
 
 
-__all__ = ["OptimizeConfig", "optimize_"]
+__all__ = ["OPTIMIZE_STAGE", "OptimizeConfig", "optimize_"]

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
-from accel.core.errors import AccelError
+from accel.core.errors import ConfigError
 from accel.optimize.config import OptimizeConfig
 from accel.optimize.cuda_graph import HOOK_NAME, CudaGraphHook
 from accel.optimize.modules import FusedAttnProcessor, FusedGroupNorm, FusedResnetBlock2D
@@ -19,10 +19,11 @@ REPLACEABLE_PROCESSORS = (AttnProcessor, AttnProcessor2_0)  # diffusers' default
 def optimize(denoiser, config: OptimizeConfig) -> dict:
     """Optimize ``denoiser`` in place (the registry records it); returns what the artifact keeps."""
     if config.cuda_graph and any(hook.splitter is not None for hook in denoiser.hooks.values()):
-        raise AccelError("--cuda-graph replays one captured call for every step, and this model's steps run two "
-                         "ways (feature caching): optimize it without --cuda-graph")
+        raise ConfigError("OptimizeConfig", "cuda_graph", "replays one captured call for every step, and this "
+                          "model's steps run two ways (feature caching): optimize it without CUDA graphs")
     if config.cuda_graph and denoiser.device.type != "cuda":
-        raise AccelError(f"--cuda-graph needs the model on a CUDA device (it is on {denoiser.device})")
+        raise ConfigError("OptimizeConfig", "cuda_graph", f"needs the model on a CUDA device (it is on "
+                          f"{denoiser.device})")
     dtype = config.torch_dtype(denoiser.device)
     swaps = swap_modules(denoiser.module, config.backend)
     convert(denoiser.module, dtype, config.channels_last)

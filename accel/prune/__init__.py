@@ -1,10 +1,11 @@
 """Structured pruning of denoisers (Diff-Pruning-style): importance criteria over the diffusion timesteps,
 Torch-Pruning's dependency graph for the coupled channels, whole-head attention pruning, the diffusers attribute
-fix-ups, and the widths record an artifact is rebuilt from. Registered as the ``prune`` transform; fine-tuning
-runs on ``accel.train``."""
+fix-ups, and the widths record an artifact is rebuilt from. Registered as the ``prune`` transform and stage (prune,
+then fine-tune on ``accel.train``)."""
 from accel.core import registry
 from accel.prune import apply
-from accel.prune.config import CRITERIA, PruneConfig
+from accel.prune.config import CRITERIA, FinetuneConfig, PruneConfig
+from accel.prune.stage import PRUNE_STAGE
 
 PRUNE = registry.register(registry.Transform(
     name="prune", config=PruneConfig, apply=apply.prune,
@@ -18,4 +19,4 @@ def prune_(denoiser, config: PruneConfig, images=None) -> dict:
     return registry.apply(denoiser, PRUNE.name, config, images)
 
 
-__all__ = ["CRITERIA", "PruneConfig", "prune_"]
+__all__ = ["CRITERIA", "PRUNE_STAGE", "FinetuneConfig", "PruneConfig", "prune_"]

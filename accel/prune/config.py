@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from accel.core.config import Config
+from accel.core.config import Config, one_of
 from accel.train.config import TrainConfig
 
 CRITERIA = ("random", "magnitude", "taylor", "diff-pruning")
@@ -12,7 +12,7 @@ CRITERIA = ("random", "magnitude", "taylor", "diff-pruning")
 @dataclass(frozen=True)
 class PruneConfig(Config):
     ratio: float = 0.3              # fraction of each coupled channel group (and of each attention's heads) removed
-    criterion: str = "diff-pruning"
+    criterion: str = one_of("diff-pruning", CRITERIA)
     # Diff-Pruning: gradients accumulate from t = 0 upward until the loss falls below threshold x its running
     # maximum (0.05: the paper's CIFAR-10 runs; 0 accumulates every timestep of the grid)
     threshold: float = 0.05
@@ -26,8 +26,6 @@ class PruneConfig(Config):
     def validate(self) -> None:
         if not 0.0 < self.ratio < 1.0:
             raise self.invalid("ratio", f"must be between 0 and 1 (exclusive), got {self.ratio}")
-        if self.criterion not in CRITERIA:
-            raise self.invalid("criterion", f"must be one of {', '.join(CRITERIA)}, got '{self.criterion}'")
         if not 0.0 <= self.threshold < 1.0:
             raise self.invalid("threshold", f"must be in [0, 1), got {self.threshold}")
         if self.round_to < 1:
@@ -44,7 +42,20 @@ class PruneConfig(Config):
 
 # Fine-tuning after pruning: half the reference's peak learning rate, a short warm-up, EMA 0.999 (with warm-up);
 # 1,000 steps is 20% of the reference's training (Diff-Pruning fine-tunes for 10-20% of the original's). On digits
-# at 0.3, 1,000 steps: lr 5e-4 gave FID ratio 1.28, 1e-3 gave 1.00 (2,000 samples, DDIM 50; README).
+# at 0.3, 1,000 steps: lr 5e-4 gave FID ratio 1.28, 1e-3 gave 1.00 (2,000 samples, DDIM 50).
 FINETUNE = TrainConfig(steps=1000, batch_size=128, lr=1e-3, warmup_steps=50, ema_decay=0.999, checkpoint_every=100)
-# Fine-tuning on images adds the original's eps as a second target with this weight (accel/prune/finetune.py)
-DISTILL_WEIGHT = 1.0
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(Config):
+    """How the pruned model recovers: its training steps (the rest of the budget is ``FINETUNE``) and, on images,
+    the weight of the original's eps as a second target beside the DDPM loss (accel/prune/finetune.py)."""
+
+    steps: int = FINETUNE.steps  # 0: no fine-tuning
+    distill_weight: float = 1.0  # 0: the DDPM loss alone, as Diff-Pruning
+
+    def validate(self) -> None:
+        if self.steps < 0:
+            raise self.invalid("steps", f"must be 0 (no fine-tuning) or more, got {self.steps}")
+        if self.distill_weight < 0:
+            raise self.invalid("distill_weight", f"must be 0 or more, got {self.distill_weight}")

@@ -1,8 +1,10 @@
 """Post-training quantization of denoisers (Q-Diffusion-style): quantizers, quantized layers, calibration use,
-reconstruction, packed artifacts, and the Q/DQ form exporters trace. Registered as the ``quantize`` transform."""
+reconstruction, packed artifacts, and the Q/DQ form exporters trace. Registered as the ``quantize`` transform and
+stage (calibrate, then quantize)."""
 from accel.core import registry
 from accel.quant import apply, pack, qdq
-from accel.quant.config import W4A8, W8A8, QuantConfig
+from accel.quant.config import Q_DIFFUSION, W4A8, W8A8, QuantConfig
+from accel.quant.stage import QUANTIZE_STAGE
 
 QUANTIZE = registry.register(registry.Transform(
     name="quantize", config=QuantConfig, apply=apply.quantize,
@@ -19,4 +21,4 @@ def quantize_(denoiser, config: QuantConfig, calib, progress: bool = True) -> di
     return registry.apply(denoiser, QUANTIZE.name, config, calib, progress)
 
 
-__all__ = ["QuantConfig", "W4A8", "W8A8", "quantize_"]
+__all__ = ["QUANTIZE_STAGE", "Q_DIFFUSION", "QuantConfig", "W4A8", "W8A8", "quantize_"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from accel.core.config import Config
+from accel.core.config import Config, one_of
 from accel.quant.quantizer import RANGE_METHODS
 
 # Layers that see only the timestep (or class) embedding, plus the first and last layer of the network (found
@@ -23,8 +23,8 @@ class QuantConfig(Config):
     a_bits: int | None = 8                        # None: weight-only
     w_symmetric: bool = True                      # symmetric = zero point 0 = exportable
     a_symmetric: bool = True
-    w_range: str = "mse"                          # how weight ranges are chosen (mse, minmax, percentile)
-    a_range: str = "mse"
+    w_range: str = one_of("mse", RANGE_METHODS)   # how weight ranges are chosen
+    a_range: str = one_of("mse", RANGE_METHODS)
     group_size: int | None = None                 # linear weights: scales per group of input channels
     quantize_attention: bool = True               # the Q·K^T and P·V inputs
     split_shortcut: bool = True                   # Q-Diffusion split at decoder skip concatenations
@@ -40,9 +40,6 @@ class QuantConfig(Config):
             raise self.invalid("w_bits", f"must be between 2 and 8, got {self.w_bits}")
         if self.a_bits is not None and not 4 <= self.a_bits <= 16:
             raise self.invalid("a_bits", f"must be between 4 and 16, got {self.a_bits}")
-        for name in ("w_range", "a_range"):
-            if getattr(self, name) not in RANGE_METHODS:
-                raise self.invalid(name, f"must be one of {', '.join(RANGE_METHODS)}, got {getattr(self, name)}")
         if self.group_size is not None and self.group_size < 1:
             raise self.invalid("group_size", f"must be at least 1, got {self.group_size}")
         if self.recon_iters < 0:
@@ -61,3 +58,6 @@ class QuantConfig(Config):
 
 W8A8 = QuantConfig(w_bits=8, a_bits=8)
 W4A8 = QuantConfig(w_bits=4, a_bits=8)
+# Q-Diffusion's recipe: W4A8 with 500 BRECQ/AdaRound iterations per block on a timestep-aware calibration set. What
+# the quantize stage (`accel quantize`, a recipe's quantize stage) starts from; its settings change it.
+Q_DIFFUSION = QuantConfig(w_bits=4, a_bits=8, recon_iters=500)

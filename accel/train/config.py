@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from accel.core.config import Config
+from accel.core.stages import Key
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,23 @@ class TrainConfig(Config):
             raise self.invalid("grad_clip" if self.grad_clip < 0 else "weight_decay", "must be 0 or more")
 
     def learning_rate(self, step: int) -> float:
+        """Linear warm-up, then cosine decay; a warm-up longer than the run shrinks to end one step early (a short
+        fine-tuning run on a budget made for a long one still reaches its peak rate)."""
         import math
 
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        warmup = min(self.warmup_steps, max(self.steps - 1, 0))
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, self.steps - warmup)
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+# The keys every training stage shares (prune's fine-tuning, distillation): a "train" role holds its TrainConfig,
+# a "data" role its DataConfig
+TRAINING_KEYS = {
+    "lr": Key("train", "lr"),
+    "train-batch": Key("train", "batch_size"),
+    "checkpoint-every": Key("train", "checkpoint_every"),
+    "data": Key("data", "source"),
+    "teacher-samples": Key("data", "teacher_samples"),
+}

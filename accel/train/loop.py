@@ -22,8 +22,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from accel.core.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
-from accel.core.errors import AccelError
 from accel.train.config import TrainConfig
+from accel.train.runs import check_same_run
 from accel.train.tasks import Forward
 
 CHECKPOINT = "checkpoint"
@@ -36,7 +36,6 @@ class TrainResult:
     elapsed_s: float
     processes: int
     resumed_at: int           # the step training resumed from (0: a fresh start)
-    is_main: bool             # the process that writes results (the only one under a single process)
 
 
 def step_generator(seed: int, process: int, step: int) -> torch.Generator:
@@ -50,24 +49,10 @@ def ema_decay(target: float, step: int) -> float:
     return min(target, (1 + step) / (10 + step))
 
 
-def work_dir_for(out: str | Path) -> Path:
-    """Where a command that trains keeps its checkpoints until its artifact ``out`` is written: ``<out>.partial``."""
-    out = Path(out)
-    return out.with_name(out.name + ".partial")
-
-
 def checkpoint_state(work_dir: Path) -> dict | None:
     """The JSON state of the checkpoint in ``work_dir`` (None if there is none)."""
     folder = Path(work_dir) / CHECKPOINT
     return load_checkpoint(folder)[1] if folder.exists() else None
-
-
-def check_same_run(state: dict, run: dict, folder: Path) -> None:
-    if state.get("run") != run:
-        saved = state.get("run") or {}
-        differing = sorted(k for k in set(saved) | set(run) if saved.get(k) != run.get(k)) or ["its format"]
-        raise AccelError(f"the checkpoint in {folder} belongs to another run ({', '.join(differing)} differ); "
-                         "remove it, or resume with the settings it was written with")
 
 
 class _Run:
@@ -158,7 +143,7 @@ def train(network: nn.Module, task, config: TrainConfig, work_dir: str | Path, *
     result = state.ema if state.ema is not None else state.plain
     result.requires_grad_(True)  # an ordinary network again (the EMA copy was frozen): it may be trained further
     return TrainResult(result.eval(), state.losses, state.elapsed_s, state.accelerator.num_processes,
-                       state.resumed_at, state.accelerator.is_main_process)
+                       state.resumed_at)
 
 
 def _stateful(task):

@@ -1,20 +1,34 @@
-"""Optimize a model and measure it against the original: what ``accel optimize`` runs."""
+"""What ``accel optimize`` reports beside the evaluation: the precision and modules it swapped, how many calls ran
+through the Triton kernels, and whether the optimized model still computes the original's eps."""
+
 from __future__ import annotations
 
 import torch
 
-from accel.evaluate import EvalConfig, Evaluation, evaluate
 from accel.kernels._runtime import interpreted
-from accel.models.loading import load
-from accel.optimize import optimize_
+from accel.measure.base import Measurer
 from accel.optimize.apply import kernel_usage, reset_kernel_usage
-from accel.optimize.config import OptimizeConfig
 
 PARITY_TIMESTEPS = (999, 500, 20)
 # eps of the optimized model vs the original, as RMS(difference) / RMS(original). fp32 kernels only reorder
 # sums (float rounding, ~1e-6); fp16 keeps 11 mantissa bits, and a UNet's ~20 chained convolutions and norms
 # compound its rounding to about 1e-3; bf16 has 8 bits (8x coarser).
 PARITY_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+class OptimizeMeasurer(Measurer):
+    def before_evaluation(self, model) -> None:
+        reset_kernel_usage(model.module)  # count the evaluation's calls only
+
+    def add_sections(self, report, result, extras) -> None:
+        parity = output_parity(self.original, result.model)
+        usage = kernel_usage(result.model.module)
+        for name, data in (("dtype", result.record["dtype"]), ("swaps", result.record["swaps"]),
+                           ("kernels", usage)):
+            report.add_section(name, data)
+        report.add_section("parity", parity, f"Output check: eps within {parity['tolerance_rel_rms']:g} relative "
+                           f"RMS of the original's: {'met' if parity['met'] else 'MISSED'} ({parity['rel_rms']:.2e})\n")
+        report.notes += kernel_notes(usage, result.model.device)
 
 
 @torch.inference_mode()
@@ -42,25 +56,3 @@ def kernel_notes(usage: dict, device: torch.device) -> list[str]:
         return ["the Triton kernels ran in Triton's CPU interpreter (TRITON_INTERPRET=1): outputs are checked, "
                 "latency means nothing"]
     return []
-
-
-def optimize_and_evaluate(source, config: OptimizeConfig, eval_config: EvalConfig, device=None,
-                          sampling: dict | None = None) -> tuple[object, Evaluation]:
-    """``sampling``: changes to the model's own sampler, for both models."""
-    original = load(source, device, sampling)
-    model = load(source, device, sampling)
-    record = optimize_(model, config)
-    parity = output_parity(original, model)
-    reset_kernel_usage(model.module)
-    evaluation = evaluate(model, baseline=original, config=eval_config, command="optimize",
-                          model_name=str(source), transform_config=config.to_dict())
-    usage = kernel_usage(model.module)
-    report = evaluation.report
-    for name, data in (("dtype", record["dtype"]), ("swaps", record["swaps"]), ("kernels", usage),
-                       ("parity", parity)):
-        report.add_section(name, data)
-    report.notes += kernel_notes(usage, model.device)
-    check = (f"eps within {parity['tolerance_rel_rms']:g} relative RMS of the original's: "
-             f"{'met' if parity['met'] else 'MISSED'} ({parity['rel_rms']:.2e})")
-    report.add_section("quality_goal", check, f"Output check: {check}\n")
-    return model, evaluation

@@ -1,0 +1,86 @@
+"""Tracing a module into a checked ONNX file: the TorchScript exporter up to opset 20, onnx's version converter
+above it (with the blocked INT4 placeholders rewritten to standard ops), shape inference and metadata."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
+
+TRACE_MAX_OPSET = 20  # torch's TorchScript exporter; higher opsets are reached with onnx's version converter
+FEATURE = "cached_feature"  # the full step's extra output and the cached step's extra input
+
+
+def dynamic_axes(denoiser, names: list[str]) -> dict:
+    """Every input and output has a dynamic batch; a UNet's images (and a cached feature) dynamic height and
+    width."""
+    axes = {name: {0: "batch"} for name in names}
+    if denoiser.kind in ("unet", "unet-text"):
+        for name, size in (("sample", ""), ("eps", ""), (FEATURE, "feature_")):
+            if name in axes:
+                axes[name].update({2: f"{size}height", 3: f"{size}width"})
+    return axes
+
+
+def write_graph(graph: nn.Module, example: tuple, names: list[str], outputs: list[str], path: Path, opset: int,
+                 props: dict):
+    """Trace ``graph`` into ``path`` at ``opset``, check it, infer its shapes and store ``props`` (as JSON)."""
+    import onnx
+
+    _trace(graph, example, names, outputs, path, min(opset, TRACE_MAX_OPSET), opset > TRACE_MAX_OPSET)
+    model = onnx.load(str(path))
+    if opset > TRACE_MAX_OPSET:
+        model = _raise_opset(model, opset)
+    onnx.checker.check_model(model, full_check=True)
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.helper.set_model_props(model, {key: json.dumps(value, default=str) for key, value in props.items()})
+    onnx.save(model, str(path))
+    return model
+
+
+def _trace(graph: nn.Module, example: tuple, names: list[str], outputs: list[str], path: Path, opset: int,
+           placeholders: bool) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
+        torch.onnx.export(graph, tuple(a for a in example if a is not None), str(path),
+                          input_names=names, output_names=outputs,
+                          dynamic_axes=dynamic_axes(graph.denoiser, [*names, *outputs]), opset_version=opset,
+                          dynamo=False, custom_opsets={PLACEHOLDER_DOMAIN: 1} if placeholders else None)
+
+
+def _raise_opset(model, opset: int):
+    """A graph traced at opset 20 raised to ``opset`` by onnx's version converter, with every blocked placeholder
+    rewritten to the standard (opset 21) DequantizeLinear, 4-bit codes as INT4."""
+    import ml_dtypes
+    from onnx import numpy_helper, version_converter
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if (node.domain, node.op_type) == (PLACEHOLDER_DOMAIN, BLOCK_DEQUANTIZE):
+            bits = next(a.i for a in node.attribute if a.name == "bits")
+            kept = [a for a in node.attribute if a.name != "bits"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            node.domain, node.op_type = "", "DequantizeLinear"
+            if bits <= 4:
+                codes = initializers[node.input[0]]
+                values = numpy_helper.to_array(codes).astype(ml_dtypes.int4)
+                codes.CopyFrom(numpy_helper.from_array(values, codes.name))
+    standard = [entry for entry in model.opset_import if entry.domain != PLACEHOLDER_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(standard)
+    return version_converter.convert_version(model, opset)
+
+
+def op_counts(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
