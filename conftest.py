@@ -1,4 +1,6 @@
-"""Shared by tests/ and bench/: tests and benchmarks marked ``gpu`` need CUDA; without it they are skipped."""
+"""Shared by tests/ and bench/: tests and benchmarks marked ``gpu`` need CUDA; without it they are
+skipped."""
+
 import pytest
 import torch
 

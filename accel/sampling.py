@@ -1,14 +1,16 @@
-"""Seeded, batched sampling with a model's own sampler (``Denoiser.sampling``) through diffusers schedulers.
+"""Seeded, batched sampling with a model's own sampler (``Denoiser.sampling``) through diffusers
+schedulers.
 
-Image i's initial noise depends only on (seed, i); a stochastic sampler's per-step noise comes from a generator
-seeded per batch. Before each batch's trajectory the denoiser's step hooks are reset, and every call carries
-its step index.
+Image i's initial noise depends only on (seed, i); a stochastic sampler's per-step noise comes from
+a generator seeded per batch. Before each batch's trajectory the denoiser's step hooks are reset,
+and every call carries its step index.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -24,7 +26,7 @@ DEFAULT_BATCH = 500
 @dataclass
 class Samples:
     images: torch.Tensor  # float32 (N, C, H, W) in [-1, 1], on the CPU
-    seconds: float        # wall time of the sampling loop
+    seconds: float  # wall time of the sampling loop
     calls_per_image: int  # denoiser calls in one trajectory
 
     @property
@@ -33,31 +35,50 @@ class Samples:
 
 
 def initial_noise(denoiser: Denoiser, count: int, seed: int) -> torch.Tensor:
-    """x_T for ``count`` samples; image i's noise depends only on (seed, i), not on the batch size."""
+    """x_T for ``count`` samples; image i's noise depends only on (seed, i), not on the batch
+    size."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn((count, *denoiser.sample_shape), generator=generator)
 
 
-def sample(denoiser: Denoiser, count: int, seed: int = 0, spec: SamplingSpec | None = None,
-           batch_size: int = DEFAULT_BATCH, cond: torch.Tensor | None = None, progress: bool = True) -> Samples:
-    """Draw ``count`` samples with ``spec`` (default: the model's own sampler). The same seed gives the same
-    images on the same machine and settings. Without ``cond``, conditional models get
+def sample(
+    denoiser: Denoiser,
+    count: int,
+    seed: int = 0,
+    spec: SamplingSpec | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    cond: torch.Tensor | None = None,
+    progress: bool = True,
+) -> Samples:
+    """Draw ``count`` samples with ``spec`` (default: the model's own sampler). The same seed gives
+    the same images on the same machine and settings. Without ``cond``, conditional models get
     ``Denoiser.default_cond`` (seeded)."""
     return join(list(sample_batches(denoiser, count, seed, spec, batch_size, cond, progress)))
 
 
 def join(batches: list[Samples]) -> Samples:
-    return Samples(torch.cat([b.images for b in batches]), sum(b.seconds for b in batches),
-                   batches[0].calls_per_image)
+    return Samples(
+        torch.cat([b.images for b in batches]),
+        sum(b.seconds for b in batches),
+        batches[0].calls_per_image,
+    )
 
 
 @torch.inference_mode()
-def sample_batches(denoiser: Denoiser, count: int, seed: int = 0, spec: SamplingSpec | None = None,
-                   batch_size: int = DEFAULT_BATCH, cond: torch.Tensor | None = None,
-                   progress: bool = True, batches: slice = slice(None)) -> Iterator[Samples]:
-    """``sample`` one batch at a time, each with its own wall time (evaluations interleave two models' batches).
-    ``batches`` picks which to draw (default all); each keeps its index, noise and generator, so
-    ``slice(rank, None, count)`` is exactly one process's share of the batches of a single-process run."""
+def sample_batches(
+    denoiser: Denoiser,
+    count: int,
+    seed: int = 0,
+    spec: SamplingSpec | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    cond: torch.Tensor | None = None,
+    progress: bool = True,
+    batches: slice = slice(None),
+) -> Iterator[Samples]:
+    """``sample`` one batch at a time, each with its own wall time (evaluations interleave two
+    models' batches). ``batches`` picks which to draw (default all); each keeps its index, noise and
+    generator, so ``slice(rank, None, count)`` is exactly one process's share of the batches of a
+    single-process run."""
     if count < 1:
         raise ConfigError("sample", "count", f"must be at least 1, got {count}")
     if batch_size < 1:
@@ -69,20 +90,32 @@ def sample_batches(denoiser: Denoiser, count: int, seed: int = 0, spec: Sampling
         cond = denoiser.default_cond(count, torch.Generator().manual_seed(seed + 1))
     chosen = list(enumerate(range(0, count, batch_size)))[batches]
     calls = len(spec.scheduler(denoiser.scheduler_config).timesteps)
-    with tqdm(total=len(chosen) * calls, desc=spec.describe(), unit="step", disable=not progress) as bar:
+    with tqdm(
+        total=len(chosen) * calls, desc=spec.describe(), unit="step", disable=not progress
+    ) as bar:
         for index, first in chosen:
             last = min(first + batch_size, count)
             batch_cond = None if cond is None else denoiser.to_model(cond[first:last])
             step_generator = torch.Generator(device=device).manual_seed(seed * 100_003 + index)
             start = time.perf_counter()
-            x = _denoise(denoiser, spec, noise[first:last].to(device, dtype), batch_cond, step_generator, first, bar)
+            x = _denoise(
+                denoiser,
+                spec,
+                noise[first:last].to(device, dtype),
+                batch_cond,
+                step_generator,
+                first,
+                bar,
+            )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
             yield Samples(x.float().clamp(-1, 1).cpu(), seconds, calls)
 
 
-def _denoise(denoiser: Denoiser, spec: SamplingSpec, x: torch.Tensor, cond, generator, first: int, bar):
+def _denoise(
+    denoiser: Denoiser, spec: SamplingSpec, x: torch.Tensor, cond, generator, first: int, bar
+):
     scheduler = spec.scheduler(denoiser.scheduler_config)
     denoiser.start_trajectory(Trajectory(tuple(int(t) for t in scheduler.timesteps), first, len(x)))
     step_kwargs = spec.step_kwargs(scheduler, generator)

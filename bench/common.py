@@ -1,5 +1,5 @@
-"""What every benchmark shares: writing its markdown and JSON with the machine, threads, versions and commit they
-came from, and the one way a benchmark judges a measured number against its goal."""
+"""What every benchmark shares: writing its markdown and JSON with the machine, threads, versions
+and commit they came from, and the one way a benchmark judges a measured number against its goal."""
 
 from __future__ import annotations
 
@@ -13,17 +13,24 @@ RESULTS = HERE / "results"
 
 
 def goal(label: str, measured: float | None, bound: float, at_least: bool = False) -> dict:
-    """``measured`` against ``bound`` (at most, or ``at_least``): the goal's record, whose ``line`` is its
-    markdown."""
+    """``measured`` against ``bound`` (at most, or ``at_least``): the goal's record, whose ``line``
+    is its markdown."""
     met = None if measured is None else (measured >= bound if at_least else measured <= bound)
     word = "unmeasured" if met is None else "met" if met else "missed"
     shown = "-" if measured is None else f"{measured:.3g}"
-    return {"goal": label, "bound": bound, "at_least": at_least, "measured": measured, "met": met,
-            "line": f"{label} ({'at least' if at_least else 'at most'} {bound:g}): {word} ({shown})"}
+    return {
+        "goal": label,
+        "bound": bound,
+        "at_least": at_least,
+        "measured": measured,
+        "met": met,
+        "line": f"{label} ({'at least' if at_least else 'at most'} {bound:g}): {word} ({shown})",
+    }
 
 
 def machine() -> dict:
-    """The CPU (lscpu's model name), cores, threads of each runtime, versions and commit a result came from."""
+    """The CPU (lscpu's model name), cores, threads of each runtime, versions and commit a result
+    came from."""
     import onnxruntime
     import torch
 
@@ -31,31 +38,51 @@ def machine() -> dict:
     from accel.evaluate import device_name
     from accel.report.schema import threads
 
-    return {"machine": device_name(torch.device("cpu")), "threads": threads(),
-            "versions": {"accel": accel.__version__, "torch": torch.__version__,
-                         "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
-            "commit": _commit()}
+    return {
+        "machine": device_name(torch.device("cpu")),
+        "threads": threads(),
+        "versions": {
+            "accel": accel.__version__,
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+        "commit": _commit(),
+    }
 
 
-def write_results(out: Path, title: str, command: str, start: float, body: str, results: dict) -> str:
-    """A benchmark's markdown (title, machine, threads, versions, the command and its wall time, then ``body``) at
-    ``out`` and its JSON (``results`` with the same context) beside it; returns the markdown."""
+def write_results(
+    out: Path, title: str, command: str, start: float, body: str, results: dict
+) -> str:
+    """A benchmark's markdown (title, machine, threads, versions, the command and its wall time,
+    then ``body``) at ``out`` and its JSON (``results`` with the same context) beside it; returns
+    the markdown."""
     from accel.core.files import write_text
     from accel.report import to_json
 
     context, wall_s = machine(), time.perf_counter() - start
     threads = ", ".join(f"{runtime} {count}" for runtime, count in context["threads"].items())
     versions = ", ".join(f"{name} {version}" for name, version in context["versions"].items())
-    text = (f"# {title}: digits on {context['machine']}\n\nthreads: {threads}; {versions}; commit "
-            f"{context['commit']}; `{command}` in {wall_s:.0f} s\n\n" + body)
+    text = (
+        f"# {title}: digits on {context['machine']}\n\nthreads: {threads}; {versions}; commit "
+        f"{context['commit']}; `{command}` in {wall_s:.0f} s\n\n" + body
+    )
     write_text(out, text)
-    write_text(out.with_suffix(".json"), to_json({**results, **context, "command": command, "wall_s": wall_s}))
+    write_text(
+        out.with_suffix(".json"),
+        to_json({**results, **context, "command": command, "wall_s": wall_s}),
+    )
     return text
 
 
 def _commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=HERE,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -1,13 +1,15 @@
-"""The built-in recipes on the built-in model: `accel compress --recipe R` for each, its stage table and times.
+"""The built-in recipes on the built-in model: `accel compress --recipe R` for each, its stage table
+and times.
 
-    python -m bench.compress                 # full: every built-in recipe, 2,000 samples
-                                             #   -> bench/results/compress_digits_cpu.json and .md
-    python -m bench.compress --quick         # CI: the quick recipe, 100 samples -> bench/compress_quick.json and .md
+    python -m bench.compress             # full: every built-in recipe, 2,000 samples
+                                         #   -> bench/results/compress_digits_cpu.json and .md
+    python -m bench.compress --quick     # CI: the quick recipe, 100 samples
+                                         #   -> bench/compress_quick.json and .md
     python -m bench.compress --recipes fast --work runs   # one recipe; its run kept in runs/fast
 
-Each recipe runs with ``resume`` in ``--work``, so an interrupted benchmark continues where it stopped. A
-recipe's time is the sum of its stages' wall times (each recorded when the stage ran, in OUT/compress.json) plus
-the final side-by-side evaluation of this run.
+Each recipe runs with ``resume`` in ``--work``, so an interrupted benchmark continues where it
+stopped. A recipe's time is the sum of its stages' wall times (each recorded when the stage ran, in
+OUT/compress.json) plus the final side-by-side evaluation of this run.
 """
 
 from __future__ import annotations
@@ -29,47 +31,80 @@ GOAL_RECIPE = "fast"
 
 def run_recipe(name: str, n: int, work: Path) -> dict:
     start = time.perf_counter()
-    result = accel.compress("digits", name, work / name, eval_config=accel.EvalConfig(n=n), resume=True,
-                            progress=False)
+    result = accel.compress(
+        "digits", name, work / name, eval_config=accel.EvalConfig(n=n), resume=True, progress=False
+    )
     wall_s = time.perf_counter() - start
     rows = result.report.sections["stages"]
     ran_now = sum(row["stage_seconds"] for row in rows[1:] if not row["reused"])
     chain_s = sum(row["stage_seconds"] for row in rows[1:])
-    return {"recipe": name, "description": load_recipe(name).description, "command": f"accel compress --recipe {name}",
-            "n": n, "rows": rows, "stages_s": chain_s, "evaluation_s": wall_s - ran_now,
-            "total_s": chain_s + wall_s - ran_now, "goals": goals(rows[-1]) if name == GOAL_RECIPE else []}
+    return {
+        "recipe": name,
+        "description": load_recipe(name).description,
+        "command": f"accel compress --recipe {name}",
+        "n": n,
+        "rows": rows,
+        "stages_s": chain_s,
+        "evaluation_s": wall_s - ran_now,
+        "total_s": chain_s + wall_s - ran_now,
+        "goals": goals(rows[-1]) if name == GOAL_RECIPE else [],
+    }
 
 
 def goals(final: dict) -> list[dict]:
-    return [goal("wall time per image, original / final", final["speedup"], 15.0, at_least=True),
-            goal("FID ratio to the original", final["fid_ratio"], 1.5),
-            goal("file size, final / fp32", final["size_ratio"], 0.2),
-            goal("moonshot: wall time per image, original / final", final["speedup"], 30.0, at_least=True),
-            goal("moonshot: FID ratio to the original", final["fid_ratio"], 1.25)]
+    return [
+        goal("wall time per image, original / final", final["speedup"], 15.0, at_least=True),
+        goal("FID ratio to the original", final["fid_ratio"], 1.5),
+        goal("file size, final / fp32", final["size_ratio"], 0.2),
+        goal(
+            "moonshot: wall time per image, original / final", final["speedup"], 30.0, at_least=True
+        ),
+        goal("moonshot: FID ratio to the original", final["fid_ratio"], 1.25),
+    ]
 
 
 def body(results: dict) -> str:
     parts = []
     for result in results["recipes"]:
         minutes = result["total_s"] / 60
-        parts += [f"## `{result['command']}` ({result['n']} samples)", "", result["description"], "",
-                  f"Whole recipe: {minutes:.1f} min ({result['stages_s'] / 60:.1f} min of stages, "
-                  f"{result['evaluation_s'] / 60:.1f} min for the final evaluation of all of them).", "",
-                  table_markdown(result["rows"]), "",
-                  *[f"- Goal: {judged['line']}" for judged in result["goals"]], ""]
+        parts += [
+            f"## `{result['command']}` ({result['n']} samples)",
+            "",
+            result["description"],
+            "",
+            f"Whole recipe: {minutes:.1f} min ({result['stages_s'] / 60:.1f} min of stages, "
+            f"{result['evaluation_s'] / 60:.1f} min for the final evaluation of all of them).",
+            "",
+            table_markdown(result["rows"]),
+            "",
+            *[f"- Goal: {judged['line']}" for judged in result["goals"]],
+            "",
+        ]
     return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="CI: the quick recipe at 100 samples")
-    parser.add_argument("--recipes", help="comma-separated built-in recipes (default: all; quick: quick)")
-    parser.add_argument("--work", type=Path, help="where the runs are kept (default: a temporary folder)")
+    parser.add_argument(
+        "--recipes", help="comma-separated built-in recipes (default: all; quick: quick)"
+    )
+    parser.add_argument(
+        "--work", type=Path, help="where the runs are kept (default: a temporary folder)"
+    )
     parser.add_argument("--out", type=Path, help="markdown report, a .json beside it")
     args = parser.parse_args(argv)
-    names = args.recipes.split(",") if args.recipes else (["quick"] if args.quick else list(builtin_recipes()))
+    names = (
+        args.recipes.split(",")
+        if args.recipes
+        else (["quick"] if args.quick else list(builtin_recipes()))
+    )
     n, mode = (QUICK_N, "quick") if args.quick else (FULL_N, "full")
-    out = args.out or (HERE / "compress_quick.md" if args.quick else RESULTS / "compress_digits_cpu.md")
+    out = args.out or (
+        HERE / "compress_quick.md" if args.quick else RESULTS / "compress_digits_cpu.md"
+    )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)

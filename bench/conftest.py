@@ -1,9 +1,10 @@
 """pytest-benchmark setup for the latency micro-benchmarks (``pytest bench --benchmark-only``).
 
-``--models DIR`` times every model in DIR (accel artifacts, diffusers folders, exported .onnx files) beside the
-built-in ``digits``; ``python -m bench.run`` passes the quantized and exported models it builds. Without it,
-``digits`` and its fp32 ONNX export (written to a temporary folder) are timed.
+``--models DIR`` times every model in DIR (accel artifacts, diffusers folders, exported .onnx files)
+beside the built-in ``digits``; ``python -m bench.run`` passes the quantized and exported models it
+builds. Without it, ``digits`` and its fp32 ONNX export (written to a temporary folder) are timed.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -15,7 +16,9 @@ EXPORTED_BATCHES = (1,)
 
 
 def pytest_addoption(parser):
-    parser.addoption("--models", help="folder of models to time beside digits (artifacts, .onnx files)")
+    parser.addoption(
+        "--models", help="folder of models to time beside digits (artifacts, .onnx files)"
+    )
 
 
 def pytest_configure(config):
@@ -36,7 +39,16 @@ def pytest_generate_tests(metafunc):
     folder = metafunc.config.getoption("--models")
     models = [("digits", "digits")]
     if folder:
-        models += [(path.name, str(path)) for path in sorted(Path(folder).iterdir()) if not path.name.startswith(".")]
-    cases = [(label, source, batch) for label, source in models
-             for batch in (EXPORTED_BATCHES if source.endswith((".onnx", ".plan")) else PYTORCH_BATCHES)]
-    metafunc.parametrize("model_to_time", cases, ids=[f"{label}-b{batch}" for label, _, batch in cases])
+        models += [
+            (path.name, str(path))
+            for path in sorted(Path(folder).iterdir())
+            if not path.name.startswith(".")
+        ]
+    cases = [
+        (label, source, batch)
+        for label, source in models
+        for batch in (EXPORTED_BATCHES if source.endswith((".onnx", ".plan")) else PYTORCH_BATCHES)
+    ]
+    metafunc.parametrize(
+        "model_to_time", cases, ids=[f"{label}-b{batch}" for label, _, batch in cases]
+    )

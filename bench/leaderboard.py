@@ -1,14 +1,16 @@
-"""The leaderboard: every method and chain on the built-in model in one table and one plot, each row against the
-original (fp32, PyTorch, DDIM 50) sampled in the same benchmark run as the row.
+"""The leaderboard: every method and chain on the built-in model in one table and one plot, each row
+against the original (fp32, PyTorch, DDIM 50) sampled in the same benchmark run as the row.
 
-    python -m bench.leaderboard          # from the full runs in bench/results/ -> bench/report.md, .json, .png
+    python -m bench.leaderboard          # from the full runs in bench/results/
+                                         #   -> bench/report.md, .json, .png
     python -m bench.leaderboard --quick  # from the quick runs CI just made (bench/*_quick.json)
                                          #   -> bench/leaderboard_quick.md, .json, .png
 
-It measures nothing itself: each benchmark (bench.run, bench.prune, bench.distill, bench.cache, bench.compress)
-sampled its rows and its original in one run, batches interleaved, and this reads their JSON. Speedup is always
-wall time per image, original / row, from that run; fake-quantized PyTorch rows have none (float arithmetic on
-the integer grid: their speed is the ONNX Runtime rows').
+It measures nothing itself: each benchmark (bench.run, bench.prune, bench.distill, bench.cache,
+bench.compress) sampled its rows and its original in one run, batches interleaved, and this reads
+their JSON. Speedup is always wall time per image, original / row, from that run; fake-quantized
+PyTorch rows have none (float arithmetic on the integer grid: their speed is in the ONNX Runtime
+rows).
 """
 
 from __future__ import annotations
@@ -21,51 +23,140 @@ from accel.core.files import atomic_file, write_text
 from accel.report import quality_speed_plot, table, to_json
 from bench.common import HERE
 
-COLUMNS = {"rank": "#", "method": "method", "family": "family", "runtime": "runs in",
-           "calls_per_image": "calls/image", "fid": "FID", "fid_ratio": "FID ratio",
-           "speedup": "speedup (time/image)", "size_ratio": "size ratio", "samples": "samples", "source": "from"}
+COLUMNS = {
+    "rank": "#",
+    "method": "method",
+    "family": "family",
+    "runtime": "runs in",
+    "calls_per_image": "calls/image",
+    "fid": "FID",
+    "fid_ratio": "FID ratio",
+    "speedup": "speedup (time/image)",
+    "size_ratio": "size ratio",
+    "samples": "samples",
+    "source": "from",
+}
 
 
-def _row(method: str, family: str, source: str, samples: int, fid, fid_ratio, speedup=None, size_ratio=None,
-         calls: int = 50, runtime: str = "PyTorch") -> dict:
-    return {"method": method, "family": family, "runtime": runtime, "calls_per_image": calls, "fid": fid,
-            "fid_ratio": fid_ratio, "speedup": speedup, "size_ratio": size_ratio, "samples": samples,
-            "source": source}
+def _row(
+    method: str,
+    family: str,
+    source: str,
+    samples: int,
+    fid,
+    fid_ratio,
+    speedup=None,
+    size_ratio=None,
+    calls: int = 50,
+    runtime: str = "PyTorch",
+) -> dict:
+    return {
+        "method": method,
+        "family": family,
+        "runtime": runtime,
+        "calls_per_image": calls,
+        "fid": fid,
+        "fid_ratio": fid_ratio,
+        "speedup": speedup,
+        "size_ratio": size_ratio,
+        "samples": samples,
+        "source": source,
+    }
 
 
 def quantization_rows(data: dict, source: str) -> list[dict]:
-    """bench.run: the original, fewer-step samplers, the W4A8/W8A8 recipes (fake-quantized), the runtimes."""
+    """bench.run: the original, fewer-step samplers, the W4A8/W8A8 recipes (fake-quantized), the
+    runtimes."""
     n, samplers = data["settings"]["n"], data["samplers"]
     original = samplers[0]
     out = [_row("original, DDIM 50", "original", source, n, original["fid"], 1.0, 1.0, 1.0)]
-    out += [_row(r["model"].removeprefix("original, "), "sampler", source, n, r["fid"], r["fid_ratio"],
-                 r["speedup"], 1.0, r["calls_per_image"]) for r in samplers[1:]]
+    out += [
+        _row(
+            r["model"].removeprefix("original, "),
+            "sampler",
+            source,
+            n,
+            r["fid"],
+            r["fid_ratio"],
+            r["speedup"],
+            1.0,
+            r["calls_per_image"],
+        )
+        for r in samplers[1:]
+    ]
     ablation = data["ablation"]
     for r in ablation["rows"]:
         if r["name"].startswith("+ reconstruction") or r["name"].startswith("W8A8"):
-            name = "W4A8 (Q-Diffusion recipe)" if r["name"].startswith("+") else "W8A8 (Q-Diffusion recipe)"
-            out.append(_row(name + ", fake-quantized", "quantization", source, ablation["samples"], r["fid"],
-                            r["fid_ratio"], size_ratio=r["size_bytes"] / data["runtimes"][0]["size_bytes"]))
+            name = (
+                "W4A8 (Q-Diffusion recipe)"
+                if r["name"].startswith("+")
+                else "W8A8 (Q-Diffusion recipe)"
+            )
+            out.append(
+                _row(
+                    name + ", fake-quantized",
+                    "quantization",
+                    source,
+                    ablation["samples"],
+                    r["fid"],
+                    r["fid_ratio"],
+                    size_ratio=r["size_bytes"] / data["runtimes"][0]["size_bytes"],
+                )
+            )
     size0 = data["runtimes"][0]["size_bytes"]
-    out += [_row(f"{r['model']} ONNX, opset {r['opset']}", "export", source, n, r["fid"], r["fid_ratio"],
-                 r["speedup"], r["size_bytes"] / size0, r["calls_per_image"], r["runtime"])
-            for r in data["runtimes"] if r["runtime"] != "PyTorch"]
+    out += [
+        _row(
+            f"{r['model']} ONNX, opset {r['opset']}",
+            "export",
+            source,
+            n,
+            r["fid"],
+            r["fid_ratio"],
+            r["speedup"],
+            r["size_bytes"] / size0,
+            r["calls_per_image"],
+            r["runtime"],
+        )
+        for r in data["runtimes"]
+        if r["runtime"] != "PyTorch"
+    ]
     return out
 
 
 def pruning_rows(data: dict, source: str) -> list[dict]:
     ablation = data["ablation"]
-    return [_row(f"prune {r['name']}, fine-tuned {ablation['finetune_steps']} steps", "pruning", source,
-                 ablation["samples"], r["fid"], r["fid_ratio"], r["speedup"], r["params_ratio"])
-            for r in ablation["rows"]]
+    return [
+        _row(
+            f"prune {r['name']}, fine-tuned {ablation['finetune_steps']} steps",
+            "pruning",
+            source,
+            ablation["samples"],
+            r["fid"],
+            r["fid_ratio"],
+            r["speedup"],
+            r["params_ratio"],
+        )
+        for r in ablation["rows"]
+    ]
 
 
 def distillation_rows(data: dict, source: str) -> list[dict]:
     kept = ("progressive (v student)", "consistency (v student)", "teacher, plain DDIM")
-    return [_row(f"{r['model']}, {r['steps']} steps", "sampler" if r["model"].startswith("teacher") else
-                 "distillation", source, data["settings"]["n"], r["fid"], r["fid_ratio"], r["speedup"], 1.0,
-                 r["calls_per_image"])
-            for r in data["rows"] if r["model"] in kept and (r["steps"] in (4, 8) or "student" in r["model"])]
+    return [
+        _row(
+            f"{r['model']}, {r['steps']} steps",
+            "sampler" if r["model"].startswith("teacher") else "distillation",
+            source,
+            data["settings"]["n"],
+            r["fid"],
+            r["fid_ratio"],
+            r["speedup"],
+            1.0,
+            r["calls_per_image"],
+        )
+        for r in data["rows"]
+        if r["model"] in kept and (r["steps"] in (4, 8) or "student" in r["model"])
+    ]
 
 
 def caching_rows(data: dict, source: str) -> list[dict]:
@@ -73,8 +164,18 @@ def caching_rows(data: dict, source: str) -> list[dict]:
     for r in data["rows"]:
         where = "uniform" if r["schedule"] == "uniform" else f"quadratic at {r['center']:g}"
         cached = r["cached"]
-        out.append(_row(f"DeepCache every {r['interval']}, branch {r['branch']}, {where}", "caching", source,
-                        data["settings"]["n"], cached["fid"], cached["fid_ratio"], cached["speedup"], 1.0))
+        out.append(
+            _row(
+                f"DeepCache every {r['interval']}, branch {r['branch']}, {where}",
+                "caching",
+                source,
+                data["settings"]["n"],
+                cached["fid"],
+                cached["fid_ratio"],
+                cached["speedup"],
+                1.0,
+            )
+        )
     return out
 
 
@@ -82,36 +183,53 @@ def recipe_rows(data: dict, source: str) -> list[dict]:
     out = []
     for recipe in data["recipes"]:
         final = recipe["rows"][-1]
-        out.append(_row(f"recipe {recipe['recipe']} ({len(recipe['rows']) - 1} stages, "
-                        f"{recipe['total_s'] / 60:.0f} min)", "recipe", source, recipe["n"], final["fid"],
-                        final["fid_ratio"], final["speedup"], final["size_ratio"], final["calls_per_image"],
-                        final["runtime"]))
+        out.append(
+            _row(
+                f"recipe {recipe['recipe']} ({len(recipe['rows']) - 1} stages, "
+                f"{recipe['total_s'] / 60:.0f} min)",
+                "recipe",
+                source,
+                recipe["n"],
+                final["fid"],
+                final["fid_ratio"],
+                final["speedup"],
+                final["size_ratio"],
+                final["calls_per_image"],
+                final["runtime"],
+            )
+        )
     return out
 
 
 # benchmark -> (full result, quick result, reader)
-SOURCES = {"bench.run": ("results/quant_digits_cpu.json", "quant_quick.json", quantization_rows),
-           "bench.prune": ("results/prune_digits_cpu.json", "prune_quick.json", pruning_rows),
-           "bench.distill": ("results/distill_digits_cpu.json", "distill_quick.json", distillation_rows),
-           "bench.cache": ("results/cache_digits_cpu.json", "cache_quick.json", caching_rows),
-           "bench.compress": ("results/compress_digits_cpu.json", "compress_quick.json", recipe_rows)}
+SOURCES = {
+    "bench.run": ("results/quant_digits_cpu.json", "quant_quick.json", quantization_rows),
+    "bench.prune": ("results/prune_digits_cpu.json", "prune_quick.json", pruning_rows),
+    "bench.distill": ("results/distill_digits_cpu.json", "distill_quick.json", distillation_rows),
+    "bench.cache": ("results/cache_digits_cpu.json", "cache_quick.json", caching_rows),
+    "bench.compress": ("results/compress_digits_cpu.json", "compress_quick.json", recipe_rows),
+}
 
 
 def collect(quick: bool, here: Path = HERE) -> tuple[list[dict], list[str], list[str]]:
-    """Every benchmark's rows, a line per source (its machine, threads, commit), and a line for each benchmark
-    whose results are missing."""
+    """Every benchmark's rows, a line per source (its machine, threads, commit), and a line for each
+    benchmark whose results are missing."""
     rows, sources, missing = [], [], []
     for bench, (full, quick_file, reader) in SOURCES.items():
         path = here / (quick_file if quick else full)
         if not path.is_file():
-            missing.append(f"{bench}: no {path.relative_to(here.parent)} (run `python -m {bench}"
-                           f"{' --quick' if quick else ''}`)")
+            missing.append(
+                f"{bench}: no {path.relative_to(here.parent)} (run `python -m {bench}"
+                f"{' --quick' if quick else ''}`)"
+            )
             continue
         data = json.loads(path.read_text())
         rows += reader(data, str(path.relative_to(here)))
         threads = ", ".join(f"{k} {v}" for k, v in data["threads"].items())
-        sources.append(f"[{path.name}]({path.relative_to(here)}): {data['machine']}; threads {threads}; commit "
-                       f"{data['commit']}")
+        sources.append(
+            f"[{path.name}]({path.relative_to(here)}): {data['machine']}; "
+            f"threads {threads}; commit {data['commit']}"
+        )
     return rows, sources, missing
 
 
@@ -120,33 +238,67 @@ def ranked(rows: list[dict]) -> list[dict]:
     return [{**row, "rank": rank} for rank, row in enumerate(rows)]
 
 
-def markdown(rows: list[dict], sources: list[str], missing: list[str], plot: str, quick: bool) -> str:
+def markdown(
+    rows: list[dict], sources: list[str], missing: list[str], plot: str, quick: bool
+) -> str:
     shown = [{**row, "source": f"[{Path(row['source']).name}]({row['source']})"} for row in rows]
-    lines = [f"# accel leaderboard on digits ({'quick, CI settings' if quick else 'full runs'})", "",
-             __doc__.split("\n\n")[2].replace("\n", " "), "", table(COLUMNS, shown), "",
-             f"![FID ratio against time per image, relative to the original; points numbered as the table's rows; "
-             f"the line is the Pareto front]({plot})", "", "Measured on:", ""]
+    lines = [
+        f"# accel leaderboard on digits ({'quick, CI settings' if quick else 'full runs'})",
+        "",
+        __doc__.split("\n\n")[2].replace("\n", " "),
+        "",
+        table(COLUMNS, shown),
+        "",
+        "![FID ratio against time per image, relative to the original; points "
+        f"numbered as the table's rows; the line is the Pareto front]({plot})",
+        "",
+        "Measured on:",
+        "",
+    ]
     lines += [f"- {line}" for line in sources] + [f"- Missing: {line}" for line in missing]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="the quick results CI made")
     args = parser.parse_args(argv)
     out = HERE / ("leaderboard_quick.md" if args.quick else "report.md")
     rows, sources, missing = collect(args.quick, HERE)
     rows = ranked(rows)
     plot = out.with_suffix(".png")
-    points = [{"label": str(row["rank"]), "x": 1 / row["speedup"], "y": row["fid_ratio"], "group": row["family"]}
-              for row in rows if row["speedup"]]  # numbered as in the table: names would cover each other
+    points = [
+        {
+            "label": str(row["rank"]),
+            "x": 1 / row["speedup"],
+            "y": row["fid_ratio"],
+            "group": row["family"],
+        }
+        for row in rows
+        if row["speedup"]
+    ]  # numbered as in the table: names would cover each other
     with atomic_file(plot) as partial:
-        quality_speed_plot(points, partial, "wall time per image relative to the original (log scale)",
-                           f"accel on digits: quality against speed ({'quick' if args.quick else 'full'} runs)")
+        quality_speed_plot(
+            points,
+            partial,
+            "wall time per image relative to the original (log scale)",
+            f"accel on digits: quality against speed ({'quick' if args.quick else 'full'} runs)",
+        )
     text = markdown(rows, sources, missing, plot.name, args.quick)
     write_text(out, text)
-    write_text(out.with_suffix(".json"), to_json({"mode": "quick" if args.quick else "full", "rows": rows,
-                                                  "sources": sources, "missing": missing}))
+    write_text(
+        out.with_suffix(".json"),
+        to_json(
+            {
+                "mode": "quick" if args.quick else "full",
+                "rows": rows,
+                "sources": sources,
+                "missing": missing,
+            }
+        ),
+    )
     print(text)
 
 

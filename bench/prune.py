@@ -1,13 +1,15 @@
-"""The pruning benchmark: the criterion/ratio ablation, and the pruned model's speed in PyTorch and ONNX Runtime.
+"""The pruning benchmark: the criterion/ratio ablation, and the pruned model's speed in PyTorch and
+ONNX Runtime.
 
-    python -m bench.prune            # full: 2,000 samples, DDIM 50, 1,000 fine-tuning steps per row
-                                     #   -> bench/results/prune_digits_cpu.json and .md
-    python -m bench.prune --quick    # CI: a few hundred samples and a few fine-tuning steps, same code
+    python -m bench.prune          # full: 2,000 samples, DDIM 50, 1,000 fine-tuning steps per row
+                                   #   -> bench/results/prune_digits_cpu.json and .md
+    python -m bench.prune --quick  # CI: a few hundred samples, a few fine-tuning steps, same code
 
-Ablation rows are `accel prune --ablation`'s: every criterion at 0.3 and diff-pruning at 0.2 and 0.5, each pruned
-and fine-tuned alike, then all sampled in one run with the original. The runtime rows sample the original and the
-default recipe's model (diff-pruning at 0.3, not fine-tuned: fine-tuning does not change the architecture) in
-PyTorch and exported to fp32 ONNX in ONNX Runtime, all four in one run.
+Ablation rows are `accel prune --ablation`'s: every criterion at 0.3 and diff-pruning at 0.2 and
+0.5, each pruned and fine-tuned alike, then all sampled in one run with the original. The runtime
+rows sample the original and the default recipe's model (diff-pruning at 0.3, not fine-tuned:
+fine-tuning does not change the architecture) in PyTorch and exported to fp32 ONNX in ONNX Runtime,
+all four in one run.
 """
 
 from __future__ import annotations
@@ -26,9 +28,15 @@ from accel.report import table
 from bench.common import HERE, RESULTS, write_results
 from bench.run import row
 
-RUNTIME_COLUMNS = {"model": "model", "runtime": "runs in", "fid": "FID", "ms_per_image": "ms/image",
-                   "speedup": "speedup vs original in PyTorch", "speedup_same_runtime": "speedup vs original in the "
-                   "same runtime", "latency_ms": "ms/step (batch 1)"}
+RUNTIME_COLUMNS = {
+    "model": "model",
+    "runtime": "runs in",
+    "fid": "FID",
+    "ms_per_image": "ms/image",
+    "speedup": "speedup vs original in PyTorch",
+    "speedup_same_runtime": "speedup vs original in the same runtime",
+    "latency_ms": "ms/step (batch 1)",
+}
 
 
 @dataclass(frozen=True)
@@ -42,45 +50,91 @@ class Settings:
     batch_size: int  # samples per call
 
 
-FULL = Settings(n=2000, steps=50, finetune_steps=FINETUNE.steps, train_batch=FINETUNE.batch_size,
-                importance_batch=64, timestep_stride=10, batch_size=500)
-QUICK = Settings(n=200, steps=20, finetune_steps=30, train_batch=32, importance_batch=16, timestep_stride=50,
-                 batch_size=200)  # CI: a few minutes on 2 cores
+FULL = Settings(
+    n=2000,
+    steps=50,
+    finetune_steps=FINETUNE.steps,
+    train_batch=FINETUNE.batch_size,
+    importance_batch=64,
+    timestep_stride=10,
+    batch_size=500,
+)
+QUICK = Settings(
+    n=200,
+    steps=20,
+    finetune_steps=30,
+    train_batch=32,
+    importance_batch=16,
+    timestep_stride=50,
+    batch_size=200,
+)  # CI: a few minutes on 2 cores
 
 
 def prune_settings(settings: Settings, finetune: bool = True):
-    return accel.stage_settings("prune", importance_batch=settings.importance_batch,
-                                timestep_stride=settings.timestep_stride, train_batch=settings.train_batch,
-                                finetune_steps=settings.finetune_steps if finetune else 0)
+    return accel.stage_settings(
+        "prune",
+        importance_batch=settings.importance_batch,
+        timestep_stride=settings.timestep_stride,
+        train_batch=settings.train_batch,
+        finetune_steps=settings.finetune_steps if finetune else 0,
+    )
 
 
 def runtime_rows(settings: Settings, work: Path) -> list[dict]:
     """The original and the pruned model, in PyTorch and in ONNX Runtime, sampled in one run."""
     original = accel.load("digits", sampling={"steps": settings.steps})
-    pruned = accel.run_stage("prune", original, prune_settings(settings, finetune=False), progress=False).model
-    graphs = [accel.run_stage("export", model, format="onnx", out=work / f"{name}.onnx", progress=False).model
-              for name, model in (("original", original), ("pruned", pruned))]
-    evaluations = evaluate_many([original, pruned, *graphs], accel.EvalConfig(n=settings.n,
-                                batch_size=settings.batch_size), command="bench", model_name="digits")
-    rows = [row("original", evaluations[0].report, "original"), row("pruned 0.3", evaluations[0].report),
-            row("original", evaluations[1].report), row("pruned 0.3", evaluations[2].report)]
-    for own, reference in ((rows[0], rows[0]), (rows[1], rows[0]), (rows[2], rows[2]), (rows[3], rows[2])):
+    pruned = accel.run_stage(
+        "prune", original, prune_settings(settings, finetune=False), progress=False
+    ).model
+    graphs = [
+        accel.run_stage(
+            "export", model, format="onnx", out=work / f"{name}.onnx", progress=False
+        ).model
+        for name, model in (("original", original), ("pruned", pruned))
+    ]
+    evaluations = evaluate_many(
+        [original, pruned, *graphs],
+        accel.EvalConfig(n=settings.n, batch_size=settings.batch_size),
+        command="bench",
+        model_name="digits",
+    )
+    rows = [
+        row("original", evaluations[0].report, "original"),
+        row("pruned 0.3", evaluations[0].report),
+        row("original", evaluations[1].report),
+        row("pruned 0.3", evaluations[2].report),
+    ]
+    for own, reference in (
+        (rows[0], rows[0]),
+        (rows[1], rows[0]),
+        (rows[2], rows[2]),
+        (rows[3], rows[2]),
+    ):
         own["speedup_same_runtime"] = reference["ms_per_image"] / own["ms_per_image"]
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="CI settings")
-    parser.add_argument("--out", type=Path, help="markdown report, a .json beside it (default: full settings to "
-                        "bench/results/prune_digits_cpu.md; quick ones to bench/prune_quick.md)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="markdown report, a .json beside it (default: full settings to "
+        "bench/results/prune_digits_cpu.md; quick ones to bench/prune_quick.md)",
+    )
     args = parser.parse_args(argv)
     settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
     out = args.out or (HERE / "prune_quick.md" if args.quick else RESULTS / "prune_digits_cpu.md")
     start = time.perf_counter()
-    ablation = run_ablation(lambda: accel.load("digits", sampling={"steps": settings.steps}),
-                            prune_settings(settings), accel.EvalConfig(n=settings.n, batch_size=settings.batch_size),
-                            progress=False)
+    ablation = run_ablation(
+        lambda: accel.load("digits", sampling={"steps": settings.steps}),
+        prune_settings(settings),
+        accel.EvalConfig(n=settings.n, batch_size=settings.batch_size),
+        progress=False,
+    )
     with tempfile.TemporaryDirectory() as work:
         runtimes = runtime_rows(settings, Path(work))
     command = f"python -m bench.prune{' --quick' if args.quick else ''}"
@@ -90,9 +144,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def runtime_table(results: dict) -> str:
     settings = results["settings"]
-    return (f"## Runtimes ({settings['n']} samples, DDIM {settings['steps']}, one run)\n\n"
-            "The pruned model is not fine-tuned here: fine-tuning changes no width, so it changes no time.\n\n"
-            + table(RUNTIME_COLUMNS, results["runtimes"]) + "\n")
+    return (
+        f"## Runtimes ({settings['n']} samples, DDIM {settings['steps']}, one run)\n\n"
+        "The pruned model is not fine-tuned here: fine-tuning "
+        "changes no width, so it changes no time.\n\n"
+        + table(RUNTIME_COLUMNS, results["runtimes"])
+        + "\n"
+    )
 
 
 def body(results: dict) -> str:

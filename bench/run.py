@@ -1,14 +1,16 @@
 """The samplers, quantization and runtimes benchmark on the built-in model.
 
-    python -m bench.run            # full: 2,000 samples, DDIM 50 -> bench/results/quant_digits_cpu.json and .md
-    python -m bench.run --quick    # CI: 100 samples, a 10-step ablation, 5 reconstruction iterations
-                                   #   -> bench/quant_quick.json and .md
+    python -m bench.run          # full: 2,000 samples, DDIM 50
+                                 #   -> bench/results/quant_digits_cpu.json and .md
+    python -m bench.run --quick  # CI: 100 samples, a 10-step ablation, 5 reconstruction iterations
+                                 #   -> bench/quant_quick.json and .md
 
-Three tables, each measured in one run (every model sampled batch by batch in turn, from the same noise, after a
-warm-up call each): the original's samplers (DDIM 50, DDIM 20, DPM-Solver++ 20); the quantization ablation (W4A8
-from the naive recipe to Q-Diffusion's, and W8A8), fake-quantized in PyTorch, so its times are float arithmetic,
-not integer speed; and the runtimes: fp32, W8A8 and W4A8 exported to ONNX and run by ONNX Runtime, beside the
-original in PyTorch, the fp32 graph in ONNX Runtime and the PyTorch models they were exported from.
+Three tables, each measured in one run (every model sampled batch by batch in turn, from the same
+noise, after a warm-up call each): the original's samplers (DDIM 50, DDIM 20, DPM-Solver++ 20); the
+quantization ablation (W4A8 from the naive recipe to Q-Diffusion's, and W8A8), fake-quantized in
+PyTorch, so its times are float arithmetic, not integer speed; and the runtimes: fp32, W8A8 and W4A8
+exported to ONNX and run by ONNX Runtime, beside the original in PyTorch, the fp32 graph in ONNX
+Runtime and the PyTorch models they were exported from.
 """
 
 from __future__ import annotations
@@ -27,14 +29,33 @@ from accel.quant import Q_DIFFUSION
 from accel.report import table
 from bench.common import HERE, RESULTS, write_results
 
-COLUMNS = {"model": "model", "runtime": "runs in", "sampler": "sampler", "fid": "FID", "fid_ratio": "FID ratio",
-           "psnr_db": "PSNR to original (dB)", "calls_per_image": "calls/image", "macs_per_image": "MACs/image",
-           "ms_per_image": "ms/image", "speedup": "speedup (time/image)", "latency_ms": "ms/step (batch 1)",
-           "size_bytes": "size"}
-ABLATION_COLUMNS = {"name": "recipe", "fid": "FID", "fid_ratio": "FID ratio", "psnr_db": "PSNR to original (dB)",
-                    "size_bytes": "size"}
-EXPORT_COLUMNS = {**COLUMNS, "source_fid_ratio": "FID ratio to its PyTorch model",
-                  "source_psnr_db": "PSNR to its PyTorch model (dB)", "parity_max_rel": "export parity (max rel)"}
+COLUMNS = {
+    "model": "model",
+    "runtime": "runs in",
+    "sampler": "sampler",
+    "fid": "FID",
+    "fid_ratio": "FID ratio",
+    "psnr_db": "PSNR to original (dB)",
+    "calls_per_image": "calls/image",
+    "macs_per_image": "MACs/image",
+    "ms_per_image": "ms/image",
+    "speedup": "speedup (time/image)",
+    "latency_ms": "ms/step (batch 1)",
+    "size_bytes": "size",
+}
+ABLATION_COLUMNS = {
+    "name": "recipe",
+    "fid": "FID",
+    "fid_ratio": "FID ratio",
+    "psnr_db": "PSNR to original (dB)",
+    "size_bytes": "size",
+}
+EXPORT_COLUMNS = {
+    **COLUMNS,
+    "source_fid_ratio": "FID ratio to its PyTorch model",
+    "source_psnr_db": "PSNR to its PyTorch model (dB)",
+    "parity_max_rel": "export parity (max rel)",
+}
 
 
 @dataclass(frozen=True)
@@ -46,55 +67,90 @@ class Settings:
     batch_size: int
 
 
-FULL = Settings(n=2000, ablation_n=2000, ablation_steps=50, recon_iters=Q_DIFFUSION.recon_iters, batch_size=500)
-QUICK = Settings(n=100, ablation_n=100, ablation_steps=10, recon_iters=5, batch_size=100)  # CI: a few minutes
+FULL = Settings(
+    n=2000, ablation_n=2000, ablation_steps=50, recon_iters=Q_DIFFUSION.recon_iters, batch_size=500
+)
+QUICK = Settings(
+    n=100, ablation_n=100, ablation_steps=10, recon_iters=5, batch_size=100
+)  # CI: a few minutes
 
 
 def row(name: str, report, side: str = "compressed") -> dict:
     """One model of a report (``side`` "original" or "compressed") as a table row."""
     measures = getattr(report, side)
     delta = report.delta if side == "compressed" else None
-    return {"model": name, "runtime": measures.runtime, "sampler": f"{measures.sampler['name']} "
-            f"{measures.sampler['steps']}", "fid": measures.fid, "fid_ratio": delta.fid_ratio if delta else 1.0,
-            "psnr_db": delta.psnr_db_vs_original if delta else None, "calls_per_image": measures.calls_per_image,
-            "macs_per_image": measures.macs_per_image, "ms_per_image": measures.sampling_s_per_image * 1e3,
-            "speedup": delta.speedup if delta else 1.0, "latency_ms": measures.latency_ms_per_step,
-            "size_bytes": measures.size_bytes}
+    return {
+        "model": name,
+        "runtime": measures.runtime,
+        "sampler": f"{measures.sampler['name']} {measures.sampler['steps']}",
+        "fid": measures.fid,
+        "fid_ratio": delta.fid_ratio if delta else 1.0,
+        "psnr_db": delta.psnr_db_vs_original if delta else None,
+        "calls_per_image": measures.calls_per_image,
+        "macs_per_image": measures.macs_per_image,
+        "ms_per_image": measures.sampling_s_per_image * 1e3,
+        "speedup": delta.speedup if delta else 1.0,
+        "latency_ms": measures.latency_ms_per_step,
+        "size_bytes": measures.size_bytes,
+    }
 
 
 def sampler_rows(settings: Settings) -> list[dict]:
-    """The original with fewer steps against its own DDIM 50: the baselines any step reduction must beat."""
-    variants = {"original, DDIM 50": {}, "original, DDIM 20": {"steps": 20},
-                "original, DPM-Solver++ (2M) 20": {"name": "dpm++", "steps": 20}}
+    """The original with fewer steps against its own DDIM 50: the baselines any step reduction must
+    beat."""
+    variants = {
+        "original, DDIM 50": {},
+        "original, DDIM 20": {"steps": 20},
+        "original, DPM-Solver++ (2M) 20": {"name": "dpm++", "steps": 20},
+    }
     models = [accel.load("digits", sampling=changes) for changes in variants.values()]
-    evaluations = evaluate_many(models, _eval(settings.n, settings), command="bench", model_name="digits")
+    evaluations = evaluate_many(
+        models, _eval(settings.n, settings), command="bench", model_name="digits"
+    )
     names = list(variants)
     return [row(names[0], evaluations[0].report, "original")] + [
-        row(name, evaluation.report) for name, evaluation in zip(names[1:], evaluations)]
+        row(name, evaluation.report) for name, evaluation in zip(names[1:], evaluations)
+    ]
 
 
 def ablation_rows(settings: Settings) -> dict:
     """The W4A8 ablation (naive -> full recipe) and W8A8 on the reference model."""
     full = replace(Q_DIFFUSION, recon_iters=settings.recon_iters)
-    return run_ablation(lambda: accel.load("digits", sampling={"steps": settings.ablation_steps}), full,
-                        accel.CalibConfig(), _eval(settings.ablation_n, settings), progress=False)
+    return run_ablation(
+        lambda: accel.load("digits", sampling={"steps": settings.ablation_steps}),
+        full,
+        accel.CalibConfig(),
+        _eval(settings.ablation_n, settings),
+        progress=False,
+    )
 
 
 def runtime_rows(settings: Settings, work: Path) -> list[dict]:
-    """fp32, W8A8 and W4A8 in ONNX Runtime (W4A8's linear layers as INT4, opset 21) and the PyTorch models they
-    were exported from, all against the original in PyTorch, sampled in one run."""
+    """fp32, W8A8 and W4A8 in ONNX Runtime (W4A8's linear layers as INT4, opset 21) and the PyTorch
+    models they were exported from, all against the original in PyTorch, sampled in one run."""
     pytorch = {"fp32": accel.load("digits")}
     for bits in (8, 4):
-        pytorch[f"W{bits}A8"] = accel.run_stage("quantize", "digits", bits=bits, recon_iters=settings.recon_iters,
-                                                progress=False).model
-    exported = {name: accel.run_stage("export", model, format="onnx", out=work / f"{name}.onnx", progress=False)
-                for name, model in pytorch.items()}
+        pytorch[f"W{bits}A8"] = accel.run_stage(
+            "quantize", "digits", bits=bits, recon_iters=settings.recon_iters, progress=False
+        ).model
+    exported = {
+        name: accel.run_stage(
+            "export", model, format="onnx", out=work / f"{name}.onnx", progress=False
+        )
+        for name, model in pytorch.items()
+    }
     names = list(pytorch)
     models = [model for name in names for model in (pytorch[name], exported[name].model)]
-    evaluations = evaluate_many(models, _eval(settings.n, settings), command="bench", model_name="digits")
+    evaluations = evaluate_many(
+        models, _eval(settings.n, settings), command="bench", model_name="digits"
+    )
     rows = [row("fp32", evaluations[0].report, "original")]
     for index, name in enumerate(names):
-        pair = evaluations[2 * index - 1] if index else None, evaluations[2 * index]  # PyTorch, ONNX Runtime
+        # PyTorch, ONNX Runtime
+        pair = (
+            evaluations[2 * index - 1] if index else None,
+            evaluations[2 * index],
+        )
         if pair[0] is not None:
             rows.append(row(f"{name} (fake-quantized)", pair[0].report))
         rows.append({**row(name, pair[1].report), **_against_source(pair, exported[name].record)})
@@ -102,14 +158,18 @@ def runtime_rows(settings: Settings, work: Path) -> list[dict]:
 
 
 def _against_source(pair, export: dict) -> dict:
-    """An exported model against the PyTorch model it came from, in the same run: FID ratio, PSNR, parity."""
+    """An exported model against the PyTorch model it came from, in the same run: FID ratio, PSNR,
+    parity."""
     source, graph = pair
     source_fid = source.report.compressed.fid if source else graph.report.original.fid
     source_images = source.images[1] if source else graph.images[0]
-    return {"source_fid_ratio": _ratio(graph.report.compressed.fid, source_fid),
-            "source_psnr_db": psnr_db(source_images, graph.images[1]),
-            "parity_max_rel": export["parity"]["max_rel"], "opset": export["opset"],
-            "int4_layers": export["int4_layers"]}
+    return {
+        "source_fid_ratio": _ratio(graph.report.compressed.fid, source_fid),
+        "source_psnr_db": psnr_db(source_images, graph.images[1]),
+        "parity_max_rel": export["parity"]["max_rel"],
+        "opset": export["opset"],
+        "int4_layers": export["int4_layers"],
+    }
 
 
 def _ratio(a, b):
@@ -121,23 +181,34 @@ def _eval(n: int, settings: Settings):
 
 
 def sampler_table(results: dict) -> str:
-    return (f"## Samplers ({results['settings']['n']} samples, one run)\n\n" + table(COLUMNS, results["samplers"])
-            + "\n")
+    return (
+        f"## Samplers ({results['settings']['n']} samples, one run)\n\n"
+        + table(COLUMNS, results["samplers"])
+        + "\n"
+    )
 
 
 def ablation_table(results: dict) -> str:
     settings, ablation = results["settings"], results["ablation"]
-    return (f"## Quantization ablation ({ablation['samples']} samples at DDIM {settings['ablation_steps']}, one "
-            f"run; fake-quantized in PyTorch, {settings['recon_iters']} reconstruction iterations per block)\n\n"
-            + table(ABLATION_COLUMNS, ablation["rows"]) + "\n")
+    return (
+        f"## Quantization ablation ({ablation['samples']} samples at DDIM "
+        f"{settings['ablation_steps']}, one run; fake-quantized in PyTorch, "
+        f"{settings['recon_iters']} reconstruction iterations per block)\n\n"
+        + table(ABLATION_COLUMNS, ablation["rows"])
+        + "\n"
+    )
 
 
 def runtime_table(results: dict) -> str:
-    return (f"## Runtimes ({results['settings']['n']} samples, DDIM 50, one run)\n\n"
-            "Every row against the original in PyTorch (speedup: its wall time per image over the row's), the fp32 "
-            "graph in ONNX Runtime beside it; an exported row also against the PyTorch model it came from. "
-            "Fake-quantized rows run float arithmetic on the integer grid: their time is not integer speed.\n\n"
-            + table(EXPORT_COLUMNS, results["runtimes"]) + "\n")
+    return (
+        f"## Runtimes ({results['settings']['n']} samples, DDIM 50, one run)\n\n"
+        "Every row against the original in PyTorch (speedup: its wall time per image "
+        "over the row's), the fp32 graph in ONNX Runtime beside it; an exported row "
+        "also against the PyTorch model it came from. Fake-quantized rows run float "
+        "arithmetic on the integer grid: their time is not integer speed.\n\n"
+        + table(EXPORT_COLUMNS, results["runtimes"])
+        + "\n"
+    )
 
 
 def body(results: dict) -> str:
@@ -145,7 +216,9 @@ def body(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="CI settings")
     parser.add_argument("--out", type=Path, help="markdown report (a .json beside it)")
     args = parser.parse_args(argv)
@@ -156,10 +229,23 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as work:
         runtimes = runtime_rows(settings, Path(work))
     command = f"python -m bench.run{' --quick' if args.quick else ''}"
-    results = {"mode": mode, "settings": vars(settings), "samplers": samplers, "ablation": ablation,
-               "runtimes": runtimes}
-    print(write_results(out, f"Samplers, quantization and runtimes ({mode})", command, start, body(results),
-                        results))
+    results = {
+        "mode": mode,
+        "settings": vars(settings),
+        "samplers": samplers,
+        "ablation": ablation,
+        "runtimes": runtimes,
+    }
+    print(
+        write_results(
+            out,
+            f"Samplers, quantization and runtimes ({mode})",
+            command,
+            start,
+            body(results),
+            results,
+        )
+    )
 
 
 if __name__ == "__main__":

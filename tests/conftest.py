@@ -1,11 +1,14 @@
-"""Small random-weight diffusers models for tests: every supported architecture, built in milliseconds."""
+"""Small random-weight diffusers models for tests: every supported architecture, built in
+milliseconds."""
+
 import os
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():
-    # Triton kernels run in Triton's CPU interpreter; it is chosen when a kernel is defined, so before any import.
+    # Triton kernels run in Triton's CPU interpreter; it is chosen when a kernel is defined, so
+    # before any import.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -13,9 +16,17 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def make_tiny_unet(**overrides):
     from diffusers import UNet2DModel
 
-    config = dict(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-                  down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                  norm_num_groups=4, attention_head_dim=8)
+    config = dict(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        attention_head_dim=8,
+    )
     config.update(overrides)
     torch.manual_seed(0)
     return UNet2DModel(**config).eval()
@@ -26,18 +37,34 @@ def make_tiny_text_unet():
 
     torch.manual_seed(0)
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4).eval()
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    ).eval()
 
 
 def make_tiny_dit():
     from diffusers import DiTTransformer2DModel
 
     torch.manual_seed(0)
-    return DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                                 num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10,
-                                 norm_num_groups=4).eval()
+    return DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+        norm_num_groups=4,
+    ).eval()
 
 
 @pytest.fixture
@@ -47,7 +74,8 @@ def tiny_unet():
 
 @pytest.fixture
 def tiny_unet_dir(tmp_path, tiny_unet):
-    """A diffusers model folder: config.json + diffusion_pytorch_model.safetensors + scheduler_config.json."""
+    """A diffusers model folder: config.json + diffusion_pytorch_model.safetensors +
+    scheduler_config.json."""
     from diffusers import DDPMScheduler
 
     folder = tmp_path / "tiny-unet"
@@ -57,7 +85,8 @@ def tiny_unet_dir(tmp_path, tiny_unet):
 
 
 def tiny_calib(denoiser):
-    """16 calibration inputs: every step of 4 four-step DDIM trajectories (whatever the model's own sampler)."""
+    """16 calibration inputs: every step of 4 four-step DDIM trajectories (whatever the model's own
+    sampler)."""
     import copy
 
     import accel
@@ -69,7 +98,8 @@ def tiny_calib(denoiser):
 
 
 def run_cli(capsys, *argv):
-    """Exit code, stdout and stderr of ``accel ARGV`` run in-process (argparse errors exit via SystemExit)."""
+    """Exit code, stdout and stderr of ``accel ARGV`` run in-process (argparse errors exit via
+    SystemExit)."""
     from accel.cli import main
 
     try:
@@ -81,10 +111,13 @@ def run_cli(capsys, *argv):
 
 
 def refused(capsys, tmp_path, *argv) -> str:
-    """Run ``accel ARGV`` (with an output under tmp_path where the command writes); check the bad-input contract:
-    exit 2, one line on stderr and nothing on stdout, no traceback, nothing written. Returns the line."""
+    """Run ``accel ARGV`` (with an output under tmp_path where the command writes); check the
+    bad-input contract: exit 2, one line on stderr and nothing on stdout, no traceback, nothing
+    written. Returns the line."""
     before = sorted(p.name for p in tmp_path.iterdir())
     code, out, err = run_cli(capsys, *argv)
-    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("accel: error: "), err
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("accel: error: "), (
+        err
+    )
     assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == before
     return err

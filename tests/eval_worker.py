@@ -1,5 +1,7 @@
-"""`accel ARGV` for tests/test_eval_processes.py, ARGV given as one JSON list: torch.distributed.run's own parser
-would read accel's ``--n`` as an abbreviation of its ``--nnodes`` / ``--nproc-per-node`` and stop."""
+"""`accel ARGV` for tests/test_eval_processes.py, ARGV given as one JSON list:
+torch.distributed.run's own parser would read accel's ``--n`` as an abbreviation of its ``--nnodes``
+/ ``--nproc-per-node`` and stop."""
+
 import json
 import sys
 

@@ -1,5 +1,7 @@
-"""Hostile input, by class: every damaged or mismatched file a user can hand accel gives one line on stderr,
-exit status 2, and nothing written. Each class is tried on several commands and several kinds of damage."""
+"""Hostile input, by class: every damaged or mismatched file a user can hand accel gives one line on
+stderr, exit status 2, and nothing written. Each class is tried on several commands and several
+kinds of damage."""
+
 import json
 import pickle
 import shutil
@@ -10,20 +12,24 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 import accel
-from conftest import make_tiny_unet, refused, run_cli as run, tiny_calib
+from conftest import make_tiny_unet, refused, tiny_calib
+from conftest import run_cli as run
 
 OUT = "written"  # every command below is pointed at this output; it must never appear
 
 
 def commands(model, tmp_path):
-    """One of each kind: a report folder, a sample file, an artifact, an exported file, and a plain look."""
+    """One of each kind: a report folder, a sample file, an artifact, an exported file, and a plain
+    look."""
     out = str(tmp_path / OUT)
     quick = ["--n", "2", "--steps", "1"]
-    return [["info", "--model", model],
-            ["eval", "--model", model, *quick, "--out", out],
-            ["sample", "--model", model, *quick, "--out", out + ".npz"],
-            ["quantize", "--model", model, "--bits", "8", *quick, "--calib-samples", "1", "--out", out],
-            ["export", "onnx", "--model", model, "--out", out + ".onnx"]]
+    return [
+        ["info", "--model", model],
+        ["eval", "--model", model, *quick, "--out", out],
+        ["sample", "--model", model, *quick, "--out", out + ".npz"],
+        ["quantize", "--model", model, "--bits", "8", *quick, "--calib-samples", "1", "--out", out],
+        ["export", "onnx", "--model", model, "--out", out + ".onnx"],
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -72,22 +78,32 @@ CONFIG_JSON_FIELDS = {
     "another class": lambda d: d.update(_class_name="AutoencoderKL"),
     "widths that build no network": lambda d: d.update(block_out_channels="wide"),
 }
-SCHEDULER_FIELDS = {"timesteps a string": lambda d: d.update(num_train_timesteps="many"),
-                    "unknown beta schedule": lambda d: d.update(beta_schedule="wiggly")}
+SCHEDULER_FIELDS = {
+    "timesteps a string": lambda d: d.update(num_train_timesteps="many"),
+    "unknown beta schedule": lambda d: d.update(beta_schedule="wiggly"),
+}
 
 
 @pytest.mark.parametrize("name", ["accel.json", "config.json", "scheduler_config.json"])
 @pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
-def test_json_that_is_not_an_object_is_one_line_for_every_command(artifact, tmp_path, capsys, name, damage):
+@pytest.mark.slow
+def test_json_that_is_not_an_object_is_one_line_for_every_command(
+    artifact, tmp_path, capsys, name, damage
+):
     folder = damaged_copy(artifact, tmp_path, name, DAMAGE[damage](artifact, name))
     for argv in commands(str(folder), tmp_path):
         assert name in refused(capsys, tmp_path, *argv)
 
 
-@pytest.mark.parametrize("name,change", [*(("accel.json", c) for c in ACCEL_JSON_FIELDS.values()),
-                                         *(("config.json", c) for c in CONFIG_JSON_FIELDS.values()),
-                                         *(("scheduler_config.json", c) for c in SCHEDULER_FIELDS.values())],
-                         ids=[*ACCEL_JSON_FIELDS, *CONFIG_JSON_FIELDS, *SCHEDULER_FIELDS])
+@pytest.mark.parametrize(
+    "name,change",
+    [
+        *(("accel.json", c) for c in ACCEL_JSON_FIELDS.values()),
+        *(("config.json", c) for c in CONFIG_JSON_FIELDS.values()),
+        *(("scheduler_config.json", c) for c in SCHEDULER_FIELDS.values()),
+    ],
+    ids=[*ACCEL_JSON_FIELDS, *CONFIG_JSON_FIELDS, *SCHEDULER_FIELDS],
+)
 def test_json_with_wrong_fields_is_one_line(artifact, tmp_path, capsys, name, change):
     folder = damaged_copy(artifact, tmp_path, name, _edit(artifact, name, change))
     for argv in commands(str(folder), tmp_path)[:2]:
@@ -95,7 +111,8 @@ def test_json_with_wrong_fields_is_one_line(artifact, tmp_path, capsys, name, ch
 
 
 def test_weights_of_another_model_or_recipe_are_refused(artifact, tmp_path, capsys):
-    """Same keys and shapes (a W4 model's codes in a W8 artifact) or other ones: the recorded hash says no."""
+    """Same keys and shapes (a W4 model's codes in a W8 artifact) or other ones: the recorded hash
+    says no."""
     w4 = accel.load(make_tiny_unet())
     accel.quantize_(w4, accel.QuantConfig(w_bits=4, a_bits=None), None, progress=False)
     accel.save(w4, tmp_path / "w4")
@@ -127,8 +144,13 @@ def exported(tmp_path_factory):
     return path
 
 
-ONNX_METADATA = {"corrupt": "{", "a list": "[1]", "wrong types": json.dumps({"kind": 3}),
-                 "no sample shape": None, "another dtype": None}
+ONNX_METADATA = {
+    "corrupt": "{",
+    "a list": "[1]",
+    "wrong types": json.dumps({"kind": 3}),
+    "no sample shape": None,
+    "another dtype": None,
+}
 
 
 @pytest.mark.parametrize("damage", ONNX_METADATA)
@@ -136,7 +158,10 @@ def test_damaged_onnx_metadata_is_one_line(exported, tmp_path, capsys, damage):
     model = onnx.load(str(exported))
     entry = next(p for p in model.metadata_props if p.key == "accel")
     meta = json.loads(entry.value)
-    edits = {"no sample shape": lambda: meta.pop("sample_shape"), "another dtype": lambda: meta.update(dtype="int8")}
+    edits = {
+        "no sample shape": lambda: meta.pop("sample_shape"),
+        "another dtype": lambda: meta.update(dtype="int8"),
+    }
     if damage in edits:
         edits[damage]()
     entry.value = ONNX_METADATA[damage] or json.dumps(meta)
@@ -147,7 +172,9 @@ def test_damaged_onnx_metadata_is_one_line(exported, tmp_path, capsys, damage):
 
 
 def test_exporting_an_exported_model_is_one_line(exported, tmp_path, capsys):
-    assert "it went through export" in refused(capsys, tmp_path, *commands(str(exported), tmp_path)[4])
+    assert "it went through export" in refused(
+        capsys, tmp_path, *commands(str(exported), tmp_path)[4]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -157,15 +184,19 @@ def calibration(tmp_path_factory):
     return path
 
 
-CALIBRATION_DAMAGE = {"corrupt metadata": ("x t", {"accel_calibration": "{"}),
-                      "metadata a list": ("x t", {"accel_calibration": "[]"}),
-                      "no metadata": ("x t", {}),
-                      "no t tensor": ("x", None),
-                      "no x tensor": ("t", None)}
+CALIBRATION_DAMAGE = {
+    "corrupt metadata": ("x t", {"accel_calibration": "{"}),
+    "metadata a list": ("x t", {"accel_calibration": "[]"}),
+    "no metadata": ("x t", {}),
+    "no t tensor": ("x", None),
+    "no x tensor": ("t", None),
+}
 
 
 @pytest.mark.parametrize("damage", CALIBRATION_DAMAGE)
-def test_damaged_calibration_sets_are_one_line(calibration, tmp_path, tiny_unet_dir, capsys, damage):
+def test_damaged_calibration_sets_are_one_line(
+    calibration, tmp_path, tiny_unet_dir, capsys, damage
+):
     keep, metadata = CALIBRATION_DAMAGE[damage]
     tensors = {k: v for k, v in load_file(str(calibration)).items() if k in keep.split()}
     if metadata is None:
@@ -175,23 +206,48 @@ def test_damaged_calibration_sets_are_one_line(calibration, tmp_path, tiny_unet_
             metadata = handle.metadata()
     damaged = tmp_path / "damaged.safetensors"
     save_file(tensors, str(damaged), metadata=metadata)
-    err = refused(capsys, tmp_path, "quantize", "--model", str(tiny_unet_dir), "--bits", "8", "--n", "2",
-                  "--steps", "1", "--calib", str(damaged), "--out", str(tmp_path / OUT))
+    err = refused(
+        capsys,
+        tmp_path,
+        "quantize",
+        "--model",
+        str(tiny_unet_dir),
+        "--bits",
+        "8",
+        "--n",
+        "2",
+        "--steps",
+        "1",
+        "--calib",
+        str(damaged),
+        "--out",
+        str(tmp_path / OUT),
+    )
     assert "damaged.safetensors" in err
 
 
 def test_fid_inputs_that_cannot_work_are_one_line(tmp_path, capsys):
     quick = ["eval", "--n", "2", "--steps", "1", "--out", str(tmp_path / OUT)]
-    assert "--fid-ref" in refused(capsys, tmp_path, *quick, "--fid-ref", str(tmp_path / "missing.npz"))
+    assert "--fid-ref" in refused(
+        capsys, tmp_path, *quick, "--fid-ref", str(tmp_path / "missing.npz")
+    )
     for images in (np.zeros((4, 2, 8, 8), np.uint8), np.zeros((1, 3, 8, 8), np.uint8)):
         np.savez(tmp_path / "real.npz", images=images)
-        err = refused(capsys, tmp_path, *quick, "--inception-weights", str(tmp_path / "none.pth"),
-                      "--fid-ref", str(tmp_path / "real.npz"))
+        err = refused(
+            capsys,
+            tmp_path,
+            *quick,
+            "--inception-weights",
+            str(tmp_path / "none.pth"),
+            "--fid-ref",
+            str(tmp_path / "real.npz"),
+        )
         assert "at least 2 images with 1 or 3 channels" in err
 
 
 class Planted:
-    """Unpickling this creates a file: what a planted checkpoint could do if training unpickled it."""
+    """Unpickling this creates a file: what a planted checkpoint could do if training unpickled
+    it."""
 
     def __reduce__(self):
         return (open, ("PLANTED", "w"))
@@ -215,7 +271,9 @@ def test_train_reference_refuses_a_non_empty_out_without_overwrite(tmp_path, cap
     (out / "keep.txt").write_text("mine")
     for extra in ([], ["--classifier"]):
         code, _, err = run(capsys, "train-reference", "--out", str(out), "--steps", "1", *extra)
-        assert code == 2 and "--overwrite" in err and [p.name for p in out.iterdir()] == ["keep.txt"]
+        assert (
+            code == 2 and "--overwrite" in err and [p.name for p in out.iterdir()] == ["keep.txt"]
+        )
 
 
 def test_python_callers_get_accel_errors_for_wrong_types_too():

@@ -1,7 +1,8 @@
-"""Feature caching (accel.cache_): the full-step schedules, DeepCache's split of diffusers UNets (a cached step
-from its own input's feature is the full step exactly; from another step's feature it is not), the step hook the
-sampler drives, the artifact, composing with quantization and ONNX export, diffusers' attention cache on
-transformers, and refusals."""
+"""Feature caching (accel.cache_): the full-step schedules, DeepCache's split of diffusers UNets (a
+cached step from its own input's feature is the full step exactly; from another step's feature it is
+not), the step hook the sampler drives, the artifact, composing with quantization and ONNX export,
+diffusers' attention cache on transformers, and refusals."""
+
 import copy
 
 import pytest
@@ -56,11 +57,15 @@ def test_a_cached_step_is_the_full_step_given_its_own_feature_and_differs_given_
             with capturing(network, branch) as other:
                 model(x2, t2, c2)
             with reusing(network, branch, own.feature):
-                assert torch.equal(model(x, t, c), full)  # the stand-ins keep every live skip feature in place
+                # the stand-ins keep every live skip feature in place
+                assert torch.equal(model(x, t, c), full)
             with reusing(network, branch, other.feature):
                 assert (model(x, t, c) - full).abs().max() > 1e-4
             with reusing(network, branch, own.feature[:1]):
-                assert counted_macs(lambda: model(x[:1], t[:1], None if c is None else c[:1])) < full_macs
+                assert (
+                    counted_macs(lambda: model(x[:1], t[:1], None if c is None else c[:1]))
+                    < full_macs
+                )
 
 
 def test_the_network_is_unchanged_at_rest_even_after_an_error_inside_a_cached_call():
@@ -78,8 +83,13 @@ def test_the_network_is_unchanged_at_rest_even_after_an_error_inside_a_cached_ca
 def test_caching_changes_samples_and_costs_what_its_schedule_says():
     plain, cached = _digits(), _digits()
     record = accel.cache_(cached, accel.CacheConfig(interval=3, schedule="uniform"))
-    assert record["full_steps"] == [0, 3, 6, 9] and [t["name"] for t in cached.transforms] == ["cache"]
-    a, b = accel.sample(plain, 4, progress=False).images, accel.sample(cached, 4, progress=False).images
+    assert record["full_steps"] == [0, 3, 6, 9] and [t["name"] for t in cached.transforms] == [
+        "cache"
+    ]
+    a, b = (
+        accel.sample(plain, 4, progress=False).images,
+        accel.sample(cached, 4, progress=False).images,
+    )
     assert (a - b).abs().max() > 1e-3
     assert cached.hooks["cache"].counts == {"full": 4, "cached": 6}
     with capturing(cached.module, 0) as captured:
@@ -89,7 +99,8 @@ def test_caching_changes_samples_and_costs_what_its_schedule_says():
     assert macs_per_image(cached) == 4 * count_macs(plain) + 6 * cached_macs
     interval_one = _digits()
     accel.cache_(interval_one, accel.CacheConfig(interval=1))
-    assert torch.equal(accel.sample(interval_one, 4, progress=False).images, a)  # every step full: no change
+    # every step full: no change
+    assert torch.equal(accel.sample(interval_one, 4, progress=False).images, a)
 
 
 def test_the_same_trajectory_twice_gives_the_same_samples_each_batch_starting_fresh():
@@ -100,26 +111,40 @@ def test_the_same_trajectory_twice_gives_the_same_samples_each_batch_starting_fr
     assert torch.allclose(one, again, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_cached_artifact_loads_with_its_cache(tmp_path):
     model = _digits()
     accel.cache_(model, accel.CacheConfig(interval=2, branch=1, schedule="quadratic"))
     accel.save(model, tmp_path / "c2")
     loaded = accel.load(tmp_path / "c2")
     assert [t["name"] for t in loaded.transforms] == ["cache"] and "cache" in loaded.hooks
-    assert torch.equal(accel.sample(loaded, 3, progress=False).images, accel.sample(model, 3, progress=False).images)
+    assert torch.equal(
+        accel.sample(loaded, 3, progress=False).images,
+        accel.sample(model, 3, progress=False).images,
+    )
     assert macs_per_image(loaded) == macs_per_image(model) < 10 * count_macs(loaded)
 
 
+@pytest.mark.slow
 def test_caching_then_quantizing_keeps_the_cache_and_exports_two_graphs(tmp_path):
     from accel.export.onnx import export_onnx
     from conftest import tiny_calib
 
     model = _digits(6)
     accel.cache_(model, accel.CacheConfig(interval=3, schedule="uniform"))
-    accel.quantize_(model, accel.QuantConfig(w_bits=8, a_bits=8, recon_iters=0), tiny_calib(model), progress=False)
+    accel.quantize_(
+        model,
+        accel.QuantConfig(w_bits=8, a_bits=8, recon_iters=0),
+        tiny_calib(model),
+        progress=False,
+    )
     assert [t["name"] for t in model.transforms] == ["cache", "quantize"]
     record = export_onnx(model, tmp_path / "cq.onnx")
-    assert record["form"] == "qdq" and record["parity"]["met"] and record["cached_graph"]["parity"]["met"]
+    assert (
+        record["form"] == "qdq"
+        and record["parity"]["met"]
+        and record["cached_graph"]["parity"]["met"]
+    )
     assert (tmp_path / "cq.cached.onnx").is_file()
     exported = accel.load(tmp_path / "cq.onnx")
     assert type(exported.module).__name__ == "OrtCachedModule" and "cache" in exported.hooks
@@ -128,9 +153,12 @@ def test_caching_then_quantizing_keeps_the_cache_and_exports_two_graphs(tmp_path
     counts.update(full=0, cached=0)
     images = accel.sample(exported, 2, progress=False).images
     assert counts == {"full": 2, "cached": 4}
-    assert (images - accel.sample(model, 2, progress=False).images).abs().max() < 0.2  # Q/DQ rounding, 6 steps
+    assert (
+        images - accel.sample(model, 2, progress=False).images
+    ).abs().max() < 0.2  # Q/DQ rounding, 6 steps
 
 
+@pytest.mark.slow
 def test_a_float_export_samples_in_onnx_runtime_as_pytorch_does(tmp_path):
     from accel.export.onnx import export_onnx
 
@@ -138,7 +166,9 @@ def test_a_float_export_samples_in_onnx_runtime_as_pytorch_does(tmp_path):
     accel.cache_(model, accel.CacheConfig(interval=3))
     export_onnx(model, tmp_path / "c3.onnx")
     exported = accel.load(tmp_path / "c3.onnx")
-    torch_images, ort_images = (accel.sample(m, 3, progress=False).images for m in (model, exported))
+    torch_images, ort_images = (
+        accel.sample(m, 3, progress=False).images for m in (model, exported)
+    )
     assert (torch_images - ort_images).abs().max() < 1e-4  # float graphs: operator order only
     with pytest.raises(AccelError, match="cached-step graph of a cached model: load .*/c3.onnx,"):
         accel.load(tmp_path / "c3.cached.onnx")
@@ -156,7 +186,11 @@ def test_what_cannot_be_cached_is_refused_before_anything_changes():
     with pytest.raises(AccelError, match="CacheConfig.branch 3 does not exist.*branches 0-2"):
         accel.cache_(model, accel.CacheConfig(branch=3))
     student = _digits(steps=2)
-    with pytest.raises(AccelError, match="CacheConfig.interval 3 is more than the 2 steps this model samples in.*caching gives nothing"):
+    with pytest.raises(
+        AccelError,
+        match="CacheConfig.interval 3 is more than the 2 "
+        "steps this model samples in.*caching gives nothing",
+    ):
         accel.cache_(student, accel.CacheConfig(interval=3))
     dit = accel.load(make_tiny_dit(), "cpu")
     with pytest.raises(AccelError, match="DiTTransformer2DModel is not supported by the cache yet"):
@@ -177,7 +211,8 @@ def test_cuda_graphs_and_tensorrt_refuse_a_cached_model(tmp_path):
 
 
 def _cacheable_dit():
-    """diffusers' DiT with the CacheMixin its class lacks in diffusers 0.42.1: a transformer with enable_cache."""
+    """diffusers' DiT with the CacheMixin its class lacks in diffusers 0.42.1: a transformer with
+    enable_cache."""
     from diffusers import DiTTransformer2DModel
     from diffusers.models.cache_utils import CacheMixin
 
@@ -187,8 +222,13 @@ def _cacheable_dit():
     tiny = make_tiny_dit()
     network = CacheableDiT(**tiny.config)
     network.load_state_dict(tiny.state_dict())
-    return accel.Denoiser(network.eval(), accel.load(tiny, "cpu").scheduler_config, sample_shape=(4, 8, 8),
-                          cond_kind="class", sampling=SamplingSpec(steps=12))
+    return accel.Denoiser(
+        network.eval(),
+        accel.load(tiny, "cpu").scheduler_config,
+        sample_shape=(4, 8, 8),
+        cond_kind="class",
+        sampling=SamplingSpec(steps=12),
+    )
 
 
 def test_a_transformer_with_enable_cache_gets_diffusers_attention_cache_each_trajectory_afresh():
@@ -197,8 +237,10 @@ def test_a_transformer_with_enable_cache_gets_diffusers_attention_cache_each_tra
     assert record["method"] == "pyramid-attention-broadcast"
     a = accel.sample(plain, 2, progress=False).images
     b = accel.sample(cached, 2, progress=False).images
-    assert (a - b).abs().max() > 1e-4  # attention reused inside diffusers' timestep range (100, 800)
-    assert torch.equal(accel.sample(cached, 2, progress=False).images, b)  # reset between trajectories
+    # attention reused inside diffusers' timestep range (100, 800)
+    assert (a - b).abs().max() > 1e-4
+    # reset between trajectories
+    assert torch.equal(accel.sample(cached, 2, progress=False).images, b)
     x, t, c = cached.example_inputs(2)
     assert torch.equal(cached(x, t, c), plain(x, t, c))  # outside a sampler: a whole call
     with pytest.raises(AccelError, match="CacheConfig.branch chooses a UNet's skip level"):
@@ -212,18 +254,24 @@ def test_copies_cache_on_their_own_network():
     assert twin.hooks["cache"].splitter.network is twin.module
 
 
-def test_the_parity_gate_checks_the_cached_graph_too_and_writes_neither_file_when_it_fails(tmp_path, monkeypatch):
+def test_the_parity_gate_checks_the_cached_graph_too_and_writes_neither_file_when_it_fails(
+    tmp_path, monkeypatch
+):
     from accel.export import onnx as onnx_export
+    from accel.export.steps import CachedStepGraph
 
-    traced = onnx_export._CachedStepGraph.forward
-    monkeypatch.setattr(onnx_export._CachedStepGraph, "forward", lambda self, *args: 1.01 * traced(self, *args))
+    traced = CachedStepGraph.forward
+    monkeypatch.setattr(CachedStepGraph, "forward", lambda self, *args: 1.01 * traced(self, *args))
     model = _digits()
     accel.cache_(model, accel.CacheConfig())
-    with pytest.raises(AccelError, match="cached-step graph fed by the full step's: max relative error 1.0"):
+    with pytest.raises(
+        AccelError, match="cached-step graph fed by the full step's: max relative error 1.0"
+    ):
         onnx_export.export_onnx(model, tmp_path / "c.onnx")
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_damaged_cache_records_are_one_line(tmp_path, capsys):
     import json
 
@@ -238,11 +286,14 @@ def test_damaged_cache_records_are_one_line(tmp_path, capsys):
     record = json.loads((tmp_path / "c2" / "accel.json").read_text())
     record["transforms"][0]["config"]["branch"] = 9
     (tmp_path / "c2" / "accel.json").write_text(json.dumps(record))
-    assert "CacheConfig.branch 9 does not exist" in refused(capsys, tmp_path, "eval", "--model", str(tmp_path / "c2"), "--n", "2")
+    assert "CacheConfig.branch 9 does not exist" in refused(
+        capsys, tmp_path, "eval", "--model", str(tmp_path / "c2"), "--n", "2"
+    )
     export_onnx(model, tmp_path / "c.onnx")
     graph = onnx.load(str(tmp_path / "c.onnx"))
     entry = next(p for p in graph.metadata_props if p.key == "accel")
     entry.value = json.dumps({**json.loads(entry.value), "step_graphs": ["c.cached.onnx"]})
     onnx.save(graph, str(tmp_path / "d.onnx"))
-    assert "no valid 'step_graphs'" in refused(capsys, tmp_path, "eval", "--model", str(tmp_path / "d.onnx"),
-                                               "--n", "2")
+    assert "no valid 'step_graphs'" in refused(
+        capsys, tmp_path, "eval", "--model", str(tmp_path / "d.onnx"), "--n", "2"
+    )

@@ -1,4 +1,6 @@
-"""The command line: happy paths on small settings, and every bad input as one line, exit 2, nothing written."""
+"""The command line: happy paths on small settings, and every bad input as one line, exit 2, nothing
+written."""
+
 import json
 import subprocess
 import sys
@@ -11,14 +13,14 @@ from conftest import run_cli as run
 QUICK = ["--steps", "2", "--batch-size", "16"]
 
 
-
-
 def listing(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 def test_sample_writes_npz_of_uint8_images(tmp_path, capsys):
-    code, out, _ = run(capsys, "sample", "--n", "5", *QUICK, "--out", str(tmp_path / "s.npz"), "--json")
+    code, out, _ = run(
+        capsys, "sample", "--n", "5", *QUICK, "--out", str(tmp_path / "s.npz"), "--json"
+    )
     assert code == 0
     images = np.load(tmp_path / "s.npz")["images"]
     assert images.dtype == np.uint8 and images.shape == (5, 1, 16, 16)
@@ -33,7 +35,9 @@ def test_sample_png_grid_and_same_seed_same_images(tmp_path, capsys):
     assert Image.open(tmp_path / "g.png").size == ((3 * 17 - 1) * 4, (3 * 17 - 1) * 4)
     for name in ("a.npz", "b.npz"):
         run(capsys, "sample", "--n", "3", *QUICK, "--seed", "7", "--out", str(tmp_path / name))
-    assert np.array_equal(np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"])
+    assert np.array_equal(
+        np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"]
+    )
 
 
 def test_eval_writes_report_folder_and_json(tmp_path, capsys):
@@ -41,7 +45,9 @@ def test_eval_writes_report_folder_and_json(tmp_path, capsys):
     code, out, _ = run(capsys, "eval", "--n", "16", *QUICK, "--out", str(out_dir), "--json")
     assert code == 0
     report = json.loads(out)
-    assert report["command"] == "eval" and report["model"] == "digits" and report["fid_samples"] == 16
+    assert (
+        report["command"] == "eval" and report["model"] == "digits" and report["fid_samples"] == 16
+    )
     assert report["original"]["fid"] > 0 and report["compressed"] is None
     assert listing(out_dir) == ["report.json", "report.md", "samples.png"]
     assert json.loads((out_dir / "report.json").read_text())["original"] == report["original"]
@@ -87,27 +93,38 @@ def test_bad_model_one_line_exit_2_nothing_written(case, command, tmp_path, tiny
     make, message = BAD_MODELS[case]
     model = make(tmp_path, tiny_unet_dir)
     before = listing(tmp_path)
-    out_args = {"eval": ["--out", str(tmp_path / "o")], "sample": ["--out", str(tmp_path / "o.png")], "info": []}
+    out_args = {
+        "eval": ["--out", str(tmp_path / "o")],
+        "sample": ["--out", str(tmp_path / "o.png")],
+        "info": [],
+    }
     code, out, err = run(capsys, command, "--model", str(model), *out_args[command])
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("accel: error: ") and message in err
     assert listing(tmp_path) == before
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["eval", "--n", "0"], "--n must be at least 2"),
-    (["sample", "--n", "0"], "--n must be at least 1"),
-    (["sample", "--n", "2", "--out", "{tmp}/x.jpg"], ".png"),
-    (["sample", "--n", "2", "--out", "{tmp}/no/such/dir/x.png"], "does not exist"),
-    (["eval", "--steps", "0"], "--steps"),
-    (["eval", "--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["eval", "--device", "tpu"],
-     "--device"),
-    (["eval", "--sampler", "euler"], "--sampler 'euler' is not a sampler"),
-    (["eval", "--sampler", "ddpm", "--eta", "0.5"], "--eta applies to DDIM only"),
-    (["eval", "--batch-size", "0"], "--batch-size must be at least 1"),
-    (["eval", "--latency-batch", "0"], "--latency-batch must be at least 1"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["eval", "--n", "0"], "--n must be at least 2"),
+        (["sample", "--n", "0"], "--n must be at least 1"),
+        (["sample", "--n", "2", "--out", "{tmp}/x.jpg"], ".png"),
+        (["sample", "--n", "2", "--out", "{tmp}/no/such/dir/x.png"], "does not exist"),
+        (["eval", "--steps", "0"], "--steps"),
+        (
+            ["eval", "--device", "cuda:0"]
+            if not __import__("torch").cuda.is_available()
+            else ["eval", "--device", "tpu"],
+            "--device",
+        ),
+        (["eval", "--sampler", "euler"], "--sampler 'euler' is not a sampler"),
+        (["eval", "--sampler", "ddpm", "--eta", "0.5"], "--eta applies to DDIM only"),
+        (["eval", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["eval", "--latency-batch", "0"], "--latency-batch must be at least 1"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_bad_arguments(argv, message, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     if argv[0] == "sample" and "--out" not in argv:
@@ -131,19 +148,42 @@ def test_existing_outputs_are_refused_unless_overwrite(tmp_path, capsys):
     assert grid.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_eval_with_fewer_steps_against_the_original_reports_calls_macs_and_time_per_image(capsys):
-    code, stdout, _ = run(capsys, "eval", "--model", "digits", "--steps", "5", "--baseline", "digits", "--n", "4",
-                          "--json")
+    code, stdout, _ = run(
+        capsys,
+        "eval",
+        "--model",
+        "digits",
+        "--steps",
+        "5",
+        "--baseline",
+        "digits",
+        "--n",
+        "4",
+        "--json",
+    )
     report = json.loads(stdout)
     original, compressed = report["original"], report["compressed"]
     assert code == 0 and (original["calls_per_image"], compressed["calls_per_image"]) == (50, 5)
-    assert compressed["macs_per_image"] * 10 == original["macs_per_image"] and report["delta"]["macs_ratio"] == 0.1
+    assert (
+        compressed["macs_per_image"] * 10 == original["macs_per_image"]
+        and report["delta"]["macs_ratio"] == 0.1
+    )
     assert original["sampler"]["steps"] == 50 and report["sampler"]["steps"] == 5
     assert compressed["sampling_s_per_image"] > 0 and report["delta"]["speedup"] > 0
 
 
+@pytest.mark.slow
 def test_console_script_error_has_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "accel.cli", "info", "--model", str(tmp_path / "none")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "accel.cli", "info", "--model", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("accel: error: no model at") and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().startswith("accel: error: no model at")
+        and "Traceback" not in result.stderr
+    )

@@ -1,4 +1,6 @@
-"""Artifacts written by accel 0.1 (tests/data/v0.1, before the core) still load and compute what they did."""
+"""Artifacts written by accel 0.1 (tests/data/v0.1, before the core) still load and compute what
+they did."""
+
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,9 @@ from accel.core import registry
 OLD = Path(__file__).parent / "data" / "v0.1"
 
 
-@pytest.mark.parametrize("name,key", [("tiny-w4a8", "w4a8_eps"), ("tiny-optimized", "optimized_eps")])
+@pytest.mark.parametrize(
+    "name,key", [("tiny-w4a8", "w4a8_eps"), ("tiny-optimized", "optimized_eps")]
+)
 def test_version_0_1_artifacts_load_and_give_the_same_outputs(name, key):
     expected = load_file(str(OLD / "expected.safetensors"))
     model = accel.load(OLD / name)

@@ -1,12 +1,16 @@
-"""`accel compress`: recipes (built-in and files), the stage chain with its resume rules, the one report with a row
-per stage, and bad input (one line, exit 2, nothing written)."""
+"""`accel compress`: recipes (built-in and files), the stage chain with its resume rules, the one
+report with a row per stage, and bad input (one line, exit 2, nothing written)."""
+
 import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from conftest import refused, run_cli as run
+from conftest import refused
+from conftest import run_cli as run
+
+pytestmark = pytest.mark.slow  # every test here runs a whole command or chain
 
 # cache -> quantize -> export on digits, sampled at 10 DDIM steps: a whole chain in seconds
 SMALL = """
@@ -46,21 +50,50 @@ def chain(tmp_path_factory):
     out = folder / "run"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-        assert main(["compress", "--recipe", recipe_file(folder, SMALL), *QUICK, "--out", str(out), "--json"]) == 0
+        assert (
+            main(
+                [
+                    "compress",
+                    "--recipe",
+                    recipe_file(folder, SMALL),
+                    *QUICK,
+                    "--out",
+                    str(out),
+                    "--json",
+                ]
+            )
+            == 0
+        )
     return json.loads(stdout.getvalue()), out
 
 
 def test_every_stage_is_an_artifact_and_the_final_model_sits_in_out(chain):
     report, out = chain
-    assert sorted(p.name for p in (out / "stages").iterdir()) == ["01-cache", "02-quantize", "03-export"]
+    assert sorted(p.name for p in (out / "stages").iterdir()) == [
+        "01-cache",
+        "02-quantize",
+        "03-export",
+    ]
     for stage in ("01-cache", "02-quantize"):
         assert {p.name for p in (out / "stages" / stage).iterdir()} == {
-            "config.json", "scheduler_config.json", "accel.json", "model.safetensors"}  # an artifact, no report
+            "config.json",
+            "scheduler_config.json",
+            "accel.json",
+            "model.safetensors",
+        }  # an artifact, no report
     assert not list((out / "stages").glob("*.partial"))  # no stage left checkpoints behind
     assert report["final"] == str(out / "model.onnx")
-    assert (out / "model.onnx").read_bytes() == (out / "stages" / "03-export" / "model.onnx").read_bytes()
+    assert (out / "model.onnx").read_bytes() == (
+        out / "stages" / "03-export" / "model.onnx"
+    ).read_bytes()
     assert (out / "model.cached.onnx").is_file()  # the cached model's second graph travels with it
-    for name in ("report.json", "report.md", "samples.png", "quality_vs_speed.png", "compress.json"):
+    for name in (
+        "report.json",
+        "report.md",
+        "samples.png",
+        "quality_vs_speed.png",
+        "compress.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert (out / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -70,8 +103,10 @@ def test_one_row_per_stage_against_the_original_measured_in_one_run(chain):
     rows = report["stages"]
     assert [r["stage"] for r in rows] == ["original", "01-cache", "02-quantize", "03-export"]
     original, cached, quantized, exported = rows
-    assert original["calls_per_image"] == 50 and cached["calls_per_image"] == 10  # each with its own sampler
-    assert cached["macs_per_image"] < 10 * original["macs_per_image"] / 50  # cached steps are cheaper
+    # each with its own sampler
+    assert original["calls_per_image"] == 50 and cached["calls_per_image"] == 10
+    # cached steps are cheaper
+    assert cached["macs_per_image"] < 10 * original["macs_per_image"] / 50
     assert quantized["size_bytes"] < cached["size_bytes"] / 3  # INT8 weights
     assert exported["runtime"].startswith("ONNX Runtime") and original["runtime"] == "PyTorch"
     assert all(r["fid"] is not None and r["ms_per_image"] > 0 for r in rows)
@@ -82,7 +117,10 @@ def test_one_row_per_stage_against_the_original_measured_in_one_run(chain):
     # weight-only INT8 in ONNX Runtime samples what the fake-quantized PyTorch model samples
     assert exported["psnr_db"] == pytest.approx(quantized["psnr_db"], abs=0.5)
     # the report's compared model is the chain's last
-    assert report["compressed"]["fid"] == exported["fid"] and report["config"]["stages"][0]["name"] == "cache"
+    assert (
+        report["compressed"]["fid"] == exported["fid"]
+        and report["config"]["stages"][0]["name"] == "cache"
+    )
 
 
 def test_resume_reuses_unchanged_stages_and_redoes_from_the_first_change(chain, tmp_path, capsys):
@@ -90,22 +128,31 @@ def test_resume_reuses_unchanged_stages_and_redoes_from_the_first_change(chain, 
     quantized = out / "stages" / "02-quantize" / "model.safetensors"
     stamp = quantized.stat().st_mtime_ns
     again = recipe_file(out.parent, SMALL)
-    code, stdout, err = run(capsys, "compress", "--recipe", again, *QUICK, "--out", str(out), "--resume", "--json")
+    code, stdout, err = run(
+        capsys, "compress", "--recipe", again, *QUICK, "--out", str(out), "--resume", "--json"
+    )
     assert code == 0, err
     rows = json.loads(stdout)["stages"]
     assert all(row["reused"] for row in rows[1:]) and quantized.stat().st_mtime_ns == stamp
     assert "stage 2 (quantize): unchanged" in err
     changed = recipe_file(out.parent, SMALL.replace("bits = 8\n", "bits = 6\n"), "changed.toml")
-    code, stdout, err = run(capsys, "compress", "--recipe", changed, *QUICK, "--out", str(out), "--resume", "--json")
+    code, stdout, err = run(
+        capsys, "compress", "--recipe", changed, *QUICK, "--out", str(out), "--resume", "--json"
+    )
     assert code == 0, err
     rows = json.loads(stdout)["stages"]
     assert [row["reused"] for row in rows[1:]] == [True, False, False]
-    assert json.loads((out / "stages" / "02-quantize" / "accel.json").read_text())["transforms"][-1]["config"][
-        "w_bits"] == 6
+    assert (
+        json.loads((out / "stages" / "02-quantize" / "accel.json").read_text())["transforms"][-1][
+            "config"
+        ]["w_bits"]
+        == 6
+    )
 
 
 def test_a_killed_run_keeps_its_finished_stages(tmp_path):
-    """Stage 2 interrupted: stage 1 stays recorded; --resume reuses it and runs stage 2 as 'resuming'."""
+    """Stage 2 interrupted: stage 1 stays recorded; --resume reuses it and runs stage 2 as
+    'resuming'."""
     from accel.compress import Recipe, StageSpec
     from accel.compress.chain import ChainStage, run_stages
 
@@ -118,27 +165,32 @@ def test_a_killed_run_keeps_its_finished_stages(tmp_path):
                 raise KeyboardInterrupt
             output.mkdir()
             (output / "accel.json").write_text(f"{name} from {Path(str(source)).name}")
+
         return run
 
     specs = [StageSpec(1, "prune", {"ratio": 0.3}), StageSpec(2, "distill", {"steps": 4})]
     recipe = Recipe("r", "", tuple(specs))
     out = tmp_path / "out"
     out.mkdir()
+    chain = dict(
+        name="m", fingerprint="fingerprint", recipe=recipe, resume=False, seed=0, log=print
+    )
     with pytest.raises(KeyboardInterrupt):
-        run_stages("m", "m", "fingerprint", recipe, [ChainStage(specs[0], writer("a")),
-                                                     ChainStage(specs[1], writer("b", fail=True))], out, False, 0,
-                   print)
+        stages = [ChainStage(specs[0], writer("a")), ChainStage(specs[1], writer("b", fail=True))]
+        run_stages("m", stages, out, **chain)
     state = json.loads((out / "compress.json").read_text())
     assert len(state["done"]) == 1 and state["running"]["index"] == 1
-    runs = run_stages("m", "m", "fingerprint", recipe, [ChainStage(specs[0], writer("a")),
-                                                        ChainStage(specs[1], writer("b"))], out, True, 0, print)
-    assert calls == [("a", False), ("b", False), ("b", True)]  # stage 1 not run again; stage 2 resumed in place
+    stages = [ChainStage(specs[0], writer("a")), ChainStage(specs[1], writer("b"))]
+    runs = run_stages("m", stages, out, **{**chain, "resume": True})
+    # stage 1 not run again; stage 2 resumed in place
+    assert calls == [("a", False), ("b", False), ("b", True)]
     assert [r.reused for r in runs] == [True, False]
     assert (out / "stages" / "02-distill" / "accel.json").read_text() == "b from 01-prune"
 
 
 def test_a_changed_input_model_has_another_fingerprint():
-    """The first stage's key hashes the model's weights: the same model twice matches, a changed weight does not."""
+    """The first stage's key hashes the model's weights: the same model twice matches, a changed
+    weight does not."""
     import torch
 
     import accel
@@ -176,31 +228,58 @@ def test_builtin_recipes_parse_and_pass_the_checks_done_before_work(capsys):
     digits = accel.load("digits")
     for name in builtin_recipes():
         recipe = load_recipe(name)
-        assert recipe.description and len(plan(recipe, digits, 0, "cpu", 500, False)) == len(recipe.stages)
+        assert recipe.description and len(plan(recipe, digits, 0, "cpu", 500, False)) == len(
+            recipe.stages
+        )
     code, out, _ = run(capsys, "compress", "--list-recipes", "--json")
     assert code == 0 and {r["name"] for r in json.loads(out)["recipes"]} == set(builtin_recipes())
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("[[stage]]\nname = 'prune'\nratoi = 0.3\n", "stage 1 (prune): unknown key 'ratoi'"),
-    ("[[stage]]\nname = 'shrink'\n", "stage 1 has name 'shrink'"),
-    ("[[stage]]\nname = 'prune'\nratio = 'lots'\n", "stage 1 (prune): key 'ratio' must be float, got 'lots'"),
-    ("[[stage]]\nname = 'prune'\nratio = 1.5\n", "stage 1 (prune): key 'ratio' must be between 0 and 1"),
-    ("[[stage]]\nname = 'quantize'\nbits = 9\n", "stage 1 (quantize): key 'bits' must be between 2 and 8"),
-    ("[[stage]]\nname = 'quantize'\nbits = 8\nw_bits = 6\n", "stage 1 (quantize): key 'w-bits' sets quant.w_bits, which another key sets too"),
-    ("[[stage]]\nname = 'cache'\nn = 100\n", "stage 1 (cache): key 'n' is not a stage setting"),
-    ("[[stage]]\nname = 'quantize'\nno-split = 1\n", "stage 1 (quantize): key 'no-split' is a switch"),
-    ("[[stage]]\nname = 'export'\n", "stage 1 (export): key 'format' is needed: onnx or trt"),
-    ("[[stage]]\nname = 'quantize'\nbits = 8\n[[stage]]\nname = 'prune'\n",
-     "stage 2 (prune): cannot prune this model: it went through quantize"),
-    ("[[stage]]\nname = 'quantize'\nbits = 8\n[[stage]]\nname = 'distill'\n",
-     "stage 2 (distill): cannot distill this model: it went through quantize"),
-    ("[[stage]]\nname = 'export'\nformat = 'onnx'\n[[stage]]\nname = 'cache'\n", "stage 2 (cache): cannot cache"),
-    ("stage = 3\n", "needs at least one [[stage]]"),
-    ("[[stage]]\nname = 'prune'\nratio = 0.3\nratio_x = 1\n", "unknown key 'ratio-x'"),
-    ("steps = [[\n", "is not valid TOML"),
-    ("recipe = 1\n[[stage]]\nname = 'prune'\n", "unknown key 'recipe'"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[[stage]]\nname = 'prune'\nratoi = 0.3\n", "stage 1 (prune): unknown key 'ratoi'"),
+        ("[[stage]]\nname = 'shrink'\n", "stage 1 has name 'shrink'"),
+        (
+            "[[stage]]\nname = 'prune'\nratio = 'lots'\n",
+            "stage 1 (prune): key 'ratio' must be float, got 'lots'",
+        ),
+        (
+            "[[stage]]\nname = 'prune'\nratio = 1.5\n",
+            "stage 1 (prune): key 'ratio' must be between 0 and 1",
+        ),
+        (
+            "[[stage]]\nname = 'quantize'\nbits = 9\n",
+            "stage 1 (quantize): key 'bits' must be between 2 and 8",
+        ),
+        (
+            "[[stage]]\nname = 'quantize'\nbits = 8\nw_bits = 6\n",
+            "stage 1 (quantize): key 'w-bits' sets quant.w_bits, which another key sets too",
+        ),
+        ("[[stage]]\nname = 'cache'\nn = 100\n", "stage 1 (cache): key 'n' is not a stage setting"),
+        (
+            "[[stage]]\nname = 'quantize'\nno-split = 1\n",
+            "stage 1 (quantize): key 'no-split' is a switch",
+        ),
+        ("[[stage]]\nname = 'export'\n", "stage 1 (export): key 'format' is needed: onnx or trt"),
+        (
+            "[[stage]]\nname = 'quantize'\nbits = 8\n[[stage]]\nname = 'prune'\n",
+            "stage 2 (prune): cannot prune this model: it went through quantize",
+        ),
+        (
+            "[[stage]]\nname = 'quantize'\nbits = 8\n[[stage]]\nname = 'distill'\n",
+            "stage 2 (distill): cannot distill this model: it went through quantize",
+        ),
+        (
+            "[[stage]]\nname = 'export'\nformat = 'onnx'\n[[stage]]\nname = 'cache'\n",
+            "stage 2 (cache): cannot cache",
+        ),
+        ("stage = 3\n", "needs at least one [[stage]]"),
+        ("[[stage]]\nname = 'prune'\nratio = 0.3\nratio_x = 1\n", "unknown key 'ratio-x'"),
+        ("steps = [[\n", "is not valid TOML"),
+        ("recipe = 1\n[[stage]]\nname = 'prune'\n", "unknown key 'recipe'"),
+    ],
+)
 def test_bad_recipes_are_refused_before_any_work(capsys, tmp_path, text, expected):
     path = recipe_file(tmp_path, text)
     line = refused(capsys, tmp_path, "compress", "--recipe", path, "--out", str(tmp_path / "out"))
@@ -208,38 +287,90 @@ def test_bad_recipes_are_refused_before_any_work(capsys, tmp_path, text, expecte
 
 
 def test_bad_json_recipe_missing_file_and_no_recipe(capsys, tmp_path):
-    path = recipe_file(tmp_path, "{\"stage\": [", "r.json")
-    assert "is not valid JSON" in refused(capsys, tmp_path, "compress", "--recipe", path, "--out",
-                                          str(tmp_path / "o"))
-    assert "neither a built-in recipe" in refused(capsys, tmp_path, "compress", "--recipe", str(tmp_path / "no.toml"),
-                                                  "--out", str(tmp_path / "o"))
+    path = recipe_file(tmp_path, '{"stage": [', "r.json")
+    assert "is not valid JSON" in refused(
+        capsys, tmp_path, "compress", "--recipe", path, "--out", str(tmp_path / "o")
+    )
+    assert "neither a built-in recipe" in refused(
+        capsys,
+        tmp_path,
+        "compress",
+        "--recipe",
+        str(tmp_path / "no.toml"),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert "pass --recipe" in refused(capsys, tmp_path, "compress", "--out", str(tmp_path / "o"))
 
 
-def test_resume_into_another_run_is_refused_naming_what_differs(chain, capsys, tmp_path, tiny_unet_dir):
+def test_resume_into_another_run_is_refused_naming_what_differs(
+    chain, capsys, tmp_path, tiny_unet_dir
+):
     _, out = chain
     before = sorted(p.name for p in out.iterdir())
     other_recipe = recipe_file(tmp_path, SMALL.replace("interval = 2", "interval = 3"))
-    line = refused(capsys, tmp_path, "compress", "--recipe", other_recipe, "--model", "digits", "--out", str(out),
-                   "--resume")
-    assert "made by another recipe: stage 1 (cache) key 'interval' was 2 there and is 3 here" in line
+    line = refused(
+        capsys,
+        tmp_path,
+        "compress",
+        "--recipe",
+        other_recipe,
+        "--model",
+        "digits",
+        "--out",
+        str(out),
+        "--resume",
+    )
+    assert (
+        "made by another recipe: stage 1 (cache) key 'interval' was 2 there and is 3 here" in line
+    )
     assert sorted(p.name for p in out.iterdir()) == before
-    line = refused(capsys, tmp_path, "compress", "--recipe", recipe_file(tmp_path, SMALL), "--model",
-                   str(tiny_unet_dir), "--out", str(out), "--resume")
+    line = refused(
+        capsys,
+        tmp_path,
+        "compress",
+        "--recipe",
+        recipe_file(tmp_path, SMALL),
+        "--model",
+        str(tiny_unet_dir),
+        "--out",
+        str(out),
+        "--resume",
+    )
     assert "was made from another model" in line
     not_a_run = tmp_path / "artifact"
     not_a_run.mkdir()
     (not_a_run / "x").write_text("")
-    line = refused(capsys, tmp_path, "compress", "--recipe", recipe_file(tmp_path, SMALL), "--out", str(not_a_run),
-                   "--resume")
+    line = refused(
+        capsys,
+        tmp_path,
+        "compress",
+        "--recipe",
+        recipe_file(tmp_path, SMALL),
+        "--out",
+        str(not_a_run),
+        "--resume",
+    )
     assert "is not the output of accel compress" in line
-    line = refused(capsys, tmp_path, "compress", "--recipe", recipe_file(tmp_path, SMALL), "--out", str(not_a_run))
+    line = refused(
+        capsys,
+        tmp_path,
+        "compress",
+        "--recipe",
+        recipe_file(tmp_path, SMALL),
+        "--out",
+        str(not_a_run),
+    )
     assert "exists and is not empty" in line
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here"
+)
 def test_a_trt_stage_without_tensorrt_is_refused_before_any_work(capsys, tmp_path):
-    path = recipe_file(tmp_path, "[[stage]]\nname = 'cache'\n[[stage]]\nname = 'export'\nformat = 'trt'\n")
+    path = recipe_file(
+        tmp_path, "[[stage]]\nname = 'cache'\n[[stage]]\nname = 'export'\nformat = 'trt'\n"
+    )
     line = refused(capsys, tmp_path, "compress", "--recipe", path, "--out", str(tmp_path / "out"))
     assert "stage 2 (export): TensorRT is not installed" in line
 
@@ -248,7 +379,9 @@ def test_a_trt_stage_without_tensorrt_is_refused_before_any_work(capsys, tmp_pat
 def test_a_trt_stage_builds_the_engine_and_samples_through_it(capsys, tmp_path):
     pytest.importorskip("tensorrt")
     path = recipe_file(tmp_path, "[[stage]]\nname = 'export'\nformat = 'trt'\n")
-    code, out, err = run(capsys, "compress", "--recipe", path, *QUICK, "--out", str(tmp_path / "out"), "--json")
+    code, out, err = run(
+        capsys, "compress", "--recipe", path, *QUICK, "--out", str(tmp_path / "out"), "--json"
+    )
     assert code == 0, err
     final = json.loads(out)["stages"][-1]
     assert final["runtime"].startswith("TensorRT") and (tmp_path / "out" / "model.plan").is_file()
@@ -256,48 +389,115 @@ def test_a_trt_stage_builds_the_engine_and_samples_through_it(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_train_together_and_share_the_final_evaluation(tmp_path):
-    """Under torch.distributed.run (as `accelerate launch` runs it): the prune stage fine-tunes on both processes,
-    the main one runs the others and writes OUT, the final evaluation splits its batches, and its numbers are
-    those one process measures of the same models."""
+    """Under torch.distributed.run (as `accelerate launch` runs it): the prune stage fine-tunes on
+    both processes, the main one runs the others and writes OUT, the final evaluation splits its
+    batches, and its numbers are those one process measures of the same models."""
     from test_eval_processes import run_eval
 
-    recipe = recipe_file(tmp_path, "[[stage]]\nname = 'prune'\nratio = 0.3\nfinetune-steps = 4\ntrain-batch = 8\n"
-                                   "importance-batch = 8\n[[stage]]\nname = 'export'\nformat = 'onnx'\n")
+    recipe = recipe_file(
+        tmp_path,
+        "[[stage]]\nname = 'prune'\nratio = 0.3\nfinetune-steps = 4\ntrain-batch = 8\n"
+        "importance-batch = 8\n[[stage]]\nname = 'export'\nformat = 'onnx'\n",
+    )
     out = tmp_path / "out"
-    report = run_eval(2, ["compress", "--recipe", recipe, "--n", "24", "--batch-size", "5", "--device", "cpu",
-                          "--out", str(out), "--json"])
+    report = run_eval(
+        2,
+        [
+            "compress",
+            "--recipe",
+            recipe,
+            "--n",
+            "24",
+            "--batch-size",
+            "5",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     rows = report["stages"]
     assert [r["stage"] for r in rows] == ["original", "01-prune", "02-export"]
-    assert json.loads((out / "stages" / "01-prune" / "accel.json").read_text())["transforms"][-1]["finetune"][
-        "processes"] == 2
-    alone = run_eval(1, ["eval", "--model", str(out / "model.onnx"), "--baseline", "digits", "--n", "24",
-                         "--batch-size", "5", "--device", "cpu", "--json"])
-    assert rows[0]["fid"] == alone["original"]["fid"] and rows[-1]["fid"] == alone["compressed"]["fid"]
+    assert (
+        json.loads((out / "stages" / "01-prune" / "accel.json").read_text())["transforms"][-1][
+            "finetune"
+        ]["processes"]
+        == 2
+    )
+    alone = run_eval(
+        1,
+        [
+            "eval",
+            "--model",
+            str(out / "model.onnx"),
+            "--baseline",
+            "digits",
+            "--n",
+            "24",
+            "--batch-size",
+            "5",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
+    assert (
+        rows[0]["fid"] == alone["original"]["fid"] and rows[-1]["fid"] == alone["compressed"]["fid"]
+    )
     assert rows[-1]["psnr_db"] == alone["delta"]["psnr_db_vs_original"]
 
 
 @pytest.mark.slow
 def test_python_and_the_command_line_make_the_same_models_and_fids(tmp_path, capsys):
-    """``accel.compress(accel.load("digits"), "quick")`` and ``accel compress --recipe quick``, same seed: every
-    stage's weights bit for bit, the final graph's initializers, and every FID of the report."""
+    """``accel.compress(accel.load("digits"), "quick")`` and ``accel compress --recipe quick``, same
+    seed: every stage's weights bit for bit, the final graph's initializers, and every FID of the
+    report."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
 
     import accel
 
-    code, out, err = run(capsys, "compress", "--recipe", "quick", "--n", "32", "--batch-size", "32", "--out",
-                         str(tmp_path / "cli"), "--json")
+    code, out, err = run(
+        capsys,
+        "compress",
+        "--recipe",
+        "quick",
+        "--n",
+        "32",
+        "--batch-size",
+        "32",
+        "--out",
+        str(tmp_path / "cli"),
+        "--json",
+    )
     assert code == 0, err
     from_cli = json.loads(out)
-    result = accel.compress(accel.load("digits"), "quick", tmp_path / "py",
-                            eval_config=accel.EvalConfig(n=32, batch_size=32), progress=False)
+    result = accel.compress(
+        accel.load("digits"),
+        "quick",
+        tmp_path / "py",
+        eval_config=accel.EvalConfig(n=32, batch_size=32),
+        progress=False,
+    )
     for stage in ("01-prune", "02-cache", "03-quantize"):
-        records = [json.loads((tmp_path / run_ / "stages" / stage / "accel.json").read_text()) for run_ in ("cli", "py")]
+        records = [
+            json.loads((tmp_path / run_ / "stages" / stage / "accel.json").read_text())
+            for run_ in ("cli", "py")
+        ]
         assert records[0]["weights_sha256"] == records[1]["weights_sha256"], stage
-    graphs = [onnx.load(str(tmp_path / run_ / "model.onnx")).graph.initializer for run_ in ("cli", "py")]
+    graphs = [
+        onnx.load(str(tmp_path / run_ / "model.onnx")).graph.initializer for run_ in ("cli", "py")
+    ]
     assert len(graphs[0]) == len(graphs[1]) > 0
     for a, b in zip(*graphs):
-        assert a.name == b.name and np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b)), a.name
-    assert [row["fid"] for row in from_cli["stages"]] == [row["fid"] for row in result.report.sections["stages"]]
-    assert result.final == tmp_path / "py" / "model.onnx" and result.model.runtime.startswith("ONNX Runtime")
+        assert a.name == b.name and np.array_equal(
+            numpy_helper.to_array(a), numpy_helper.to_array(b)
+        ), a.name
+    assert [row["fid"] for row in from_cli["stages"]] == [
+        row["fid"] for row in result.report.sections["stages"]
+    ]
+    assert result.final == tmp_path / "py" / "model.onnx" and result.model.runtime.startswith(
+        "ONNX Runtime"
+    )

@@ -1,5 +1,7 @@
-"""Step distillation's pieces against diffusers and against the paper's algebra, and the transform on tiny
-networks: it must change the weights and the sampler, and an artifact must come back the same."""
+"""Step distillation's pieces against diffusers and against the paper's algebra, and the transform
+on tiny networks: it must change the weights and the sampler, and an artifact must come back the
+same."""
+
 import copy
 import json
 
@@ -11,8 +13,13 @@ from accel.distillation.schedule import CLEAN, Schedule, boundary_scalings, stud
 from accel.distillation.tasks import ConsistencyDistillation, ProgressiveStage
 from conftest import make_tiny_unet
 
-SCHEDULE = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
-            "prediction_type": "epsilon", "clip_sample": True}
+SCHEDULE = {
+    "_class_name": "DDPMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_schedule": "squaredcos_cap_v2",
+    "prediction_type": "epsilon",
+    "clip_sample": True,
+}
 TINY = accel.TrainConfig(steps=3, batch_size=4, warmup_steps=1, checkpoint_every=2)
 
 
@@ -26,13 +33,17 @@ def test_ddim_step_is_diffusers_ddim_with_trailing_timesteps(prediction, steps):
     from diffusers import DDIMScheduler
 
     schedule = Schedule(SCHEDULE)
-    ddim = DDIMScheduler.from_config({**SCHEDULE, "prediction_type": prediction, "timestep_spacing": "trailing"})
+    ddim = DDIMScheduler.from_config(
+        {**SCHEDULE, "prediction_type": prediction, "timestep_spacing": "trailing"}
+    )
     ddim.set_timesteps(steps)
     assert ddim.timesteps.tolist() == student_timesteps(schedule, steps)
     z, output = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
     for t in ddim.timesteps:
         expected = ddim.step(output, t, z).prev_sample
-        ours = schedule.ddim_step(output, z, t.repeat(2), (t - 1000 // steps).clamp(min=CLEAN).repeat(2), prediction)
+        ours = schedule.ddim_step(
+            output, z, t.repeat(2), (t - 1000 // steps).clamp(min=CLEAN).repeat(2), prediction
+        )
         torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -42,9 +53,12 @@ def test_boundary_scalings_are_lcm_schedulers():
     lcm = LCMScheduler.from_config(SCHEDULE)
     for t in (0, 19, 259, 999):
         c_skip, c_out = boundary_scalings(torch.tensor([t]))
-        assert (c_skip.item(), c_out.item()) == pytest.approx(lcm.get_scalings_for_boundary_condition_discrete(t))
+        assert (c_skip.item(), c_out.item()) == pytest.approx(
+            lcm.get_scalings_for_boundary_condition_discrete(t)
+        )
     c_skip, c_out = boundary_scalings(torch.tensor([0]))
-    assert c_skip.item() == 1.0 and c_out.item() == 0.0  # f(x, 0) = x: the consistency boundary condition
+    # f(x, 0) = x: the consistency boundary condition
+    assert c_skip.item() == 1.0 and c_out.item() == 0.0
 
 
 def _teacher():
@@ -56,15 +70,19 @@ def _eps_of(module, x, t, cond):
 
 
 def test_progressive_target_is_where_one_student_step_lands_on_two_teacher_steps():
-    """Algorithm 2: a student whose x0 is the target takes z_t to exactly the teacher's z_t'' in one DDIM step."""
+    """Algorithm 2: a student whose x0 is the target takes z_t to exactly the teacher's z_t'' in one
+    DDIM step."""
     schedule = Schedule({**SCHEDULE, "clip_sample": False})
-    stage = ProgressiveStage(_teacher(), "epsilon", _eps_of, schedule, _images(), None, "v_prediction",
-                             student_steps=4)
+    stage = ProgressiveStage(
+        _teacher(), "epsilon", _eps_of, schedule, _images(), None, "v_prediction", student_steps=4
+    )
     z = torch.randn(3, 3, 8, 8)
     for t in stage.timesteps:
         t = torch.full((3,), t)
         end = (t - 250).clamp(min=CLEAN)
-        two_steps = stage._teacher_step(stage._teacher_step(z, t, t - 125, None), t - 125, end, None)
+        two_steps = stage._teacher_step(
+            stage._teacher_step(z, t, t - 125, None), t - 125, end, None
+        )
         one_step = schedule.ddim_step(stage.target(z, t, None), z, t, end, "sample")
         torch.testing.assert_close(one_step, two_steps, rtol=1e-3, atol=1e-4)
 
@@ -72,12 +90,26 @@ def test_progressive_target_is_where_one_student_step_lands_on_two_teacher_steps
 def test_consistency_target_at_the_boundary_is_the_teachers_step_itself():
     schedule = Schedule(SCHEDULE)
     teacher = _teacher()
-    task = ConsistencyDistillation(teacher, "epsilon", _eps_of, schedule, _images(), None, "v_prediction",
-                                   student=copy.deepcopy(teacher), skip=20, target_ema=0.95, loss="l2")
+    task = ConsistencyDistillation(
+        teacher,
+        "epsilon",
+        _eps_of,
+        schedule,
+        _images(),
+        None,
+        "v_prediction",
+        student=copy.deepcopy(teacher),
+        skip=20,
+        target_ema=0.95,
+        loss="l2",
+    )
     z, t = torch.randn(2, 3, 8, 8), torch.tensor([19, 19])
     stepped = task._teacher_step(z, t, torch.tensor([0, 0]), None)
-    target = task.consistency(_eps_of(task.target_network, stepped, torch.tensor([0, 0]), None), stepped,
-                              torch.tensor([0, 0]))
+    target = task.consistency(
+        _eps_of(task.target_network, stepped, torch.tensor([0, 0]), None),
+        stepped,
+        torch.tensor([0, 0]),
+    )
     torch.testing.assert_close(target, stepped)
     assert task.timesteps[0] == 19 and task.timesteps[-1] == 999 and len(task.timesteps) == 50
 
@@ -90,24 +122,39 @@ def _tiny_denoiser():
 def test_distill_changes_weights_sampler_and_prediction(method, steps, tmp_path):
     model = _tiny_denoiser()
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
-    accel.distill(model, accel.DistillConfig(method=method, steps=steps, teacher_steps=8), _images(), TINY,
-                  progress=False)
+    accel.distill(
+        model,
+        accel.DistillConfig(method=method, steps=steps, teacher_steps=8),
+        _images(),
+        TINY,
+        progress=False,
+    )
     changed = [k for k, v in model.module.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > len(before) // 2  # a distiller that trains nothing fails here
-    assert model.sampling.steps == steps and model.scheduler_config["prediction_type"] == "v_prediction"
+    assert (
+        model.sampling.steps == steps
+        and model.scheduler_config["prediction_type"] == "v_prediction"
+    )
     assert model.sampling.name == ("ddim" if method == "progressive" else "LCMScheduler")
     record = model.transforms[-1]
     assert record["name"] == "distill" and record["teacher"]["prediction_type"] == "epsilon"
-    assert [s.get("student_steps") for s in record["stages"]] == ([4, 2] if method == "progressive" else [None])
+    assert [s.get("student_steps") for s in record["stages"]] == (
+        [4, 2] if method == "progressive" else [None]
+    )
     assert accel.sample(model, 2, progress=False).calls_per_image == steps
 
 
 def test_a_distilled_artifact_reloads_with_its_sampler_and_outputs(tmp_path):
     model = _tiny_denoiser()
-    accel.distill(model, accel.DistillConfig(steps=1, teacher_steps=2), _images(), TINY, progress=False)
+    accel.distill(
+        model, accel.DistillConfig(steps=1, teacher_steps=2), _images(), TINY, progress=False
+    )
     accel.save(model, tmp_path / "student")
     loaded = accel.load(tmp_path / "student")
-    assert loaded.sampling == model.sampling and loaded.scheduler_config["prediction_type"] == "v_prediction"
+    assert (
+        loaded.sampling == model.sampling
+        and loaded.scheduler_config["prediction_type"] == "v_prediction"
+    )
     assert [t["name"] for t in loaded.transforms] == ["distill"]
     x, t, cond = model.example_inputs(2)
     torch.testing.assert_close(loaded(x, t, cond), model.eval()(x, t, cond), rtol=0, atol=0)
@@ -116,7 +163,8 @@ def test_a_distilled_artifact_reloads_with_its_sampler_and_outputs(tmp_path):
 
 
 def test_consistency_resume_restores_the_target_network(tmp_path):
-    """The target network is training state: a run resumed from a checkpoint ends where an uninterrupted one does."""
+    """The target network is training state: a run resumed from a checkpoint ends where an
+    uninterrupted one does."""
     config = accel.DistillConfig(method="consistency", steps=1)
     train = accel.TrainConfig(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=2)
     straight = _tiny_denoiser()
@@ -134,22 +182,26 @@ def test_consistency_resume_restores_the_target_network(tmp_path):
     ConsistencyDistillation.loss = dies_on_fourth_step
     try:
         with pytest.raises(KeyboardInterrupt):
-            accel.distill(resumed, config, _images(), train, work_dir=tmp_path / "b", progress=False)
+            accel.distill(
+                resumed, config, _images(), train, work_dir=tmp_path / "b", progress=False
+            )
     finally:
         ConsistencyDistillation.loss = real_loss
     assert (tmp_path / "b" / "consistency" / "checkpoint" / "tensors.safetensors").is_file()
     resumed = _tiny_denoiser()
     accel.distill(resumed, config, _images(), train, work_dir=tmp_path / "b", progress=False)
     assert resumed.transforms[-1]["stages"][0]["resumed_at_step"] == 2
-    for (name, a), (_, b) in zip(straight.module.state_dict().items(), resumed.module.state_dict().items()):
+    for (name, a), (_, b) in zip(
+        straight.module.state_dict().items(), resumed.module.state_dict().items()
+    ):
         torch.testing.assert_close(a, b, msg=name)
 
 
+@pytest.mark.slow
 def test_two_processes_distill_to_the_same_student(tmp_path):
-    """`accelerate launch` with nothing else changed: 2 CPU processes (gloo) train each stage together, the main one
-    keeps each finished stage, and both end with the same student."""
+    """`accelerate launch` with nothing else changed: 2 CPU processes (gloo) train each stage
+    together, the main one keeps each finished stage, and both end with the same student."""
     from safetensors.torch import load_file
-
     from test_train import run_two_processes
 
     run_two_processes(str(tmp_path), "distill")
@@ -167,7 +219,9 @@ def test_the_distill_stage_names_its_data_as_the_command_line_does():
         accel.run_stage("distill", _tiny_denoiser(), **budget)
     digits = accel.load("digits")
     result = accel.run_stage("distill", digits, **budget)
-    assert result.model.sampling.steps == 1 and result.record["data"].startswith("the digits training set")
+    assert result.model.sampling.steps == 1 and result.record["data"].startswith(
+        "the digits training set"
+    )
     assert digits.transforms == [] and digits.sampling.steps == 50  # the stage ran on a copy
 
 
@@ -183,11 +237,17 @@ def test_an_artifact_made_from_digits_trains_on_the_digits_set_by_default(tmp_pa
     assert data_identity(DataConfig(), again) == {"data": "digits"}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"beta_schedule": "exotic"}, "accel cannot step the teacher's noise schedule: exotic is not implemented"),
-    ({"thresholding": True}, "uses dynamic thresholding"),
-    ({"_class_name": "FlowMatchEulerDiscreteScheduler"}, "(flow matching)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"beta_schedule": "exotic"},
+            "accel cannot step the teacher's noise schedule: exotic is not implemented",
+        ),
+        ({"thresholding": True}, "uses dynamic thresholding"),
+        ({"_class_name": "FlowMatchEulerDiscreteScheduler"}, "(flow matching)"),
+    ],
+)
 def test_a_schedule_accel_cannot_step_is_named(change, message):
     with pytest.raises(accel.AccelError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Schedule({**SCHEDULE, **change})

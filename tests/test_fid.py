@@ -4,14 +4,16 @@ import scipy.linalg
 import torch
 
 from accel.data import digits_images, digits_split
-from accel.metrics.digits_cnn import DigitsCNN, DigitsFeatures, RECORD_PATH, WEIGHTS_PATH, to_uint8
+from accel.metrics.digits_cnn import RECORD_PATH, WEIGHTS_PATH, DigitsCNN, DigitsFeatures, to_uint8
 from accel.metrics.fid import FeatureStats, RealReference, digits_reference, frechet_distance
 
 
 def scipy_fid(a: FeatureStats, b: FeatureStats) -> float:
     """The textbook route (pytorch-fid's): general matrix square root of S_a S_b with scipy."""
     root = scipy.linalg.sqrtm(a.cov @ b.cov).real
-    return float(np.sum((a.mean - b.mean) ** 2) + np.trace(a.cov) + np.trace(b.cov) - 2 * np.trace(root))
+    return float(
+        np.sum((a.mean - b.mean) ** 2) + np.trace(a.cov) + np.trace(b.cov) - 2 * np.trace(root)
+    )
 
 
 @pytest.mark.parametrize("dim,scale,shift", [(8, 1.0, 0.0), (64, 1.3, 0.2), (64, 0.5, -1.0)])
@@ -43,13 +45,17 @@ def test_shipped_classifier_held_out_accuracy_is_at_least_97_percent():
     _, held_out = digits_split()
     network = DigitsCNN().eval()
     from safetensors.torch import load_file
+
     network.load_state_dict(load_file(WEIGHTS_PATH))
     stored = torch.from_numpy(to_uint8(images[held_out])).float() / 127.5 - 1
     with torch.inference_mode():
         accuracy = (network(stored).argmax(1) == labels[held_out]).float().mean().item()
     assert accuracy >= 0.97
     import json
-    assert json.loads(RECORD_PATH.read_text())["held_out_accuracy"] == pytest.approx(accuracy, abs=1e-4)
+
+    assert json.loads(RECORD_PATH.read_text())["held_out_accuracy"] == pytest.approx(
+        accuracy, abs=1e-4
+    )
 
 
 def test_split_is_disjoint_stratified_and_complete():
@@ -67,7 +73,9 @@ def test_digits_reference_floor_and_real_vs_real():
     assert stats.count == 1797 and real.half_size == 898
     assert 0 < floor < 1e3 and np.isfinite(floor)
     images, _ = digits_images()
-    assert frechet_distance(FeatureStats.of(DigitsFeatures()(to_uint8(images))), stats) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(
+        FeatureStats.of(DigitsFeatures()(to_uint8(images))), stats
+    ) == pytest.approx(0, abs=1e-6)
     # Noise images are far from digits: FID must be much larger than the floor.
     noise = np.random.default_rng(0).integers(0, 256, size=(500, 1, 16, 16), dtype=np.uint8)
     assert frechet_distance(FeatureStats.of(DigitsFeatures()(noise)), stats) > 10 * floor
@@ -83,4 +91,5 @@ def test_real_reference_halves_are_disjoint_and_floor_shrinks_with_more_samples(
     features = rng.normal(size=(2000, 8))
     small, large = RealReference.of(features[:200]), RealReference.of(features)
     assert small.half_size == 100 and large.half_size == 1000
-    assert small.floor > large.floor > 0  # the finite-sample bias of FID, which is why sizes must match
+    # the finite-sample bias of FID, which is why sizes must match
+    assert small.floor > large.floor > 0

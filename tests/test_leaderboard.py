@@ -1,20 +1,33 @@
-"""bench.leaderboard gathers the committed benchmark results into one table: every family present, every source
-named with its machine and threads, missing results named, and the table and plot written."""
+"""bench.leaderboard gathers the committed benchmark results into one table: every family present,
+every source named with its machine and threads, missing results named, and the table and plot
+written."""
 
 import json
 import shutil
 
 from bench.leaderboard import collect, main, ranked
 
-FAMILIES = {"original", "sampler", "quantization", "export", "pruning", "distillation", "caching", "recipe"}
+FAMILIES = {
+    "original",
+    "sampler",
+    "quantization",
+    "export",
+    "pruning",
+    "distillation",
+    "caching",
+    "recipe",
+}
 
 
 def test_every_family_is_on_the_board_with_where_it_was_measured():
     rows, sources, missing = collect(quick=False)
     assert not missing and {row["family"] for row in rows} == FAMILIES
-    assert len(sources) == 5 and all("threads torch" in line and "commit" in line for line in sources)
+    assert len(sources) == 5 and all(
+        "threads torch" in line and "commit" in line for line in sources
+    )
     timed = [row for row in rows if row["speedup"] is not None]
-    assert all(row["family"] != "quantization" for row in timed)  # fake-quantized rows have no speed
+    # fake-quantized rows have no speed
+    assert all(row["family"] != "quantization" for row in timed)
     assert ranked(rows)[0]["family"] == "original" and ranked(rows)[0]["speedup"] == 1.0
 
 

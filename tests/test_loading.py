@@ -10,9 +10,14 @@ from accel.core.errors import AccelError
 def test_load_diffusers_folder_reproduces_model(tiny_unet, tiny_unet_dir):
     denoiser = accel.load(tiny_unet_dir)
     x = torch.randn(2, 3, 8, 8)
-    torch.testing.assert_close(denoiser(x, 20), tiny_unet(x, torch.tensor([20, 20])).sample, rtol=0, atol=0)
+    torch.testing.assert_close(
+        denoiser(x, 20), tiny_unet(x, torch.tensor([20, 20])).sample, rtol=0, atol=0
+    )
     assert denoiser.scheduler_config["num_train_timesteps"] == 100
-    assert denoiser.weights_bytes == (tiny_unet_dir / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert (
+        denoiser.weights_bytes
+        == (tiny_unet_dir / "diffusion_pytorch_model.safetensors").stat().st_size
+    )
     assert not denoiser.training
 
 

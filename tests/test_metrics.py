@@ -31,9 +31,19 @@ def test_macs_are_counted_per_sample():
 def test_macs_include_attention_and_linear_layers(tiny_unet):
     denoiser = accel.load(tiny_unet)
     conv_macs = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: conv_macs.append(
-        o[0].numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]))
-        for m in tiny_unet.modules() if isinstance(m, nn.Conv2d)]
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, i, o: conv_macs.append(
+                o[0].numel()
+                * mod.in_channels
+                // mod.groups
+                * mod.kernel_size[0]
+                * mod.kernel_size[1]
+            )
+        )
+        for m in tiny_unet.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
     total = count_macs(denoiser)
     for hook in hooks:
         hook.remove()
@@ -43,8 +53,12 @@ def test_macs_include_attention_and_linear_layers(tiny_unet):
 def test_weights_bytes_from_disk_or_serialised(tiny_unet, tiny_unet_dir):
     on_disk = accel.load(tiny_unet_dir)
     in_memory = accel.load(tiny_unet)
-    assert weights_bytes(on_disk) == (tiny_unet_dir / "diffusion_pytorch_model.safetensors").stat().st_size
-    assert abs(weights_bytes(in_memory) - weights_bytes(on_disk)) < 4096  # same tensors, header may differ
+    assert (
+        weights_bytes(on_disk)
+        == (tiny_unet_dir / "diffusion_pytorch_model.safetensors").stat().st_size
+    )
+    # same tensors, header may differ
+    assert abs(weights_bytes(in_memory) - weights_bytes(on_disk)) < 4096
     assert weights_bytes(in_memory) > 4 * count_params(in_memory)
 
 
@@ -58,8 +72,8 @@ class Logging(accel.StepHook):
 
 
 def test_latency_times_models_interleaved_after_warm_up():
-    """No timing is asserted (this machine's speed is not a test); what is checked is the protocol: warm-up
-    calls, then A, B, A, B, ... so a slow moment of the machine hits both alike."""
+    """No timing is asserted (this machine's speed is not a test); what is checked is the protocol:
+    warm-up calls, then A, B, A, B, ... so a slow moment of the machine hits both alike."""
     log: list[str] = []
     models = [accel.Denoiser(TwoConvs(), {}, sample_shape=(3, 8, 8)) for _ in range(2)]
     for name, model in zip("AB", models):
@@ -82,7 +96,10 @@ def test_fid_setup_chooses_digits_features_or_says_why_not():
     assert digits.name == "digits-cnn" and digits.real.floor > 0 and digits.real.stats.count == 1797
     other = fid_setup((3, 32, 32))
     assert other.features is None and "--inception-weights" in other.unavailable_reason
-    assert other.scores(np.zeros((4, 3, 32, 32), dtype=np.uint8)) == {"fid": None, "fid_at_floor_size": None}
+    assert other.scores(np.zeros((4, 3, 32, 32), dtype=np.uint8)) == {
+        "fid": None,
+        "fid_at_floor_size": None,
+    }
 
 
 def test_inception_fid_needs_reference_images(tmp_path):
@@ -93,7 +110,8 @@ def test_inception_fid_needs_reference_images(tmp_path):
 
 
 def test_attention_macs_are_counted_whichever_kernel_runs_it():
-    """The default processor runs fused SDPA; the classic one runs explicit batched matmuls: same MACs."""
+    """The default processor runs fused SDPA; the classic one runs explicit batched matmuls: same
+    MACs."""
     from diffusers.models.attention_processor import Attention, AttnProcessor
 
     fused = accel.load("digits")
@@ -103,8 +121,10 @@ def test_attention_macs_are_counted_whichever_kernel_runs_it():
             module.set_processor(AttnProcessor())
     assert count_macs(fused) == count_macs(explicit)
     from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as plain, torch.no_grad():
         fused(*fused.example_inputs(1))
-    # digits has 3 attention layers at 8x8 (64 tokens x 48 ch) and 4 at 4x4 (16 x 96); Q.K^T and P.V each
+    # digits has 3 attention layers at 8x8 (64 tokens x 48 ch) and 4 at 4x4 (16 x 96); Q.K^T and P.V
+    # each
     attention = 2 * (3 * 64 * 64 * 48 + 4 * 16 * 16 * 96)
     assert count_macs(fused) - plain.get_total_flops() // 2 == attention

@@ -10,7 +10,11 @@ def test_unet2d_adapter_matches_direct_call(tiny_unet):
     denoiser = accel.load(tiny_unet)
     x = torch.randn(3, 3, 8, 8)
     t = torch.tensor([1, 50, 999])
-    assert denoiser.kind == "unet" and denoiser.sample_shape == (3, 8, 8) and denoiser.cond_kind is None
+    assert (
+        denoiser.kind == "unet"
+        and denoiser.sample_shape == (3, 8, 8)
+        and denoiser.cond_kind is None
+    )
     torch.testing.assert_close(denoiser(x, t), tiny_unet(x, t).sample, rtol=0, atol=0)
 
 
@@ -24,7 +28,9 @@ def test_class_conditional_unet_uses_labels():
     denoiser = accel.load(make_tiny_unet(num_class_embeds=10))
     x = torch.randn(2, 3, 8, 8)
     assert denoiser.cond_kind == "class"
-    assert not torch.allclose(denoiser(x, 5, torch.tensor([0, 0])), denoiser(x, 5, torch.tensor([3, 3])))
+    assert not torch.allclose(
+        denoiser(x, 5, torch.tensor([0, 0])), denoiser(x, 5, torch.tensor([3, 3]))
+    )
 
 
 def test_text_unet_passes_encoder_hidden_states():
@@ -32,7 +38,9 @@ def test_text_unet_passes_encoder_hidden_states():
     denoiser = accel.load(model)
     x, cond = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 16)
     assert denoiser.cond_kind == "text"
-    torch.testing.assert_close(denoiser(x, 10, cond), model(x, torch.tensor([10, 10]), encoder_hidden_states=cond).sample)
+    torch.testing.assert_close(
+        denoiser(x, 10, cond), model(x, torch.tensor([10, 10]), encoder_hidden_states=cond).sample
+    )
     with pytest.raises(accel.AccelError, match="needs cond"):
         denoiser(x, 10)
     assert denoiser.default_cond(3, torch.Generator()).shape == (3, 77, 16)

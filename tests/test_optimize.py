@@ -1,5 +1,7 @@
-"""``optimize_`` and ``accel optimize``: the swaps happen, the kernels run inside real diffusers models (under
-TRITON_INTERPRET=1 on CPU), the outputs match the original, artifacts reload, bad input fails cleanly."""
+"""``optimize_`` and ``accel optimize``: the swaps happen, the kernels run inside real diffusers
+models (under TRITON_INTERPRET=1 on CPU), the outputs match the original, artifacts reload, bad
+input fails cleanly."""
+
 import copy
 import json
 import warnings
@@ -8,12 +10,13 @@ import pytest
 import torch
 
 import accel
+from accel.measure.optimize import PARITY_TIMESTEPS, PARITY_TOLERANCE, output_parity
 from accel.metrics.size import count_macs
 from accel.optimize.apply import kernel_usage
 from accel.optimize.cuda_graph import CudaGraphHook
 from accel.optimize.modules import FusedAttnProcessor, FusedGroupNorm, FusedResnetBlock2D
-from accel.measure.optimize import PARITY_TIMESTEPS, PARITY_TOLERANCE, output_parity
-from conftest import make_tiny_unet, run_cli as run
+from conftest import make_tiny_unet
+from conftest import run_cli as run
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -23,9 +26,17 @@ def make_text_unet():
 
     torch.manual_seed(0)  # head dim 16 (the kernel's minimum): 32 channels / 2 heads
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=24, attention_head_dim=(1, 2), norm_num_groups=4).eval()
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=24,
+        attention_head_dim=(1, 2),
+        norm_num_groups=4,
+    ).eval()
 
 
 def _pair(module):
@@ -35,8 +46,12 @@ def _pair(module):
     return original, optimized
 
 
-@pytest.mark.parametrize("make", [lambda: make_tiny_unet(attention_head_dim=16), make_text_unet],
-                         ids=["unet", "text-unet"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: make_tiny_unet(attention_head_dim=16), make_text_unet],
+    ids=["unet", "text-unet"],
+)
+@pytest.mark.slow
 def test_kernels_run_inside_the_model_and_match_the_original(make):
     original, optimized = _pair(make())
     record = accel.optimize_(optimized, accel.OptimizeConfig(dtype="fp16", backend="triton"))
@@ -44,7 +59,8 @@ def test_kernels_run_inside_the_model_and_match_the_original(make):
     assert record["swaps"]["output_norm_silu"] == 1
     parity = output_parity(original, optimized)
     assert parity["met"], parity
-    assert parity["rel_rms"] > 0  # fp16 changed something: the comparison is not of a model with itself
+    # fp16 changed something: the comparison is not of a model with itself
+    assert parity["rel_rms"] > 0
     usage = kernel_usage(optimized.module)
     assert usage["group_norm"]["triton"] > 0 and usage["group_norm"]["torch"] == 0
     assert usage["attention"]["triton"] > 0 and usage["attention"]["torch"] == 0
@@ -59,14 +75,20 @@ def test_every_group_norm_and_attention_is_swapped():
     assert not any(type(m) is torch.nn.GroupNorm for m in modules)
     resnets = sum(type(m) is ResnetBlock2D for m in original.module.modules())
     assert resnets > 0 and sum(isinstance(m, FusedResnetBlock2D) for m in modules) == resnets
-    assert all(isinstance(m.processor, FusedAttnProcessor) for m in modules if hasattr(m, "processor"))
+    assert all(
+        isinstance(m.processor, FusedAttnProcessor) for m in modules if hasattr(m, "processor")
+    )
     assert optimized.module.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow
 def test_fused_resnet_block_matches_diffusers_exactly_in_fp32():
-    """The fused forward (time embedding added inside norm2) computes what diffusers' forward computes."""
+    """The fused forward (time embedding added inside norm2) computes what diffusers' forward
+    computes."""
     original, optimized = _pair(make_tiny_unet(attention_head_dim=16))
-    accel.optimize_(optimized, accel.OptimizeConfig(dtype="fp32", backend="triton", channels_last=False))
+    accel.optimize_(
+        optimized, accel.OptimizeConfig(dtype="fp32", backend="triton", channels_last=False)
+    )
     parity = output_parity(original, optimized)
     assert parity["rel_rms"] < PARITY_TOLERANCE[torch.float32], parity
 
@@ -75,14 +97,23 @@ def test_dit_attention_runs_through_the_kernel():
     from diffusers import DiTTransformer2DModel
 
     torch.manual_seed(0)
-    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
-                                num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10).eval()
+    dit = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+    ).eval()
     original, optimized = _pair(dit)
     accel.optimize_(optimized, accel.OptimizeConfig(dtype="fp16", backend="triton"))
     assert output_parity(original, optimized)["met"]
     assert kernel_usage(optimized.module)["attention"]["triton"] > 0
 
 
+@pytest.mark.slow
 def test_unsupported_head_dim_falls_back_with_one_warning():
     """Head dim 8 is below the kernel's minimum: the reference computes it, and says so once."""
     original, optimized = _pair(make_tiny_unet())  # attention_head_dim=8
@@ -97,7 +128,9 @@ def test_unsupported_head_dim_falls_back_with_one_warning():
     assert usage["attention"] == {"triton": 0, "torch": calls} and usage["group_norm"]["triton"] > 0
 
 
-@pytest.mark.skipif(DEVICE == "cuda", reason="on CUDA the auto backend uses the kernels (tested above)")
+@pytest.mark.skipif(
+    DEVICE == "cuda", reason="on CUDA the auto backend uses the kernels (tested above)"
+)
 def test_auto_backend_on_cpu_uses_the_reference():
     _, optimized = _pair(make_tiny_unet(attention_head_dim=16))
     accel.optimize_(optimized)
@@ -119,8 +152,8 @@ def test_optimized_artifact_reloads_with_the_same_outputs(tmp_path):
 
 
 def test_cuda_graph_replay_survives_a_reload_and_a_copy(tmp_path):
-    """Saved with --cuda-graph (written here by hand: capture needs a GPU), the reloaded model replays again
-    once on one; a copy starts with no captured graphs of its own."""
+    """Saved with --cuda-graph (written here by hand: capture needs a GPU), the reloaded model
+    replays again once on one; a copy starts with no captured graphs of its own."""
     model = accel.load(make_tiny_unet())
     accel.optimize_(model, accel.OptimizeConfig(backend="torch"))
     accel.save(model, tmp_path / "fast")
@@ -137,14 +170,27 @@ def test_cuda_graph_replay_survives_a_reload_and_a_copy(tmp_path):
 
 
 def test_cuda_graph_on_a_cpu_model_is_refused():
-    with pytest.raises(accel.AccelError, match="OptimizeConfig.cuda_graph needs the model on a CUDA device"):
+    with pytest.raises(
+        accel.AccelError, match="OptimizeConfig.cuda_graph needs the model on a CUDA device"
+    ):
         accel.optimize_(accel.load(make_tiny_unet(), "cpu"), accel.OptimizeConfig(cuda_graph=True))
 
 
 def test_optimize_cli_writes_artifact_and_report(tmp_path, tiny_unet_dir, capsys):
     out = tmp_path / "fast"
-    code, stdout, _ = run(capsys, "optimize", "--model", str(tiny_unet_dir), "--n", "8", "--steps", "3",
-                          "--out", str(out), "--json")
+    code, stdout, _ = run(
+        capsys,
+        "optimize",
+        "--model",
+        str(tiny_unet_dir),
+        "--n",
+        "8",
+        "--steps",
+        "3",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert code == 0
     report = json.loads(stdout)
     assert report["command"] == "optimize" and report["parity"]["met"]
@@ -156,10 +202,13 @@ def test_optimize_cli_writes_artifact_and_report(tmp_path, tiny_unet_dir, capsys
     assert json.loads((out / "accel.json").read_text())["transforms"][0]["name"] == "optimize"
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--cuda-graph", "--device", "cpu"], "--cuda-graph needs the model on a CUDA device"),
-    (["--dtype", "fp8"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--cuda-graph", "--device", "cpu"], "--cuda-graph needs the model on a CUDA device"),
+        (["--dtype", "fp8"], "invalid choice"),
+    ],
+)
 def test_optimize_cli_bad_input(tmp_path, capsys, argv, message):
     out = tmp_path / "fast"
     code, _, err = run(capsys, "optimize", "--n", "4", "--steps", "2", "--out", str(out), *argv)
@@ -175,7 +224,10 @@ def test_cuda_graph_replay_matches_eager():
     accel.optimize_(eager, accel.OptimizeConfig(dtype="fp16"))
     for t in (999, 20):
         x, steps, cond = eager.example_inputs(2, t=t)
-        torch.testing.assert_close(optimized(x, steps, cond), eager(x, steps, cond), atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(
+            optimized(x, steps, cond), eager(x, steps, cond), atol=1e-3, rtol=1e-3
+        )
     assert len(optimized.hooks["cuda_graph"].graphs) == 1
-    macs = count_macs(optimized)  # a replay would hide the network's ops from the counter: it runs eagerly
+    # a replay would hide the network's ops from the counter: it runs eagerly
+    macs = count_macs(optimized)
     assert macs == count_macs(eager) > 0

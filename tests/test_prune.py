@@ -18,11 +18,16 @@ QUICK = dict(importance_batch=4, timestep_stride=10)
 
 
 def tiny(kind: str) -> Denoiser:
-    return Denoiser(MAKERS[kind](), dict(DDPMScheduler(num_train_timesteps=100).config), source=f"tiny-{kind}")
+    return Denoiser(
+        MAKERS[kind](), dict(DDPMScheduler(num_train_timesteps=100).config), source=f"tiny-{kind}"
+    )
 
 
 def images_for(denoiser: Denoiser, count: int = 8) -> torch.Tensor:
-    return torch.rand(count, *denoiser.sample_shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    return (
+        torch.rand(count, *denoiser.sample_shape, generator=torch.Generator().manual_seed(1)) * 2
+        - 1
+    )
 
 
 @pytest.mark.parametrize("kind", MAKERS)
@@ -31,7 +36,9 @@ def test_each_supported_class_prunes_to_a_smaller_network_that_runs(kind, criter
     model = tiny(kind)
     before = {n: p.shape for n, p in model.module.named_parameters()}
     x, t, cond = model.example_inputs(2)
-    record = prune_(model, PruneConfig(ratio=0.5, criterion=criterion, round_to=4, **QUICK), images_for(model))
+    record = prune_(
+        model, PruneConfig(ratio=0.5, criterion=criterion, round_to=4, **QUICK), images_for(model)
+    )
     with torch.no_grad():
         out = model(x, t, cond)
     assert out.shape == x.shape and torch.isfinite(out).all()
@@ -41,11 +48,20 @@ def test_each_supported_class_prunes_to_a_smaller_network_that_runs(kind, criter
     for name, m in model.module.named_modules():
         if isinstance(m, nn.GroupNorm):
             assert m.num_channels % m.num_groups == 0 and m.weight.shape == (m.num_channels,), name
-        if hasattr(m, "to_q") and hasattr(m, "heads"):  # whole heads: head width as trained, q/k/v/out agree
+        # whole heads: head width as trained, q/k/v/out agree
+        if hasattr(m, "to_q") and hasattr(m, "heads"):
             head_dim = before[f"{name}.to_q.weight"][0] // MAKERS[kind]().get_submodule(name).heads
-            assert m.to_q.out_features == m.to_k.out_features == m.to_v.out_features == m.heads * head_dim
+            assert (
+                m.to_q.out_features
+                == m.to_k.out_features
+                == m.to_v.out_features
+                == m.heads * head_dim
+            )
             assert m.to_out[0].in_features == m.heads * head_dim
-            assert m.to_k.in_features == before[f"{name}.to_k.weight"][1] or m.to_k.in_features == m.to_q.in_features
+            assert (
+                m.to_k.in_features == before[f"{name}.to_k.weight"][1]
+                or m.to_k.in_features == m.to_q.in_features
+            )
     first_conv = next(n for n in before if n.endswith("weight") and len(before[n]) == 4)
     assert after[first_conv].shape[1] == before[first_conv][1]  # the input keeps its channels
 
@@ -75,27 +91,37 @@ def test_a_ratio_that_empties_a_groupnorm_group_is_refused():
 
 
 def test_groupnorm_aligned_removal_takes_the_same_positions_from_every_group():
-    scores = torch.tensor([5.0, 0.0, 9.0, 7.0, 1.0, 8.0])  # 2 groups of 3: position 1 is weakest on average
+    # 2 groups of 3: position 1 is weakest on average
+    scores = torch.tensor([5.0, 0.0, 9.0, 7.0, 1.0, 8.0])
     assert channels_to_remove(scores, 4, aligned_groups=2) == [1, 4]
     assert channels_to_remove(scores, 4, aligned_groups=1) == [1, 4]
     assert channels_to_remove(torch.tensor([3.0, 1.0, 2.0]), 2, aligned_groups=1) == [1]
 
 
 def test_magnitude_removes_the_channels_that_were_zeroed():
-    """A resnet block's inner channels at positions 0 of each GroupNorm group carry nothing: they must go."""
+    """A resnet block's inner channels at positions 0 of each GroupNorm group carry nothing: they
+    must go."""
     model = tiny("unet")
     block = model.module.down_blocks[0].resnets[0]
     dead = [0, 2, 4, 6]  # GroupNorm(4, 8): position 0 of every group
     with torch.no_grad():
-        for p in (block.conv1.weight, block.conv1.bias, block.norm2.weight, block.norm2.bias,
-                  block.time_emb_proj.weight, block.time_emb_proj.bias):
+        for p in (
+            block.conv1.weight,
+            block.conv1.bias,
+            block.norm2.weight,
+            block.norm2.bias,
+            block.time_emb_proj.weight,
+            block.time_emb_proj.bias,
+        ):
             p[dead] = 0
         block.conv2.weight[:, dead] = 0
     prune_(model, PruneConfig(ratio=0.5, criterion="magnitude", round_to=1))
     assert block.conv1.out_channels == 4
-    assert (block.conv1.weight.abs().flatten(1).sum(1) > 0).all()  # none of the dead channels is left
+    # none of the dead channels is left
+    assert (block.conv1.weight.abs().flatten(1).sum(1) > 0).all()
 
 
+@pytest.mark.slow
 def test_taylor_and_magnitude_rank_channels_differently_on_the_reference_model():
     from accel.data import digits_images
 
@@ -111,28 +137,40 @@ def test_taylor_and_magnitude_rank_channels_differently_on_the_reference_model()
         taylor = channel_scores(g.slices, g.channels, "taylor", generator)
         magnitude = channel_scores(g.slices, g.channels, "magnitude", generator)
         keep = kept_channels(g, 0.3, 8)
-        differing += (channels_to_remove(taylor, keep, g.aligned_groups)
-                      != channels_to_remove(magnitude, keep, g.aligned_groups))
-    assert differing >= len(groups) // 2, f"only {differing} of {len(groups)} groups prune differently"
+        differing += channels_to_remove(taylor, keep, g.aligned_groups) != channels_to_remove(
+            magnitude, keep, g.aligned_groups
+        )
+    assert differing >= len(groups) // 2, (
+        f"only {differing} of {len(groups)} groups prune differently"
+    )
 
 
+@pytest.mark.slow
 def test_diff_pruning_threshold_stops_the_gradient_accumulation_early():
     from accel.data import digits_images
 
     model = accel.load("digits")
     images, _ = digits_images()
     runs = {}
-    for name, config in {"diff-0.05": PruneConfig(threshold=0.05), "diff-0.2": PruneConfig(threshold=0.2),
-                         "diff-0": PruneConfig(threshold=0.0), "taylor": PruneConfig(criterion="taylor")}.items():
+    for name, config in {
+        "diff-0.05": PruneConfig(threshold=0.05),
+        "diff-0.2": PruneConfig(threshold=0.2),
+        "diff-0": PruneConfig(threshold=0.0),
+        "taylor": PruneConfig(criterion="taylor"),
+    }.items():
         from dataclasses import replace
 
         with torch.enable_grad():
-            runs[name] = accumulate_gradients(model, images, replace(config, importance_batch=8, timestep_stride=50))
+            runs[name] = accumulate_gradients(
+                model, images, replace(config, importance_batch=8, timestep_stride=50)
+            )
     grid = runs["taylor"]["grid"]
     assert runs["taylor"]["timesteps"] == runs["diff-0"]["timesteps"] == grid == 20
     assert runs["diff-0.2"]["timesteps"] < runs["diff-0.05"]["timesteps"] <= grid
     losses = runs["diff-0.2"]["losses"]
-    assert losses[-1] < 0.2 * max(losses) and all(x >= 0.2 * max(losses[:i + 1]) for i, x in enumerate(losses[:-1]))
+    assert losses[-1] < 0.2 * max(losses) and all(
+        x >= 0.2 * max(losses[: i + 1]) for i, x in enumerate(losses[:-1])
+    )
 
 
 @pytest.mark.parametrize("kind", MAKERS)
@@ -141,12 +179,16 @@ def test_a_saved_pruned_model_reloads_to_exactly_the_same_outputs(kind, tmp_path
     prune_(model, PruneConfig(ratio=0.5, criterion="random", round_to=4))
     accel.save(model, tmp_path / "pruned")
     record = json.loads((tmp_path / "pruned" / "accel.json").read_text())
-    assert [t["name"] for t in record["transforms"]] == ["prune"] and record["transforms"][0]["widths"]
+    assert [t["name"] for t in record["transforms"]] == ["prune"] and record["transforms"][0][
+        "widths"
+    ]
     reloaded = accel.load(tmp_path / "pruned")
     x, t, cond = model.example_inputs(3)
     with torch.no_grad():
         assert torch.equal(model(x, t, cond), reloaded(x, t, cond))
-    assert not list(tmp_path.glob("pruned/*.pt")) and not list(tmp_path.glob("pruned/*.bin"))  # nothing pickled
+    assert not list(tmp_path.glob("pruned/*.pt")) and not list(
+        tmp_path.glob("pruned/*.bin")
+    )  # nothing pickled
 
 
 def test_an_artifact_whose_widths_do_not_fit_the_model_is_one_error(tmp_path):
@@ -161,6 +203,7 @@ def test_an_artifact_whose_widths_do_not_fit_the_model_is_one_error(tmp_path):
         accel.load(tmp_path / "pruned")
 
 
+@pytest.mark.slow
 def test_prune_comes_first_in_the_chain(tmp_path):
     from conftest import tiny_calib
 

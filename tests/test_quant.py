@@ -22,12 +22,19 @@ def relative_error(a, b):
 
 
 def test_split_sites_in_unet2d_and_condition_unet():
-    # Tiny UNets: up block 0 (16 ch) takes 16 ch from below + 16/8 skip; up block 1 (8 ch) takes 16 then 8.
-    expected = {"up_blocks.0.resnets.0": 16, "up_blocks.0.resnets.1": 16, "up_blocks.1.resnets.0": 16,
-                "up_blocks.1.resnets.1": 8}
+    # Tiny UNets: up block 0 (16 ch) takes 16 ch from below + 16/8 skip; up block 1 (8 ch) takes 16
+    # then 8.
+    expected = {
+        "up_blocks.0.resnets.0": 16,
+        "up_blocks.0.resnets.1": 16,
+        "up_blocks.1.resnets.0": 16,
+        "up_blocks.1.resnets.1": 8,
+    }
     for model in (make_tiny_unet(), make_tiny_text_unet()):
         sites = find_split_sites(accel.load(model))
-        assert sites == {f"{r}.{layer}": c for r, c in expected.items() for layer in ("conv1", "conv_shortcut")}
+        assert sites == {
+            f"{r}.{layer}": c for r, c in expected.items() for layer in ("conv1", "conv_shortcut")
+        }
         for name, split in sites.items():
             assert 0 < split < model.get_submodule(name).in_channels
     assert find_split_sites(accel.load(make_tiny_dit())) == {}
@@ -35,13 +42,14 @@ def test_split_sites_in_unet2d_and_condition_unet():
 
 def test_split_sites_of_the_reference_model_match_its_channel_widths():
     sites = find_split_sites(accel.load("digits"))
-    assert sites["up_blocks.0.resnets.0.conv1"] == 96   # 192 = 96 from the mid block + 96 skip
+    assert sites["up_blocks.0.resnets.0.conv1"] == 96  # 192 = 96 from the mid block + 96 skip
     assert sites["up_blocks.1.resnets.1.conv_shortcut"] == 48
-    assert sites["up_blocks.2.resnets.1.conv1"] == 24   # 48 = 24 + 24 skip
+    assert sites["up_blocks.2.resnets.1.conv1"] == 24  # 48 = 24 + 24 skip
     assert len(sites) == 12
 
 
 @pytest.mark.parametrize("make", [make_tiny_unet, make_tiny_text_unet, make_tiny_dit])
+@pytest.mark.slow
 def test_quantize_changes_outputs_but_keeps_them_close(make):
     original, model = accel.load(make()), accel.load(make())
     record = quantize_(model, QuantConfig(w_bits=8, a_bits=8), tiny_calib(original), progress=False)
@@ -51,15 +59,25 @@ def test_quantize_changes_outputs_but_keeps_them_close(make):
     assert 0 < relative_error(reference, quantized) < 0.1
     layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
     assert len(layers) == len(record["layers"]) > 5
-    assert sum(isinstance(m, QuantAttnProcessor) for m in model.modules()) == len(record["attention"]) > 0
+    assert (
+        sum(isinstance(m, QuantAttnProcessor) for m in model.modules())
+        == len(record["attention"])
+        > 0
+    )
 
 
 def test_w4_codes_lie_on_the_4bit_grid_and_defaults_protect_the_ends():
     model = accel.load(make_tiny_unet())
     record = quantize_(model, W4A8, tiny_calib(model), progress=False)
     bits = {name: spec["w_bits"] for name, spec in record["layers"].items()}
-    assert "conv_out" not in bits and isinstance(model.module.conv_out, torch.nn.Conv2d)  # writes eps: float
-    assert record["layers"]["conv_in"] == {"w_bits": 8, "a_bits": None, "split": 0}     # reads x_t: float input
+    # writes eps: float
+    assert "conv_out" not in bits and isinstance(model.module.conv_out, torch.nn.Conv2d)
+    # reads x_t: float input
+    assert record["layers"]["conv_in"] == {
+        "w_bits": 8,
+        "a_bits": None,
+        "split": 0,
+    }
     assert bits["time_embedding.linear_1"] == 8
     assert bits["down_blocks.0.resnets.0.time_emb_proj"] == 8
     assert bits["down_blocks.0.resnets.0.conv1"] == bits["mid_block.attentions.0.to_q"] == 4
@@ -75,6 +93,7 @@ def test_named_last_layer_is_quantized_despite_protection():
     assert plan["conv_out"]["w_bits"] == 6
 
 
+@pytest.mark.slow
 def test_split_site_has_two_quantizers_per_operand():
     model = accel.load(make_tiny_unet())
     quantize_(model, W4A8, tiny_calib(model), progress=False)
@@ -97,14 +116,24 @@ def test_bad_patterns_and_nothing_to_quantize():
             return x * 0.5
 
     with pytest.raises(AccelError, match="no Conv2d or Linear"):
-        quantize_(accel.Denoiser(NoLayers(), {}, sample_shape=(1, 4, 4)), W8A8, None, progress=False)
+        quantize_(
+            accel.Denoiser(NoLayers(), {}, sample_shape=(1, 4, 4)), W8A8, None, progress=False
+        )
 
 
-@pytest.mark.parametrize("kwargs,field", [(dict(w_bits=1), "w_bits"), (dict(w_bits=9), "w_bits"),
-                                          (dict(a_bits=3), "a_bits"), (dict(a_bits=17), "a_bits"),
-                                          (dict(w_bits=4.0), "w_bits"), (dict(group_size=0), "group_size"),
-                                          (dict(layer_bits={"conv_out": 1}), "layer_bits"),
-                                          (dict(skip="conv_out"), "skip")])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(w_bits=1), "w_bits"),
+        (dict(w_bits=9), "w_bits"),
+        (dict(a_bits=3), "a_bits"),
+        (dict(a_bits=17), "a_bits"),
+        (dict(w_bits=4.0), "w_bits"),
+        (dict(group_size=0), "group_size"),
+        (dict(layer_bits={"conv_out": 1}), "layer_bits"),
+        (dict(skip="conv_out"), "skip"),
+    ],
+)
 def test_config_validation_names_the_field(kwargs, field):
     with pytest.raises(ConfigError) as error:
         QuantConfig(**kwargs)
@@ -125,8 +154,13 @@ def test_presets_cannot_be_changed():
 
 
 def test_version_1_configs_with_calibration_settings_are_upgraded():
-    written_by_0_1 = {**{k: v for k, v in W4A8.to_dict().items() if k != "version"}, "calib_policy": "uniform",
-                      "calib_samples": 64, "calib_steps": 50, "calib_every": 5}
+    written_by_0_1 = {
+        **{k: v for k, v in W4A8.to_dict().items() if k != "version"},
+        "calib_policy": "uniform",
+        "calib_samples": 64,
+        "calib_steps": 50,
+        "calib_every": 5,
+    }
     assert QuantConfig.from_dict(written_by_0_1) == W4A8
     with pytest.raises(ConfigError, match="calib_every is not a setting"):
         QuantConfig.from_dict({**written_by_0_1, "version": 2})
@@ -152,7 +186,9 @@ def test_quantizing_twice_is_refused_and_leaves_the_model_alone():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(AccelError, match="cannot quantize this model: it went through quantize"):
         quantize_(model, QuantConfig(a_bits=None), None, progress=False)
-    assert len(model.transforms) == 1 and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert len(model.transforms) == 1 and all(
+        torch.equal(v, model.state_dict()[k]) for k, v in before.items()
+    )
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
@@ -163,7 +199,10 @@ def test_pack_unpack_round_trip(bits):
     assert torch.equal(unpack_codes(packed, bits, 101), values.to(torch.int32))
 
 
-@pytest.mark.parametrize("config", [W4A8, W8A8, QuantConfig(w_bits=4, w_symmetric=False, group_size=8)])
+@pytest.mark.parametrize(
+    "config", [W4A8, W8A8, QuantConfig(w_bits=4, w_symmetric=False, group_size=8)]
+)
+@pytest.mark.slow
 def test_artifact_reproduces_quantized_model_exactly(tmp_path, config):
     original = accel.load(make_tiny_unet())
     model = accel.load(make_tiny_unet())
@@ -176,11 +215,13 @@ def test_artifact_reproduces_quantized_model_exactly(tmp_path, config):
     assert restored.transforms[0]["name"] == "quantize"
     fp32_bytes = sum(p.numel() * 4 for p in original.parameters())
     stored = (tmp_path / "q" / "model.safetensors").stat().st_size
-    assert stored < fp32_bytes * (0.5 if config.w_bits == 4 else 0.65)  # tiny model: headers and 8-bit ends weigh a lot
+    # tiny model: headers and 8-bit ends weigh a lot
+    assert stored < fp32_bytes * (0.5 if config.w_bits == 4 else 0.65)
 
 
 def test_loading_a_quantized_artifact_searches_no_ranges(tmp_path, monkeypatch):
-    """The stored scales are loaded: fitting weight ranges again (an MSE search per layer) would be thrown away."""
+    """The stored scales are loaded: fitting weight ranges again (an MSE search per layer) would be
+    thrown away."""
     model = accel.load(make_tiny_unet())
     quantize_(model, QuantConfig(a_bits=None), None, progress=False)
     accel.save(model, tmp_path / "q")
@@ -190,28 +231,35 @@ def test_loading_a_quantized_artifact_searches_no_ranges(tmp_path, monkeypatch):
     assert fits == []
 
 
+@pytest.mark.slow
 def test_w4_artifact_of_reference_model_is_close_to_an_eighth(tmp_path):
     original = accel.load("digits")
     model = accel.load("digits")
     quantize_(model, QuantConfig(a_bits=None), None, progress=False)
     accel.save(model, tmp_path / "q")
     ratio = (tmp_path / "q" / "model.safetensors").stat().st_size / original.weights_bytes
-    assert 0.12 < ratio < 0.17  # 4-bit codes for most weights; 8-bit ends, biases, norms and scales in fp32
+    # 4-bit codes for most weights; 8-bit ends, biases, norms and scales in fp32
+    assert 0.12 < ratio < 0.17
 
 
 def test_calibration_policies_sizes_and_timesteps():
     denoiser = accel.load(make_tiny_unet(), sampling={"steps": 10})
-    sets = {p: collect(denoiser, CalibConfig(policy=p, samples=3, every=5), progress=False)
-            for p in ("uniform", "normal", "last")}
+    sets = {
+        p: collect(denoiser, CalibConfig(policy=p, samples=3, every=5), progress=False)
+        for p in ("uniform", "normal", "last")
+    }
     assert {p: len(s) for p, s in sets.items()} == {"uniform": 6, "normal": 6, "last": 6}
     assert len(set(sets["uniform"].t.tolist())) == 2 and set(sets["last"].t.tolist()) == {0}
     assert sets["uniform"].x.shape == (6, 3, 8, 8)
 
 
 def test_calibration_follows_the_model_s_sampler():
-    four = accel.load(make_tiny_unet(), sampling={"steps": 4})  # a plain module: DDPM's default 1,000 steps
+    # a plain module: DDPM's default 1,000 steps
+    four = accel.load(make_tiny_unet(), sampling={"steps": 4})
     dpm = accel.load(make_tiny_unet(), sampling={"name": "dpm++", "steps": 6})
-    assert sorted(set(collect(four, CalibConfig(samples=1, every=1), progress=False).t.tolist())) == [0, 250, 500, 750]
+    assert sorted(
+        set(collect(four, CalibConfig(samples=1, every=1), progress=False).t.tolist())
+    ) == [0, 250, 500, 750]
     on_dpm = collect(dpm, CalibConfig(samples=1, every=1), progress=False)
     assert len(on_dpm) == 6 and on_dpm.meta["sampler"]["name"] == "dpm++"
 
@@ -260,7 +308,9 @@ def test_cached_inference_weight_follows_weight_and_scale_changes():
         torch.testing.assert_close(first, uncached(), rtol=0, atol=0)
         layer.weight.mul_(0.5)  # in place: the cache must notice
         torch.testing.assert_close(layer(x), uncached(), rtol=0, atol=0)
-        layer.weight_quantizers[0].scale.data = layer.weight_quantizers[0].scale.data * 4  # a replaced tensor
+        layer.weight_quantizers[0].scale.data = (
+            layer.weight_quantizers[0].scale.data * 4
+        )  # a replaced tensor
         coarse = layer(x)
         torch.testing.assert_close(coarse, uncached(), rtol=0, atol=0)
     assert not torch.allclose(first, coarse)
@@ -271,6 +321,7 @@ def calibration_error(original, model, calib) -> float:
         return relative_error(original(calib.x, calib.t, None), model(calib.x, calib.t, None))
 
 
+@pytest.mark.slow
 def test_reconstruction_learns_rounding_that_lowers_the_error():
     original = accel.load(make_tiny_unet())
     calib = tiny_calib(original)
@@ -281,5 +332,8 @@ def test_reconstruction_learns_rounding_that_lowers_the_error():
     name = "down_blocks.0.resnets.0.conv1"
     nearest = plain.module.get_submodule(name).weight_codes()[0]
     learned = reconstructed.module.get_submodule(name).weight_codes()[0]
-    assert (nearest != learned).any() and (nearest - learned).abs().max() <= 1  # up or down, one step at most
-    assert calibration_error(original, reconstructed, calib) < 0.9 * calibration_error(original, plain, calib)
+    # up or down, one step at most
+    assert (nearest != learned).any() and (nearest - learned).abs().max() <= 1
+    assert calibration_error(original, reconstructed, calib) < 0.9 * calibration_error(
+        original, plain, calib
+    )

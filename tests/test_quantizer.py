@@ -50,7 +50,9 @@ def test_groups_along_the_input_dimension():
     whole = Quantizer(4, per_channel=True, range_method="minmax")
     whole.fit(weight)
     small_half = (slice(None), slice(32, None))
-    assert (grouped(weight) - weight)[small_half].abs().mean() < (whole(weight) - weight)[small_half].abs().mean() / 5
+    assert (grouped(weight) - weight)[small_half].abs().mean() < (whole(weight) - weight)[
+        small_half
+    ].abs().mean() / 5
 
 
 def test_mse_search_clips_outliers_and_beats_minmax():
@@ -83,7 +85,8 @@ def test_straight_through_gradients():
     q.fit(torch.tensor([-1.0, 1.0]))
     q.scale.requires_grad_(True)
     (q(torch.tensor([0.3, -0.6])) ** 2).sum().backward()
-    assert q.scale.grad is not None and q.scale.grad.abs() > 0  # learned step size (LSQ) gets a gradient
+    # learned step size (LSQ) gets a gradient
+    assert q.scale.grad is not None and q.scale.grad.abs() > 0
 
 
 def test_observing_activations_then_fitting():

@@ -5,16 +5,23 @@ import torch
 from safetensors.torch import load_file
 
 import accel
-from accel.metrics.digits_cnn import DigitsCNN, WEIGHTS_PATH, to_uint8, uint8_to_unit_range
+from accel.metrics.digits_cnn import WEIGHTS_PATH, DigitsCNN, to_uint8, uint8_to_unit_range
 from accel.models import reference
 from accel.models.reference import REFERENCE_DIR, REFERENCE_TRAINING, train_reference
 from accel.train import NoisePrediction, TrainConfig
 
 
+@pytest.mark.slow
 def test_reference_samples_are_confident_digits_of_all_ten_classes():
     """200 samples at 25 DDIM steps, judged by the held-out-validated classifier."""
-    images = accel.sample(accel.load("digits"), 200, seed=0, spec=accel.SamplingSpec(steps=25), batch_size=200,
-                          progress=False).images
+    images = accel.sample(
+        accel.load("digits"),
+        200,
+        seed=0,
+        spec=accel.SamplingSpec(steps=25),
+        batch_size=200,
+        progress=False,
+    ).images
     classifier = DigitsCNN().eval()
     classifier.load_state_dict(load_file(WEIGHTS_PATH))
     with torch.inference_mode():
@@ -35,6 +42,7 @@ def test_committed_training_record_matches_weights_and_config():
 TINY = TrainConfig(steps=4, batch_size=8, warmup_steps=1, checkpoint_every=2)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     train_reference(tmp_path / "straight", TINY)
     calls = {"n": 0}
@@ -51,7 +59,9 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
         train_reference(tmp_path / "resumed", TINY)
     assert not (tmp_path / "resumed").exists()
     assert sorted(p.name for p in (tmp_path / "resumed.partial" / "checkpoint").iterdir()) == [
-        "state.json", "tensors.safetensors"]  # nothing pickled: loading it runs no code
+        "state.json",
+        "tensors.safetensors",
+    ]  # nothing pickled: loading it runs no code
     monkeypatch.setattr(NoisePrediction, "loss", real_loss)
     train_reference(tmp_path / "resumed", TINY)
     straight = load_file(tmp_path / "straight" / "diffusion_pytorch_model.safetensors")

@@ -1,4 +1,6 @@
-"""The transform registry: a new transform plugs in with one registration, and the order rules hold."""
+"""The transform registry: a new transform plugs in with one registration, and the order rules
+hold."""
+
 from dataclasses import dataclass
 
 import pytest
@@ -22,7 +24,8 @@ class ScaleConfig(Config):
 
 
 def scale(denoiser, config: ScaleConfig) -> dict:
-    """Multiply one layer's weight by ``factor``: the whole transform (its weights are saved as they are)."""
+    """Multiply one layer's weight by ``factor``: the whole transform (its weights are saved as they
+    are)."""
     with torch.no_grad():
         denoiser.module.get_submodule(config.layer).weight.mul_(config.factor)
     return {"scaled": config.layer}
@@ -30,15 +33,22 @@ def scale(denoiser, config: ScaleConfig) -> dict:
 
 @pytest.fixture
 def scale_transform(monkeypatch):
-    """A transform registered the way a new capability registers (one call), unregistered after the test."""
+    """A transform registered the way a new capability registers (one call), unregistered after the
+    test."""
     monkeypatch.setattr(registry, "_TRANSFORMS", dict(registry._TRANSFORMS))
-    return registry.register(registry.Transform(name="scale", config=ScaleConfig, apply=scale, may_follow=()))
+    return registry.register(
+        registry.Transform(name="scale", config=ScaleConfig, apply=scale, may_follow=())
+    )
 
 
 def test_a_new_transform_round_trips_through_save_and_load(tmp_path, scale_transform):
     original, model = accel.load(make_tiny_unet()), accel.load(make_tiny_unet())
     record = registry.apply(model, "scale", ScaleConfig(factor=3.0))
-    assert record == {"name": "scale", "config": ScaleConfig(factor=3.0).to_dict(), "scaled": "conv_out"}
+    assert record == {
+        "name": "scale",
+        "config": ScaleConfig(factor=3.0).to_dict(),
+        "scaled": "conv_out",
+    }
     x, t, _ = original.example_inputs(2)
     with torch.no_grad():
         assert not torch.allclose(model(x, t), original(x, t))  # it did something
@@ -52,8 +62,11 @@ def test_order_rules_refuse_before_any_work(scale_transform):
     quantized = accel.load(make_tiny_unet())
     accel.quantize_(quantized, accel.QuantConfig(a_bits=None), None, progress=False)
     weights = quantized.module.conv_in.weight.clone()
-    with pytest.raises(AccelError, match="cannot scale this model: it went through quantize, and scale may follow "
-                                         "no other transform"):
+    with pytest.raises(
+        AccelError,
+        match="cannot scale this model: it went through quantize, and scale may follow "
+        "no other transform",
+    ):
         registry.apply(quantized, "scale", ScaleConfig())
     assert torch.equal(quantized.module.conv_in.weight, weights) and len(quantized.transforms) == 1
     with pytest.raises(AccelError, match="takes a ScaleConfig"):
@@ -61,7 +74,8 @@ def test_order_rules_refuse_before_any_work(scale_transform):
 
 
 def test_the_built_in_transforms_keep_the_chain_s_order():
-    """prune -> distill -> cache -> quantize -> optimize -> export: nothing goes backwards, nothing repeats."""
+    """prune -> distill -> cache -> quantize -> optimize -> export: nothing goes backwards, nothing
+    repeats."""
     order = ["quantize", "optimize", "export"]
     for i, later in enumerate(order):
         transform = registry.get(later)

@@ -37,13 +37,16 @@ def test_ddim_with_eta_zero_is_deterministic_given_noise_and_ddpm_adds_noise(den
     a = sample(denoiser, 4, seed=1, spec=ddpm, progress=False).images
     b = sample(denoiser, 4, seed=1, spec=ddpm, progress=False).images
     ddim = sample(denoiser, 4, seed=1, spec=QUICK, progress=False).images
-    eta = sample(denoiser, 4, seed=1, spec=accel.SamplingSpec(steps=3, eta=1.0), progress=False).images
+    eta = sample(
+        denoiser, 4, seed=1, spec=accel.SamplingSpec(steps=3, eta=1.0), progress=False
+    ).images
     assert torch.equal(a, b)
     assert not torch.allclose(a, ddim, atol=1e-3) and not torch.allclose(eta, ddim, atol=1e-3)
 
 
 def test_sampler_follows_the_diffusers_ddim_update(denoiser):
-    """One DDIM step from x_T by hand: x0 = (x - sqrt(1-a_t) eps) / sqrt(a_t), clipped; x_prev from x0, eps."""
+    """One DDIM step from x_T by hand: x0 = (x - sqrt(1-a_t) eps) / sqrt(a_t), clipped; x_prev from
+    x0, eps."""
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler.from_config(denoiser.scheduler_config)
@@ -63,18 +66,27 @@ def test_sampler_follows_the_diffusers_ddim_update(denoiser):
 def test_the_model_s_own_sampler_is_the_default(denoiser):
     denoiser.sampling = accel.SamplingSpec(name="ddpm", steps=2)
     own = sample(denoiser, 3, seed=4, progress=False)
-    given = sample(denoiser, 3, seed=4, spec=accel.SamplingSpec(name="ddpm", steps=2), progress=False)
+    given = sample(
+        denoiser, 3, seed=4, spec=accel.SamplingSpec(name="ddpm", steps=2), progress=False
+    )
     assert own.calls_per_image == 2 and torch.equal(own.images, given.images)
 
 
-@pytest.mark.parametrize("name,calls", [("dpm++", 5), ("EulerDiscreteScheduler", 5), ("HeunDiscreteScheduler", 9)])
+@pytest.mark.parametrize(
+    "name,calls", [("dpm++", 5), ("EulerDiscreteScheduler", 5), ("HeunDiscreteScheduler", 9)]
+)
 def test_any_diffusers_scheduler_by_name_counts_its_calls(denoiser, name, calls):
-    """Heun evaluates the network twice per step (but once on the last): calls are counted, not assumed."""
-    result = sample(denoiser, 2, seed=0, spec=accel.SamplingSpec(name=name, steps=5), progress=False)
+    """Heun evaluates the network twice per step (but once on the last): calls are counted, not
+    assumed."""
+    result = sample(
+        denoiser, 2, seed=0, spec=accel.SamplingSpec(name=name, steps=5), progress=False
+    )
     assert result.calls_per_image == calls and torch.isfinite(result.images).all()
 
 
-def test_dpm_solver_plus_plus_is_the_second_order_multistep_solver_on_the_model_s_schedule(denoiser):
+def test_dpm_solver_plus_plus_is_the_second_order_multistep_solver_on_the_model_s_schedule(
+    denoiser,
+):
     scheduler = accel.SamplingSpec(name="dpm++", steps=20).scheduler(denoiser.scheduler_config)
     assert type(scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert scheduler.config.algorithm_type == "dpmsolver++" and scheduler.config.solver_order == 2
@@ -87,7 +99,9 @@ class Recording(StepHook):
         self.events = []
 
     def reset(self, trajectory):
-        self.events.append(("reset", trajectory.first_image, trajectory.count, len(trajectory.timesteps)))
+        self.events.append(
+            ("reset", trajectory.first_image, trajectory.count, len(trajectory.timesteps))
+        )
 
     def pre_forward(self, call):
         self.events.append(("call", call.step, len(call.x_t)))
@@ -98,7 +112,10 @@ def test_hooks_see_every_step_index_and_a_reset_per_trajectory(denoiser):
     hook = Recording()
     denoiser.add_hook("recording", hook)
     sample(denoiser, 5, seed=0, spec=QUICK, batch_size=3, progress=False)
-    per_batch = lambda first, count: [("reset", first, count, 3)] + [("call", i, count) for i in range(3)]  # noqa
+
+    def per_batch(first, count):
+        return [("reset", first, count, 3)] + [("call", i, count) for i in range(3)]
+
     assert hook.events == per_batch(0, 3) + per_batch(3, 2)
     denoiser.remove_hook("recording")
     denoiser(*denoiser.example_inputs(1))
@@ -130,11 +147,18 @@ def test_conditional_models_sample_with_default_conditioning():
         assert images.shape == (3, 4, 8, 8) and torch.isfinite(images).all()
 
 
-@pytest.mark.parametrize("kwargs,field", [(dict(name="euler"), "name"), (dict(name="Denoiser"), "name"),
-                                          (dict(steps=0), "steps"), (dict(eta=-1.0), "eta"),
-                                          (dict(name="ddpm", eta=0.5), "eta"),
-                                          (dict(prediction_type="noise"), "prediction_type"),
-                                          (dict(steps="20"), "steps")])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(name="euler"), "name"),
+        (dict(name="Denoiser"), "name"),
+        (dict(steps=0), "steps"),
+        (dict(eta=-1.0), "eta"),
+        (dict(name="ddpm", eta=0.5), "eta"),
+        (dict(prediction_type="noise"), "prediction_type"),
+        (dict(steps="20"), "steps"),
+    ],
+)
 def test_bad_sampler_settings_name_the_field(kwargs, field):
     with pytest.raises(ConfigError) as error:
         accel.SamplingSpec(**kwargs)
@@ -146,15 +170,22 @@ def test_sampling_spec_round_trips_and_knows_stochastic_samplers():
     assert accel.SamplingSpec.from_dict(spec.to_dict()) == spec
     assert not spec.stochastic and accel.SamplingSpec(name="ddpm").stochastic
     assert accel.SamplingSpec(eta=0.3).stochastic
-    assert accel.SamplingSpec(name="dpm++", options={"algorithm_type": "sde-dpmsolver++"}).stochastic
+    assert accel.SamplingSpec(
+        name="dpm++", options={"algorithm_type": "sde-dpmsolver++"}
+    ).stochastic
 
 
 def test_a_share_of_the_batches_is_drawn_exactly_as_in_the_whole_run(denoiser):
-    """Each batch keeps its index, noise and step generator: a process drawing every 2nd batch of a stochastic
-    sampler gets those batches bit for bit (what evaluations under several processes rely on)."""
+    """Each batch keeps its index, noise and step generator: a process drawing every 2nd batch of a
+    stochastic sampler gets those batches bit for bit (what evaluations under several processes rely
+    on)."""
     ddpm = accel.SamplingSpec(name="ddpm", steps=3)
     whole = list(sample_batches(denoiser, 7, seed=5, spec=ddpm, batch_size=2, progress=False))
-    odd = list(sample_batches(denoiser, 7, seed=5, spec=ddpm, batch_size=2, progress=False, batches=slice(1, None, 2)))
+    odd = list(
+        sample_batches(
+            denoiser, 7, seed=5, spec=ddpm, batch_size=2, progress=False, batches=slice(1, None, 2)
+        )
+    )
     assert len(whole) == 4 and len(odd) == 2
     assert all(torch.equal(a.images, b.images) for a, b in zip(odd, whole[1::2]))
 
@@ -174,4 +205,5 @@ def test_cuda_sampling_matches_cpu(tiny_unet_dir):
     on_cpu = sample(cpu, 4, seed=2, spec=QUICK, progress=False).images
     on_gpu = sample(gpu, 4, seed=2, spec=QUICK, progress=False).images
     assert on_gpu.device.type == "cpu"
-    torch.testing.assert_close(on_gpu, on_cpu, rtol=0, atol=1e-3)  # fp32 on two devices: rounding only
+    # fp32 on two devices: rounding only
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=0, atol=1e-3)

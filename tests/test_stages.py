@@ -1,12 +1,14 @@
-"""Stages as library objects: one table of keys for recipes, Python and the command line; defaults and choices
-from the configs; one error naming the field, worded by whoever reads it; the whole chain from Python."""
+"""Stages as library objects: one table of keys for recipes, Python and the command line; defaults
+and choices from the configs; one error naming the field, worded by whoever reads it; the whole
+chain from Python."""
 
 import pytest
 
 import accel
 from accel.cli.transform import COMMANDS as STAGE_COMMANDS
 from accel.core import stages
-from conftest import refused, run_cli as run
+from conftest import refused
+from conftest import run_cli as run
 
 
 def _flags(command) -> set[str]:
@@ -29,19 +31,44 @@ def _flags(command) -> set[str]:
 def test_every_spelling_is_a_flag_and_every_stage_flag_a_key(command):
     stage, flags = stages.get(command.name), _flags(command.name)
     keys = set(stage.all_keys())
-    assert set(stage.keys) <= flags, set(stage.keys) - flags  # a spelling without its flag is a recipe-only key
-    shared = {"model", "device", "seed", "json", "n", "batch-size", "latency-batch", "inception-weights",
-              "fid-ref", "out", "overwrite", "resume", "ablation", "help"}
-    assert flags - shared <= keys, flags - shared - keys  # a flag that is no key would not reach the stage
+    # a spelling without its flag is a recipe-only key
+    assert set(stage.keys) <= flags, set(stage.keys) - flags
+    shared = {
+        "model",
+        "device",
+        "seed",
+        "json",
+        "n",
+        "batch-size",
+        "latency-batch",
+        "inception-weights",
+        "fid-ref",
+        "out",
+        "overwrite",
+        "resume",
+        "ablation",
+        "help",
+    }
+    # a flag that is no key would not reach the stage
+    assert flags - shared <= keys, flags - shared - keys
 
 
 def test_a_field_name_and_its_flag_spelling_are_one_key():
-    assert accel.stage_settings("quantize", bits=8).to_dict() == accel.stage_settings("quantize", w_bits=8).to_dict()
-    assert (accel.stage_settings("prune", {"finetune-steps": 7}).to_dict()
-            == accel.stage_settings("prune", finetune_steps=7).to_dict())
+    assert (
+        accel.stage_settings("quantize", bits=8).to_dict()
+        == accel.stage_settings("quantize", w_bits=8).to_dict()
+    )
+    assert (
+        accel.stage_settings("prune", {"finetune-steps": 7}).to_dict()
+        == accel.stage_settings("prune", finetune_steps=7).to_dict()
+    )
     assert accel.stage_settings("quantize", {"act-bits": 0})["quant"].a_bits is None  # weight-only
-    assert accel.stage_settings("quantize", range="minmax")["quant"].a_range == "minmax"  # one key, two fields
-    with pytest.raises(accel.AccelError, match="quantize.w-bits sets quant.w_bits, which another key sets too"):
+    assert (
+        accel.stage_settings("quantize", range="minmax")["quant"].a_range == "minmax"
+    )  # one key, two fields
+    with pytest.raises(
+        accel.AccelError, match="quantize.w-bits sets quant.w_bits, which another key sets too"
+    ):
         accel.stage_settings("quantize", bits=8, w_bits=6)
 
 
@@ -68,14 +95,20 @@ def test_the_training_budget_follows_the_distillation_method():
 
 
 def test_a_bad_value_is_named_in_the_words_of_whoever_reads_it(capsys, tmp_path):
-    with pytest.raises(accel.ConfigError, match=r"QuantConfig.w_bits must be between 2 and 8, got 9"):
+    with pytest.raises(
+        accel.ConfigError, match=r"QuantConfig.w_bits must be between 2 and 8, got 9"
+    ):
         accel.stage_settings("quantize", bits=9)  # Python: the field
     err = refused(capsys, tmp_path, "quantize", "--bits", "9", "--out", str(tmp_path / "q"))
-    assert "accel: error: --bits must be between 2 and 8, got 9" in err  # the command line: the flag
+    # the command line: the flag
+    assert "accel: error: --bits must be between 2 and 8, got 9" in err
     recipe = tmp_path / "r.toml"
     recipe.write_text("[[stage]]\nname = 'quantize'\nbits = 9\n")
-    err = refused(capsys, tmp_path, "compress", "--recipe", str(recipe), "--out", str(tmp_path / "c"))
-    assert "stage 1 (quantize): key 'bits' must be between 2 and 8, got 9" in err  # a recipe: its key
+    err = refused(
+        capsys, tmp_path, "compress", "--recipe", str(recipe), "--out", str(tmp_path / "c")
+    )
+    # a recipe: its key
+    assert "stage 1 (quantize): key 'bits' must be between 2 and 8, got 9" in err
 
 
 def test_fields_named_in_a_message_become_flags_on_the_command_line(capsys, tmp_path):
@@ -94,17 +127,26 @@ def test_run_stage_returns_a_new_model_and_leaves_its_input_alone():
     assert digits.hooks == {} and digits.transforms == []
 
 
+@pytest.mark.slow
 def test_a_recipe_from_a_python_dict_runs_without_an_output_folder():
-    recipe = {"stages": [{"cache": {"interval": 2, "steps": 6}}, {"quantize": {"bits": 8, "act_bits": 0,
-                                                                               "recon_iters": 0,
-                                                                               "calib_samples": 2}}]}
-    result = accel.compress(accel.load("digits"), recipe, eval_config=accel.EvalConfig(n=8, batch_size=8),
-                            progress=False)
+    recipe = {
+        "stages": [
+            {"cache": {"interval": 2, "steps": 6}},
+            {"quantize": {"bits": 8, "act_bits": 0, "recon_iters": 0, "calib_samples": 2}},
+        ]
+    }
+    result = accel.compress(
+        accel.load("digits"),
+        recipe,
+        eval_config=accel.EvalConfig(n=8, batch_size=8),
+        progress=False,
+    )
     assert result.out is None and result.final is None
     rows = result.report.sections["stages"]
     assert [row["stage"] for row in rows] == ["original", "01-cache", "02-quantize"]
     assert [t["name"] for t in result.model.transforms] == ["cache", "quantize"]
-    assert result.report.to_markdown().count("## Stages") == 1  # the stage table, in the report's markdown
+    # the stage table, in the report's markdown
+    assert result.report.to_markdown().count("## Stages") == 1
 
 
 def test_a_recipe_stage_given_as_anything_but_name_and_settings_is_refused():

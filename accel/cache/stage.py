@@ -1,5 +1,5 @@
-"""The cache stage (``accel cache``, a recipe's ``cache`` stage): attach the feature cache the model's sampler
-obeys."""
+"""The cache stage (``accel cache``, a recipe's ``cache`` stage): attach the feature cache the
+model's sampler obeys."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ def run(model, settings: Settings, context: Context) -> StageResult:
     return StageResult(model, registry.apply(model, "cache", settings["cache"]))
 
 
-CACHE_STAGE = stages.register(stages.Stage(
-    name="cache",
-    roles={"cache": CacheConfig(), "sampling": SamplerChange()},
-    run=run,
-    keys=SAMPLER_KEYS,
-    open_roles=("cache",),
-))
+CACHE_STAGE = stages.register(
+    stages.Stage(
+        name="cache",
+        roles={"cache": CacheConfig(), "sampling": SamplerChange()},
+        run=run,
+        keys=SAMPLER_KEYS,
+        open_roles=("cache",),
+    )
+)

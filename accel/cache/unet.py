@@ -1,16 +1,20 @@
-"""DeepCache on diffusers UNets (UNet2DModel, UNet2DConditionModel), found from their block structure.
+"""DeepCache on diffusers UNets (UNet2DModel, UNet2DConditionModel), found from their block
+structure.
 
-A diffusers UNet runs conv_in, its down blocks (each adding its skip features to a stack), the mid block, and its
-up blocks (each taking as many skip features off the stack as it has resnets), then conv_out. Up block
-``n - 1 - b`` takes the skip features of down block ``b`` (its resnets) and of the level above (conv_in for
-``b = 0``, else down block ``b - 1``'s downsampler). So with branch ``b`` live, a cached step needs nothing
-deeper than down block ``b``'s resnets: the input of up block ``n - 1 - b`` (the output of up block ``n - 2 - b``,
-or of the mid block for the deepest branch) is read from the cache (DeepCache, Ma et al. 2024, section 3.2).
+A diffusers UNet runs conv_in, its down blocks (each adding its skip features to a stack), the mid
+block, and its up blocks (each taking as many skip features off the stack as it has resnets), then
+conv_out. Up block ``n - 1 - b`` takes the skip features of down block ``b`` (its resnets) and of
+the level above (conv_in for ``b = 0``, else down block ``b - 1``'s downsampler). So with branch
+``b`` live, a cached step needs nothing deeper than down block ``b``'s resnets: the input of up
+block ``n - 1 - b`` (the output of up block ``n - 2 - b``, or of the mid block for the deepest
+branch) is read from the cache (DeepCache, Ma et al. 2024, section 3.2).
 
-The network is never changed at rest: a full step runs it as it is and keeps that feature; a cached step runs
-its own forward with the deeper modules' forwards replaced, for that call only, by cheap stand-ins that keep
-the skip-feature stack the right length (so diffusers' loop is reused, not rewritten).
+The network is never changed at rest: a full step runs it as it is and keeps that feature; a cached
+step runs its own forward with the deeper modules' forwards replaced, for that call only, by cheap
+stand-ins that keep the skip-feature stack the right length (so diffusers' loop is reused, not
+rewritten).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,15 +38,23 @@ def branch_count(network: nn.Module) -> int:
 
 def check_branch(network: nn.Module, branch: int) -> None:
     if any(hasattr(block, "skip_conv") for block in [*network.down_blocks, *network.up_blocks]):
-        raise AccelError(f"{type(network).__name__} with skip-connection blocks (AttnSkipDownBlock2D, "
-                         "SkipUpBlock2D...) is not supported by the cache yet")
+        raise AccelError(
+            f"{type(network).__name__} with skip-connection blocks (AttnSkipDownBlock2D, "
+            "SkipUpBlock2D...) is not supported by the cache yet"
+        )
     if len(network.up_blocks) != len(network.down_blocks):
-        raise AccelError(f"this {type(network).__name__} has {len(network.down_blocks)} down blocks and "
-                         f"{len(network.up_blocks)} up blocks; DeepCache pairs them one to one")
+        raise AccelError(
+            f"this {type(network).__name__} has {len(network.down_blocks)} down blocks and "
+            f"{len(network.up_blocks)} up blocks; DeepCache pairs them one to one"
+        )
     if not 0 <= branch < branch_count(network):
-        raise ConfigError("CacheConfig", "branch", f"{branch} does not exist: this {type(network).__name__} has "
-                         f"{branch_count(network)} skip levels (branches 0-{branch_count(network) - 1}, 0 the "
-                         "shallowest)")
+        raise ConfigError(
+            "CacheConfig",
+            "branch",
+            f"{branch} does not exist: this {type(network).__name__} has "
+            f"{branch_count(network)} skip levels (branches 0-{branch_count(network) - 1}, 0 the "
+            "shallowest)",
+        )
 
 
 def _cached_module(network: nn.Module, branch: int) -> nn.Module:
@@ -50,15 +62,20 @@ def _cached_module(network: nn.Module, branch: int) -> nn.Module:
     deepest_skipped_up = len(network.up_blocks) - 2 - branch
     if deepest_skipped_up < 0:
         if network.mid_block is None:
-            raise ConfigError("CacheConfig", "branch", f"{branch} is the deepest level of a UNet without a mid "
-                              "block, which skips nothing: choose a lower one")
+            raise ConfigError(
+                "CacheConfig",
+                "branch",
+                f"{branch} is the deepest level of a UNet without a mid "
+                "block, which skips nothing: choose a lower one",
+            )
         return network.mid_block
     return network.up_blocks[deepest_skipped_up]
 
 
 @contextlib.contextmanager
 def capturing(network: nn.Module, branch: int):
-    """Within: calls of ``network`` run whole, and the yielded ``CapturedFeature`` keeps the feature a cached step needs."""
+    """Within: calls of ``network`` run whole, and the yielded ``CapturedFeature`` keeps the feature
+    a cached step needs."""
     captured = CapturedFeature()
 
     def keep(module, inputs, output):
@@ -73,10 +90,12 @@ def capturing(network: nn.Module, branch: int):
 
 @contextlib.contextmanager
 def reusing(network: nn.Module, branch: int, feature: torch.Tensor):
-    """Within: calls of ``network`` run only the blocks of levels 0..branch, and take ``feature`` for the rest."""
+    """Within: calls of ``network`` run only the blocks of levels 0..branch, and take ``feature``
+    for the rest."""
     stand_ins = dict(_stand_ins(network, branch, feature))
     for module, forward in stand_ins.items():
-        module.forward = forward  # an instance attribute shadows the class's forward for this call only
+        # an instance attribute shadows the class's forward for this call only
+        module.forward = forward
     try:
         yield
     finally:
@@ -89,8 +108,13 @@ def _stand_ins(network: nn.Module, branch: int, feature: torch.Tensor):
     level = network.down_blocks[branch]
     for downsampler in getattr(level, "downsamplers", None) or []:
         yield downsampler, _passthrough  # its output feeds only deeper levels
-    for block in network.down_blocks[branch + 1:]:
-        yield block, _skipped_down_block(len(block.resnets) + len(getattr(block, "downsamplers", None) or []))
+    for block in network.down_blocks[branch + 1 :]:
+        yield (
+            block,
+            _skipped_down_block(
+                len(block.resnets) + len(getattr(block, "downsamplers", None) or [])
+            ),
+        )
     skipped_up = network.up_blocks[: len(network.up_blocks) - 1 - branch]
     if network.mid_block is not None:  # the cached feature itself where no up block is skipped
         yield network.mid_block, _returning(feature) if len(skipped_up) == 0 else _passthrough
@@ -107,8 +131,10 @@ def _passthrough(hidden_states=None, *args, **kwargs):
 
 
 def _skipped_down_block(outputs: int):
-    """A down block's stand-in: its input, and as many placeholder skip features as the block leaves on the stack
-    (the up blocks that would take them are skipped too)."""
+    """A down block's stand-in: its input, and as many placeholder skip features as the block leaves
+    on the stack (the up blocks that would take them are skipped too)."""
+
     def forward(hidden_states=None, *args, **kwargs):
         return hidden_states, (hidden_states,) * outputs
+
     return forward

@@ -1,5 +1,6 @@
-"""The ``accel`` command line: a module per command group (evaluate, transform, export, compress, reference), each
-turning its flags into the library's settings and calls. Errors print one line and exit with status 2."""
+"""The ``accel`` command line: a module per command group (evaluate, transform, export, compress,
+reference), each turning its flags into the library's settings and calls. Errors print one line and
+exit with status 2."""
 
 from __future__ import annotations
 
@@ -13,39 +14,50 @@ from accel.cli.common import Command, Parser
 from accel.core import stages
 from accel.core.errors import AccelError, ConfigError
 
-COMMANDS: dict[str, Command] = {command.name: command for module in (evaluate, transform, export, compress,
-                                                                       reference) for command in module.COMMANDS}
+COMMANDS: dict[str, Command] = {
+    command.name: command
+    for module in (evaluate, transform, export, compress, reference)
+    for command in module.COMMANDS
+}
 
 EXAMPLES = """examples:
   accel eval                                         FID, latency and size of the built-in "digits"
-  accel eval --model path/to/unet --out rep          ... of a diffusers folder, report in rep/
+  accel eval --model path/to/unet --out rep          a diffusers folder, report in rep/
   accel eval --steps 20 --baseline digits            20 DDIM steps against the original's own 50
-  accel sample --n 64 --out grid.png                 64 samples as a grid (or .npz: uint8 'images')
-  accel info --model path/to/unet                    class, shapes, parameters, MACs, size, scheduler
+  accel sample --n 64 --out grid.png                 64 samples as a grid (or an .npz)
+  accel info --model path/to/unet                    class, shapes, parameters, MACs, size
   accel quantize --bits 4                            W4A8: artifact digits-w4a8/ + report
-  accel quantize --bits 8 --act-bits 8 --recon-iters 0 --out w8a8   W8A8, calibration only
+  accel quantize --bits 8 --act-bits 8 --recon-iters 0    W8A8, calibration only
   accel prune --ratio 0.3                            prune + fine-tune: digits-pruned/ + report
-  accel prune --data teacher --out p30               data-free fine-tuning on the model's own samples
-  accel distill --steps 4                            progressive distillation to 4 steps: digits-4step/
+  accel prune --data teacher --out p30               data-free: fine-tuned on its own samples
+  accel distill --steps 4                            progressive distillation to 4 steps
   accel distill --method consistency --steps 1       one-step consistency student (LCM-style)
-  accel cache --interval 3                           DeepCache: a full step every 3rd, digits-cache3/
+  accel cache --interval 3                           DeepCache: a full step every 3rd on average
   accel optimize --model path/to/unet                fused Triton kernels, fp16, channels-last
   accel export onnx --model q4 --out q4.onnx         ONNX (Q/DQ for quantized layers), checked
   accel eval --model q4.onnx                         ONNX Runtime beside the model it came from
   accel compress --recipe fast                       prune, distill, INT8, ONNX: one report
   accel train-reference --out my-digits              retrain the built-in model (fixed seed)
 
-Nothing is downloaded: models come from local folders, accel artifacts, the local Hugging Face cache,
-or the built-in "digits"."""
+Nothing is downloaded: models come from local folders, accel artifacts, the local Hugging Face
+cache, or the built-in "digits"."""
 
 # (owner, field) -> the flag that sets it, for settings outside a stage's keys
-FLAGS = {("SamplingSpec", "name"): "sampler", ("SamplerChange", "name"): "sampler", ("sample", "count"): "n",
-         ("output", "out"): "out"}
+FLAGS = {
+    ("SamplingSpec", "name"): "sampler",
+    ("SamplerChange", "name"): "sampler",
+    ("sample", "count"): "n",
+    ("output", "out"): "out",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="accel", description="Compress diffusion denoisers and measure what it costs.",
-                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(
+        prog="accel",
+        description="Compress diffusion denoisers and measure what it costs.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     subcommands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in COMMANDS.values():
         command.add_flags(subcommands.add_parser(command.name, help=command.help))
@@ -53,16 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def in_flag_words(error: AccelError, args: argparse.Namespace) -> str:
-    """The error in the words of the command line: the flag that set a bad field, and `names` as flags where this
-    command has them."""
+    """The error in the words of the command line: the flag that set a bad field, and `names` as
+    flags where this command has them."""
     text = str(error)
     if isinstance(error, ConfigError):
         stage = COMMANDS[args.command].stage
         key = (stages.get(stage).key_for(error.owner, error.field) if stage else None) or FLAGS.get(
-            (error.owner, error.field), error.field.replace("_", "-"))
+            (error.owner, error.field), error.field.replace("_", "-")
+        )
         if _has_flag(args, key):
             text = f"--{key} {error.problem}"
-    return re.sub(r"`([a-z_]+)`", lambda m: f"--{_dashed(m[1])}" if _has_flag(args, _dashed(m[1])) else m[1], text)
+    return re.sub(
+        r"`([a-z_]+)`",
+        lambda m: f"--{_dashed(m[1])}" if _has_flag(args, _dashed(m[1])) else m[1],
+        text,
+    )
 
 
 def _dashed(name: str) -> str:

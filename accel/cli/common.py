@@ -1,12 +1,12 @@
-"""What every command shares: the flags for the model, the sampler and the evaluation (their defaults read from the
-configs), the device, and printing a result as a table or JSON."""
+"""What every command shares: the flags for the model, the sampler and the evaluation (their
+defaults read from the configs), the device, and printing a result as a table or JSON."""
 
 from __future__ import annotations
 
 import argparse
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from accel.core.config import choices_of
 from accel.core.errors import AccelError
@@ -17,7 +17,8 @@ INTERRUPTED = "nothing was written"
 
 @dataclass(frozen=True)
 class Command:
-    """One ``accel`` subcommand: its flags, what it runs, and what an interrupted run leaves behind."""
+    """One ``accel`` subcommand: its flags, what it runs, and what an interrupted run leaves
+    behind."""
 
     name: str
     help: str
@@ -33,21 +34,38 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_model_flags(parser: argparse.ArgumentParser, runs: bool = True) -> None:
-    parser.add_argument("--model", default="digits", help="diffusers folder, accel artifact, or 'digits' (default)")
-    if runs:  # commands that run the model (export traces on the CPU with fixed inputs: neither applies)
-        parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available, else cpu)")
-        parser.add_argument("--seed", type=int, default=0, help="seed for noise and sampling (default 0)")
+    parser.add_argument(
+        "--model", default="digits", help="diffusers folder, accel artifact, or 'digits' (default)"
+    )
+    # commands that run the model (export traces on the CPU with fixed inputs: neither applies)
+    if runs:
+        parser.add_argument(
+            "--device",
+            default=None,
+            help="cpu, cuda, cuda:N (default: cuda if available, else cpu)",
+        )
+        parser.add_argument(
+            "--seed", type=int, default=0, help="seed for noise and sampling (default 0)"
+        )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def add_sampler_flags(parser: argparse.ArgumentParser, prefix: str = "", whose: str = "") -> None:
     """--sampler, --steps, --eta (or --baseline-sampler ...): changes to the model's own sampler."""
-    parser.add_argument(f"--{prefix}sampler", help=f"{whose}sampler: ddim, ddpm, dpm++ (DPM-Solver++ 2M) or a "
-                        "diffusers scheduler class name (default: the model's own, DDIM for a model accel did not "
-                        "distill)")
-    parser.add_argument(f"--{prefix}steps", type=int, help=f"{whose}sampling steps (default: the model's own, 50 "
-                        "for DDIM)")
-    parser.add_argument(f"--{prefix}eta", type=float, help=f"{whose}DDIM eta (default 0: deterministic)")
+    parser.add_argument(
+        f"--{prefix}sampler",
+        help=f"{whose}sampler: ddim, ddpm, dpm++ (DPM-Solver++ 2M) or a "
+        "diffusers scheduler class name (default: the model's own, DDIM for a model accel did not "
+        "distill)",
+    )
+    parser.add_argument(
+        f"--{prefix}steps",
+        type=int,
+        help=f"{whose}sampling steps (default: the model's own, 50 for DDIM)",
+    )
+    parser.add_argument(
+        f"--{prefix}eta", type=float, help=f"{whose}DDIM eta (default 0: deterministic)"
+    )
 
 
 def add_eval_flags(parser: argparse.ArgumentParser, n: int | None = None) -> None:
@@ -55,13 +73,30 @@ def add_eval_flags(parser: argparse.ArgumentParser, n: int | None = None) -> Non
     from accel.evaluate import EvalConfig
 
     defaults = EvalConfig()
-    parser.add_argument("--n", type=int, default=n or defaults.n, help=f"samples for FID (default {n or defaults.n})")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help=f"samples per denoiser call (default {defaults.batch_size})")
-    parser.add_argument("--latency-batch", type=int, default=defaults.latency_batch,
-                        help=f"batch size for per-step latency (default {defaults.latency_batch})")
-    parser.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth for Inception FID")
-    parser.add_argument("--fid-ref", help="real images for Inception FID: .npz with uint8 'images' N x C x H x W")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=n or defaults.n,
+        help=f"samples for FID (default {n or defaults.n})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"samples per denoiser call (default {defaults.batch_size})",
+    )
+    parser.add_argument(
+        "--latency-batch",
+        type=int,
+        default=defaults.latency_batch,
+        help=f"batch size for per-step latency (default {defaults.latency_batch})",
+    )
+    parser.add_argument(
+        "--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth for Inception FID"
+    )
+    parser.add_argument(
+        "--fid-ref", help="real images for Inception FID: .npz with uint8 'images' N x C x H x W"
+    )
 
 
 def add_out_flags(parser: argparse.ArgumentParser, out_help: str, required: bool = False) -> None:
@@ -69,10 +104,12 @@ def add_out_flags(parser: argparse.ArgumentParser, out_help: str, required: bool
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
-def add_stage_flag(parser: argparse.ArgumentParser, stage: Stage, key: str, help: str,
-                   metavar: str | None = None) -> None:
-    """``--key`` for one of ``stage``'s keys: its type, choices and default read from the config field it sets
-    (``{default}`` in ``help`` shows the default). Not given, the stage's default applies."""
+def add_stage_flag(
+    parser: argparse.ArgumentParser, stage: Stage, key: str, help: str, metavar: str | None = None
+) -> None:
+    """``--key`` for one of ``stage``'s keys: its type, choices and default read from the config
+    field it sets (``{default}`` in ``help`` shows the default). Not given, the stage's default
+    applies."""
     spec = stage.all_keys()[key]
     config = stage.defaults()[spec.role]
     default = getattr(config, spec.field)
@@ -82,8 +119,13 @@ def add_stage_flag(parser: argparse.ArgumentParser, stage: Stage, key: str, help
     elif spec.many:
         parser.add_argument(f"--{key}", action="append", default=None, metavar=metavar, help=text)
     else:
-        parser.add_argument(f"--{key}", type=_value_type(type(config), spec.field),
-                            choices=choices_of(type(config), spec.field), default=None, help=text)
+        parser.add_argument(
+            f"--{key}",
+            type=_value_type(type(config), spec.field),
+            choices=choices_of(type(config), spec.field),
+            default=None,
+            help=text,
+        )
 
 
 def _value_type(config_class, field: str):
@@ -95,8 +137,11 @@ def _value_type(config_class, field: str):
 
 def stage_given(args: argparse.Namespace, stage: Stage) -> dict:
     """The stage's keys given as flags (a flag left out keeps the stage's default)."""
-    return {key: getattr(args, key.replace("-", "_")) for key in stage.all_keys()
-            if getattr(args, key.replace("-", "_"), None) is not None}
+    return {
+        key: getattr(args, key.replace("-", "_"))
+        for key in stage.all_keys()
+        if getattr(args, key.replace("-", "_"), None) is not None
+    }
 
 
 def device(name: str | None):
@@ -114,10 +159,13 @@ def device(name: str | None):
 
 
 def sampler_changes(args: argparse.Namespace, prefix: str = "") -> dict:
-    """The sampler flags given (``--baseline-...`` ones with ``prefix="baseline_"``), as changes to the model's
-    own sampler."""
-    given = {"name": getattr(args, prefix + "sampler"), "steps": getattr(args, prefix + "steps"),
-             "eta": getattr(args, prefix + "eta")}
+    """The sampler flags given (``--baseline-...`` ones with ``prefix="baseline_"``), as changes to
+    the model's own sampler."""
+    given = {
+        "name": getattr(args, prefix + "sampler"),
+        "steps": getattr(args, prefix + "steps"),
+        "eta": getattr(args, prefix + "eta"),
+    }
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -125,8 +173,14 @@ def eval_config(args: argparse.Namespace):
     """The evaluation settings every measuring command shares."""
     from accel.evaluate import EvalConfig
 
-    return EvalConfig(n=args.n, seed=args.seed, batch_size=args.batch_size, latency_batch=args.latency_batch,
-                      inception_weights=args.inception_weights, fid_ref=args.fid_ref)
+    return EvalConfig(
+        n=args.n,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        latency_batch=args.latency_batch,
+        inception_weights=args.inception_weights,
+        fid_ref=args.fid_ref,
+    )
 
 
 def emit(args: argparse.Namespace, payload: dict, human: str) -> None:

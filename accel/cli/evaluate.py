@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from accel.cli.common import (Command, add_eval_flags, add_model_flags, add_out_flags, add_sampler_flags, device,
-                              emit, emit_report, eval_config, sampler_changes)
+from accel.cli.common import (
+    Command,
+    add_eval_flags,
+    add_model_flags,
+    add_out_flags,
+    add_sampler_flags,
+    device,
+    emit,
+    emit_report,
+    eval_config,
+    sampler_changes,
+)
 
 
 def _eval_flags(parser: argparse.ArgumentParser) -> None:
@@ -13,8 +23,11 @@ def _eval_flags(parser: argparse.ArgumentParser) -> None:
     add_sampler_flags(parser)
     add_eval_flags(parser)
     add_out_flags(parser, "folder for report.json, report.md and samples.png")
-    parser.add_argument("--baseline", help="compare with this model, run with its own sampler (default for an "
-                        "exported .onnx/.plan: the model it was exported from, with the exported model's sampler)")
+    parser.add_argument(
+        "--baseline",
+        help="compare with this model, run with its own sampler (default for an "
+        "exported .onnx/.plan: the model it was exported from, with the exported model's sampler)",
+    )
     add_sampler_flags(parser, "baseline-", "the baseline's ")
 
 
@@ -34,7 +47,9 @@ def run_eval(args: argparse.Namespace) -> None:
         baseline = accel.load(args.baseline, on, sampler_changes(args, "baseline_"))
     else:
         baseline = load_exported_from(model, on)
-    evaluation = accel.evaluate(model, baseline, eval_config(args), model_name=args.model, processes=processes)
+    evaluation = accel.evaluate(
+        model, baseline, eval_config(args), model_name=args.model, processes=processes
+    )
     if not processes.is_main:
         return  # the main process writes and prints the report
     if args.out:
@@ -47,7 +62,9 @@ def _sample_flags(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser)
     add_sampler_flags(parser)
     parser.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
-    parser.add_argument("--batch-size", type=int, default=500, help="samples per denoiser call (default 500)")
+    parser.add_argument(
+        "--batch-size", type=int, default=500, help="samples per denoiser call (default 500)"
+    )
     add_out_flags(parser, "output file, .png (grid) or .npz (uint8 array 'images')", required=True)
 
 
@@ -59,8 +76,12 @@ def run_sample(args: argparse.Namespace) -> None:
     from accel.metrics.digits_cnn import to_uint8
     from accel.report import sample_grid
 
-    out = ensure_writable_file(args.out, (".png", ".npz"), "a .png (grid) or .npz (uint8 array 'images') file",
-                               args.overwrite)
+    out = ensure_writable_file(
+        args.out,
+        (".png", ".npz"),
+        "a .png (grid) or .npz (uint8 array 'images') file",
+        args.overwrite,
+    )
     model = accel.load(args.model, device(args.device), sampler_changes(args))
     samples = accel.sample(model, args.n, args.seed, batch_size=args.batch_size)
     images = to_uint8(samples.images)
@@ -69,12 +90,22 @@ def run_sample(args: argparse.Namespace) -> None:
             np.savez_compressed(partial, images=images)
         else:
             sample_grid([images], columns=int(np.ceil(np.sqrt(len(images))))).save(partial)
-    summary = {"out": str(out), "n": len(images), "shape": list(images.shape), "seed": args.seed,
-               "sampler": {**model.sampling.to_dict(), "batch_size": args.batch_size},
-               "calls_per_image": samples.calls_per_image, "seconds": samples.seconds,
-               "seconds_per_image": samples.seconds_per_image}
-    emit(args, summary, f"wrote {len(images)} samples to {out} in {samples.seconds:.1f} s "
-                        f"({samples.seconds_per_image * 1e3:.2f} ms per image, {model.sampling.describe()})")
+    summary = {
+        "out": str(out),
+        "n": len(images),
+        "shape": list(images.shape),
+        "seed": args.seed,
+        "sampler": {**model.sampling.to_dict(), "batch_size": args.batch_size},
+        "calls_per_image": samples.calls_per_image,
+        "seconds": samples.seconds,
+        "seconds_per_image": samples.seconds_per_image,
+    }
+    emit(
+        args,
+        summary,
+        f"wrote {len(images)} samples to {out} in {samples.seconds:.1f} s "
+        f"({samples.seconds_per_image * 1e3:.2f} ms per image, {model.sampling.describe()})",
+    )
 
 
 def run_info(args: argparse.Namespace) -> None:
@@ -82,19 +113,40 @@ def run_info(args: argparse.Namespace) -> None:
     from accel.metrics.size import count_macs, count_params, weights_bytes
 
     model = accel.load(args.model, device(args.device))
-    details = {"model": args.model, "class": type(model.module).__name__, "kind": model.kind,
-               "sample_shape": list(model.sample_shape), "conditioning": model.cond_kind,
-               "params": count_params(model), "macs_per_sample_step": count_macs(model),
-               "size_bytes": weights_bytes(model), "sampler": model.sampling.to_dict(),
-               "transforms": [t["name"] for t in model.transforms],
-               "scheduler": {k: v for k, v in model.scheduler_config.items() if not k.startswith("_")},
-               "notes": model.notes}
-    human = "\n".join(f"{key:22} {value}" for key, value in details.items() if value not in (None, []))
+    details = {
+        "model": args.model,
+        "class": type(model.module).__name__,
+        "kind": model.kind,
+        "sample_shape": list(model.sample_shape),
+        "conditioning": model.cond_kind,
+        "params": count_params(model),
+        "macs_per_sample_step": count_macs(model),
+        "size_bytes": weights_bytes(model),
+        "sampler": model.sampling.to_dict(),
+        "transforms": [t["name"] for t in model.transforms],
+        "scheduler": {k: v for k, v in model.scheduler_config.items() if not k.startswith("_")},
+        "notes": model.notes,
+    }
+    human = "\n".join(
+        f"{key:22} {value}" for key, value in details.items() if value not in (None, [])
+    )
     emit(args, details, human)
 
 
 COMMANDS = [
-    Command("eval", "FID, PSNR, latency and size of a model, as a table or JSON", _eval_flags, run_eval),
-    Command("sample", "draw samples to a .png grid or an .npz of uint8 images", _sample_flags, run_sample),
-    Command("info", "what a model is: class, shapes, parameters, MACs, size, scheduler", add_model_flags, run_info),
+    Command(
+        "eval", "FID, PSNR, latency and size of a model, as a table or JSON", _eval_flags, run_eval
+    ),
+    Command(
+        "sample",
+        "draw samples to a .png grid or an .npz of uint8 images",
+        _sample_flags,
+        run_sample,
+    ),
+    Command(
+        "info",
+        "what a model is: class, shapes, parameters, MACs, size, scheduler",
+        add_model_flags,
+        run_info,
+    ),
 ]

@@ -10,9 +10,13 @@ from accel.cli.common import Command, add_out_flags
 
 def _flags(parser: argparse.ArgumentParser) -> None:
     add_out_flags(parser, "folder to write (a diffusers model folder)", required=True)
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: as committed)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: as committed)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    parser.add_argument("--classifier", action="store_true", help="train the digits FID classifier instead")
+    parser.add_argument(
+        "--classifier", action="store_true", help="train the digits FID classifier instead"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -26,11 +30,22 @@ def run(args: argparse.Namespace) -> None:
 
         from accel.models.reference import REFERENCE_TRAINING, train_reference
 
-        config = replace(REFERENCE_TRAINING, seed=args.seed, **({} if args.steps is None else {"steps": args.steps}))
+        config = replace(
+            REFERENCE_TRAINING,
+            seed=args.seed,
+            **({} if args.steps is None else {"steps": args.steps}),
+        )
         record = train_reference(args.out, config, overwrite=args.overwrite)
     print(json.dumps(record, indent=2))
 
 
-COMMANDS = [Command("train-reference", "retrain the built-in reference model or its FID classifier", _flags, run,
-                    interrupted="nothing was written (the last checkpoint in <out>.partial is kept: run again to "
-                                "continue)")]
+COMMANDS = [
+    Command(
+        "train-reference",
+        "retrain the built-in reference model or its FID classifier",
+        _flags,
+        run,
+        interrupted="nothing was written (the last checkpoint "
+        "in <out>.partial is kept: run again to continue)",
+    )
+]

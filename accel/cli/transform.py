@@ -1,37 +1,58 @@
-"""The commands that transform a model and report on it: quantize, prune, distill, cache, optimize. Each one's
-flags are its stage's keys (accel.core.stages); all five run one skeleton: settings from the flags, the stage and
-its measurements (accel.measure), then the artifact with its report."""
+"""The commands that transform a model and report on it: quantize, prune, distill, cache, optimize.
+Each one's flags are its stage's keys (accel.core.stages); all five run one skeleton: settings from
+the flags, the stage and its measurements (accel.measure), then the artifact with its report."""
 
 from __future__ import annotations
 
 import argparse
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from accel.cli.common import (Command, add_eval_flags, add_model_flags, add_out_flags, add_sampler_flags,
-                              add_stage_flag, device, emit_report, eval_config, stage_given)
+from accel.cli.common import (
+    Command,
+    add_eval_flags,
+    add_model_flags,
+    add_out_flags,
+    add_sampler_flags,
+    add_stage_flag,
+    device,
+    emit_report,
+    eval_config,
+    stage_given,
+)
 from accel.core import stages
 from accel.distillation.config import CONSISTENCY
 
 
 def run_stage_command(args: argparse.Namespace, default_out: Callable) -> None:
-    """Settings from the flags, the stage and its measurements, then the artifact (from the main process)."""
+    """Settings from the flags, the stage and its measurements, then the artifact (from the main
+    process)."""
     import accel
     from accel.core.files import ensure_writable_dir
     from accel.measure import measure_stage
     from accel.train import work_dir_for
 
-    settings = stages.get(args.command).settings(stage_given(args, stages.get(args.command)), seed=args.seed)
+    settings = stages.get(args.command).settings(
+        stage_given(args, stages.get(args.command)), seed=args.seed
+    )
     out = Path(args.out or f"{Path(str(args.model)).name}-{default_out(settings)}")
     ensure_writable_dir(out, args.overwrite)
-    measured = measure_stage(args.command, args.model, settings, eval_config(args), device=device(args.device),
-                             work_dir=work_dir_for(out), resume=getattr(args, "resume", False),
-                             ablation=getattr(args, "ablation", False))
+    measured = measure_stage(
+        args.command,
+        args.model,
+        settings,
+        eval_config(args),
+        device=device(args.device),
+        work_dir=work_dir_for(out),
+        resume=getattr(args, "resume", False),
+        ablation=getattr(args, "ablation", False),
+    )
     if measured is None:
         return  # another process of `accelerate launch`: the main one writes and reports
     accel.save(measured.model, out, args.overwrite, measured.evaluation)
-    shutil.rmtree(work_dir_for(out), ignore_errors=True)  # a training run's checkpoints, now in the artifact
+    # a training run's checkpoints, now in the artifact
+    shutil.rmtree(work_dir_for(out), ignore_errors=True)
     emit_report(args, measured.evaluation.report, out)
 
 
@@ -43,8 +64,8 @@ def _common(parser: argparse.ArgumentParser, out_default: str, sampler: bool = T
     add_out_flags(parser, f"artifact folder (default: <model>-{out_default})")
 
 
-# Each command's own flags: a stage key -> its help ("{default}": the stage's default for it). The docs' flag tables
-# are made from these too (bench/docs.py).
+# Each command's own flags: a stage key -> its help ("{default}": the stage's default for it). The
+# docs' flag tables are made from these too (bench/docs.py).
 TRAINING_FLAGS = {
     "teacher-samples": "--data teacher: samples drawn ({default})",
     "lr": "peak learning rate (default {default:g})",
@@ -55,13 +76,15 @@ QUANTIZE_FLAGS = {
     "bits": "weight bits, 2-8 (default {default})",
     "act-bits": "activation bits, 4-16 (default {default}); 0: weight-only",
     "range": "how quantization ranges are chosen (default {default})",
-    "group-size": "linear weights: one scale per group of input channels (default: one per output channel)",
+    "group-size": "linear weights: one scale per group "
+    "of input channels (default: one per output channel)",
     "no-split": "no split-shortcut quantization",
     "no-attention": "leave the attention matmuls in float",
-    "layer-bits": "weight bits for layers whose name matches PATTERN (fnmatch), as PATTERN=BITS; repeatable",
+    "layer-bits": "weight bits for layers whose name "
+    "matches PATTERN (fnmatch), as PATTERN=BITS; repeatable",
     "skip": "leave layers whose name matches PATTERN in float; repeatable",
-    "calib-policy": "uniform: every k-th sampler step (Q-Diffusion); normal: PTQ4DM; last: final step only "
-                    "(default {default})",
+    "calib-policy": "uniform: every k-th sampler step (Q-Diffusion); "
+    "normal: PTQ4DM; last: final step only (default {default})",
     "calib-samples": "sampler trajectories to calibrate on (default {default})",
     "calib-every": "keep every k-th of the sampler's steps (default {default})",
     "calib": "calibration set file to reuse or create (default: a cache under ~/.cache/accel)",
@@ -70,51 +93,63 @@ QUANTIZE_FLAGS = {
 PRUNE_FLAGS = {
     "ratio": "fraction of channels and heads removed (default {default})",
     "criterion": "channel importance (default {default}: Taylor over the informative timesteps)",
-    "threshold": "diff-pruning: stop accumulating gradients once the loss < threshold x its max ({default})",
+    "threshold": "diff-pruning: stop accumulating gradients "
+    "once the loss < threshold x its max ({default})",
     "round-to": "kept widths are multiples of this (default {default})",
     "importance-batch": "images per importance gradient pass ({default})",
     "timestep-stride": "importance gradients at t = 0, stride, 2 x stride, ... (default {default})",
     "finetune-steps": "fine-tuning steps (default {default}; 0: none)",
-    "distill-weight": "fine-tuning on images: weight of the original's eps as a second target (default "
-                      "{default:g}; 0: the DDPM loss alone, as Diff-Pruning)",
-    "data": "fine-tuning images: an .npz of uint8 N x C x H x W, or 'teacher' (samples of the original, "
-            "distillation on its eps); default for digits: its training set",
+    "distill-weight": "fine-tuning on images: weight of the original's eps as a "
+    "second target (default {default:g}; 0: the DDPM loss alone, as Diff-Pruning)",
+    "data": "fine-tuning images: an .npz of uint8 N x C x H x W, or 'teacher' (samples "
+    "of the original, distillation on its eps); default for digits: its training set",
     **TRAINING_FLAGS,
 }
 DISTILL_FLAGS = {
-    "method": "progressive (halve the steps stage by stage) or consistency (LCM-style; default {default})",
+    "method": "progressive (halve the steps stage by "
+    "stage) or consistency (LCM-style; default {default})",
     "steps": "the student's sampling steps (default {default}; progressive: a power of two)",
-    "prediction": "what the student's network outputs (default {default}: see accel/distillation/config.py)",
-    "teacher-steps": "progressive: the first stage's teacher DDIM steps, halved each stage (default {default})",
-    "solver-skip": "consistency: training timesteps the teacher's DDIM solver jumps (default {default}, as LCM)",
+    "prediction": "what the student's network outputs "
+    "(default {default}: see accel/distillation/config.py)",
+    "teacher-steps": "progressive: the first stage's teacher "
+    "DDIM steps, halved each stage (default {default})",
+    "solver-skip": "consistency: training timesteps the "
+    "teacher's DDIM solver jumps (default {default}, as LCM)",
     "target-ema": "consistency: target network EMA (default {default})",
     "loss": "consistency: the distance (default {default})",
-    "train-steps": "training steps, per stage for progressive (default {default}), in all for consistency "
-                   f"(default {CONSISTENCY.steps})",
-    "data": "training images: an .npz of uint8 N x C x H x W, or 'teacher' (the teacher's own samples, drawn "
-            "once: data-free); default for digits: its training set",
+    "train-steps": "training steps, per stage for progressive (default "
+    f"{{default}}), in all for consistency (default {CONSISTENCY.steps})",
+    "data": "training images: an .npz of uint8 N x C x H x W, or 'teacher' (the "
+    "teacher's own samples, drawn once: data-free); default for digits: its training set",
     **TRAINING_FLAGS,
 }
 CACHE_FLAGS = {
     "interval": "one full step per N steps (default {default})",
-    "branch": "UNets: the skip level that stays live on cached steps, 0 the shallowest and cheapest (default "
-              "{default})",
-    "schedule": "UNets: full steps every N (uniform) or as many, crowded quadratically around --center (default "
-                "{default}: accel/cache/config.py says why)",
-    "center": "quadratic: where full steps crowd, as a fraction of the trajectory (default {default}: the start)",
+    "branch": "UNets: the skip level that stays live on cached "
+    "steps, 0 the shallowest and cheapest (default {default})",
+    "schedule": "UNets: full steps every N (uniform) or as many, crowded quadratically "
+    "around --center (default {default}: accel/cache/config.py says why)",
+    "center": "quadratic: where full steps crowd, as a "
+    "fraction of the trajectory (default {default}: the start)",
 }
 OPTIMIZE_FLAGS = {
     "dtype": "precision (default {default}: fp16 on CUDA, fp32 on CPU)",
-    "backend": "auto: Triton kernels on CUDA, PyTorch elsewhere; triton: always (CPU: TRITON_INTERPRET=1) "
-               "(default {default})",
+    "backend": "auto: Triton kernels on CUDA, PyTorch elsewhere; "
+    "triton: always (CPU: TRITON_INTERPRET=1) (default {default})",
     "no-channels-last": "keep NCHW activations",
     "cuda-graph": "replay each denoiser step as a CUDA graph",
 }
 METAVARS = {"layer-bits": "PATTERN=BITS", "skip": "PATTERN"}
 
 
-def _flags_of(name: str, own: dict, out_default: str, sampler: bool = True, trains: bool = False,
-              ablation: str | None = None):
+def _flags_of(
+    name: str,
+    own: dict,
+    out_default: str,
+    sampler: bool = True,
+    trains: bool = False,
+    ablation: str | None = None,
+):
     """The parser builder of a stage's command: the common flags, then ``own`` (key -> help)."""
 
     def add(parser: argparse.ArgumentParser) -> None:
@@ -123,8 +158,11 @@ def _flags_of(name: str, own: dict, out_default: str, sampler: bool = True, trai
         for key, text in own.items():
             add_stage_flag(parser, stage, key, text, METAVARS.get(key))
         if trains:
-            parser.add_argument("--resume", action="store_true", help="continue the interrupted run in "
-                                "<out>.partial")
+            parser.add_argument(
+                "--resume",
+                action="store_true",
+                help="continue the interrupted run in <out>.partial",
+            )
         if ablation:
             parser.add_argument("--ablation", action="store_true", help=ablation)
 
@@ -139,25 +177,63 @@ def _bits_name(settings) -> str:
 RESUMABLE = "the last checkpoint in <out>.partial is kept: --resume continues"
 
 
-def _command(name: str, help: str, add_flags, out_name, interrupted: str = "nothing was written") -> Command:
-    return Command(name, help, add_flags, lambda args: run_stage_command(args, out_name), stage=name,
-                   interrupted=interrupted)
+def _command(
+    name: str, help: str, add_flags, out_name, interrupted: str = "nothing was written"
+) -> Command:
+    return Command(
+        name,
+        help,
+        add_flags,
+        lambda args: run_stage_command(args, out_name),
+        stage=name,
+        interrupted=interrupted,
+    )
 
 
 COMMANDS = [
-    _command("quantize", "post-training quantization (Q-Diffusion recipe) + report",
-             _flags_of("quantize", QUANTIZE_FLAGS, "w<bits>a<act-bits>",
-                       ablation="also measure the naive-to-full W4A8 ablation and W8A8"), _bits_name),
-    _command("prune", "structured pruning (Diff-Pruning), fine-tuning + report",
-             _flags_of("prune", PRUNE_FLAGS, "pruned", trains=True,
-                       ablation="also measure every criterion at --ratio and --criterion at 0.2/0.3/0.5, same "
-                                "fine-tuning"), lambda s: "pruned", f"nothing was written ({RESUMABLE})"),
-    _command("distill", "step distillation (progressive or consistency) to 1-64 steps + report",
-             # the student gets the sampler it was distilled for: no sampler flags
-             _flags_of("distill", DISTILL_FLAGS, "<steps>step", sampler=False, trains=True),
-             lambda s: f"{s['distill'].steps}step", f"nothing was written ({RESUMABLE})"),
-    _command("cache", "training-free feature caching across steps (DeepCache) + report",
-             _flags_of("cache", CACHE_FLAGS, "cache<interval>"), lambda s: f"cache{s['cache'].interval}"),
-    _command("optimize", "fused Triton GroupNorm/attention, fp16, channels-last + report",
-             _flags_of("optimize", OPTIMIZE_FLAGS, "fast"), lambda s: "fast"),
+    _command(
+        "quantize",
+        "post-training quantization (Q-Diffusion recipe) + report",
+        _flags_of(
+            "quantize",
+            QUANTIZE_FLAGS,
+            "w<bits>a<act-bits>",
+            ablation="also measure the naive-to-full W4A8 ablation and W8A8",
+        ),
+        _bits_name,
+    ),
+    _command(
+        "prune",
+        "structured pruning (Diff-Pruning), fine-tuning + report",
+        _flags_of(
+            "prune",
+            PRUNE_FLAGS,
+            "pruned",
+            trains=True,
+            ablation="also measure every criterion at --ratio and --criterion at 0.2/0.3/0.5, same "
+            "fine-tuning",
+        ),
+        lambda s: "pruned",
+        f"nothing was written ({RESUMABLE})",
+    ),
+    _command(
+        "distill",
+        "step distillation (progressive or consistency) to 1-64 steps + report",
+        # the student gets the sampler it was distilled for: no sampler flags
+        _flags_of("distill", DISTILL_FLAGS, "<steps>step", sampler=False, trains=True),
+        lambda s: f"{s['distill'].steps}step",
+        f"nothing was written ({RESUMABLE})",
+    ),
+    _command(
+        "cache",
+        "training-free feature caching across steps (DeepCache) + report",
+        _flags_of("cache", CACHE_FLAGS, "cache<interval>"),
+        lambda s: f"cache{s['cache'].interval}",
+    ),
+    _command(
+        "optimize",
+        "fused Triton GroupNorm/attention, fp16, channels-last + report",
+        _flags_of("optimize", OPTIMIZE_FLAGS, "fast"),
+        lambda s: "fast",
+    ),
 ]

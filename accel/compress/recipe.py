@@ -1,4 +1,5 @@
-"""Recipes: an ordered list of stages, from a TOML or JSON file, a Python dict, or the built-in ones.
+"""Recipes: an ordered list of stages, from a TOML or JSON file, a Python dict, or the built-in
+ones.
 
     description = "prune 30%, distill to 4 steps, INT8 weights, ONNX"
     [[stage]]
@@ -8,10 +9,10 @@
     name = "export"
     format = "onnx"
 
-From Python the same recipe is ``{"stages": [{"prune": {"ratio": 0.3}}, {"export": {"format": "onnx"}}]}``. A
-stage's keys are its settings (accel.core.stages: a config's field or the command's flag, ``finetune-steps`` and
-``finetune_steps`` alike). This module checks the recipe's shape; the stages' own settings check their keys and
-values (accel.compress.workflow, before any stage runs).
+From Python the same recipe is ``{"stages": [{"prune": {"ratio": 0.3}}, {"export": {"format":
+"onnx"}}]}``. A stage's keys are its settings (accel.core.stages: a config's field or the command's
+flag, ``finetune-steps`` and ``finetune_steps`` alike). This module checks the recipe's shape; the
+stages' own settings check their keys and values (accel.compress.workflow, before any stage runs).
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ class Recipe:
     stages: tuple[StageSpec, ...]
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description,
-                "stages": [{"name": s.name, **s.settings} for s in self.stages]}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "stages": [{"name": s.name, **s.settings} for s in self.stages],
+        }
 
 
 def builtin_recipes() -> dict[str, Path]:
@@ -61,7 +65,8 @@ def builtin_recipes() -> dict[str, Path]:
 
 
 def as_recipe(recipe: str | Path | Mapping | Recipe, name: str = "recipe") -> Recipe:
-    """A built-in recipe's name, a .toml / .json file, a dict (``name`` names it), or a Recipe as it is."""
+    """A built-in recipe's name, a .toml / .json file, a dict (``name`` names it), or a Recipe as it
+    is."""
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, Mapping):
@@ -73,38 +78,62 @@ def load_recipe(name_or_path: str) -> Recipe:
     """A built-in recipe by name, or a .toml / .json recipe file."""
     builtin = builtin_recipes()
     if name_or_path in builtin:
-        return from_dict(_read(builtin[name_or_path]), name_or_path, f"recipe {builtin[name_or_path]}")
+        return from_dict(
+            _read(builtin[name_or_path]), name_or_path, f"recipe {builtin[name_or_path]}"
+        )
     path = Path(name_or_path).expanduser()
     if not path.is_file():
-        raise AccelError(f"recipe '{name_or_path}' is neither a built-in recipe ({', '.join(builtin)}) nor a file")
+        raise AccelError(
+            f"recipe '{name_or_path}' is neither a built-in "
+            f"recipe ({', '.join(builtin)}) nor a file"
+        )
     return from_dict(_read(path), path.stem, f"recipe {path}")
 
 
 def from_dict(data: Mapping, name: str, where: str) -> Recipe:
-    """A recipe from its file's form (``stage``: a list of tables with a ``name``) or Python's (``stages``: a list
-    of ``{name: settings}``)."""
+    """A recipe from its file's form (``stage``: a list of tables with a ``name``) or Python's
+    (``stages``: a list of ``{name: settings}``)."""
     unknown = sorted(set(data) - TOP_LEVEL)
     if unknown:
-        raise AccelError(f"{where}: unknown key '{unknown[0]}' (a recipe has {', '.join(sorted(TOP_LEVEL))})")
+        raise AccelError(
+            f"{where}: unknown key '{unknown[0]}' (a recipe has {', '.join(sorted(TOP_LEVEL))})"
+        )
     if "stage" in data and "stages" in data:
-        raise AccelError(f"{where}: give its stages once, as 'stage' (a file's tables) or 'stages' (Python's list)")
+        raise AccelError(
+            f"{where}: give its stages once, as 'stage' "
+            "(a file's tables) or 'stages' (Python's list)"
+        )
     tables = data.get("stage") if "stage" in data else _named_tables(data.get("stages"), where)
-    if not isinstance(tables, list) or not tables or not all(isinstance(t, Mapping) for t in tables):
-        raise AccelError(f"{where}: needs at least one [[stage]] table (Python: a list 'stages' of "
-                         "{name: settings})")
-    return Recipe(name, str(data.get("description", "")),
-                  tuple(_stage(number, table, where) for number, table in enumerate(tables, 1)))
+    if (
+        not isinstance(tables, list)
+        or not tables
+        or not all(isinstance(t, Mapping) for t in tables)
+    ):
+        raise AccelError(
+            f"{where}: needs at least one [[stage]] table (Python: a list 'stages' of "
+            "{name: settings})"
+        )
+    return Recipe(
+        name,
+        str(data.get("description", "")),
+        tuple(_stage(number, table, where) for number, table in enumerate(tables, 1)),
+    )
 
 
 def _named_tables(stages, where: str) -> list:
-    """``[{"prune": {"ratio": 0.3}}, ...]`` as the file form's ``[{"name": "prune", "ratio": 0.3}, ...]``."""
+    """``[{"prune": {"ratio": 0.3}}, ...]`` as the file form's
+    ``[{"name": "prune", "ratio": 0.3}, ...]``."""
     if not isinstance(stages, list):
         return stages
     tables = []
     for number, entry in enumerate(stages, 1):
-        if not isinstance(entry, Mapping) or len(entry) != 1 or not isinstance(next(iter(entry.values())), Mapping):
+        if (
+            not isinstance(entry, Mapping)
+            or len(entry) != 1
+            or not isinstance(next(iter(entry.values())), Mapping)
+        ):
             raise AccelError(f"{where}: stage {number} must be {{name: settings}}, got {entry!r}")
-        (stage_name, settings), = entry.items()
+        ((stage_name, settings),) = entry.items()
         tables.append({"name": stage_name, **settings})
     return tables
 
@@ -118,7 +147,11 @@ def _read(path: Path) -> dict:
             data = _toml().loads(text.decode())
         else:
             raise AccelError(f"recipe {path}: use a .toml or .json file")
-    except (ValueError, UnicodeDecodeError) as error:  # tomllib.TOMLDecodeError and JSONDecodeError are ValueErrors
+    # tomllib.TOMLDecodeError and JSONDecodeError are ValueErrors
+    except (
+        ValueError,
+        UnicodeDecodeError,
+    ) as error:
         raise AccelError(f"recipe {path} is not valid {path.suffix[1:].upper()}: {error}")
     if not isinstance(data, dict):
         raise AccelError(f"recipe {path}: the top level must be a table (JSON: an object)")
@@ -136,14 +169,22 @@ def _toml():
 def _stage(number: int, table: Mapping, where: str) -> StageSpec:
     name = table.get("name")
     if name not in stages.names():
-        raise AccelError(f"{where}: stage {number} has name {name!r}; stages are {', '.join(stages.names())}")
+        raise AccelError(
+            f"{where}: stage {number} has name {name!r}; stages are {', '.join(stages.names())}"
+        )
     settings = {}
     for key, value in table.items():
         if key == "name":
             continue
-        if not (isinstance(value, Scalar) or isinstance(value, list) and all(isinstance(v, Scalar) for v in value)):
-            raise AccelError(f"{where}: stage {number} ({name}) key '{key}' must be a number, string, boolean or "
-                             "list of them")
+        if not (
+            isinstance(value, Scalar)
+            or isinstance(value, list)
+            and all(isinstance(v, Scalar) for v in value)
+        ):
+            raise AccelError(
+                f"{where}: stage {number} ({name}) key '{key}' "
+                "must be a number, string, boolean or list of them"
+            )
         flag = key.replace("_", "-")
         if flag in settings:
             raise AccelError(f"{where}: stage {number} ({name}) gives '{flag}' twice")

@@ -1,8 +1,9 @@
-"""``accel.compress``: run a recipe's stages, then measure the original and every stage side by side.
+"""``accel.compress``: run a recipe's stages, then measure the original and every stage side by
+side.
 
-OUT/ holds the chain's final model (an artifact's files, or model.onnx / model.plan), report.json, report.md,
-samples.png (the original, then each stage, same noise, each captioned), quality_vs_speed.png, compress.json (the
-run's state) and stages/NN-name/ (each stage's model).
+OUT/ holds the chain's final model (an artifact's files, or model.onnx / model.plan), report.json,
+report.md, samples.png (the original, then each stage, same noise, each captioned),
+quality_vs_speed.png, compress.json (the run's state) and stages/NN-name/ (each stage's model).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import copy
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from accel.artifact import write_model_files
 from accel.compress.chain import ChainStage, StageRun, check_order, model_fingerprint, run_stages
@@ -34,8 +35,22 @@ from accel.train.runs import work_dir_for
 ARTIFACT_FILES = ("config.json", "scheduler_config.json", "accel.json", "model.safetensors")
 PLOT = "quality_vs_speed.png"
 # set once for the whole chain (accel compress's own settings), or meaningless inside a chain
-CHAIN_KEYS = {"model", "out", "device", "seed", "json", "overwrite", "resume", "n", "batch-size", "latency-batch",
-              "inception-weights", "fid-ref", "ablation", "help"}
+CHAIN_KEYS = {
+    "model",
+    "out",
+    "device",
+    "seed",
+    "json",
+    "overwrite",
+    "resume",
+    "n",
+    "batch-size",
+    "latency-batch",
+    "inception-weights",
+    "fid-ref",
+    "ablation",
+    "help",
+}
 
 
 @dataclass
@@ -45,19 +60,31 @@ class CompressResult:
     final: Path | None  # its file(s) in ``out``: the folder (an artifact) or the exported file
     out: Path | None
     stages: list[StageRun]
-    is_main: bool  # the process that wrote ``out`` (the others of an `accelerate launch` print nothing)
+    # the process that wrote ``out`` (the others of an `accelerate launch` print nothing)
+    is_main: bool
 
 
-def compress(model: str | Path | Denoiser, recipe: str | Path | dict | Recipe, out: str | Path | None = None, *,
-             eval_config: EvalConfig = EvalConfig(), device=None, resume: bool = False, overwrite: bool = False,
-             progress: bool = True, log: Callable[[str], None] | None = None) -> CompressResult:
-    """Run ``recipe`` (a built-in recipe's name, a .toml / .json file, a dict or a Recipe) on ``model`` (a name,
-    a folder, a file, or a loaded model, which stays as it is), then evaluate the original and every stage in one
-    run. Every stage's settings and the stages' order are checked before any work.
+def compress(
+    model: str | Path | Denoiser,
+    recipe: str | Path | dict | Recipe,
+    out: str | Path | None = None,
+    *,
+    eval_config: EvalConfig = EvalConfig(),
+    device=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> CompressResult:
+    """Run ``recipe`` (a built-in recipe's name, a .toml / .json file, a dict or a Recipe) on
+    ``model`` (a name, a folder, a file, or a loaded model, which stays as it is), then evaluate the
+    original and every stage in one run. Every stage's settings and the stages' order are checked
+    before any work.
 
-    ``out`` keeps every stage and the report (``resume`` continues a run there); without it the stages go to a
-    temporary folder and only the result is kept. Under ``accelerate launch`` every process calls it: training
-    stages share their work, the others run on the main process, and the evaluation is shared.
+    ``out`` keeps every stage and the report (``resume`` continues a run there); without it the
+    stages go to a temporary folder and only the result is kept. Under ``accelerate launch`` every
+    process calls it: training stages share their work, the others run on the main process, and the
+    evaluation is shared.
     """
     processes = current_processes()
     log = (log or _stderr) if processes.is_main else _quiet
@@ -66,36 +93,65 @@ def compress(model: str | Path | Denoiser, recipe: str | Path | dict | Recipe, o
     recipe = as_recipe(recipe)
     chain = plan(recipe, original, eval_config.seed, device, eval_config.batch_size, progress)
     if out is None and processes.count > 1:
-        raise AccelError("`out` is needed when several processes run a chain (they share its stages there)")
+        raise AccelError(
+            "`out` is needed when several processes run a chain (they share its stages there)"
+        )
     with _folder(out) as folder:
         resume = resume and out is not None and folder.is_dir()  # nothing to resume: a fresh run
         processes.on_main(lambda: _prepare(folder, resume, overwrite))
-        fingerprint = processes.on_main(lambda: model_fingerprint(original))
-        runs = run_stages(original, name, fingerprint, recipe, chain, folder, resume, eval_config.seed, log,
-                          processes)
-        log(f"measuring the original and {len(runs)} stage(s) side by side ({eval_config.n} samples each)")
-        models = [original] + [load(run.output, device) for run in runs]
-        evaluations = evaluate_many(models, eval_config, command="compress", model_name=name,
-                                    transform_config=recipe.to_dict(), processes=processes)
+        runs = run_stages(
+            original,
+            chain,
+            folder,
+            name=name,
+            recipe=recipe,
+            resume=resume,
+            seed=eval_config.seed,
+            log=log,
+            processes=processes,
+            fingerprint=processes.on_main(lambda: model_fingerprint(original)),
+        )
+        models, evaluations = _measure(original, runs, name, recipe, eval_config, device, log)
         report = _report(evaluations, runs, recipe)
-        final = None
-        if out is not None:
-            final = processes.on_main(lambda: _place_final(runs[-1].output, folder))
-            processes.on_main(lambda: _write(folder, report, evaluations, runs))
-    return CompressResult(report, models[-1], final, None if out is None else folder, runs, processes.is_main)
+        final = out and processes.on_main(lambda: _write(folder, report, evaluations, runs))
+    return CompressResult(report, models[-1], final, out and folder, runs, processes.is_main)
 
 
-def plan(recipe: Recipe, original: Denoiser, seed: int, device, batch_size: int,
-         progress: bool) -> list[ChainStage]:
-    """Each stage's settings checked (keys, types, ranges, what must be installed) and the order checked, before
-    any stage runs: a mistake in stage 4 must not cost the training of stage 1."""
+def _measure(
+    original, runs: list[StageRun], name: str, recipe: Recipe, eval_config: EvalConfig, device, log
+) -> tuple[list[Denoiser], list[Evaluation]]:
+    """The original and every stage's model, sampled side by side in one run."""
+    log(f"measuring the original and {len(runs)} stage(s) side by side")
+    models = [original] + [load(run.output, device) for run in runs]
+    evaluations = evaluate_many(
+        models,
+        eval_config,
+        command="compress",
+        model_name=name,
+        transform_config=recipe.to_dict(),
+        processes=current_processes(),
+    )
+    return models, evaluations
+
+
+def plan(
+    recipe: Recipe, original: Denoiser, seed: int, device, batch_size: int, progress: bool
+) -> list[ChainStage]:
+    """Each stage's settings checked (keys, types, ranges, what must be installed) and the order
+    checked, before any stage runs: a mistake in stage 4 must not cost the training of stage 1."""
     chain = []
     for spec in recipe.stages:
         stage = stages.get(spec.name)
         settings = _settings(stage, spec, seed, f"recipe '{recipe.name}' {spec.label}")
         output_file = stage.output_file(settings) if stage.output_file else None
-        chain.append(ChainStage(spec, _runner(stage, settings, device, batch_size, progress), output_file,
-                                everywhere=stage.trains(settings)))
+        chain.append(
+            ChainStage(
+                spec,
+                _runner(stage, settings, device, batch_size, progress),
+                output_file,
+                everywhere=stage.trains(settings),
+            )
+        )
     check_order(f"recipe '{recipe.name}'", original.transforms, list(recipe.stages))
     return chain
 
@@ -103,8 +159,10 @@ def plan(recipe: Recipe, original: Denoiser, seed: int, device, batch_size: int,
 def _settings(stage: Stage, spec: StageSpec, seed: int, where: str) -> Settings:
     chained = sorted(set(spec.settings) & CHAIN_KEYS)
     if chained:
-        raise AccelError(f"{where}: key '{chained[0]}' is not a stage setting (the chain sets it for every stage: "
-                         "accel compress's own setting, where it has one)")
+        raise AccelError(
+            f"{where}: key '{chained[0]}' is not a stage setting (the chain sets "
+            "it for every stage: accel compress's own setting, where it has one)"
+        )
     try:
         return stage.settings(spec.settings, seed=seed)
     except ConfigError as error:
@@ -115,15 +173,21 @@ def _settings(stage: Stage, spec: StageSpec, seed: int, where: str) -> Settings:
 
 
 def _runner(stage: Stage, settings: Settings, device, batch_size: int, progress: bool):
-    """The stage as the chain runs it: on a copy of the original model or on the previous stage's output, its
-    checkpoints beside its folder, its model written as an artifact (or its file where it writes one)."""
+    """The stage as the chain runs it: on a copy of the original model or on the previous stage's
+    output, its checkpoints beside its folder, its model written as an artifact (or its file where
+    it writes one)."""
 
     def run(source, output: Path, resume: bool) -> None:
         model = copy.deepcopy(source) if isinstance(source, Denoiser) else load(source, device)
         folder = output.parent if stage.output_file else output
-        context = Context(work_dir=work_dir_for(folder), resume=resume,
-                          out=output if stage.output_file else None, overwrite=True, batch_size=batch_size,
-                          progress=progress)
+        context = Context(
+            work_dir=work_dir_for(folder),
+            resume=resume,
+            out=output if stage.output_file else None,
+            overwrite=True,
+            batch_size=batch_size,
+            progress=progress,
+        )
         result = stage.run(model, settings, context)
         if stage.output_file is None and current_processes().is_main:
             with atomic_dir(output, overwrite=True) as staging:
@@ -150,7 +214,8 @@ def _quiet(line: str) -> None:
 
 
 def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
-    """A fresh OUT (refusing a non-empty one unless ``overwrite``), or the one ``resume`` continues."""
+    """A fresh OUT (refusing a non-empty one unless ``overwrite``), or the one ``resume``
+    continues."""
     if resume:
         return  # checked against the recorded run before anything is written
     ensure_writable_dir(out, overwrite)
@@ -160,7 +225,8 @@ def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def _report(evaluations: list[Evaluation], runs: list[StageRun], recipe: Recipe) -> Report:
-    """The final stage's report against the original, with the stage table, the plot and the samples picture."""
+    """The final stage's report against the original, with the stage table, the plot and the samples
+    picture."""
     report = evaluations[-1].report
     rows = stage_rows([e.report for e in evaluations], runs)
     report.add_section("recipe", recipe.to_dict())
@@ -174,7 +240,8 @@ def _place_final(output: Path, out: Path) -> Path:
         for name in ARTIFACT_FILES:
             _copy(output / name, out / name)
         return out
-    for companion in output.parent.glob(f"{output.stem}.*"):  # model.onnx and a cached model's model.cached.onnx
+    # model.onnx and a cached model's model.cached.onnx
+    for companion in output.parent.glob(f"{output.stem}.*"):
         if companion.is_file():
             _copy(companion, out / companion.name)
     return out / output.name
@@ -185,15 +252,25 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, partial)
 
 
-def _write(out: Path, report: Report, evaluations: list[Evaluation], runs: list[StageRun]) -> None:
+def _write(out: Path, report: Report, evaluations: list[Evaluation], runs: list[StageRun]) -> Path:
+    """The final model, the report, the samples picture and the plot into ``out``; returns the final
+    model's place there."""
+    final = _place_final(runs[-1].output, out)
     images = [evaluations[0].images[0]] + [e.images[1] for e in evaluations]
     captions = ["original"] + [run.spec.folder for run in runs]
     write_text(out / "report.json", to_json(report.to_dict()))
     write_text(out / "report.md", report.to_markdown())
     with atomic_file(out / "samples.png") as partial:
         sample_grid(images, captions).save(partial)
-    points = [{"label": row["stage"], "x": row["ms_per_image"], "y": row["fid_ratio"] or 1.0}
-              for row in report.sections["stages"]]
+    points = [
+        {"label": row["stage"], "x": row["ms_per_image"], "y": row["fid_ratio"] or 1.0}
+        for row in report.sections["stages"]
+    ]
     with atomic_file(out / PLOT) as partial:
-        quality_speed_plot(points, partial, "wall time per image (ms, log scale)",
-                           f"accel compress --recipe {report.config['name']}: {report.model}")
+        quality_speed_plot(
+            points,
+            partial,
+            "wall time per image (ms, log scale)",
+            f"accel compress --recipe {report.config['name']}: {report.model}",
+        )
+    return final

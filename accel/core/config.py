@@ -1,13 +1,15 @@
 """``Config``: the base of every setting object (QuantConfig, OptimizeConfig, SamplingSpec, ...).
 
-A config is frozen (a preset cannot be changed by accident: ``dataclasses.replace`` makes a new one), checked
-on construction (field types first, then the subclass's ``validate``), versioned, and round-trips through
-JSON: ``to_dict`` writes its fields and ``version``; ``from_dict`` refuses unknown keys and wrong types, and
-upgrades what an older version wrote. Every error is a ConfigError that names the field.
+A config is frozen (a preset cannot be changed by accident: ``dataclasses.replace`` makes a new
+one), checked on construction (field types first, then the subclass's ``validate``), versioned, and
+round-trips through JSON: ``to_dict`` writes its fields and ``version``; ``from_dict`` refuses
+unknown keys and wrong types, and upgrades what an older version wrote. Every error is a ConfigError
+that names the field.
 
-A field with a fixed set of values declares them once, with ``one_of``: the check here, the command line's
-``choices`` and the documentation all read them from the field.
+A field with a fixed set of values declares them once, with ``one_of``: the check here, the command
+line's ``choices`` and the documentation all read them from the field.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +26,9 @@ class FrozenDict(dict):
     """A dict that refuses changes: a mapping field of a frozen config (presets share theirs)."""
 
     def _refuse(self, *args, **kwargs):
-        raise TypeError("this mapping belongs to a frozen config; make a new config with dataclasses.replace")
+        raise TypeError(
+            "this mapping belongs to a frozen config; make a new config with dataclasses.replace"
+        )
 
     __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
 
@@ -33,7 +37,8 @@ class FrozenDict(dict):
 
 
 def one_of(default, choices: tuple) -> Any:
-    """A dataclass field whose value must be one of ``choices`` (or None, where the annotation allows it)."""
+    """A dataclass field whose value must be one of ``choices`` (or None, where the annotation
+    allows it)."""
     return field(default=default, metadata={"choices": tuple(choices)})
 
 
@@ -53,7 +58,9 @@ class Config:
             object.__setattr__(self, item.name, value)
             choices = item.metadata.get("choices")
             if choices and value is not None and value not in choices:
-                raise self.invalid(item.name, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+                raise self.invalid(
+                    item.name, f"must be one of {', '.join(map(str, choices))}, got {value!r}"
+                )
         self.validate()
 
     def validate(self) -> None:
@@ -63,18 +70,24 @@ class Config:
         return ConfigError(type(self).__name__, field, problem)
 
     def to_dict(self) -> dict:
-        return {"version": self.VERSION, **{f.name: _plain(getattr(self, f.name)) for f in fields(self)}}
+        return {
+            "version": self.VERSION,
+            **{f.name: _plain(getattr(self, f.name)) for f in fields(self)},
+        }
 
     @classmethod
     def from_dict(cls, data: Any):
-        """The config ``to_dict`` wrote, from this or an older version; unknown keys and bad types refused."""
+        """The config ``to_dict`` wrote, from this or an older version; unknown keys and bad types
+        refused."""
         name = cls.__name__
         if not isinstance(data, Mapping):
             raise ConfigError(name, "", f"must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         version = data.pop("version", 1)  # configs written before versioning are version 1
         if type(version) is not int or not 1 <= version <= cls.VERSION:
-            raise ConfigError(name, "version", f"must be 1 to {cls.VERSION} (this accel), got {version!r}")
+            raise ConfigError(
+                name, "version", f"must be 1 to {cls.VERSION} (this accel), got {version!r}"
+            )
         data = cls.upgrade(data, version)
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
@@ -83,7 +96,8 @@ class Config:
 
     @classmethod
     def upgrade(cls, data: dict, version: int) -> dict:
-        """``data`` as an older ``version`` wrote it, in this version's fields (override when VERSION grows)."""
+        """``data`` as an older ``version`` wrote it, in this version's fields (override when
+        VERSION grows)."""
         return data
 
 
@@ -97,7 +111,8 @@ def _describe(hint) -> str:
 
 
 def _coerce(value, hint, config: Config, field: str):
-    """``value`` checked against the annotation ``hint``; lists become tuples and dicts FrozenDicts."""
+    """``value`` checked against the annotation ``hint``; lists become tuples and dicts
+    FrozenDicts."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -113,8 +128,12 @@ def _coerce(value, hint, config: Config, field: str):
     if origin in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise config.invalid(field, f"must be a mapping, got {value!r}")
-        return FrozenDict({_coerce(k, args[0], config, field): _coerce(v, args[1], config, field)
-                           for k, v in value.items()})
+        return FrozenDict(
+            {
+                _coerce(k, args[0], config, field): _coerce(v, args[1], config, field)
+                for k, v in value.items()
+            }
+        )
     if hint is float and type(value) is int:
         return float(value)
     if type(value) is not hint:  # exact: True is not an int here, 4.0 not an int

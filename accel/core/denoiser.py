@@ -1,5 +1,7 @@
-"""One calling convention over every supported network: ``eps = denoiser(x_t, t, cond=None, step=None)``, with
-the sampler the network is meant to be run with and the step hooks that act on its calls."""
+"""One calling convention over every supported network: ``eps = denoiser(x_t, t, cond=None,
+step=None)``, with the sampler the network is meant to be run with and the step hooks that act on
+its calls."""
+
 from __future__ import annotations
 
 import functools
@@ -26,16 +28,26 @@ TEXT_TOKENS = 77  # CLIP's sequence length, used for the stand-in text condition
 class Denoiser(nn.Module):
     """A noise-prediction network with its noise schedule, its sampler, and where it came from.
 
-    ``module`` is a diffusers UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel / Transformer2DModel,
-    or any module called as ``module(x_t, t)`` / ``module(x_t, t, cond)`` returning eps (or an object with
-    ``.sample``). Plain modules must give ``sample_shape``. ``scheduler_config`` is the noise schedule the
-    network was trained with; ``sampling`` the sampler it is meant to be run with (default DDIM, 50 steps).
+    ``module`` is a diffusers UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel /
+    Transformer2DModel, or any module called as ``module(x_t, t)`` / ``module(x_t, t, cond)``
+    returning eps (or an object with ``.sample``). Plain modules must give ``sample_shape``.
+    ``scheduler_config`` is the noise schedule the network was trained with; ``sampling`` the
+    sampler it is meant to be run with (default DDIM, 50 steps).
     """
 
-    def __init__(self, module: nn.Module, scheduler_config: dict[str, Any], *, source: str = "",
-                 sample_shape: tuple[int, int, int] | None = None, weights_bytes: int | None = None,
-                 notes: tuple[str, ...] = (), cond_kind: str | None = None, sampling: SamplingSpec | None = None,
-                 runtime: str = "PyTorch"):
+    def __init__(
+        self,
+        module: nn.Module,
+        scheduler_config: dict[str, Any],
+        *,
+        source: str = "",
+        sample_shape: tuple[int, int, int] | None = None,
+        weights_bytes: int | None = None,
+        notes: tuple[str, ...] = (),
+        cond_kind: str | None = None,
+        sampling: SamplingSpec | None = None,
+        runtime: str = "PyTorch",
+    ):
         super().__init__()
         self.module = module
         self.runtime = runtime  # what runs the network: PyTorch, or the runtime of an exported file
@@ -43,11 +55,14 @@ class Denoiser(nn.Module):
         self.scheduler_config = dict(scheduler_config)
         self.sampling = sampling or SamplingSpec()
         self.source = source
-        self.origin = source  # the model a chain of transforms started from: an artifact of it keeps it
+        # the model a chain of transforms started from: an artifact of it keeps it
+        self.origin = source
         self.weights_bytes = weights_bytes
         self.notes = list(notes)
-        self._cond_kind = cond_kind  # given for modules that cannot say (an exported graph); else from the config
-        self.transforms: list[dict] = []  # what accel did to the base model, in order (artifact accel.json)
+        # given for modules that cannot say (an exported graph); else from the config
+        self._cond_kind = cond_kind
+        # what accel did to the base model, in order (artifact accel.json)
+        self.transforms: list[dict] = []
         self.hooks: dict[str, StepHook] = {}  # by name, run in the order they were added
         self.sample_shape = tuple(sample_shape) if sample_shape else self._shape_from_config()
 
@@ -92,8 +107,9 @@ class Denoiser(nn.Module):
         return None
 
     def default_cond(self, count: int, generator: torch.Generator) -> torch.Tensor | None:
-        """Conditioning for unguided sampling: uniform random class labels, or zero text embeddings (accel
-        has no text encoder; pass real ``encoder_hidden_states`` as ``cond`` for meaningful text sampling)."""
+        """Conditioning for unguided sampling: uniform random class labels, or zero text embeddings
+        (accel has no text encoder; pass real ``encoder_hidden_states`` as ``cond`` for meaningful
+        text sampling)."""
         config = self.config
         if self.cond_kind == "class":
             classes = config.get("num_class_embeds") or config["num_embeds_ada_norm"]
@@ -117,18 +133,29 @@ class Denoiser(nn.Module):
         """Move conditioning to the model's device (and float conditioning to its dtype)."""
         if cond is None:
             return None
-        return cond.to(self.device, self.dtype) if cond.is_floating_point() else cond.to(self.device)
+        return (
+            cond.to(self.device, self.dtype) if cond.is_floating_point() else cond.to(self.device)
+        )
 
     def example_inputs(self, batch_size: int, t: int = 500, seed: int = 0):
-        """(x_t, t, cond) for timing and tracing: seeded noise, a mid-trajectory timestep, default conditioning."""
+        """(x_t, t, cond) for timing and tracing: seeded noise, a mid-trajectory timestep, default
+        conditioning."""
         generator = torch.Generator().manual_seed(seed)
-        x = torch.randn((batch_size, *self.sample_shape), generator=generator).to(self.device, self.dtype)
+        x = torch.randn((batch_size, *self.sample_shape), generator=generator).to(
+            self.device, self.dtype
+        )
         cond = self.to_model(self.default_cond(batch_size, generator))
         return x, torch.full((batch_size,), t, device=self.device), cond
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor | None = None,
-                step: int | None = None) -> torch.Tensor:
-        """eps for ``x_t`` at timesteps ``t``; ``step`` is the call's index in the sampler's trajectory (hooks)."""
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        cond: torch.Tensor | None = None,
+        step: int | None = None,
+    ) -> torch.Tensor:
+        """eps for ``x_t`` at timesteps ``t``; ``step`` is the call's index in the sampler's
+        trajectory (hooks)."""
         t = torch.as_tensor(t, device=x_t.device)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
@@ -147,9 +174,11 @@ class Denoiser(nn.Module):
     def _eps_call(self, call: StepCall) -> torch.Tensor:
         return self.eps_of(self.module, call.x_t, call.t, call.cond)
 
-    def eps_of(self, module: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """eps from ``module`` called as this model's network is (a training loop passes its wrapped copy); no
-        hooks."""
+    def eps_of(
+        self, module: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None
+    ) -> torch.Tensor:
+        """eps from ``module`` called as this model's network is (a training loop passes its wrapped
+        copy); no hooks."""
         if self.kind == "unet":
             out = module(x_t, t, class_labels=cond).sample
         elif self.kind == "unet-text":

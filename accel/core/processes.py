@@ -1,13 +1,15 @@
 """The processes a command runs as: this one alone, or several under ``accelerate launch`` /
-``torch.distributed.run`` (one process group: gloo on the CPU, nccl on GPUs). A single process never starts
-torch.distributed."""
+``torch.distributed.run`` (one process group: gloo on the CPU, nccl on GPUs). A single process never
+starts torch.distributed."""
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -35,12 +37,12 @@ class Processes:
         torch.distributed.all_gather_object(shares, share)
         whole = [None] * sum(len(part) for part in shares)
         for rank, part in enumerate(shares):
-            whole[rank::self.count] = part
+            whole[rank :: self.count] = part
         return whole
 
     def on_main(self, work: Callable[[], T]) -> T:
-        """``work()`` done by the main process alone; every process gets its result, or raises its AccelError.
-        Returning is a meeting point: no process goes on before the main one is done."""
+        """``work()`` done by the main process alone; every process gets its result, or raises its
+        AccelError. Returning is a meeting point: no process goes on before the main one is done."""
         if self.count == 1:
             return work()
         outcome: list = [None]
@@ -56,8 +58,8 @@ class Processes:
         return value
 
     def own_device(self, device: torch.device) -> torch.device:
-        """``cuda`` without an index as this process's own GPU (LOCAL_RANK, as launchers number them), so that
-        the processes do not all share GPU 0; any other device as given."""
+        """``cuda`` without an index as this process's own GPU (LOCAL_RANK, as launchers number
+        them), so that the processes do not all share GPU 0; any other device as given."""
         if self.count > 1 and device.type == "cuda" and device.index is None:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return device
@@ -68,7 +70,8 @@ SINGLE = Processes()
 
 @contextlib.contextmanager
 def alone():
-    """Inside, ``current_processes()`` is this process alone: work the main process does for everyone."""
+    """Inside, ``current_processes()`` is this process alone: work the main process does for
+    everyone."""
     token = _ALONE.set(True)
     try:
         yield
@@ -77,8 +80,9 @@ def alone():
 
 
 def current_processes() -> Processes:
-    """This run's processes: those of the process group, started here (through accelerate) when a launcher set
-    WORLD_SIZE above 1 and nobody has yet; else this process alone (also inside ``alone()``)."""
+    """This run's processes: those of the process group, started here (through accelerate) when a
+    launcher set WORLD_SIZE above 1 and nobody has yet; else this process alone (also inside
+    ``alone()``)."""
     distributed = torch.distributed
     if _ALONE.get():
         return SINGLE
@@ -87,7 +91,8 @@ def current_processes() -> Processes:
             return SINGLE
         from accelerate import PartialState
 
-        # Joins the launcher's process group: gloo on the CPU, nccl where there are GPUs. As the training loop's
-        # Accelerator will ask: a state made for CUDA first leaves a later Accelerator(cpu=True) one process.
+        # Joins the launcher's process group: gloo on the CPU, nccl where there are GPUs. As the
+        # training loop's Accelerator will ask: a state made for CUDA first leaves a later
+        # Accelerator(cpu=True) one process.
         PartialState(cpu=not torch.cuda.is_available())
     return Processes(distributed.get_rank(), distributed.get_world_size())

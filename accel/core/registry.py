@@ -1,19 +1,21 @@
-"""The transform registry: every capability that changes a model registers here, and the rest of accel (artifact,
-loading, export, the CLI) finds it here instead of importing it.
+"""The transform registry: every capability that changes a model registers here, and the rest of
+accel (artifact, loading, export, the CLI) finds it here instead of importing it.
 
-A ``Transform`` names its config class, how it is applied in place, how an artifact gives a fresh base model
-the structure it left (``rebuild``) and the step hooks it attached (``attach``), how its weights are stored (``pack_state`` / ``unpack_state``), how its
-layers go into an exported graph (``export``), and which transforms may come before it. ``apply`` is the one
-place a transform is checked against what came before and recorded in ``Denoiser.transforms``.
+A ``Transform`` names its config class, how it is applied in place, how an artifact gives a fresh
+base model the structure it left (``rebuild``) and the step hooks it attached (``attach``), how its
+weights are stored (``pack_state`` / ``unpack_state``), how its layers go into an exported graph
+(``export``), and which transforms may come before it. ``apply`` is the one place a transform is
+checked against what came before and recorded in ``Denoiser.transforms``.
 
-Exported files register their loaders by suffix (``register_file_loader``), so ``accel.load`` opens a
-``.onnx`` or ``.plan`` without knowing the exporter.
+Exported files register their loaders by suffix (``register_file_loader``), so ``accel.load`` opens
+a ``.onnx`` or ``.plan`` without knowing the exporter.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -21,7 +23,8 @@ import torch.nn as nn
 from accel.core.config import Config
 from accel.core.errors import AccelError
 
-ANY = "any"  # ``may_follow`` value: every other transform (export may follow anything but an export)
+# ``may_follow`` value: every other transform (export may follow anything but an export)
+ANY = "any"
 
 State = dict[str, torch.Tensor]
 
@@ -30,11 +33,13 @@ State = dict[str, torch.Tensor]
 class ExportForm:
     """How a transform's layers go into an ONNX graph.
 
-    ``blocked_layers(network)`` names the layers that want blocked DequantizeLinear (INT4 weights, per-group
-    scales; opset 21); ``convert(network, blocked)`` rewrites the network in place into what the exporter traces
-    (Q/DQ ops) and returns counts for the export record. Ops the TorchScript exporter cannot write at opset 20
-    are traced as ``PLACEHOLDER_DOMAIN::<op>`` nodes, which the exporter rewrites to the standard op.
+    ``blocked_layers(network)`` names the layers that want blocked DequantizeLinear (INT4 weights,
+    per-group scales; opset 21); ``convert(network, blocked)`` rewrites the network in place into
+    what the exporter traces (Q/DQ ops) and returns counts for the export record. Ops the
+    TorchScript exporter cannot write at opset 20 are traced as ``PLACEHOLDER_DOMAIN::<op>`` nodes,
+    which the exporter rewrites to the standard op.
     """
+
     blocked_layers: Callable[[nn.Module], list[str]]
     convert: Callable[[nn.Module, bool], dict]
 
@@ -46,16 +51,20 @@ PLACEHOLDER_DOMAIN, BLOCK_DEQUANTIZE = "accel", "BlockDequantizeLinear"
 class Transform:
     name: str
     config: type[Config]
-    # apply(denoiser, config, *inputs) -> what the record keeps besides name and config; None for a transform
-    # whose product is a file (export): it is recorded on the models loaded from that file
+    # apply(denoiser, config, *inputs) -> what the record keeps besides name and config; None for a
+    # transform whose product is a file (export): it is recorded on the models loaded from that file
     apply: Callable[..., dict] | None
-    may_follow: tuple[str, ...] | str = ()  # transforms that may come before this one; ANY: all but itself
-    rebuild: Callable[..., None] | None = None  # rebuild(denoiser, record): a fresh base gets the structure
-    # attach(denoiser, record): behaviour that is not in the weights (step hooks) given back to a loaded model,
-    # an artifact's or an exported file's runtime alike
+    # transforms that may come before this one; ANY: all but itself
+    may_follow: tuple[str, ...] | str = ()
+    # rebuild(denoiser, record): a fresh base gets the structure
+    rebuild: Callable[..., None] | None = None
+    # attach(denoiser, record): behaviour that is not in the weights (step hooks) given back to a
+    # loaded model, an artifact's or an exported file's runtime alike
     attach: Callable[..., None] | None = None
-    pack_state: Callable[[nn.Module, State], State] | None = None    # weights as stored in model.safetensors
-    unpack_state: Callable[[nn.Module, State], State] | None = None  # ... and back, before load_state_dict
+    # weights as stored in model.safetensors
+    pack_state: Callable[[nn.Module, State], State] | None = None
+    # ... and back, before load_state_dict
+    unpack_state: Callable[[nn.Module, State], State] | None = None
     export: ExportForm | None = None
 
     def allows_after(self, previous: str) -> bool:
@@ -75,7 +84,10 @@ def register(transform: Transform) -> Transform:
 
 def get(name: str) -> Transform:
     if name not in _TRANSFORMS:
-        raise AccelError(f"'{name}' is not a transform this accel knows (it has {', '.join(sorted(_TRANSFORMS))})")
+        raise AccelError(
+            f"'{name}' is not a transform this accel knows "
+            f"(it has {', '.join(sorted(_TRANSFORMS))})"
+        )
     return _TRANSFORMS[name]
 
 
@@ -89,23 +101,35 @@ def check_can_follow(records: list[dict], name: str) -> None:
     transform = get(name)
     for record in records:
         if not transform.allows_after(record["name"]):
-            allowed = ("any transform but itself" if transform.may_follow == ANY
-                       else ", ".join(transform.may_follow) or "no other transform")
-            raise AccelError(f"cannot {name} this model: it went through {record['name']}, and {name} may follow "
-                             f"{allowed}; start from the model before {record['name']}")
+            allowed = (
+                "any transform but itself"
+                if transform.may_follow == ANY
+                else ", ".join(transform.may_follow) or "no other transform"
+            )
+            raise AccelError(
+                f"cannot {name} this model: it went through {record['name']}, and {name} "
+                f"may follow {allowed}; start from the model before {record['name']}"
+            )
 
 
 def apply(denoiser, name: str, config: Config, *inputs) -> dict:
     """Apply transform ``name`` to ``denoiser`` in place and record it; returns the record."""
     transform = get(name)
     if transform.apply is None:
-        raise AccelError(f"{name} writes a file instead of changing the model; call its own function")
+        raise AccelError(
+            f"{name} writes a file instead of changing the model; call its own function"
+        )
     if not isinstance(config, transform.config):
         raise AccelError(f"{name} takes a {transform.config.__name__}, got {type(config).__name__}")
     check_can_follow(denoiser.transforms, name)
-    record = {"name": name, "config": config.to_dict(), **transform.apply(denoiser, config, *inputs)}
+    record = {
+        "name": name,
+        "config": config.to_dict(),
+        **transform.apply(denoiser, config, *inputs),
+    }
     denoiser.transforms.append(record)
-    denoiser.weights_bytes = None  # a file the model was loaded from no longer describes its weights
+    # a file the model was loaded from no longer describes its weights
+    denoiser.weights_bytes = None
     return record
 
 

@@ -1,10 +1,13 @@
-"""``SamplingSpec``: the sampler a model is meant to be run with. It travels with the model (``Denoiser.sampling``,
-saved in ``accel.json``), so a 4-step student is evaluated, calibrated and exported with its own 4 steps.
+"""``SamplingSpec``: the sampler a model is meant to be run with. It travels with the model
+(``Denoiser.sampling``, saved in ``accel.json``), so a 4-step student is evaluated, calibrated and
+exported with its own 4 steps.
 
-The noise schedule itself (betas, timesteps, what the network predicts) is the model's training scheduler
-config (``scheduler_config.json``); the spec names the sampler built on it: a short name or any diffusers
-scheduler class, its step count, DDIM's eta, and settings layered over the schedule config.
+The noise schedule itself (betas, timesteps, what the network predicts) is the model's training
+scheduler config (``scheduler_config.json``); the spec names the sampler built on it: a short name
+or any diffusers scheduler class, its step count, DDIM's eta, and settings layered over the schedule
+config.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -17,22 +20,31 @@ from accel.core.config import Config, one_of
 SAMPLERS = {
     "ddim": ("DDIMScheduler", {}),
     "ddpm": ("DDPMScheduler", {}),
-    # DPM-Solver++ (Lu et al. 2022), second order multistep: what Stable Diffusion users run at 20-25 steps
+    # DPM-Solver++ (Lu et al. 2022), second order multistep: what Stable Diffusion users run at
+    # 20-25 steps
     "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
 }
-# Samplers that draw fresh noise at every step: two models run with them from the same x_T follow different
-# trajectories, so PSNR between their samples is meaningless unless the sampler runs are identical.
-STOCHASTIC = {"DDPMScheduler", "DDPMParallelScheduler", "EulerAncestralDiscreteScheduler",
-              "KDPM2AncestralDiscreteScheduler", "LCMScheduler", "TCDScheduler"}
+# Samplers that draw fresh noise at every step: two models run with them from the same x_T follow
+# different trajectories, so PSNR between their samples is meaningless unless the sampler runs are
+# identical.
+STOCHASTIC = {
+    "DDPMScheduler",
+    "DDPMParallelScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 @dataclass(frozen=True)
 class SamplingSpec(Config):
-    name: str = "ddim"                     # a key of SAMPLERS or a diffusers scheduler class name
+    name: str = "ddim"  # a key of SAMPLERS or a diffusers scheduler class name
     steps: int = 50
-    eta: float = 0.0                       # DDIM only: 0 is deterministic, 1 is DDPM-like
-    prediction_type: str | None = one_of(None, PREDICTION_TYPES)  # None: as its training schedule says
+    eta: float = 0.0  # DDIM only: 0 is deterministic, 1 is DDPM-like
+    # None: as its training schedule says
+    prediction_type: str | None = one_of(None, PREDICTION_TYPES)
     options: dict[str, Any] = field(default_factory=dict)  # more settings over the schedule config
 
     def validate(self) -> None:
@@ -62,12 +74,15 @@ class SamplingSpec(Config):
 
     def scheduler(self, schedule_config: dict):
         """A fresh diffusers scheduler on the model's schedule, with this spec's timesteps set."""
-        scheduler = _diffusers_scheduler(self.scheduler_class).from_config({**schedule_config, **self.settings()})
+        scheduler = _diffusers_scheduler(self.scheduler_class).from_config(
+            {**schedule_config, **self.settings()}
+        )
         scheduler.set_timesteps(self.steps)
         return scheduler
 
     def step_kwargs(self, scheduler, generator) -> dict:
-        """Keyword arguments for ``scheduler.step``: the noise generator and eta where the sampler takes them."""
+        """Keyword arguments for ``scheduler.step``: the noise generator and eta where the sampler
+        takes them."""
         accepted = inspect.signature(scheduler.step).parameters
         kwargs = {"generator": generator} if "generator" in accepted else {}
         if "eta" in accepted:
@@ -77,9 +92,9 @@ class SamplingSpec(Config):
     def describe(self) -> str:
         return f"{self.name} {self.steps} steps" + (f", eta {self.eta:g}" if self.eta else "")
 
-    def changed(self, changes: dict) -> "SamplingSpec":
-        """This spec with ``changes`` (``{"steps": 20}``); another sampler name starts from that sampler's own
-        settings, keeping the step count and what the network predicts."""
+    def changed(self, changes: dict) -> SamplingSpec:
+        """This spec with ``changes`` (``{"steps": 20}``); another sampler name starts from that
+        sampler's own settings, keeping the step count and what the network predicts."""
         spec = self
         if changes.get("name", self.name) != self.name:
             spec = SamplingSpec(steps=self.steps, prediction_type=self.prediction_type)
@@ -88,8 +103,8 @@ class SamplingSpec(Config):
 
 @dataclass(frozen=True)
 class SamplerChange(Config):
-    """Changes to a model's own sampler, as ``--sampler``, ``--steps`` and ``--eta`` give them; None keeps what
-    the model has."""
+    """Changes to a model's own sampler, as ``--sampler``, ``--steps`` and ``--eta`` give them; None
+    keeps what the model has."""
 
     name: str | None = None
     steps: int | None = None

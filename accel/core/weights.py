@@ -1,10 +1,11 @@
 """A denoiser's weights as an artifact stores them, and back.
 
-The stored form is the network's state dict, passed through the ``pack_state`` of every transform applied to
-it, in order (quantization stores integer codes instead of float weights); loading runs ``unpack_state`` in
-reverse order and then a strict ``load_state_dict``, so weights that do not fit the rebuilt structure are
-refused in one line.
+The stored form is the network's state dict, passed through the ``pack_state`` of every transform
+applied to it, in order (quantization stores integer codes instead of float weights); loading runs
+``unpack_state`` in reverse order and then a strict ``load_state_dict``, so weights that do not fit
+the rebuilt structure are refused in one line.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,10 @@ from accel.core.errors import AccelError, one_line
 
 @torch.no_grad()
 def stored_state(denoiser) -> registry.State:
-    state = {key: value.detach().contiguous().cpu() for key, value in denoiser.module.state_dict().items()}
+    state = {
+        key: value.detach().contiguous().cpu()
+        for key, value in denoiser.module.state_dict().items()
+    }
     for transform in registry.applied(denoiser):
         if transform.pack_state is not None:
             state = transform.pack_state(denoiser.module, state)
@@ -33,8 +37,17 @@ def load_stored_state(denoiser, state: registry.State, source: Path) -> None:
             if transform.unpack_state is not None:
                 state = transform.unpack_state(denoiser.module, state)
         denoiser.module.load_state_dict(state, strict=True)
-    except (AccelError, RuntimeError, KeyError, ValueError, AttributeError) as error:  # another model's weights
-        raise AccelError(f"{source} does not fit the model its folder describes ({one_line(error)})")
+    # another model's weights
+    except (
+        AccelError,
+        RuntimeError,
+        KeyError,
+        ValueError,
+        AttributeError,
+    ) as error:
+        raise AccelError(
+            f"{source} does not fit the model its folder describes ({one_line(error)})"
+        )
 
 
 def file_sha256(path: Path) -> str:

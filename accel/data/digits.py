@@ -1,8 +1,10 @@
-"""scikit-learn's bundled handwritten digits (1,797 images, 8x8, 16 grey levels) at 16x16 in [-1, 1].
+"""scikit-learn's bundled handwritten digits (1,797 images, 8x8, 16 grey levels) at 16x16 in [-1,
+1].
 
-The images ship inside scikit-learn, so the reference model and its FID classifier can be trained and
-evaluated on any machine without a download.
+The images ship inside scikit-learn, so the reference model and its FID classifier can be trained
+and evaluated on any machine without a download.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,7 @@
-"""DistillConfig: which step distillation, to how many sampling steps, with which student parameterization.
-Frozen; round-trips to JSON. The training budgets (``PROGRESSIVE``, ``CONSISTENCY``) are TrainConfigs."""
+"""DistillConfig: which step distillation, to how many sampling steps, with which student
+parameterization. Frozen; round-trips to JSON. The training budgets (``PROGRESSIVE``,
+``CONSISTENCY``) are TrainConfigs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,16 +18,18 @@ MAX_STEPS = 64
 @dataclass(frozen=True)
 class DistillConfig(Config):
     method: str = one_of("progressive", METHODS)
-    steps: int = 4                       # the student's sampling steps (progressive: a power of two)
-    # what the student's network outputs. v (Salimans & Ho 2022): x0 = alpha z - sigma v stays bounded where
-    # alpha -> 0, while eps gives x0 = (z - sigma eps) / alpha, which a 1-4 step sampler's first step (t = 999,
-    # alpha = 5e-5 on digits' cosine schedule) blows up by 2e4 (bench.distill's parameterization rows)
+    steps: int = 4  # the student's sampling steps (progressive: a power of two)
+    # what the student's network outputs. v (Salimans & Ho 2022): x0 = alpha z - sigma v stays
+    # bounded where alpha -> 0, while eps gives x0 = (z - sigma eps) / alpha, which a 1-4 step
+    # sampler's first step (t = 999, alpha = 5e-5 on digits' cosine schedule) blows up by 2e4
+    # (bench.distill's parameterization rows)
     prediction_type: str = one_of("v_prediction", PREDICTION_TYPES)
     # progressive: the first stage's teacher runs DDIM at this many steps; each stage halves it
     teacher_steps: int = 32
-    # consistency: the teacher's DDIM solver jumps this many training timesteps (LCM: 1000 / 50 = 20)
+    # consistency: the teacher's DDIM solver jumps this many training timesteps (LCM: 1000 / 50 =
+    # 20)
     solver_skip: int = 20
-    target_ema: float = 0.95             # consistency: EMA of the target network (CM and LCM: 0.95)
+    target_ema: float = 0.95  # consistency: EMA of the target network (CM and LCM: 0.95)
     loss: str = one_of("pseudo-huber", LOSSES)  # consistency: iCT's pseudo-Huber, or plain L2
     seed: int = 0
 
@@ -33,19 +37,30 @@ class DistillConfig(Config):
         if not 1 <= self.steps <= MAX_STEPS:
             raise self.invalid("steps", f"must be between 1 and {MAX_STEPS}, got {self.steps}")
         if self.method == "progressive" and not _power_of_two(self.steps):
-            raise self.invalid("steps", f"must be a power of two for progressive distillation (each stage halves "
-                                        f"the steps), got {self.steps}")
-        if self.method == "progressive" and (not _power_of_two(self.teacher_steps)
-                                             or not 2 * self.steps <= self.teacher_steps <= 2 * MAX_STEPS):
-            raise self.invalid("teacher_steps", f"must be a power of two from 2 x steps ({2 * self.steps}) to "
-                                                f"{2 * MAX_STEPS}, got {self.teacher_steps}")
+            raise self.invalid(
+                "steps",
+                f"must be a power of two for progressive distillation (each stage halves "
+                f"the steps), got {self.steps}",
+            )
+        if self.method == "progressive" and (
+            not _power_of_two(self.teacher_steps)
+            or not 2 * self.steps <= self.teacher_steps <= 2 * MAX_STEPS
+        ):
+            raise self.invalid(
+                "teacher_steps",
+                f"must be a power of two from 2 x steps ({2 * self.steps}) to "
+                f"{2 * MAX_STEPS}, got {self.teacher_steps}",
+            )
         if not 1 <= self.solver_skip <= 500:
-            raise self.invalid("solver_skip", f"must be between 1 and 500 timesteps, got {self.solver_skip}")
+            raise self.invalid(
+                "solver_skip", f"must be between 1 and 500 timesteps, got {self.solver_skip}"
+            )
         if not 0.0 <= self.target_ema < 1.0:
             raise self.invalid("target_ema", f"must be in [0, 1), got {self.target_ema}")
 
     def stages(self) -> list[int]:
-        """Progressive: the student's step count at each stage (teacher_steps / 2, / 4, ... down to steps)."""
+        """Progressive: the student's step count at each stage (teacher_steps / 2, / 4, ... down to
+        steps)."""
         stages, steps = [], self.teacher_steps // 2
         while steps >= self.steps:
             stages.append(steps)
@@ -57,7 +72,12 @@ def _power_of_two(value: int) -> bool:
     return value >= 1 and value & (value - 1) == 0
 
 
-# Training budgets (2-core CPU, digits: README): each progressive stage, and the one consistency run. Batch 64 at
-# about 0.3 s per step (two teacher calls and one student step); 32 -> 4 steps is three stages, about 10 minutes.
-PROGRESSIVE = TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup_steps=50, ema_decay=0.999, checkpoint_every=100)
-CONSISTENCY = TrainConfig(steps=3000, batch_size=64, lr=5e-4, warmup_steps=50, ema_decay=0.999, checkpoint_every=100)
+# Training budgets (2-core CPU, digits: README): each progressive stage, and the one consistency
+# run. Batch 64 at about 0.3 s per step (two teacher calls and one student step); 32 -> 4 steps is
+# three stages, about 10 minutes.
+PROGRESSIVE = TrainConfig(
+    steps=600, batch_size=64, lr=5e-4, warmup_steps=50, ema_decay=0.999, checkpoint_every=100
+)
+CONSISTENCY = TrainConfig(
+    steps=3000, batch_size=64, lr=5e-4, warmup_steps=50, ema_decay=0.999, checkpoint_every=100
+)

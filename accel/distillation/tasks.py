@@ -1,21 +1,24 @@
-"""The two distillation objectives as training-loop tasks (``loss(forward, batch_size, generator, device)``).
+"""The two distillation objectives as training-loop tasks (``loss(forward, batch_size, generator,
+device)``).
 
-- ``ProgressiveStage`` (Salimans & Ho 2022, Algorithm 2): z_t from a clean image at one of the student's N
-  timesteps; the teacher takes two DDIM steps t -> t' -> t''; the target x~ is the clean image for which one DDIM
-  step of the student from z_t lands exactly on z_t''; loss max(SNR_t, 1) x ||x~ - x0_student||^2, the paper's
-  "truncated SNR" weighting (without it the x-space loss vanishes where SNR -> 0, the first step of a short
-  sampler).
-- ``ConsistencyDistillation`` (Song et al. 2023; LCM's skipping-step solver): z at t_{n+k}; the teacher's DDIM
-  step to t_n; loss d(f_student(z, t_{n+k}), f_target(z_{t_n}, t_n)) with f = c_skip x + c_out x0 and the target
-  network an EMA of the student. d is pseudo-Huber, sqrt(||a - b||^2 + c^2) - c with iCT's c = 0.00054 sqrt(dim)
-  (Song & Dhariwal 2023): it outweighs L2 where the solver step is off (large residuals) and LPIPS, the CM
-  paper's choice, needs an ImageNet network accel does not ship.
+- ``ProgressiveStage`` (Salimans & Ho 2022, Algorithm 2): z_t from a clean image at one of the
+  student's N timesteps; the teacher takes two DDIM steps t -> t' -> t''; the target x~ is the clean
+  image for which one DDIM step of the student from z_t lands exactly on z_t''; loss max(SNR_t, 1) x
+  ||x~ - x0_student||^2, the paper's "truncated SNR" weighting (without it the x-space loss vanishes
+  where SNR -> 0, the first step of a short sampler).
+- ``ConsistencyDistillation`` (Song et al. 2023; LCM's skipping-step solver): z at t_{n+k}; the
+  teacher's DDIM step to t_n; loss d(f_student(z, t_{n+k}), f_target(z_{t_n}, t_n)) with f = c_skip
+  x + c_out x0 and the target network an EMA of the student. d is pseudo-Huber, sqrt(||a - b||^2 +
+  c^2) - c with iCT's c = 0.00054 sqrt(dim) (Song & Dhariwal 2023): it outweighs L2 where the solver
+  step is off (large residuals) and LPIPS, the CM paper's choice, needs an ImageNet network accel
+  does not ship.
 """
+
 from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -23,16 +26,30 @@ import torch.nn as nn
 from accel.distillation.schedule import CLEAN, Schedule, boundary_scalings, student_timesteps
 from accel.train.tasks import Forward
 
-Output = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # (net, x, t, cond)
+Output = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor
+]  # (net, x, t, cond)
 
 
 class _Distillation:
-    def __init__(self, teacher: nn.Module, teacher_prediction: str, output_of: Output, schedule: Schedule,
-                 images: torch.Tensor, cond_fn, student_prediction: str):
-        """``teacher``: the teacher's network, called as ``output_of(teacher, x_t, t, cond)`` under no_grad;
-        ``images``: N x C x H x W clean images in [-1, 1]."""
+    def __init__(
+        self,
+        teacher: nn.Module,
+        teacher_prediction: str,
+        output_of: Output,
+        schedule: Schedule,
+        images: torch.Tensor,
+        cond_fn,
+        student_prediction: str,
+    ):
+        """``teacher``: the teacher's network, called as ``output_of(teacher, x_t, t, cond)`` under
+        no_grad; ``images``: N x C x H x W clean images in [-1, 1]."""
         self.teacher = teacher.eval().requires_grad_(False)
-        self.teacher_prediction, self.output_of, self.schedule = teacher_prediction, output_of, schedule
+        self.teacher_prediction, self.output_of, self.schedule = (
+            teacher_prediction,
+            output_of,
+            schedule,
+        )
         self.images, self.student_prediction = images, student_prediction
         self.cond_fn = cond_fn or (lambda count, generator: None)
 
@@ -43,14 +60,21 @@ class _Distillation:
     def _batch(self, batch_size: int, generator: torch.Generator, timesteps: list[int], device):
         clean = self.images[torch.randint(0, len(self.images), (batch_size,), generator=generator)]
         noise = torch.randn(clean.shape, generator=generator)
-        t = torch.tensor(timesteps)[torch.randint(0, len(timesteps), (batch_size,), generator=generator)]
+        t = torch.tensor(timesteps)[
+            torch.randint(0, len(timesteps), (batch_size,), generator=generator)
+        ]
         cond = self.cond_fn(batch_size, generator)
         t = t.to(device)
-        return (self.schedule.add_noise(clean.to(device), noise.to(device), t), t,
-                cond.to(device) if cond is not None else None)
+        return (
+            self.schedule.add_noise(clean.to(device), noise.to(device), t),
+            t,
+            cond.to(device) if cond is not None else None,
+        )
 
     @torch.no_grad()
-    def _teacher_step(self, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cond) -> torch.Tensor:
+    def _teacher_step(
+        self, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cond
+    ) -> torch.Tensor:
         output = self.output_of(self.teacher, z, t, cond)
         return self.schedule.ddim_step(output, z, t, s, self.teacher_prediction)
 
@@ -61,17 +85,20 @@ class ProgressiveStage(_Distillation):
         self.timesteps = student_timesteps(self.schedule, student_steps)
         self.jump = self.schedule.train_steps // student_steps  # diffusers' DDIM: prev = t - T // N
 
-    def loss(self, forward: Forward, batch_size: int, generator: torch.Generator, device) -> torch.Tensor:
+    def loss(
+        self, forward: Forward, batch_size: int, generator: torch.Generator, device
+    ) -> torch.Tensor:
         z, t, cond = self._batch(batch_size, generator, self.timesteps, device)
         target = self.target(z, t, cond)
         x0, _ = self.schedule.x0_and_eps(forward(z, t, cond), z, t, self.student_prediction)
         alpha, sigma = self.schedule.alpha_sigma(t)
-        weight = (alpha ** 2 / sigma ** 2).clamp(min=1.0)
+        weight = (alpha**2 / sigma**2).clamp(min=1.0)
         return (weight * (x0 - target) ** 2).mean()
 
     @torch.no_grad()
     def target(self, z: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
-        """x~ (Algorithm 2): two teacher DDIM steps, then the x whose one DDIM step from z_t gives z_t''."""
+        """x~ (Algorithm 2): two teacher DDIM steps, then the x whose one DDIM step from z_t gives
+        z_t''."""
         end = (t - self.jump).clamp(min=CLEAN)
         middle = t - self.jump // 2
         z_end = self._teacher_step(self._teacher_step(z, t, middle, cond), middle, end, cond)
@@ -82,11 +109,14 @@ class ProgressiveStage(_Distillation):
 
 
 class ConsistencyDistillation(_Distillation):
-    def __init__(self, *args, student: nn.Module, skip: int, target_ema: float, loss: str, **kwargs):
+    def __init__(
+        self, *args, student: nn.Module, skip: int, target_ema: float, loss: str, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.target_network = copy.deepcopy(student).eval().requires_grad_(False)
         self.skip, self.target_ema, self.kind = skip, target_ema, loss
-        # LCM's solver grid: t_{n+k} in {k - 1, 2k - 1, ..., T - 1}, t_n = t_{n+k} - k (at least 0, where f = id)
+        # LCM's solver grid: t_{n+k} in {k - 1, 2k - 1, ..., T - 1}, t_n = t_{n+k} - k (at least 0,
+        # where f = id)
         self.timesteps = list(range(skip - 1, self.schedule.train_steps, skip))
         self.huber_c = 0.00054 * math.sqrt(self.images[0].numel())
 
@@ -99,18 +129,21 @@ class ConsistencyDistillation(_Distillation):
         c_skip, c_out = boundary_scalings(t)
         return c_skip * z + c_out * x0
 
-    def loss(self, forward: Forward, batch_size: int, generator: torch.Generator, device) -> torch.Tensor:
+    def loss(
+        self, forward: Forward, batch_size: int, generator: torch.Generator, device
+    ) -> torch.Tensor:
         z, t, cond = self._batch(batch_size, generator, self.timesteps, device)
         earlier = (t - self.skip).clamp(min=0)
         with torch.no_grad():
             z_earlier = self._teacher_step(z, t, earlier, cond)
-            target = self.consistency(self.output_of(self.target_network, z_earlier, earlier, cond), z_earlier,
-                                      earlier)
+            target = self.consistency(
+                self.output_of(self.target_network, z_earlier, earlier, cond), z_earlier, earlier
+            )
         online = self.consistency(forward(z, t, cond), z, t)
         if self.kind == "l2":
             return ((online - target) ** 2).mean()
         distance = ((online - target) ** 2).flatten(1).sum(1)
-        return ((distance + self.huber_c ** 2).sqrt() - self.huber_c).mean()
+        return ((distance + self.huber_c**2).sqrt() - self.huber_c).mean()
 
     @torch.no_grad()
     def after_step(self, network: nn.Module) -> None:

@@ -1,14 +1,17 @@
-"""Exported models: ONNX (float or Q/DQ) checked against PyTorch with ONNX Runtime, TensorRT engines, and both
-as denoisers (``accel export onnx|trt``, ``accel eval --model x.onnx``). Registered as the ``export``
-transform (it may follow any other, and nothing follows it: its product is a file) and as the loader of
-``.onnx`` and ``.plan`` files, and as the ``export`` stage."""
+"""Exported models: ONNX (float or Q/DQ) checked against PyTorch with ONNX Runtime, TensorRT
+engines, and both as denoisers (``accel export onnx|trt``, ``accel eval --model x.onnx``).
+Registered as the ``export`` transform (it may follow any other, and nothing follows it: its product
+is a file) and as the loader of ``.onnx`` and ``.plan`` files, and as the ``export`` stage."""
+
 from pathlib import Path
 
 from accel.core import registry
 from accel.export.config import EXPORT, ExportConfig, ExportTarget
 from accel.export.stage import EXPORT_STAGE
 
-registry.register(registry.Transform(name=EXPORT, config=ExportConfig, apply=None, may_follow=registry.ANY))
+registry.register(
+    registry.Transform(name=EXPORT, config=ExportConfig, apply=None, may_follow=registry.ANY)
+)
 
 
 def _load_onnx(path: Path, name: str):

@@ -1,5 +1,6 @@
-"""Tracing a module into a checked ONNX file: the TorchScript exporter up to opset 20, onnx's version converter
-above it (with the blocked INT4 placeholders rewritten to standard ops), shape inference and metadata."""
+"""Tracing a module into a checked ONNX file: the TorchScript exporter up to opset 20, onnx's
+version converter above it (with the blocked INT4 placeholders rewritten to standard ops), shape
+inference and metadata."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import torch.nn as nn
 
 from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
 
-TRACE_MAX_OPSET = 20  # torch's TorchScript exporter; higher opsets are reached with onnx's version converter
+# torch's TorchScript exporter; higher opsets are reached with onnx's version converter
+TRACE_MAX_OPSET = 20
 FEATURE = "cached_feature"  # the full step's extra output and the cached step's extra input
 
 
 def dynamic_axes(denoiser, names: list[str]) -> dict:
-    """Every input and output has a dynamic batch; a UNet's images (and a cached feature) dynamic height and
-    width."""
+    """Every input and output has a dynamic batch; a UNet's images (and a cached feature) dynamic
+    height and width."""
     axes = {name: {0: "batch"} for name in names}
     if denoiser.kind in ("unet", "unet-text"):
         for name, size in (("sample", ""), ("eps", ""), (FEATURE, "feature_")):
@@ -27,35 +29,62 @@ def dynamic_axes(denoiser, names: list[str]) -> dict:
     return axes
 
 
-def write_graph(graph: nn.Module, example: tuple, names: list[str], outputs: list[str], path: Path, opset: int,
-                 props: dict):
-    """Trace ``graph`` into ``path`` at ``opset``, check it, infer its shapes and store ``props`` (as JSON)."""
+def write_graph(
+    graph: nn.Module,
+    example: tuple,
+    names: list[str],
+    outputs: list[str],
+    path: Path,
+    opset: int,
+    props: dict,
+):
+    """Trace ``graph`` into ``path`` at ``opset``, check it, infer its shapes and store ``props``
+    (as JSON)."""
     import onnx
 
-    _trace(graph, example, names, outputs, path, min(opset, TRACE_MAX_OPSET), opset > TRACE_MAX_OPSET)
+    _trace(
+        graph, example, names, outputs, path, min(opset, TRACE_MAX_OPSET), opset > TRACE_MAX_OPSET
+    )
     model = onnx.load(str(path))
     if opset > TRACE_MAX_OPSET:
         model = _raise_opset(model, opset)
     onnx.checker.check_model(model, full_check=True)
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    onnx.helper.set_model_props(model, {key: json.dumps(value, default=str) for key, value in props.items()})
+    onnx.helper.set_model_props(
+        model, {key: json.dumps(value, default=str) for key, value in props.items()}
+    )
     onnx.save(model, str(path))
     return model
 
 
-def _trace(graph: nn.Module, example: tuple, names: list[str], outputs: list[str], path: Path, opset: int,
-           placeholders: bool) -> None:
+def _trace(
+    graph: nn.Module,
+    example: tuple,
+    names: list[str],
+    outputs: list[str],
+    path: Path,
+    opset: int,
+    placeholders: bool,
+) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
-        torch.onnx.export(graph, tuple(a for a in example if a is not None), str(path),
-                          input_names=names, output_names=outputs,
-                          dynamic_axes=dynamic_axes(graph.denoiser, [*names, *outputs]), opset_version=opset,
-                          dynamo=False, custom_opsets={PLACEHOLDER_DOMAIN: 1} if placeholders else None)
+        torch.onnx.export(
+            graph,
+            tuple(a for a in example if a is not None),
+            str(path),
+            input_names=names,
+            output_names=outputs,
+            dynamic_axes=dynamic_axes(graph.denoiser, [*names, *outputs]),
+            opset_version=opset,
+            dynamo=False,
+            custom_opsets={PLACEHOLDER_DOMAIN: 1} if placeholders else None,
+        )
 
 
 def _raise_opset(model, opset: int):
-    """A graph traced at opset 20 raised to ``opset`` by onnx's version converter, with every blocked placeholder
-    rewritten to the standard (opset 21) DequantizeLinear, 4-bit codes as INT4."""
+    """A graph traced at opset 20 raised to ``opset`` by onnx's version converter, with every
+    blocked placeholder rewritten to the standard (opset 21) DequantizeLinear, 4-bit codes as
+    INT4."""
     import ml_dtypes
     from onnx import numpy_helper, version_converter
 
@@ -84,3 +113,29 @@ def op_counts(model) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def input_names(denoiser) -> list[str]:
+    cond = {"class": ["class_labels"], "text": ["encoder_hidden_states"]}.get(
+        denoiser.cond_kind, []
+    )
+    return ["sample", "timestep", *cond]
+
+
+def metadata(denoiser, opset: int, form: str, dtype: str) -> dict:
+    from accel.metrics.size import count_macs, count_params
+
+    return {
+        "kind": denoiser.kind,
+        "cond_kind": denoiser.cond_kind,
+        "sample_shape": list(denoiser.sample_shape),
+        "scheduler_config": denoiser.scheduler_config,
+        "config": denoiser.config,
+        "source": denoiser.source,
+        "transforms": denoiser.transforms,
+        "sampling": denoiser.sampling.to_dict(),
+        "params": count_params(denoiser),
+        "macs": count_macs(denoiser),
+        "opset": opset,
+        "form": form,
+        "dtype": dtype,
+        "inputs": input_names(denoiser),
+    }

@@ -1,4 +1,6 @@
-"""Exported models as denoisers: an ONNX Runtime session behind the ``Denoiser`` calling convention."""
+"""Exported models as denoisers: an ONNX Runtime session behind the ``Denoiser`` calling
+convention."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,23 +19,30 @@ from accel.export.config import CACHED_STEP_KEY, DTYPES, EXPORT, METADATA_KEY
 
 
 def ort_session(path: str | Path):
-    """An ONNX Runtime session on the best installed provider (CUDA where onnxruntime-gpu has it)."""
+    """An ONNX Runtime session on the best installed provider (CUDA where onnxruntime-gpu has
+    it)."""
     import onnxruntime as ort
 
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    providers = [
+        p
+        for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+        if p in ort.get_available_providers()
+    ]
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
-    # the same cores as PyTorch's, so that a side-by-side timing compares runtimes, not thread counts (the report
-    # records both: accel.report.schema.threads)
+    # the same cores as PyTorch's, so that a side-by-side timing compares runtimes, not thread
+    # counts (the report records both: accel.report.schema.threads)
     options.intra_op_num_threads = torch.get_num_threads()
-    # ONNX Runtime fuses INT4 DequantizeLinear + MatMul into MatMulNBits, which by default (accuracy level 4)
-    # requantizes the activations to INT8 per block: other arithmetic than the graph's, a 1e-2 relative error
-    # measured on its own. Level 1 keeps the fused kernel and computes in fp32, as the graph says.
+    # ONNX Runtime fuses INT4 DequantizeLinear + MatMul into MatMulNBits, which by default (accuracy
+    # level 4) requantizes the activations to INT8 per block: other arithmetic than the graph's, a
+    # 1e-2 relative error measured on its own. Level 1 keeps the fused kernel and computes in fp32,
+    # as the graph says.
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     if _weight_only(path):
-        # Quantized weights, float activations: let ONNX Runtime fold each weight's DequantizeLinear into a float
-        # initializer at load. Otherwise the convolutions see computed weights and lose their reordered (NCHWc)
-        # kernels: 258 ms vs 143 ms per call at batch 200 on digits (W8 weight-only, 2-core Xeon). Same arithmetic.
+        # Quantized weights, float activations: let ONNX Runtime fold each weight's DequantizeLinear
+        # into a float initializer at load. Otherwise the convolutions see computed weights and lose
+        # their reordered (NCHWc) kernels: 258 ms vs 143 ms per call at batch 200 on digits (W8
+        # weight-only, 2-core Xeon). Same arithmetic.
         options.add_session_config_entry("session.disable_quant_qdq", "1")
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
@@ -42,21 +51,31 @@ def ort_session(path: str | Path):
 
 
 def _weight_only(path: str | Path) -> bool:
-    """A graph with DequantizeLinear (on weights) and no QuantizeLinear: weight-only quantization."""
+    """A graph with DequantizeLinear (on weights) and no QuantizeLinear: weight-only
+    quantization."""
     import onnx
 
     try:
         ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
-    except Exception:  # onnx raises its own types; an unreadable file gets ONNX Runtime's error when loaded
+    # onnx raises its own types; an unreadable file gets ONNX Runtime's error when loaded
+    except Exception:
         return False
     return "DequantizeLinear" in ops and "QuantizeLinear" not in ops
 
 
 class OrtModule(nn.Module):
-    """Calls an ONNX Runtime session with torch tensors: ``module(x_t, t, cond=None) -> eps``. ``macs_run`` adds up
-    the MACs of the calls it ran (a runtime cannot be traced to count them)."""
+    """Calls an ONNX Runtime session with torch tensors: ``module(x_t, t, cond=None) -> eps``.
+    ``macs_run`` adds up the MACs of the calls it ran (a runtime cannot be traced to count them)."""
 
-    def __init__(self, session, input_names: list[str], dtype: torch.dtype, config: dict, params: int, macs: int):
+    def __init__(
+        self,
+        session,
+        input_names: list[str],
+        dtype: torch.dtype,
+        config: dict,
+        params: int,
+        macs: int,
+    ):
         super().__init__()
         self.session, self.input_names, self.graph_dtype = session, input_names, dtype
         self.config, self.num_params, self.num_macs = config, params, macs
@@ -68,20 +87,38 @@ class OrtModule(nn.Module):
         args = [x.to(self.graph_dtype), t.long(), *([cond] if cond is not None else [])]
         return {name: tensor.detach().cpu().numpy() for name, tensor in zip(self.input_names, args)}
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         self.macs_run += self.num_macs * len(x)
-        return torch.from_numpy(self.session.run(["eps"], self._feed(x, t, cond))[0]).to(x.device, x.dtype)
+        return torch.from_numpy(self.session.run(["eps"], self._feed(x, t, cond))[0]).to(
+            x.device, x.dtype
+        )
 
 
 class OrtCachedModule(OrtModule):
-    """A cached model's two graphs (``accel export onnx`` of a cached model): the full step, which also returns the
-    feature, and the cached step, which reads it. Its own splitter: the cache hook runs a call inside
-    ``capturing()`` or ``reusing(feature)``, and the call picks its graph."""
+    """A cached model's two graphs (``accel export onnx`` of a cached model): the full step, which
+    also returns the feature, and the cached step, which reads it. Its own splitter: the cache hook
+    runs a call inside ``capturing()`` or ``reusing(feature)``, and the call picks its graph."""
 
-    def __init__(self, session, cached_session, input_names: list[str], dtype: torch.dtype, config: dict,
-                 params: int, macs: int, macs_cached: int, feature: str):
+    def __init__(
+        self,
+        session,
+        cached_session,
+        input_names: list[str],
+        dtype: torch.dtype,
+        config: dict,
+        params: int,
+        macs: int,
+        macs_cached: int,
+        feature: str,
+    ):
         super().__init__(session, input_names, dtype, config, params, macs)
-        self.cached_session, self.macs_cached, self.feature_name = cached_session, macs_cached, feature
+        self.cached_session, self.macs_cached, self.feature_name = (
+            cached_session,
+            macs_cached,
+            feature,
+        )
         self._captured: CapturedFeature | None = None
         self._reused: torch.Tensor | None = None
 
@@ -101,7 +138,9 @@ class OrtCachedModule(OrtModule):
         finally:
             self._reused = None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self._reused is not None:
             self.macs_run += self.macs_cached * len(x)
             feed = {**self._feed(x, t, cond), self.feature_name: self._reused.cpu().numpy()}
@@ -115,7 +154,8 @@ class OrtCachedModule(OrtModule):
 
 
 def load_onnx(path: Path, name: str):
-    """A Denoiser running ``path`` (an ONNX file written by ``accel export onnx``) in ONNX Runtime."""
+    """A Denoiser running ``path`` (an ONNX file written by ``accel export onnx``) in ONNX
+    Runtime."""
     import onnx
 
     try:
@@ -124,12 +164,18 @@ def load_onnx(path: Path, name: str):
         raise AccelError(f"{path} is not a readable ONNX file ({one_line(error)})")
     props = {p.key: p.value for p in model.metadata_props}
     if CACHED_STEP_KEY in props:
-        full = parse_json_object(props[CACHED_STEP_KEY], f"the accel metadata of {path}").get("of", "its full step")
-        raise AccelError(f"{path} is the cached-step graph of a cached model: load {path.parent / str(full)}, "
-                         "which runs both graphs")
+        full = parse_json_object(props[CACHED_STEP_KEY], f"the accel metadata of {path}").get(
+            "of", "its full step"
+        )
+        raise AccelError(
+            f"{path} is the cached-step graph of a cached model: load {path.parent / str(full)}, "
+            "which runs both graphs"
+        )
     if METADATA_KEY not in props:
-        raise AccelError(f"{path} was not written by accel export (no sampling metadata); export it with "
-                         "`accel export onnx`")
+        raise AccelError(
+            f"{path} was not written by accel export (no sampling metadata); export it with "
+            "`accel export onnx`"
+        )
     what = f"the accel metadata of {path}"
     meta = checked_metadata(parse_json_object(props[METADATA_KEY], what), what)
     module = _ort_module(path, meta, what)
@@ -150,54 +196,90 @@ def _ort_module(path: Path, meta: dict, what: str) -> OrtModule:
         raise AccelError(f"{what} has no valid 'step_graphs' (re-export the model)")
     cached = path.parent / str(graphs["cached"])
     if not cached.is_file():
-        raise AccelError(f"{path} runs its cached steps with {cached}, which is missing: keep the two files "
-                         "together (or re-export the model)")
-    return OrtCachedModule(ort_session(path), ort_session(cached), *common, graphs["macs_cached"], graphs["feature"])
+        raise AccelError(
+            f"{path} runs its cached steps with {cached}, which is missing: keep the two files "
+            "together (or re-export the model)"
+        )
+    return OrtCachedModule(
+        ort_session(path), ort_session(cached), *common, graphs["macs_cached"], graphs["feature"]
+    )
 
 
 # key -> the JSON types it may hold, for the metadata an exported file carries
-METADATA_TYPES = {"kind": (str,), "cond_kind": (str, type(None)), "sample_shape": (list,), "scheduler_config": (dict,),
-                  "config": (dict,), "source": (str,), "transforms": (list,), "params": (int,), "macs": (int,),
-                  "opset": (int,), "form": (str,), "dtype": (str,), "inputs": (list,)}
+METADATA_TYPES = {
+    "kind": (str,),
+    "cond_kind": (str, type(None)),
+    "sample_shape": (list,),
+    "scheduler_config": (dict,),
+    "config": (dict,),
+    "source": (str,),
+    "transforms": (list,),
+    "params": (int,),
+    "macs": (int,),
+    "opset": (int,),
+    "form": (str,),
+    "dtype": (str,),
+    "inputs": (list,),
+}
 
 
 def checked_metadata(meta: dict, what: str) -> dict:
-    """The metadata an exported file carries, each key checked (a damaged or hand-edited file is one line)."""
+    """The metadata an exported file carries, each key checked (a damaged or hand-edited file is one
+    line)."""
     for key, types in METADATA_TYPES.items():
         if not isinstance(meta.get(key), types):
             raise AccelError(f"{what} has no valid '{key}' (re-export the model)")
     if meta["dtype"] not in DTYPES or len(meta["sample_shape"]) != 3:
-        raise AccelError(f"{what} has dtype {meta['dtype']!r} and sample shape {meta['sample_shape']}: not an "
-                         "accel export (re-export the model)")
+        raise AccelError(
+            f"{what} has dtype {meta['dtype']!r} and sample shape {meta['sample_shape']}: not an "
+            "accel export (re-export the model)"
+        )
     return meta
 
 
-def exported_denoiser(module: nn.Module, meta: dict, path: Path, name: str, file_format: str, runs: str,
-                      runtime: str):
-    """A Denoiser around the runtime ``module`` of an exported file, described by its export metadata (files
-    written before the sampler travelled with the model run DDIM 50, as every command did then)."""
+def exported_denoiser(
+    module: nn.Module, meta: dict, path: Path, name: str, file_format: str, runs: str, runtime: str
+):
+    """A Denoiser around the runtime ``module`` of an exported file, described by its export
+    metadata (files written before the sampler travelled with the model run DDIM 50, as every
+    command did then)."""
     try:
         sampling = SamplingSpec.from_dict(meta["sampling"]) if "sampling" in meta else None
     except ConfigError as error:
         raise AccelError(f"{path}: {error}")
-    denoiser = Denoiser(module, meta["scheduler_config"], source=name, sample_shape=tuple(meta["sample_shape"]),
-                        weights_bytes=path.stat().st_size, cond_kind=meta["cond_kind"], sampling=sampling,
-                        runtime=runtime,
-                        notes=(f"runs {runs}, {meta['dtype']} {meta['form']} graph, opset {meta['opset']}",))
-    for record in meta["transforms"]:  # behaviour outside the graph (the cache's step hook) comes back
+    denoiser = Denoiser(
+        module,
+        meta["scheduler_config"],
+        source=name,
+        sample_shape=tuple(meta["sample_shape"]),
+        weights_bytes=path.stat().st_size,
+        cond_kind=meta["cond_kind"],
+        sampling=sampling,
+        runtime=runtime,
+        notes=(f"runs {runs}, {meta['dtype']} {meta['form']} graph, opset {meta['opset']}",),
+    )
+    # behaviour outside the graph (the cache's step hook) comes back
+    for record in meta["transforms"]:
         attach = registry.get(record["name"]).attach
         if attach is not None:
             attach(denoiser, record)
-    denoiser.transforms = meta["transforms"] + [{"name": EXPORT, "format": file_format, "form": meta["form"],
-                                                 "opset": meta["opset"], "dtype": meta["dtype"],
-                                                 "source": meta["source"]}]
+    denoiser.transforms = meta["transforms"] + [
+        {
+            "name": EXPORT,
+            "format": file_format,
+            "form": meta["form"],
+            "opset": meta["opset"],
+            "dtype": meta["dtype"],
+            "source": meta["source"],
+        }
+    ]
     return denoiser
 
 
 def load_exported_from(model, device):
-    """The model an exported ``model`` came from (its recorded source), run with the exported model's sampler
-    so the two compare runtimes, not samplers; None when ``model`` was not exported, or when its source no
-    longer loads (then with a note saying how to give one)."""
+    """The model an exported ``model`` came from (its recorded source), run with the exported
+    model's sampler so the two compare runtimes, not samplers; None when ``model`` was not exported,
+    or when its source no longer loads (then with a note saying how to give one)."""
     from accel.models.loading import load
 
     source = next((t["source"] for t in model.transforms if t["name"] == EXPORT), None)
@@ -206,8 +288,10 @@ def load_exported_from(model, device):
     try:
         baseline = load(source, device)
     except AccelError:
-        model.notes.append(f"the model this was exported from ({source}) does not load here; give a baseline (accel eval --baseline) to "
-                           "compare with it")
+        model.notes.append(
+            f"the model this was exported from ({source}) does not load "
+            "here; give a baseline (accel eval --baseline) to compare with it"
+        )
         return None
     baseline.sampling = model.sampling
     return baseline

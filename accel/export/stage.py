@@ -1,5 +1,6 @@
-"""The export stage (``accel export``, a recipe's ``export`` stage): the model as an ONNX graph (checked with ONNX
-Runtime) or a TensorRT engine, loaded back as a model that runs in that runtime."""
+"""The export stage (``accel export``, a recipe's ``export`` stage): the model as an ONNX graph
+(checked with ONNX Runtime) or a TensorRT engine, loaded back as a model that runs in that
+runtime."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ def _writer(file_format: str):
 
 
 def _check(settings: Settings) -> None:
-    """The file's format is given, and a TensorRT engine needs TensorRT: refused before any stage of a chain
-    runs, not after its training."""
+    """The file's format is given, and a TensorRT engine needs TensorRT: refused before any stage of
+    a chain runs, not after its training."""
     if settings["target"].format is None:
         raise settings["target"].invalid("format", f"is needed: {' or '.join(FORMATS)}")
     if settings["target"].format == "trt":
@@ -40,12 +41,14 @@ def _check(settings: Settings) -> None:
         tensorrt_module()
 
 
-EXPORT_STAGE = stages.register(stages.Stage(
-    name="export",
-    roles={"target": ExportTarget(), "export": ExportConfig()},
-    run=run,
-    keys={"format": Key("target", "format")},
-    open_roles=("export",),
-    output_file=lambda settings: "model" + FORMATS[settings["target"].format],
-    check=_check,
-))
+EXPORT_STAGE = stages.register(
+    stages.Stage(
+        name="export",
+        roles={"target": ExportTarget(), "export": ExportConfig()},
+        run=run,
+        keys={"format": Key("target", "format")},
+        open_roles=("export",),
+        output_file=lambda settings: "model" + FORMATS[settings["target"].format],
+        check=_check,
+    )
+)

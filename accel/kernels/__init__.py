@@ -1,11 +1,13 @@
-"""Triton kernels with their PyTorch references and checking launchers (installed as ``accel.kernels``).
+"""Triton kernels with their PyTorch references and checking launchers (installed as
+``accel.kernels``).
 
-Each kernel module holds the Triton kernel and a launcher that checks its inputs before launch; the PyTorch
-references they are tested against live in ``reference`` and import without Triton, so a machine without it
-(macOS, Windows) still runs every model through the references. The launchers run on CUDA tensors, or on CPU
-tensors in Triton's interpreter (TRITON_INTERPRET=1, set before this package is first imported), which the
-CPU test suite uses.
+Each kernel module holds the Triton kernel and a launcher that checks its inputs before launch; the
+PyTorch references they are tested against live in ``reference`` and import without Triton, so a
+machine without it (macOS, Windows) still runs every model through the references. The launchers run
+on CUDA tensors, or on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1, set before this
+package is first imported), which the CPU test suite uses.
 """
+
 from accel.kernels.reference import attention_reference, group_norm_reference
 
 __all__ = ["attention_reference", "group_norm_reference"]

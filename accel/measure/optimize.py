@@ -1,5 +1,6 @@
-"""What ``accel optimize`` reports beside the evaluation: the precision and modules it swapped, how many calls ran
-through the Triton kernels, and whether the optimized model still computes the original's eps."""
+"""What ``accel optimize`` reports beside the evaluation: the precision and modules it swapped, how
+many calls ran through the Triton kernels, and whether the optimized model still computes the
+original's eps."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from accel.measure.base import Measurer
 from accel.optimize.apply import kernel_usage, reset_kernel_usage
 
 PARITY_TIMESTEPS = (999, 500, 20)
-# eps of the optimized model vs the original, as RMS(difference) / RMS(original). fp32 kernels only reorder
-# sums (float rounding, ~1e-6); fp16 keeps 11 mantissa bits, and a UNet's ~20 chained convolutions and norms
-# compound its rounding to about 1e-3; bf16 has 8 bits (8x coarser).
+# eps of the optimized model vs the original, as RMS(difference) / RMS(original). fp32 kernels only
+# reorder sums (float rounding, ~1e-6); fp16 keeps 11 mantissa bits, and a UNet's ~20 chained
+# convolutions and norms compound its rounding to about 1e-3; bf16 has 8 bits (8x coarser).
 PARITY_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
@@ -23,11 +24,18 @@ class OptimizeMeasurer(Measurer):
     def add_sections(self, report, result, extras) -> None:
         parity = output_parity(self.original, result.model)
         usage = kernel_usage(result.model.module)
-        for name, data in (("dtype", result.record["dtype"]), ("swaps", result.record["swaps"]),
-                           ("kernels", usage)):
+        for name, data in (
+            ("dtype", result.record["dtype"]),
+            ("swaps", result.record["swaps"]),
+            ("kernels", usage),
+        ):
             report.add_section(name, data)
-        report.add_section("parity", parity, f"Output check: eps within {parity['tolerance_rel_rms']:g} relative "
-                           f"RMS of the original's: {'met' if parity['met'] else 'MISSED'} ({parity['rel_rms']:.2e})\n")
+        report.add_section(
+            "parity",
+            parity,
+            f"Output check: eps within {parity['tolerance_rel_rms']:g} relative RMS of the "
+            f"original's: {'met' if parity['met'] else 'MISSED'} ({parity['rel_rms']:.2e})\n",
+        )
         report.notes += kernel_notes(usage, result.model.device)
 
 
@@ -43,16 +51,27 @@ def output_parity(original, optimized, batch_size: int = 2) -> dict:
         worst_rel = max(worst_rel, (diff.norm() / expected.cpu().norm().clamp_min(1e-12)).item())
         worst_abs = max(worst_abs, diff.abs().max().item())
     tolerance = PARITY_TOLERANCE[optimized.dtype]
-    return {"timesteps": list(PARITY_TIMESTEPS), "batch_size": batch_size, "max_abs": worst_abs,
-            "rel_rms": worst_rel, "tolerance_rel_rms": tolerance, "met": worst_rel <= tolerance}
+    return {
+        "timesteps": list(PARITY_TIMESTEPS),
+        "batch_size": batch_size,
+        "max_abs": worst_abs,
+        "rel_rms": worst_rel,
+        "tolerance_rel_rms": tolerance,
+        "met": worst_rel <= tolerance,
+    }
 
 
 def kernel_notes(usage: dict, device: torch.device) -> list[str]:
     used = sum(counts["triton"] for counts in usage.values())
     if not used:
-        return [f"the Triton kernels were not used (device {device.type}): GroupNorm and attention ran through "
-                "the PyTorch reference, so this run measures the precision and layout changes only"]
+        return [
+            f"the Triton kernels were not used (device {device.type}): "
+            "GroupNorm and attention ran through the PyTorch reference, "
+            "so this run measures the precision and layout changes only"
+        ]
     if interpreted():
-        return ["the Triton kernels ran in Triton's CPU interpreter (TRITON_INTERPRET=1): outputs are checked, "
-                "latency means nothing"]
+        return [
+            "the Triton kernels ran in Triton's CPU interpreter "
+            "(TRITON_INTERPRET=1): outputs are checked, latency means nothing"
+        ]
     return []

@@ -1,6 +1,7 @@
-"""What ``accel quantize`` reports beside the evaluation: the calibration set used, and the ablation (Q-Diffusion's
-story, measured on this model): W4A8 from the naive recipe to the full one, one ingredient at a time, plus W8A8.
-Every ablation row samples the same seeds and initial noise as the original, in one run with it."""
+"""What ``accel quantize`` reports beside the evaluation: the calibration set used, and the ablation
+(Q-Diffusion's story, measured on this model): W4A8 from the naive recipe to the full one, one
+ingredient at a time, plus W8A8. Every ablation row samples the same seeds and initial noise as the
+original, in one run with it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ from accel.report import format_value, table
 from accel.report.markdown import describe_sampler
 
 NAIVE = dict(w_range="minmax", a_range="minmax", split_shortcut=False, recon_iters=0)
-COLUMNS = {"name": "recipe", "fid": "FID", "fid_ratio": "FID ratio", "psnr_db": "PSNR to original (dB)"}
+COLUMNS = {
+    "name": "recipe",
+    "fid": "FID",
+    "fid_ratio": "FID ratio",
+    "psnr_db": "PSNR to original (dB)",
+}
 
 
 class QuantizeMeasurer(Measurer):
@@ -24,49 +30,90 @@ class QuantizeMeasurer(Measurer):
         report.add_section("calibration", result.record["calibration"])
 
     def ablation(self, load_original) -> tuple[dict, str]:
-        data = run_ablation(load_original, self.settings["quant"], self.settings["calib"], self.eval_config,
-                            self.progress)
+        data = run_ablation(
+            load_original,
+            self.settings["quant"],
+            self.settings["calib"],
+            self.eval_config,
+            self.progress,
+        )
         return data, markdown(data)
 
 
 def ablation_configs(full, calib: CalibConfig) -> list[tuple[str, object, CalibConfig]]:
-    """(row name, QuantConfig, CalibConfig) from naive W4A8 to ``full``'s recipe, then W8A8 with that recipe."""
+    """(row name, QuantConfig, CalibConfig) from naive W4A8 to ``full``'s recipe, then W8A8 with
+    that recipe."""
     w4a8 = replace(full, w_bits=4, a_bits=8)
     naive = replace(w4a8, **NAIVE)
-    last_step, timestep_aware = replace(calib, policy="last"), calib if calib.policy != "last" else CalibConfig()
+    last_step, timestep_aware = (
+        replace(calib, policy="last"),
+        calib if calib.policy != "last" else CalibConfig(),
+    )
     mse = replace(naive, w_range=full.w_range, a_range=full.a_range)
     split = replace(mse, split_shortcut=True)
-    rows = [("W4A8 naive (min/max, last-step calibration)", naive, last_step),
-            ("+ timestep-aware calibration", naive, timestep_aware),
-            ("+ MSE-searched ranges", mse, timestep_aware),
-            ("+ split shortcut", split, timestep_aware)]
+    rows = [
+        ("W4A8 naive (min/max, last-step calibration)", naive, last_step),
+        ("+ timestep-aware calibration", naive, timestep_aware),
+        ("+ MSE-searched ranges", mse, timestep_aware),
+        ("+ split shortcut", split, timestep_aware),
+    ]
     if full.recon_iters:
-        rows.append((f"+ reconstruction ({full.recon_iters} iters/block)",
-                     replace(split, recon_iters=full.recon_iters), timestep_aware))
+        rows.append(
+            (
+                f"+ reconstruction ({full.recon_iters} iters/block)",
+                replace(split, recon_iters=full.recon_iters),
+                timestep_aware,
+            )
+        )
     rows.append(("W8A8 (same recipe)", replace(rows[-1][1], w_bits=8), timestep_aware))
     return rows
 
 
-def run_ablation(load_original, full, calib: CalibConfig, eval_config: EvalConfig, progress: bool = True) -> dict:
-    """``load_original()`` gives a fresh full-precision model; every row is quantized from one and all are
-    sampled with the original in one run."""
+def run_ablation(
+    load_original, full, calib: CalibConfig, eval_config: EvalConfig, progress: bool = True
+) -> dict:
+    """``load_original()`` gives a fresh full-precision model; every row is quantized from one and
+    all are sampled with the original in one run."""
     stage = stages.get("quantize")
     rows, models = ablation_configs(full, calib), []
     for _, config, calib_config in rows:
-        settings = Settings("quantize", {"quant": config, "calib": calib_config, "calib_file": CalibFile(),
-                                         "sampling": SamplerChange()})
+        settings = Settings(
+            "quantize",
+            {
+                "quant": config,
+                "calib": calib_config,
+                "calib_file": CalibFile(),
+                "sampling": SamplerChange(),
+            },
+        )
         models.append(stage.run(load_original(), settings, Context(progress=progress)).model)
     original = load_original()
     evaluations = evaluate_many([original, *models], eval_config, command="ablation")
-    measured = [{"name": name, "config": config.to_dict(), "calibration": calib_config.to_dict(),
-                 "fid": e.report.compressed.fid, "fid_ratio": e.report.delta.fid_ratio,
-                 "psnr_db": e.report.delta.psnr_db_vs_original, "size_bytes": e.report.compressed.size_bytes}
-                for (name, config, calib_config), e in zip(rows, evaluations)]
-    return {"samples": eval_config.n, "sampler": original.sampling.to_dict(), "seed": eval_config.seed,
-            "original_fid": evaluations[0].report.original.fid, "rows": measured}
+    measured = [
+        {
+            "name": name,
+            "config": config.to_dict(),
+            "calibration": calib_config.to_dict(),
+            "fid": e.report.compressed.fid,
+            "fid_ratio": e.report.delta.fid_ratio,
+            "psnr_db": e.report.delta.psnr_db_vs_original,
+            "size_bytes": e.report.compressed.size_bytes,
+        }
+        for (name, config, calib_config), e in zip(rows, evaluations)
+    ]
+    return {
+        "samples": eval_config.n,
+        "sampler": original.sampling.to_dict(),
+        "seed": eval_config.seed,
+        "original_fid": evaluations[0].report.original.fid,
+        "rows": measured,
+    }
 
 
 def markdown(ablation: dict) -> str:
-    return (f"## Ablation ({ablation['samples']} samples, {describe_sampler(ablation['sampler'])}, seed "
-            f"{ablation['seed']}; original FID {format_value(ablation['original_fid'])})\n\n"
-            + table(COLUMNS, ablation["rows"]) + "\n")
+    return (
+        f"## Ablation ({ablation['samples']} samples, {describe_sampler(ablation['sampler'])}, "
+        f"seed {ablation['seed']}; original FID {format_value(ablation['original_fid'])})\n\n"
+        + table(COLUMNS, ablation["rows"])
+        + "\n"
+    )

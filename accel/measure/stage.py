@@ -1,5 +1,6 @@
-"""Run one stage on a model and measure what it made against the model it started from: what ``accel quantize``,
-``prune``, ``distill``, ``cache`` and ``optimize`` run before they write their artifact."""
+"""Run one stage on a model and measure what it made against the model it started from: what
+``accel quantize``, ``prune``, ``distill``, ``cache`` and ``optimize`` run before they write their
+artifact."""
 
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ from accel.measure.prune import PruneMeasurer
 from accel.measure.quantize import QuantizeMeasurer
 from accel.models.loading import load
 
-MEASURERS: dict[str, type[Measurer]] = {"quantize": QuantizeMeasurer, "prune": PruneMeasurer,
-                                        "distill": DistillMeasurer, "cache": CacheMeasurer,
-                                        "optimize": OptimizeMeasurer}
+MEASURERS: dict[str, type[Measurer]] = {
+    "quantize": QuantizeMeasurer,
+    "prune": PruneMeasurer,
+    "distill": DistillMeasurer,
+    "cache": CacheMeasurer,
+    "optimize": OptimizeMeasurer,
+}
 
 
 @dataclass
@@ -30,32 +35,52 @@ class Measured:
     record: dict  # what the stage did (its record in accel.json)
 
 
-def measure_stage(name: str, source, settings: Settings, eval_config: EvalConfig = EvalConfig(), *, device=None,
-                  work_dir: Path | None = None, resume: bool = False, ablation: bool = False,
-                  progress: bool = True) -> Measured | None:
-    """Run stage ``name`` with ``settings`` on the model ``source`` names, then evaluate the result beside the
-    original (with the same sampler changes, so both run the sampler the stage was asked for).
+def measure_stage(
+    name: str,
+    source,
+    settings: Settings,
+    eval_config: EvalConfig = EvalConfig(),
+    *,
+    device=None,
+    work_dir: Path | None = None,
+    resume: bool = False,
+    ablation: bool = False,
+    progress: bool = True,
+) -> Measured | None:
+    """Run stage ``name`` with ``settings`` on the model ``source`` names, then evaluate the result
+    beside the original (with the same sampler changes, so both run the sampler the stage was asked
+    for).
 
-    Under ``accelerate launch`` every process runs the stage (a training stage shares its work); the evaluation
-    is shared too, except after training, where the main process measures alone. The main process gets the
-    result, the others None.
+    Under ``accelerate launch`` every process runs the stage (a training stage shares its work); the
+    evaluation is shared too, except after training, where the main process measures alone. The main
+    process gets the result, the others None.
     """
     stage, processes = stages.get(name), current_processes()
     original, model = load(source, device), load(source, device)
     if "sampling" in settings.configs:
         change_sampler(original, settings)
     measurer = MEASURERS.get(name, Measurer)(original, settings, eval_config, progress)
-    context = Context(work_dir=work_dir, resume=resume, batch_size=eval_config.batch_size, progress=progress,
-                      observe=measurer.observe)
+    context = Context(
+        work_dir=work_dir,
+        resume=resume,
+        batch_size=eval_config.batch_size,
+        progress=progress,
+        observe=measurer.observe,
+    )
     result = stage.run(model, settings, context)
     trained = stage.trains(settings)
     if trained and not processes.is_main:
         return None  # the other processes are done: the main one measures alone
     extras = measurer.extra_models(result.model)
     measurer.before_evaluation(result.model)
-    evaluations = evaluate_many([original, *extras, result.model], eval_config, command=name,
-                                model_name=str(source), transform_config=_primary(settings),
-                                processes=SINGLE if trained else processes)
+    evaluations = evaluate_many(
+        [original, *extras, result.model],
+        eval_config,
+        command=name,
+        model_name=str(source),
+        transform_config=_primary(settings),
+        processes=SINGLE if trained else processes,
+    )
     if not processes.is_main:
         return None
     evaluation = evaluations[-1]
@@ -68,7 +93,8 @@ def measure_stage(name: str, source, settings: Settings, eval_config: EvalConfig
 
 
 def _primary(settings: Settings) -> dict:
-    """The stage's own config (its first role: the QuantConfig of quantize), as the report's ``config``."""
+    """The stage's own config (its first role: the QuantConfig of quantize), as the report's
+    ``config``."""
     return next(iter(settings.configs.values())).to_dict()
 
 

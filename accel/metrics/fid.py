@@ -1,4 +1,6 @@
-"""Frechet distance between Gaussian fits of feature sets (FID), in float64, and the reference statistics."""
+"""Frechet distance between Gaussian fits of feature sets (FID), in float64, and the reference
+statistics."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,10 +16,12 @@ class FeatureStats:
     count: int
 
     @classmethod
-    def of(cls, features: np.ndarray) -> "FeatureStats":
+    def of(cls, features: np.ndarray) -> FeatureStats:
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or len(features) < 2:
-            raise ValueError(f"need a 2-d array of at least 2 feature rows, got shape {features.shape}")
+            raise ValueError(
+                f"need a 2-d array of at least 2 feature rows, got shape {features.shape}"
+            )
         return cls(features.mean(axis=0), np.cov(features, rowvar=False), len(features))
 
 
@@ -29,9 +33,9 @@ def _symmetric_sqrt(matrix: np.ndarray) -> np.ndarray:
 def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     """||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)).
 
-    tr((S_a S_b)^(1/2)) equals tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)); the inner matrix is symmetric positive
-    semi-definite, so its square root comes from a real eigendecomposition instead of a general (complex,
-    sometimes unstable) matrix square root.
+    tr((S_a S_b)^(1/2)) equals tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)); the inner matrix is symmetric
+    positive semi-definite, so its square root comes from a real eigendecomposition instead of a
+    general (complex, sometimes unstable) matrix square root.
     """
     root_a = _symmetric_sqrt(a.cov)
     inner = root_a @ b.cov @ root_a
@@ -42,11 +46,12 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
 
 @dataclass(frozen=True)
 class RealReference:
-    """Statistics of the real images, and the FID floor: FID between two disjoint random halves A and B.
+    """Statistics of the real images, and the FID floor: FID between two disjoint random halves A
+    and B.
 
-    FID shrinks as the sample count grows, so the floor (at half the real set) is comparable only with a
-    model's FID at the same size: ``fid_at_floor_size`` scores a model's first ``half_size`` samples against
-    half B, the same real images the floor uses.
+    FID shrinks as the sample count grows, so the floor (at half the real set) is comparable only
+    with a model's FID at the same size: ``fid_at_floor_size`` scores a model's first ``half_size``
+    samples against half B, the same real images the floor uses.
     """
 
     stats: FeatureStats
@@ -58,11 +63,11 @@ class RealReference:
         return self.half_b.count
 
     @classmethod
-    def of(cls, real_features: np.ndarray, seed: int = 0) -> "RealReference":
+    def of(cls, real_features: np.ndarray, seed: int = 0) -> RealReference:
         order = np.random.default_rng(seed).permutation(len(real_features))
         half = len(order) // 2
         half_a = FeatureStats.of(real_features[order[:half]])
-        half_b = FeatureStats.of(real_features[order[half:2 * half]])
+        half_b = FeatureStats.of(real_features[order[half : 2 * half]])
         return cls(FeatureStats.of(real_features), frechet_distance(half_a, half_b), half_b)
 
 

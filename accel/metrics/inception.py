@@ -1,12 +1,15 @@
-"""The standard FID feature network: TensorFlow's FID Inception-v3, in plain PyTorch, 2048-d pool3 features.
+"""The standard FID feature network: TensorFlow's FID Inception-v3, in plain PyTorch, 2048-d pool3
+features.
 
-The architecture follows torchvision's ``Inception3`` (``torchvision/models/inception.py``: BasicConv2d and
-the InceptionA-E blocks, BatchNorm eps 1e-3, no aux head, a 1008-class ``fc``) with the changes pytorch-fid
-makes to reproduce TensorFlow's graph (``mseitzer/pytorch-fid``, ``src/pytorch_fid/inception.py``): the
-pooling branch of the A, C and first E blocks averages without counting padding, and the last E block
-max-pools. Module names match torchvision's, so pytorch-fid's weights file
-``pt_inception-2015-12-05-6726825d.pth`` loads with ``strict=True``. Nothing is ever downloaded.
+The architecture follows torchvision's ``Inception3`` (``torchvision/models/inception.py``:
+BasicConv2d and the InceptionA-E blocks, BatchNorm eps 1e-3, no aux head, a 1008-class ``fc``) with
+the changes pytorch-fid makes to reproduce TensorFlow's graph (``mseitzer/pytorch-fid``,
+``src/pytorch_fid/inception.py``): the pooling branch of the A, C and first E blocks averages
+without counting padding, and the last E block max-pools. Module names match torchvision's, so
+pytorch-fid's weights file ``pt_inception-2015-12-05-6726825d.pth`` loads with ``strict=True``.
+Nothing is ever downloaded.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -26,7 +29,8 @@ INPUT_SIZE = 299
 
 
 class BasicConv2d(nn.Module):
-    """Convolution without bias, BatchNorm (eps 1e-3), ReLU; state-dict keys ``conv.*`` and ``bn.*``."""
+    """Convolution without bias, BatchNorm (eps 1e-3), ReLU; state-dict keys ``conv.*`` and
+    ``bn.*``."""
 
     def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0):
         super().__init__()
@@ -57,12 +61,15 @@ class InceptionA(nn.Module):  # Mixed_5b..5d, 35x35
         self.branch_pool = BasicConv2d(cin, pool_features, 1)
 
     def forward(self, x):
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg_pool(x)),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                self.branch_pool(_avg_pool(x)),
+            ],
+            1,
+        )
 
 
 class InceptionB(nn.Module):  # Mixed_6a: 35x35 -> 17x17
@@ -74,11 +81,14 @@ class InceptionB(nn.Module):  # Mixed_6a: 35x35 -> 17x17
         self.branch3x3dbl_3 = BasicConv2d(96, 96, 3, stride=2)
 
     def forward(self, x):
-        return torch.cat([
-            self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            F.max_pool2d(x, 3, stride=2),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch3x3(x),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                F.max_pool2d(x, 3, stride=2),
+            ],
+            1,
+        )
 
 
 class InceptionC(nn.Module):  # Mixed_6b..6e, 17x17, factorised 7x7
@@ -100,12 +110,15 @@ class InceptionC(nn.Module):  # Mixed_6b..6e, 17x17, factorised 7x7
         dbl = x
         for i in range(1, 6):
             dbl = getattr(self, f"branch7x7dbl_{i}")(dbl)
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
-            dbl,
-            self.branch_pool(_avg_pool(x)),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
+                dbl,
+                self.branch_pool(_avg_pool(x)),
+            ],
+            1,
+        )
 
 
 class InceptionD(nn.Module):  # Mixed_7a: 17x17 -> 8x8
@@ -120,10 +133,13 @@ class InceptionD(nn.Module):  # Mixed_7a: 17x17 -> 8x8
 
     def forward(self, x):
         b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
-        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, stride=2)], 1)
+        return torch.cat(
+            [self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, stride=2)], 1
+        )
 
 
-class InceptionE(nn.Module):  # Mixed_7b (average pool) and Mixed_7c (max pool in the FID graph), 8x8
+# Mixed_7b (average pool) and Mixed_7c (max pool in the FID graph), 8x8
+class InceptionE(nn.Module):
     def __init__(self, cin: int, pool=_avg_pool):
         super().__init__()
         self.pool = pool
@@ -140,16 +156,22 @@ class InceptionE(nn.Module):  # Mixed_7b (average pool) and Mixed_7c (max pool i
     def forward(self, x):
         b3 = self.branch3x3_1(x)
         dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch3x3_2a(b3), self.branch3x3_2b(b3),
-            self.branch3x3dbl_3a(dbl), self.branch3x3dbl_3b(dbl),
-            self.branch_pool(self.pool(x)),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch3x3_2a(b3),
+                self.branch3x3_2b(b3),
+                self.branch3x3dbl_3a(dbl),
+                self.branch3x3dbl_3b(dbl),
+                self.branch_pool(self.pool(x)),
+            ],
+            1,
+        )
 
 
 class FIDInception(nn.Module):
-    """FID Inception-v3. ``forward`` maps images in [0, 1] (N x 3 x H x W) to pool3 features (N x 2048).
+    """FID Inception-v3. ``forward`` maps images in [0, 1] (N x 3 x H x W) to pool3 features (N x
+    2048).
 
     ``fc`` (1008 classes) is unused for features; it is there so the weights file loads strictly.
     """
@@ -196,20 +218,27 @@ def build_fid_inception() -> FIDInception:
 
 
 def _not_fid_weights(path: Path, detail: str) -> AccelError:
-    return AccelError(f"{path} is not the FID Inception weights file {INCEPTION_WEIGHTS_NAME} ({detail})")
+    return AccelError(
+        f"{path} is not the FID Inception weights file {INCEPTION_WEIGHTS_NAME} ({detail})"
+    )
 
 
 class InceptionFeatures:
-    """2048-d pool3 features of the FID Inception network, from a local weights file (never downloads)."""
+    """2048-d pool3 features of the FID Inception network, from a local weights file (never
+    downloads)."""
 
     name = "inception-pool3"
 
-    def __init__(self, weights_path: str | Path, device: str | torch.device = "cpu", batch_size: int = 64):
+    def __init__(
+        self, weights_path: str | Path, device: str | torch.device = "cpu", batch_size: int = 64
+    ):
         path = Path(weights_path)
         if not path.is_file():
             raise AccelError(
-                f"FID Inception weights not found at {path}: download {INCEPTION_WEIGHTS_NAME} (pytorch-fid "
-                f"release fid_weights, {INCEPTION_WEIGHTS_URL}) on a machine with network access and pass its path")
+                f"FID Inception weights not found at {path}: download "
+                f"{INCEPTION_WEIGHTS_NAME} (pytorch-fid release fid_weights, "
+                f"{INCEPTION_WEIGHTS_URL}) on a machine with network access and pass its path"
+            )
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line message
@@ -219,20 +248,28 @@ class InceptionFeatures:
 
         model = build_fid_inception()
         expected = model.state_dict()
-        # Files saved before BatchNorm had num_batches_tracked lack it; it does not affect eval-mode outputs.
+        # Files saved before BatchNorm had num_batches_tracked lack it; it does not affect eval-mode
+        # outputs.
         state = {k: v for k, v in loaded.items()}
         for key in expected:
             if key.endswith(".num_batches_tracked"):
                 state.setdefault(key, torch.zeros((), dtype=torch.long))
-        missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+        missing, unexpected = (
+            sorted(expected.keys() - state.keys()),
+            sorted(state.keys() - expected.keys()),
+        )
         if missing or unexpected:
             example = (missing or unexpected)[0]
-            raise _not_fid_weights(path, f"{len(missing)} missing and {len(unexpected)} unexpected keys, "
-                                         f"e.g. {example!r}")
+            raise _not_fid_weights(
+                path,
+                f"{len(missing)} missing and {len(unexpected)} unexpected keys, e.g. {example!r}",
+            )
         for key, tensor in expected.items():
             if not isinstance(state[key], torch.Tensor) or state[key].shape != tensor.shape:
                 shape = tuple(getattr(state[key], "shape", ()))
-                raise _not_fid_weights(path, f"{key} has shape {shape}, expected {tuple(tensor.shape)}")
+                raise _not_fid_weights(
+                    path, f"{key} has shape {shape}, expected {tuple(tensor.shape)}"
+                )
         model.load_state_dict(state, strict=True)
 
         self.device = torch.device(device)
@@ -241,16 +278,18 @@ class InceptionFeatures:
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """images: uint8 array N x C x H x W with C == 1 or 3 (grey is repeated to 3 channels), any H, W.
-        Returns float64 array N x 2048."""
+        """images: uint8 array N x C x H x W with C == 1 or 3 (grey is repeated to 3 channels), any
+        H, W. Returns float64 array N x 2048."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1] not in (1, 3) or images.dtype != np.uint8:
-            raise ValueError(f"inception features need uint8 N x (1|3) x H x W images, "
-                             f"got {images.dtype} {images.shape}")
+            raise ValueError(
+                f"inception features need uint8 N x (1|3) x H x W images, "
+                f"got {images.dtype} {images.shape}"
+            )
         out = np.empty((len(images), FEATURE_DIM), dtype=np.float64)
         for start in range(0, len(images), self.batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + self.batch_size]))
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + self.batch_size]))
             x = chunk.to(self.device).float() / 255.0
             x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-            out[start:start + len(chunk)] = self.network(x).double().cpu().numpy()
+            out[start : start + len(chunk)] = self.network(x).double().cpu().numpy()
         return out

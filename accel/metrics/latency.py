@@ -1,8 +1,9 @@
 """Per-step denoiser latency: warm-up, then the median of many timed calls.
 
-Several models are timed interleaved (A, B, A, B, ...) so that a slow moment of the machine hits all of
-them alike, and their ratio is measured in one run.
+Several models are timed interleaved (A, B, A, B, ...) so that a slow moment of the machine hits all
+of them alike, and their ratio is measured in one run.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -29,9 +30,11 @@ def _time_once(denoiser: Denoiser, inputs) -> float:
 
 
 @torch.inference_mode()
-def step_latency_ms(denoisers: list[Denoiser], batch_size: int = 1, warmup: int = 5,
-                    repeats: int = 30) -> list[float]:
-    """Median milliseconds per denoiser call at ``batch_size``, one figure per model, timed interleaved."""
+def step_latency_ms(
+    denoisers: list[Denoiser], batch_size: int = 1, warmup: int = 5, repeats: int = 30
+) -> list[float]:
+    """Median milliseconds per denoiser call at ``batch_size``, one figure per model, timed
+    interleaved."""
     inputs = [d.example_inputs(batch_size) for d in denoisers]
     for _ in range(warmup):
         for denoiser, args in zip(denoisers, inputs):

@@ -1,11 +1,12 @@
 """Which FID applies to a model, and PSNR between two sets of samples drawn from the same noise."""
+
 from __future__ import annotations
 
 import math
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -17,7 +18,8 @@ DIGITS_SHAPE = (1, 16, 16)
 
 @dataclass
 class FidSetup:
-    """A feature network and the real images to compare generated ones with (None: FID not available)."""
+    """A feature network and the real images to compare generated ones with (None: FID not
+    available)."""
 
     features: Callable[[np.ndarray], np.ndarray] | None
     name: str | None
@@ -30,33 +32,54 @@ class FidSetup:
             return {"fid": None, "fid_at_floor_size": None}
         features = self.features(images)
         half = self.real.half_size
-        at_floor_size = (frechet_distance(FeatureStats.of(features[:half]), self.real.half_b)
-                         if len(features) >= half else None)
-        return {"fid": frechet_distance(FeatureStats.of(features), self.real.stats),
-                "fid_at_floor_size": at_floor_size}
+        at_floor_size = (
+            frechet_distance(FeatureStats.of(features[:half]), self.real.half_b)
+            if len(features) >= half
+            else None
+        )
+        return {
+            "fid": frechet_distance(FeatureStats.of(features), self.real.stats),
+            "fid_at_floor_size": at_floor_size,
+        }
 
 
-def fid_setup(sample_shape: tuple[int, ...], inception_weights: str | Path | None = None,
-              reference_images: str | Path | None = None, device: str = "cpu") -> FidSetup:
-    """Digits-CNN FID for 1x16x16 models; Inception FID when the user gives the weights file and real
-    images; otherwise no FID, with the reason."""
+def fid_setup(
+    sample_shape: tuple[int, ...],
+    inception_weights: str | Path | None = None,
+    reference_images: str | Path | None = None,
+    device: str = "cpu",
+) -> FidSetup:
+    """Digits-CNN FID for 1x16x16 models; Inception FID when the user gives the weights file and
+    real images; otherwise no FID, with the reason."""
     if inception_weights is not None:
         return _inception_setup(inception_weights, reference_images, device)
     if tuple(sample_shape) == DIGITS_SHAPE:
         from accel.metrics.digits_cnn import DigitsFeatures
 
         return FidSetup(DigitsFeatures(), DigitsFeatures.name, digits_reference())
-    return FidSetup(None, None, None, "FID for this model needs an Inception weights file and real images (.npz; accel eval "
-                                             "--inception-weights, --fid-ref)")
+    return FidSetup(
+        None,
+        None,
+        None,
+        "FID for this model needs an Inception weights file and real images (.npz; accel eval "
+        "--inception-weights, --fid-ref)",
+    )
 
 
-def _inception_setup(weights: str | Path, reference_images: str | Path | None, device: str) -> FidSetup:
+def _inception_setup(
+    weights: str | Path, reference_images: str | Path | None, device: str
+) -> FidSetup:
     from accel.metrics.inception import InceptionFeatures
 
     if reference_images is None:
-        raise ConfigError("EvalConfig", "fid_ref", "is needed for Inception FID: real images to compare with (an "
-                          ".npz with a uint8 array 'images', N x C x H x W)")
-    real = load_images_npz(reference_images)  # before the weights: a bad file fails without loading a network
+        raise ConfigError(
+            "EvalConfig",
+            "fid_ref",
+            "is needed for Inception FID: real images to compare with (an "
+            ".npz with a uint8 array 'images', N x C x H x W)",
+        )
+    # before the weights: a bad file fails without loading a network
+    real = load_images_npz(reference_images)
     features = InceptionFeatures(weights, device=device)
     return FidSetup(features, InceptionFeatures.name, RealReference.of(features(real)))
 
@@ -65,17 +88,30 @@ def load_images_npz(path: str | Path) -> np.ndarray:
     try:
         with np.load(path) as archive:
             images = archive["images"]
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:  # np.load: a damaged .npz
-        raise AccelError(f"cannot read images from {path}: need an .npz with a uint8 array 'images' ({error})")
+    # np.load: a damaged .npz
+    except (
+        OSError,
+        KeyError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+    ) as error:
+        raise AccelError(
+            f"cannot read images from {path}: need an .npz with a uint8 array 'images' ({error})"
+        )
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise AccelError(f"{path}: 'images' must be uint8 N x C x H x W, got {images.dtype} {images.shape}")
+        raise AccelError(
+            f"{path}: 'images' must be uint8 N x C x H x W, got {images.dtype} {images.shape}"
+        )
     if images.shape[1] not in (1, 3) or len(images) < 2:
-        raise AccelError(f"{path}: 'images' must hold at least 2 images with 1 or 3 channels, got shape "
-                         f"{images.shape}")
+        raise AccelError(
+            f"{path}: 'images' must hold at least 2 images with 1 or 3 channels, got shape "
+            f"{images.shape}"
+        )
     return images
 
 
 def psnr_db(reference: np.ndarray, other: np.ndarray) -> float:
     """PSNR in dB over all pixels of two uint8 image sets (peak 255); infinite when identical."""
     mse = np.mean((reference.astype(np.float64) - other.astype(np.float64)) ** 2)
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)

@@ -1,5 +1,6 @@
-"""``accel.load``: a Denoiser from the built-in name, a local diffusers folder, an accel artifact, or the
-local Hugging Face cache. Nothing is downloaded."""
+"""``accel.load``: a Denoiser from the built-in name, a local diffusers folder, an accel artifact,
+or the local Hugging Face cache. Nothing is downloaded."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,16 +20,27 @@ from accel.models.reference import REFERENCE_DIR
 BUILTIN_MODELS = {"digits": REFERENCE_DIR}
 MODEL_SUBFOLDERS = ("unet", "transformer")
 # diffusers' DDPMScheduler defaults, used only when a model folder carries no scheduler config.
-FALLBACK_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
-                      "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon"}
+FALLBACK_SCHEDULER = {
+    "_class_name": "DDPMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "prediction_type": "epsilon",
+}
 
 
-def load(source: str | Path | nn.Module | Denoiser, device: str | None = None,
-         sampling: dict | None = None) -> Denoiser:
-    """Return the denoiser named by ``source``, in eval mode, on ``device`` (default: where it loads).
+def load(
+    source: str | Path | nn.Module | Denoiser,
+    device: str | None = None,
+    sampling: dict | None = None,
+) -> Denoiser:
+    """Return the denoiser named by ``source``, in eval mode, on ``device`` (default: where it
+    loads).
 
-    ``sampling`` changes the sampler it comes with (``{"steps": 20}``, ``{"name": "dpm++"}``); another sampler
-    name starts from that sampler's own settings, keeping the step count and what the network predicts.
+    ``sampling`` changes the sampler it comes with (``{"steps": 20}``, ``{"name": "dpm++"}``);
+    another sampler name starts from that sampler's own settings, keeping the step count and what
+    the network predicts.
     """
     if isinstance(source, Denoiser):
         denoiser = source
@@ -43,7 +55,8 @@ def load(source: str | Path | nn.Module | Denoiser, device: str | None = None,
 
 
 def model_path(name: str) -> Path:
-    """The folder or file ``name`` loads from: a built-in model's folder, a local path, or the hub cache."""
+    """The folder or file ``name`` loads from: a built-in model's folder, a local path, or the hub
+    cache."""
     return _resolve(name)
 
 
@@ -55,8 +68,10 @@ def _resolve(name: str) -> Path:
         return path
     if _looks_like_hub_id(name):
         return _from_hub_cache(name)
-    raise AccelError(f"no model at '{name}': give a local diffusers folder, an accel artifact, or one of "
-                     f"{', '.join(BUILTIN_MODELS)}")
+    raise AccelError(
+        f"no model at '{name}': give a local diffusers folder, an accel artifact, or one of "
+        f"{', '.join(BUILTIN_MODELS)}"
+    )
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -70,28 +85,41 @@ def _from_hub_cache(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:
-        raise AccelError(f"'{repo_id}' is not a local path and not in the Hugging Face cache; accel never downloads: "
-                         f"fetch it where there is network (huggingface-cli download {repo_id}) and pass the folder")
+        raise AccelError(
+            f"'{repo_id}' is not a local path and not in the Hugging Face "
+            "cache; accel never downloads: fetch it where there is network "
+            f"(huggingface-cli download {repo_id}) and pass the folder"
+        )
 
 
 def _model_folder(path: Path) -> Path:
-    """The folder holding the network's config.json: the path itself, or its unet/ or transformer/."""
+    """The folder holding the network's config.json: the path itself, or its unet/ or
+    transformer/."""
     if path.is_file():
-        raise AccelError(f"{path} is a file; give the folder of a diffusers model or an accel artifact")
+        raise AccelError(
+            f"{path} is a file; give the folder of a diffusers model or an accel artifact"
+        )
     if (path / "config.json").is_file():
         return path
     for sub in MODEL_SUBFOLDERS:
         if (path / sub / "config.json").is_file():
             return path / sub
-    raise AccelError(f"{path} is not a diffusers model folder (no config.json in it or in unet/ or transformer/)")
+    raise AccelError(
+        f"{path} is not a diffusers model folder (no config.json in it or in unet/ or transformer/)"
+    )
 
 
 def _scheduler_config(model_dir: Path) -> tuple[dict, tuple[str, ...]]:
-    for candidate in (model_dir / "scheduler_config.json", model_dir.parent / "scheduler" / "scheduler_config.json",
-                      model_dir / "scheduler" / "scheduler_config.json"):
+    for candidate in (
+        model_dir / "scheduler_config.json",
+        model_dir.parent / "scheduler" / "scheduler_config.json",
+        model_dir / "scheduler" / "scheduler_config.json",
+    ):
         if candidate.is_file():
             return _checked_schedule(candidate), ()
-    return dict(FALLBACK_SCHEDULER), ("no scheduler_config.json found: assuming DDPM, linear betas, 1000 steps",)
+    return dict(FALLBACK_SCHEDULER), (
+        "no scheduler_config.json found: assuming DDPM, linear betas, 1000 steps",
+    )
 
 
 def _checked_schedule(path: Path) -> dict:
@@ -110,7 +138,7 @@ def _check_safetensors(files: list[Path]) -> None:
     for file in files:
         try:
             with safe_open(str(file), framework="pt") as handle:
-                for key in handle.keys():
+                for key in handle.keys():  # noqa: SIM118 (safetensors' handle is no dict)
                     handle.get_slice(key)
         except Exception as error:
             raise AccelError(f"{file} is not a readable safetensors file ({one_line(error)})")
@@ -124,8 +152,10 @@ def _load_path(path: Path, name: str) -> Denoiser:
     config = read_json_object(model_dir / "config.json")
     class_name = config.get("_class_name")
     if not isinstance(class_name, str) or class_name not in DIFFUSERS_KINDS:
-        raise AccelError(f"{model_dir / 'config.json'} describes '{class_name}'; accel loads "
-                         f"{', '.join(DIFFUSERS_KINDS)}")
+        raise AccelError(
+            f"{model_dir / 'config.json'} describes '{class_name}'; accel loads "
+            f"{', '.join(DIFFUSERS_KINDS)}"
+        )
     weight_files = sorted(model_dir.glob("*.safetensors"))
     _check_safetensors(weight_files)
     scheduler_config, notes = _scheduler_config(model_dir)
@@ -144,8 +174,11 @@ def _from_config(model_dir: Path, class_name: str, config: dict) -> nn.Module:
     try:
         with _diffusers_quiet():
             return getattr(diffusers, class_name).from_config(config)
-    except Exception as error:  # diffusers raises many types for values that do not describe a network
-        raise AccelError(f"{model_dir / 'config.json'} does not describe a {class_name} ({one_line(error)})")
+    # diffusers raises many types for values that do not describe a network
+    except Exception as error:
+        raise AccelError(
+            f"{model_dir / 'config.json'} does not describe a {class_name} ({one_line(error)})"
+        )
 
 
 def _from_pretrained(model_dir: Path, class_name: str) -> nn.Module:
@@ -161,7 +194,8 @@ def _from_pretrained(model_dir: Path, class_name: str) -> nn.Module:
 
 @contextlib.contextmanager
 def _diffusers_quiet():
-    """diffusers logs its own line before raising (a folder without weights): the error says it once."""
+    """diffusers logs its own line before raising (a folder without weights): the error says it
+    once."""
     logger = logging.getLogger("diffusers")
     level = logger.level
     logger.setLevel(logging.CRITICAL + 1)

@@ -1,10 +1,12 @@
 """The built-in reference model ``digits``: a small diffusers UNet2DModel trained on 16x16 digits.
 
-It is small enough to sample 2,000 images at 50 DDIM steps in about 1.5 minutes on 2 CPU cores, and has
-what every compression technique acts on: GroupNorm, self-attention at 8x8 and 4x4, skip concatenations in
-the decoder, a time embedding. ``train_reference`` retrains it with the committed settings (fixed seed); the
-weights match the committed ones only on the same machine and library versions.
+It is small enough to sample 2,000 images at 50 DDIM steps in about 1.5 minutes on 2 CPU cores, and
+has what every compression technique acts on: GroupNorm, self-attention at 8x8 and 4x4, skip
+concatenations in the decoder, a time embedding. ``train_reference`` retrains it with the committed
+settings (fixed seed); the weights match the committed ones only on the same machine and library
+versions.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,9 +45,11 @@ SCHEDULER_CONFIG = dict(
 )
 
 
-# The committed weights: 5,000 steps of batch 128, AdamW at 2e-3 with 200 warm-up steps and EMA 0.999.
-REFERENCE_TRAINING = TrainConfig(steps=5000, batch_size=128, lr=2e-3, warmup_steps=200, ema_decay=0.999,
-                                 checkpoint_every=250)
+# The committed weights: 5,000 steps of batch 128, AdamW at 2e-3 with 200 warm-up steps and EMA
+# 0.999.
+REFERENCE_TRAINING = TrainConfig(
+    steps=5000, batch_size=128, lr=2e-3, warmup_steps=200, ema_decay=0.999, checkpoint_every=250
+)
 
 
 def build_reference_unet():
@@ -68,26 +72,35 @@ def _record(config: TrainConfig, result) -> dict:
         "config": config.to_dict(),
         "unet_config": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()},
         "scheduler_config": SCHEDULER_CONFIG,
-        "data": "sklearn load_digits, 1797 images, 8x8 bilinear-upsampled to 16x16, scaled to [-1, 1]",
+        "data": "sklearn load_digits, 1797 images, 8x8 "
+        "bilinear-upsampled to 16x16, scaled to [-1, 1]",
         "loss_per_tenth_of_training": loss_curve(result.losses),
         "final_loss_mean_last_200": round(sum(result.losses[-200:]) / len(result.losses[-200:]), 5),
         "wall_time_s": round(result.elapsed_s, 1),
         "processes": result.processes,
-        "machine": {"platform": platform.platform(), "processor": platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         "params": sum(p.numel() for p in result.network.parameters()),
     }
 
 
-def train_reference(out_dir: str | Path, config: TrainConfig = REFERENCE_TRAINING, overwrite: bool = False,
-                    progress: bool = True) -> dict:
+def train_reference(
+    out_dir: str | Path,
+    config: TrainConfig = REFERENCE_TRAINING,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Train the reference model with accel's training loop and write it as a diffusers folder (plus
     ``training.json``) to ``out_dir``.
 
-    A non-empty ``out_dir`` is refused unless ``overwrite``. Work happens in ``<out_dir>.partial``; an
-    interrupted run resumes from its last checkpoint there, and ``out_dir`` appears only when training is
-    complete. Under ``accelerate launch`` every process trains and the main one writes.
+    A non-empty ``out_dir`` is refused unless ``overwrite``. Work happens in ``<out_dir>.partial``;
+    an interrupted run resumes from its last checkpoint there, and ``out_dir`` appears only when
+    training is complete. Under ``accelerate launch`` every process trains and the main one writes.
     """
     out_dir = ensure_writable_dir(out_dir, overwrite)
     work_dir = out_dir.with_name(out_dir.name + ".partial")
@@ -96,9 +109,16 @@ def train_reference(out_dir: str | Path, config: TrainConfig = REFERENCE_TRAININ
     unet = build_reference_unet()
     images, _ = digits_images()
     task = NoisePrediction(images, SCHEDULER_CONFIG)
-    result = train(unet, task, config, work_dir, run={"job": "train-reference", "config": config.to_dict()},
-                   forward_of=lambda module: lambda x, t, cond: module(x, t).sample, desc="train digits",
-                   progress=progress)
+    result = train(
+        unet,
+        task,
+        config,
+        work_dir,
+        run={"job": "train-reference", "config": config.to_dict()},
+        forward_of=lambda module: lambda x, t, cond: module(x, t).sample,
+        desc="train digits",
+        progress=progress,
+    )
     record = _record(config, result)
     if current_processes().is_main:
         with atomic_dir(out_dir, overwrite) as staging:

@@ -1,5 +1,6 @@
-"""Optimization as the registry applies it: swap a diffusers model's GroupNorm(+SiLU) and attention for accel's
-kernels, cast and re-layout it, and replay its steps as CUDA graphs, in place."""
+"""Optimization as the registry applies it: swap a diffusers model's GroupNorm(+SiLU) and attention
+for accel's kernels, cast and re-layout it, and replay its steps as CUDA graphs, in place."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -13,17 +14,28 @@ from accel.optimize.config import OptimizeConfig
 from accel.optimize.cuda_graph import HOOK_NAME, CudaGraphHook
 from accel.optimize.modules import FusedAttnProcessor, FusedGroupNorm, FusedResnetBlock2D
 
-REPLACEABLE_PROCESSORS = (AttnProcessor, AttnProcessor2_0)  # diffusers' defaults; others (quantized) stay
+# diffusers' defaults; others (quantized) stay
+REPLACEABLE_PROCESSORS = (
+    AttnProcessor,
+    AttnProcessor2_0,
+)
 
 
 def optimize(denoiser, config: OptimizeConfig) -> dict:
     """Optimize ``denoiser`` in place (the registry records it); returns what the artifact keeps."""
     if config.cuda_graph and any(hook.splitter is not None for hook in denoiser.hooks.values()):
-        raise ConfigError("OptimizeConfig", "cuda_graph", "replays one captured call for every step, and this "
-                          "model's steps run two ways (feature caching): optimize it without CUDA graphs")
+        raise ConfigError(
+            "OptimizeConfig",
+            "cuda_graph",
+            "replays one captured call for every step, and this "
+            "model's steps run two ways (feature caching): optimize it without CUDA graphs",
+        )
     if config.cuda_graph and denoiser.device.type != "cuda":
-        raise ConfigError("OptimizeConfig", "cuda_graph", f"needs the model on a CUDA device (it is on "
-                          f"{denoiser.device})")
+        raise ConfigError(
+            "OptimizeConfig",
+            "cuda_graph",
+            f"needs the model on a CUDA device (it is on {denoiser.device})",
+        )
     dtype = config.torch_dtype(denoiser.device)
     swaps = swap_modules(denoiser.module, config.backend)
     convert(denoiser.module, dtype, config.channels_last)
@@ -33,8 +45,8 @@ def optimize(denoiser, config: OptimizeConfig) -> dict:
 
 
 def rebuild(denoiser, record: dict) -> None:
-    """Give a fresh base network the optimized structure, precision, layout and CUDA-graph replay an artifact
-    was saved with (replay starts when the model is on a GPU)."""
+    """Give a fresh base network the optimized structure, precision, layout and CUDA-graph replay an
+    artifact was saved with (replay starts when the model is on a GPU)."""
     config = OptimizeConfig.from_dict(record["config"])
     swap_modules(denoiser.module, config.backend)
     convert(denoiser.module, getattr(torch, record["dtype"]), config.channels_last)
@@ -43,7 +55,8 @@ def rebuild(denoiser, record: dict) -> None:
 
 
 def convert(network: nn.Module, dtype: torch.dtype, channels_last: bool) -> None:
-    """Cast to ``dtype`` except the submodules a diffusers class asks to keep in fp32 (none for UNets and DiT)."""
+    """Cast to ``dtype`` except the submodules a diffusers class asks to keep in fp32 (none for
+    UNets and DiT)."""
     nn.Module.to(network, dtype)
     keep = getattr(network, "_keep_in_fp32_modules", None) or []
     for name, module in network.named_modules():
@@ -54,7 +67,8 @@ def convert(network: nn.Module, dtype: torch.dtype, channels_last: bool) -> None
 
 
 def swap_modules(network: nn.Module, backend: str) -> dict[str, int]:
-    """Fuse resnet blocks and the output norm with their SiLU, then every remaining GroupNorm, then attention."""
+    """Fuse resnet blocks and the output norm with their SiLU, then every remaining GroupNorm, then
+    attention."""
     swaps: Counter = Counter()
     for block in list(network.modules()):
         if FusedResnetBlock2D.can_fuse(block):
@@ -80,7 +94,8 @@ def swap_modules(network: nn.Module, backend: str) -> dict[str, int]:
 
 
 def _fuse_output_norm(network: nn.Module, backend: str) -> bool:
-    """UNets end in conv_norm_out -> conv_act (SiLU, used nowhere else) -> conv_out: fuse the first two."""
+    """UNets end in conv_norm_out -> conv_act (SiLU, used nowhere else) -> conv_out: fuse the first
+    two."""
     norm, act = getattr(network, "conv_norm_out", None), getattr(network, "conv_act", None)
     if type(norm) is not nn.GroupNorm or not isinstance(act, nn.SiLU):
         return False
@@ -90,7 +105,8 @@ def _fuse_output_norm(network: nn.Module, backend: str) -> bool:
 
 
 def kernel_usage(network: nn.Module) -> dict[str, dict[str, int]]:
-    """How many GroupNorm and attention calls ran through the Triton kernels and how many through PyTorch."""
+    """How many GroupNorm and attention calls ran through the Triton kernels and how many through
+    PyTorch."""
     usage = {"group_norm": Counter(), "attention": Counter()}
     for module in network.modules():
         if isinstance(module, FusedGroupNorm):

@@ -1,4 +1,6 @@
-"""OptimizeConfig: how ``optimize_`` runs a model: precision, memory layout, kernels, CUDA graphs."""
+"""OptimizeConfig: how ``optimize_`` runs a model: precision, memory layout, kernels, CUDA
+graphs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +19,8 @@ class OptimizeConfig(Config):
     dtype: str = one_of("auto", ("auto", *DTYPES))
     # NHWC activations: what cuDNN's fp16 convolutions and our GroupNorm read fastest
     channels_last: bool = True
-    # auto: Triton kernels on CUDA, the PyTorch reference elsewhere; triton: always (on the CPU only under
-    # TRITON_INTERPRET=1); torch: never
+    # auto: Triton kernels on CUDA, the PyTorch reference elsewhere; triton: always (on the CPU only
+    # under TRITON_INTERPRET=1); torch: never
     backend: str = one_of("auto", BACKENDS)
     cuda_graph: bool = False  # replay the whole denoiser step as one CUDA graph per input shape
 

@@ -1,5 +1,5 @@
-"""The optimize stage (``accel optimize``, a recipe's ``optimize`` stage): fused kernels, precision, layout and
-CUDA graphs, no weight changed."""
+"""The optimize stage (``accel optimize``, a recipe's ``optimize`` stage): fused kernels, precision,
+layout and CUDA graphs, no weight changed."""
 
 from __future__ import annotations
 
@@ -14,11 +14,17 @@ def run(model, settings: Settings, context: Context) -> StageResult:
     return StageResult(model, registry.apply(model, "optimize", settings["optimize"]))
 
 
-OPTIMIZE_STAGE = stages.register(stages.Stage(
-    name="optimize",
-    roles={"optimize": OptimizeConfig(), "sampling": SamplerChange()},
-    run=run,
-    keys={"no-channels-last": Key("optimize", "channels_last", convert=lambda on: not on, switch=True),
-          **SAMPLER_KEYS},
-    open_roles=("optimize",),
-))
+OPTIMIZE_STAGE = stages.register(
+    stages.Stage(
+        name="optimize",
+        roles={"optimize": OptimizeConfig(), "sampling": SamplerChange()},
+        run=run,
+        keys={
+            "no-channels-last": Key(
+                "optimize", "channels_last", convert=lambda on: not on, switch=True
+            ),
+            **SAMPLER_KEYS,
+        },
+        open_roles=("optimize",),
+    )
+)

@@ -1,4 +1,6 @@
-"""``prune``: score, cut and fix up a denoiser in place; ``rebuild``: give a fresh network a recorded pruned shape."""
+"""``prune``: score, cut and fix up a denoiser in place; ``rebuild``: give a fresh network a
+recorded pruned shape."""
+
 from __future__ import annotations
 
 import torch
@@ -7,19 +9,33 @@ from accel.core.errors import AccelError
 from accel.prune.config import PruneConfig
 from accel.prune.fixups import fix_attributes
 from accel.prune.importance import accumulate_gradients, channel_scores, head_scores
-from accel.prune.structure import (apply_widths, build_graph, changed_widths, channel_groups, channels_to_remove,
-                                   head_groups, kept_channels, layer_widths, prune_channels, prune_heads)
+from accel.prune.structure import (
+    apply_widths,
+    build_graph,
+    changed_widths,
+    channel_groups,
+    channels_to_remove,
+    head_groups,
+    kept_channels,
+    layer_widths,
+    prune_channels,
+    prune_heads,
+)
 
 
 def check_images(denoiser, images: torch.Tensor | None, config: PruneConfig) -> None:
     if not config.needs_gradients:
         return
     if images is None:
-        raise AccelError(f"the {config.criterion} criterion needs images (its gradients come from the "
-                         "noise-prediction loss on them); pass data, or use --criterion magnitude or random")
+        raise AccelError(
+            f"the {config.criterion} criterion needs images (its gradients come from the "
+            "noise-prediction loss on them); pass data, or use --criterion magnitude or random"
+        )
     if tuple(images.shape[1:]) != tuple(denoiser.sample_shape):
-        raise AccelError(f"the images are {tuple(images.shape[1:])} and the model takes "
-                         f"{tuple(denoiser.sample_shape)}: channels, height and width must match")
+        raise AccelError(
+            f"the images are {tuple(images.shape[1:])} and the model takes "
+            f"{tuple(denoiser.sample_shape)}: channels, height and width must match"
+        )
 
 
 def heads_to_remove(heads: int, ratio: float) -> int:
@@ -28,14 +44,16 @@ def heads_to_remove(heads: int, ratio: float) -> int:
 
 
 def prune(denoiser, config: PruneConfig, images: torch.Tensor | None = None) -> dict:
-    """Prune ``denoiser`` in place; ``images``: clean samples in [-1, 1] (N, C, H, W) for gradient criteria."""
+    """Prune ``denoiser`` in place; ``images``: clean samples in [-1, 1] (N, C, H, W) for gradient
+    criteria."""
     if denoiser.hooks:
         raise AccelError(f"prune the model before adding step hooks ({', '.join(denoiser.hooks)})")
     check_images(denoiser, images, config)
     module = denoiser.module
     graph = build_graph(denoiser)
     groups, heads = channel_groups(graph, denoiser), head_groups(module)
-    keep = [kept_channels(g, config.ratio, config.round_to) for g in groups]  # a bad ratio fails before gradients
+    # a bad ratio fails before gradients
+    keep = [kept_channels(g, config.ratio, config.round_to) for g in groups]
     importance = {"criterion": config.criterion}
     if config.needs_gradients:
         was_training = module.training
@@ -44,10 +62,20 @@ def prune(denoiser, config: PruneConfig, images: torch.Tensor | None = None) -> 
             importance.update(accumulate_gradients(denoiser, images, config))
         module.train(was_training)
     generator = torch.Generator().manual_seed(config.seed)
-    channel_cuts = [channels_to_remove(channel_scores(g.slices, g.channels, config.criterion, generator), k,
-                                       g.aligned_groups) for g, k in zip(groups, keep)]
-    head_cuts = [sorted(torch.argsort(head_scores(h.slices, h.heads, config.criterion, generator), stable=True)
-                        [:heads_to_remove(h.heads, config.ratio)].tolist()) for h in heads]
+    channel_cuts = [
+        channels_to_remove(
+            channel_scores(g.slices, g.channels, config.criterion, generator), k, g.aligned_groups
+        )
+        for g, k in zip(groups, keep)
+    ]
+    head_cuts = [
+        sorted(
+            torch.argsort(head_scores(h.slices, h.heads, config.criterion, generator), stable=True)[
+                : heads_to_remove(h.heads, config.ratio)
+            ].tolist()
+        )
+        for h in heads
+    ]
     module.zero_grad(set_to_none=True)
     before = layer_widths(module)
     for group, cut in zip(groups, channel_cuts):

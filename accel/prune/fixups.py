@@ -1,16 +1,19 @@
 """The attributes diffusers reads at run time that a width change leaves stale.
 
-Torch-Pruning rewrites the weights and the ``in_channels``/``out_channels``/``num_channels`` of the layers it
-cuts; the blocks around them keep what their constructor computed:
+Torch-Pruning rewrites the weights and the ``in_channels``/``out_channels``/``num_channels`` of the
+layers it cuts; the blocks around them keep what their constructor computed:
 
-- ``Upsample2D`` and ``Downsample2D`` assert ``hidden_states.shape[1] == self.channels`` in forward, and keep an
-  ``out_channels`` (Diff-Pruning's fix-up compares ``out_channels ==`` instead of assigning it: both are set here);
-- ``Attention`` derives its head width from ``heads`` and keeps ``inner_dim``/``inner_kv_dim``/``out_dim``;
+- ``Upsample2D`` and ``Downsample2D`` assert ``hidden_states.shape[1] == self.channels`` in forward,
+  and keep an ``out_channels`` (Diff-Pruning's fix-up compares ``out_channels ==`` instead of
+  assigning it: both are set here);
+- ``Attention`` derives its head width from ``heads`` and keeps
+  ``inner_dim``/``inner_kv_dim``/``out_dim``;
 - ``ResnetBlock2D`` keeps ``in_channels``/``out_channels``; ``Transformer2DModel``-style models keep
   ``inner_dim``.
 
 ``fix_attributes`` runs after pruning and after an artifact's widths are applied to a fresh network.
 """
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -40,7 +43,12 @@ def _resnet(m: nn.Module) -> None:
     m.in_channels, m.out_channels = m.conv1.in_channels, m.conv2.out_channels
 
 
-FIXUPS = {"Upsample2D": _resample, "Downsample2D": _resample, "Attention": _attention, "ResnetBlock2D": _resnet}
+FIXUPS = {
+    "Upsample2D": _resample,
+    "Downsample2D": _resample,
+    "Attention": _attention,
+    "ResnetBlock2D": _resnet,
+}
 
 
 def fix_attributes(module: nn.Module) -> None:

@@ -1,8 +1,9 @@
-"""The prune stage (``accel prune``, a recipe's ``prune`` stage): prune, then fine-tune on training data.
+"""The prune stage (``accel prune``, a recipe's ``prune`` stage): prune, then fine-tune on training
+data.
 
-Fine-tuning checkpoints into the context's work folder: ``resume`` continues an interrupted run of the same
-settings, and a leftover run is refused otherwise. Under ``accelerate launch`` every process prunes identically
-and trains its share.
+Fine-tuning checkpoints into the context's work folder: ``resume`` continues an interrupted run of
+the same settings, and a leftover run is refused otherwise. Under ``accelerate launch`` every
+process prunes identically and trains its share.
 """
 
 from __future__ import annotations
@@ -22,14 +23,22 @@ from accel.train.runs import check_leftovers, record_run, work_folder
 
 def run(model, settings: Settings, context: Context) -> StageResult:
     change_sampler(model, settings)
-    registry.check_can_follow(model.transforms, "prune")  # a quantized input: refused before any work
+    # a quantized input: refused before any work
+    registry.check_can_follow(model.transforms, "prune")
     data, tuning = settings["data"], settings["finetune"]
     train_config = replace(settings["train"], steps=tuning.steps) if tuning.steps else None
-    identity = (given_images(context.images, model).identity if context.images is not None
-                else data_identity(data, model, settings["prune"].seed))
-    run_id = {"model": model.source, "prune": settings["prune"].to_dict(),
-              "train": train_config and train_config.to_dict(), "data": identity,
-              "distill_weight": tuning.distill_weight}
+    identity = (
+        given_images(context.images, model).identity
+        if context.images is not None
+        else data_identity(data, model, settings["prune"].seed)
+    )
+    run_id = {
+        "model": model.source,
+        "prune": settings["prune"].to_dict(),
+        "train": train_config and train_config.to_dict(),
+        "data": identity,
+        "distill_weight": tuning.distill_weight,
+    }
     with work_folder(context.work_dir, "accel-prune-") as work_dir:
         check_leftovers(work_dir, context.resume, run_id)
         images = _images(model, data, context, settings["prune"].seed)
@@ -38,28 +47,49 @@ def run(model, settings: Settings, context: Context) -> StageResult:
         context.observe("pruned", model)
         if train_config:
             record_run(work_dir, run_id)
-            trained = finetune(model, original, images, train_config, work_dir, run_id, tuning.distill_weight,
-                               context.progress)
+            trained = finetune(
+                model,
+                original,
+                images,
+                train_config,
+                work_dir,
+                run_id,
+                tuning.distill_weight,
+                context.progress,
+            )
             record["finetune"] = {
-                "config": train_config.to_dict(), "data": images.describe(),
+                "config": train_config.to_dict(),
+                "data": images.describe(),
                 "distill_weight": tuning.distill_weight if images.source != TEACHER else None,
-                "loss_per_tenth": loss_curve(trained.losses), "seconds": round(trained.elapsed_s, 1),
-                "processes": trained.processes, "resumed_at_step": trained.resumed_at}
+                "loss_per_tenth": loss_curve(trained.losses),
+                "seconds": round(trained.elapsed_s, 1),
+                "processes": trained.processes,
+                "resumed_at_step": trained.resumed_at,
+            }
     return StageResult(model, record)
 
 
 def _images(model, data: DataConfig, context: Context, seed: int):
     if context.images is not None:
         return given_images(context.images, model)
-    return training_images(data, model, seed=seed, batch_size=context.batch_size, progress=context.progress)
+    return training_images(
+        data, model, seed=seed, batch_size=context.batch_size, progress=context.progress
+    )
 
 
-PRUNE_STAGE = stages.register(stages.Stage(
-    name="prune",
-    roles={"prune": PruneConfig(), "finetune": FinetuneConfig(), "train": FINETUNE, "data": DataConfig(),
-           "sampling": SamplerChange()},
-    run=run,
-    keys={"finetune-steps": Key("finetune", "steps"), **TRAINING_KEYS, **SAMPLER_KEYS},
-    open_roles=("prune", "finetune"),
-    trains=lambda settings: settings["finetune"].steps > 0,
-))
+PRUNE_STAGE = stages.register(
+    stages.Stage(
+        name="prune",
+        roles={
+            "prune": PruneConfig(),
+            "finetune": FinetuneConfig(),
+            "train": FINETUNE,
+            "data": DataConfig(),
+            "sampling": SamplerChange(),
+        },
+        run=run,
+        keys={"finetune-steps": Key("finetune", "steps"), **TRAINING_KEYS, **SAMPLER_KEYS},
+        open_roles=("prune", "finetune"),
+        trains=lambda settings: settings["finetune"].steps > 0,
+    )
+)

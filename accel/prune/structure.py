@@ -1,21 +1,24 @@
-"""Which channels must go together, how many of them go, and how a network takes a recorded pruned shape.
+"""Which channels must go together, how many of them go, and how a network takes a recorded pruned
+shape.
 
-Torch-Pruning's dependency graph (DepGraph) traces the denoiser once and gives every coupled set of channels:
-a residual stream with the norms, skips and concatenations that read it, a ResNet block's inner width with its
-time-embedding projection, the time embedding itself. Each such ``ChannelGroup`` keeps the same fraction of its
-channels. What to keep is ours (``importance``), and so are three rules Torch-Pruning 1.6 gets wrong or leaves
-out for diffusion models:
+Torch-Pruning's dependency graph (DepGraph) traces the denoiser once and gives every coupled set of
+channels: a residual stream with the norms, skips and concatenations that read it, a ResNet block's
+inner width with its time-embedding projection, the time embedding itself. Each such
+``ChannelGroup`` keeps the same fraction of its channels. What to keep is ours (``importance``), and
+so are three rules Torch-Pruning 1.6 gets wrong or leaves out for diffusion models:
 
-- widths are rounded to ``round_to`` *after* GroupNorm's constraint, as a multiple of both, and a ratio that
-  empties a layer or a GroupNorm group is refused (Torch-Pruning's ``round_to`` counts per-GroupNorm-group
-  channels against the whole width and can silently remove a layer);
-- attention is pruned by whole heads (``HeadGroup``): head_dim stays as trained (and a multiple of 8: SDPA and
-  our Triton kernel are fastest there), q/k/v/out stay consistent, and ``Attention.heads`` is rewritten. The graph
-  does not couple q with k through the attention product, which is what broke Diff-Pruning on torch 2
-  (VainF/Diff-Pruning#4), so heads are handled here rather than through the graph;
-- the input and the output layer keep their channels (the image's), and cross-attention keys and values keep
-  their text width: both are the model's interface.
+- widths are rounded to ``round_to`` *after* GroupNorm's constraint, as a multiple of both, and a
+  ratio that empties a layer or a GroupNorm group is refused (Torch-Pruning's ``round_to`` counts
+  per-GroupNorm-group channels against the whole width and can silently remove a layer);
+- attention is pruned by whole heads (``HeadGroup``): head_dim stays as trained (and a multiple of
+  8: SDPA and our Triton kernel are fastest there), q/k/v/out stay consistent, and
+  ``Attention.heads`` is rewritten. The graph does not couple q with k through the attention
+  product, which is what broke Diff-Pruning on torch 2 (VainF/Diff-Pruning#4), so heads are handled
+  here rather than through the graph;
+- the input and the output layer keep their channels (the image's), and cross-attention keys and
+  values keep their text width: both are the model's interface.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +35,10 @@ WEIGHTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.GroupNorm, nn.LayerNorm
 
 @dataclass
 class Slice:
-    """One layer's share of a channel group: its ``dim`` ("out" or "in") channels ``idxs``, which are the group's
-    channels ``root_idxs`` (a concatenation maps the group's channels to an offset range of the layer's)."""
+    """One layer's share of a channel group: its ``dim`` ("out" or "in") channels ``idxs``, which
+    are the group's channels ``root_idxs`` (a concatenation maps the group's channels to an offset
+    range of the layer's)."""
+
     module: nn.Module
     dim: str
     idxs: list[int]
@@ -42,12 +47,14 @@ class Slice:
 
 @dataclass
 class ChannelGroup:
-    name: str                 # the layer whose output channels define the group
+    name: str  # the layer whose output channels define the group
     root: nn.Module
     channels: int
     slices: list[Slice]
-    norms: list[nn.GroupNorm] = field(default_factory=list)  # GroupNorms that normalize these channels
-    aligned_groups: int = 1   # num_groups of a GroupNorm over exactly these channels: keep each group's share
+    # GroupNorms that normalize these channels
+    norms: list[nn.GroupNorm] = field(default_factory=list)
+    # num_groups of a GroupNorm over exactly these channels: keep each group's share
+    aligned_groups: int = 1
 
 
 @dataclass
@@ -55,48 +62,60 @@ class HeadGroup:
     attention: nn.Module
     heads: int
     head_dim: int
-    slices: list[Slice]       # q, k, v output rows and the output projection's input columns, in head order
+    # q, k, v output rows and the output projection's input columns, in head order
+    slices: list[Slice]
 
 
 def build_graph(denoiser):
     import torch_pruning as tp
 
     inputs = denoiser.example_inputs(1)
-    return tp.DependencyGraph().build_dependency(denoiser.module, example_inputs=inputs,
-                                                 forward_fn=lambda _, args: denoiser(*args))
+    return tp.DependencyGraph().build_dependency(
+        denoiser.module, example_inputs=inputs, forward_fn=lambda _, args: denoiser(*args)
+    )
 
 
 def attention_layers(module: nn.Module) -> dict[str, nn.Module]:
     """diffusers ``Attention`` modules with separate q/k/v projections (the ones pruned by head)."""
-    return {name: m for name, m in module.named_modules()
-            if all(hasattr(m, a) for a in ("to_q", "to_k", "to_v", "to_out", "heads"))
-            and isinstance(m.to_q, nn.Linear) and getattr(m, "add_q_proj", None) is None}
+    return {
+        name: m
+        for name, m in module.named_modules()
+        if all(hasattr(m, a) for a in ("to_q", "to_k", "to_v", "to_out", "heads"))
+        and isinstance(m.to_q, nn.Linear)
+        and getattr(m, "add_q_proj", None) is None
+    }
 
 
 def output_layers(denoiser) -> list[nn.Module]:
     """The layers that write the model's output: their output channels are the image's."""
     module = denoiser.module
     names = {"unet": ("conv_out",), "unet-text": ("conv_out",), "dit": ("proj_out_2", "proj_out")}
-    found = [getattr(module, n) for n in names.get(denoiser.kind, ())
-             if isinstance(getattr(module, n, None), nn.Module)]
+    found = [
+        getattr(module, n)
+        for n in names.get(denoiser.kind, ())
+        if isinstance(getattr(module, n, None), nn.Module)
+    ]
     if not found:
-        raise AccelError(f"pruning supports diffusers UNet2DModel, UNet2DConditionModel and DiT models; this is a "
-                         f"{type(module).__name__}")
+        raise AccelError(
+            "pruning supports diffusers UNet2DModel, UNet2DConditionModel "
+            f"and DiT models; this is a {type(module).__name__}"
+        )
     return found[:1]
 
 
 def residual_writers(denoiser) -> list[nn.Module]:
-    """Layers whose output width is a transformer's residual width, which stays: DiT's adaLN-Zero chunks the
-    conditioning projection six ways over it and its positional embedding is a fixed buffer of that width."""
+    """Layers whose output width is a transformer's residual width, which stays: DiT's adaLN-Zero
+    chunks the conditioning projection six ways over it and its positional embedding is a fixed
+    buffer of that width."""
     if denoiser.kind != "dit":
         return []
     return [denoiser.module.pos_embed.proj]
 
 
 def gated_projections(module: nn.Module) -> list[nn.Module]:
-    """GEGLU/SwiGLU input projections (Stable Diffusion's feed-forward): their output is chunked into a value
-    and a gate half, which the graph does not pair channel by channel, so their hidden width stays (not yet
-    pruned; plain-GELU feed-forwards, as in DiT, are)."""
+    """GEGLU/SwiGLU input projections (Stable Diffusion's feed-forward): their output is chunked
+    into a value and a gate half, which the graph does not pair channel by channel, so their hidden
+    width stays (not yet pruned; plain-GELU feed-forwards, as in DiT, are)."""
     return [m.proj for m in module.modules() if type(m).__name__ in ("GEGLU", "SwiGLU")]
 
 
@@ -105,19 +124,33 @@ def channel_groups(graph, denoiser) -> list[ChannelGroup]:
     module = denoiser.module
     names = {m: n for n, m in module.named_modules()}
     heads = attention_layers(module)
-    # q/k/v output rows belong to heads; ignoring them as roots keeps the graph from cutting across heads
-    ignored = output_layers(denoiser) + residual_writers(denoiser) + gated_projections(module) + [
-        getattr(a, proj) for a in heads.values() for proj in ("to_q", "to_k", "to_v")]
+    # q/k/v output rows belong to heads; ignoring them as roots keeps the graph from cutting across
+    # heads
+    ignored = (
+        output_layers(denoiser)
+        + residual_writers(denoiser)
+        + gated_projections(module)
+        + [getattr(a, proj) for a in heads.values() for proj in ("to_q", "to_k", "to_v")]
+    )
     groups = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_ROOTS):
         root = group[0].dep.target.module
-        slices = [Slice(item.dep.target.module, "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in",
-                        list(item.idxs), list(item.root_idxs))
-                  for item in group if isinstance(item.dep.target.module, WEIGHTED)]
+        slices = [
+            Slice(
+                item.dep.target.module,
+                "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in",
+                list(item.idxs),
+                list(item.root_idxs),
+            )
+            for item in group
+            if isinstance(item.dep.target.module, WEIGHTED)
+        ]
         channels = len(group[0].idxs)
         norms = [s.module for s in slices if isinstance(s.module, nn.GroupNorm)]
         aligned = [n.num_groups for n in norms if n.num_channels == channels]
-        groups.append(ChannelGroup(names[root], root, channels, slices, norms, max(aligned, default=1)))
+        groups.append(
+            ChannelGroup(names[root], root, channels, slices, norms, max(aligned, default=1))
+        )
     return groups
 
 
@@ -126,23 +159,34 @@ def head_groups(module: nn.Module) -> list[HeadGroup]:
     for attention in attention_layers(module).values():
         width = attention.to_q.out_features
         everything = list(range(width))
-        slices = [Slice(getattr(attention, proj), "out", everything, everything) for proj in ("to_q", "to_k", "to_v")]
+        slices = [
+            Slice(getattr(attention, proj), "out", everything, everything)
+            for proj in ("to_q", "to_k", "to_v")
+        ]
         slices.append(Slice(attention.to_out[0], "in", everything, everything))
         groups.append(HeadGroup(attention, attention.heads, width // attention.heads, slices))
     return groups
 
 
 def kept_channels(group: ChannelGroup, ratio: float, round_to: int) -> int:
-    """How many of ``group``'s channels stay: ``(1 - ratio)`` of them, a multiple of every GroupNorm's group
-    count and of ``round_to`` (where the group has that many), rounded to the nearest such multiple, at least
-    one multiple. A ratio that would leave a layer or a GroupNorm group with no channel is refused."""
+    """How many of ``group``'s channels stay: ``(1 - ratio)`` of them, a multiple of every
+    GroupNorm's group count and of ``round_to`` (where the group has that many), rounded to the
+    nearest such multiple, at least one multiple. A ratio that would leave a layer or a GroupNorm
+    group with no channel is refused."""
     wanted = group.channels * (1.0 - ratio)
     norm_step = math.lcm(1, *(n.num_groups for n in group.norms))
     if wanted < norm_step:
-        what = (f"GroupNorm with {norm_step} groups over {group.channels} channels" if norm_step > 1
-                else f"{group.channels} channels")
-        raise ConfigError("PruneConfig", "ratio", f"{ratio} would leave a group of {group.name} ({what}) with no "
-                          f"channel; use a smaller ratio")
+        what = (
+            f"GroupNorm with {norm_step} groups over {group.channels} channels"
+            if norm_step > 1
+            else f"{group.channels} channels"
+        )
+        raise ConfigError(
+            "PruneConfig",
+            "ratio",
+            f"{ratio} would leave a group of {group.name} ({what}) with no "
+            f"channel; use a smaller ratio",
+        )
     step = math.lcm(norm_step, round_to)
     if group.channels < step or group.channels % step:
         step = norm_step  # too narrow (or not aligned) for round_to: only the norms' constraint
@@ -150,16 +194,19 @@ def kept_channels(group: ChannelGroup, ratio: float, round_to: int) -> int:
 
 
 def channels_to_remove(scores: torch.Tensor, keep: int, aligned_groups: int) -> list[int]:
-    """The least important channels, ``len(scores) - keep`` of them. Under a GroupNorm over exactly these
-    channels the same positions go from every group (scores averaged over groups), so each group keeps its
-    members: the statistics the network was trained with are those of fewer, not other, channels."""
+    """The least important channels, ``len(scores) - keep`` of them. Under a GroupNorm over exactly
+    these channels the same positions go from every group (scores averaged over groups), so each
+    group keeps its members: the statistics the network was trained with are those of fewer, not
+    other, channels."""
     remove = len(scores) - keep
     if remove <= 0:
         return []
     if aligned_groups <= 1:
         return sorted(torch.argsort(scores, stable=True)[:remove].tolist())
     per_group = len(scores) // aligned_groups
-    positions = torch.argsort(scores.view(aligned_groups, per_group).mean(0), stable=True)[:remove // aligned_groups]
+    positions = torch.argsort(scores.view(aligned_groups, per_group).mean(0), stable=True)[
+        : remove // aligned_groups
+    ]
     return sorted((g * per_group + p) for g in range(aligned_groups) for p in positions.tolist())
 
 
@@ -180,12 +227,15 @@ def prune_heads(group: HeadGroup, heads: list[int]) -> None:
         return
     idxs = [h * group.head_dim + i for h in heads for i in range(group.head_dim)]
     for s in group.slices:
-        (tp.prune_linear_out_channels if s.dim == "out" else tp.prune_linear_in_channels)(s.module, idxs)
+        (tp.prune_linear_out_channels if s.dim == "out" else tp.prune_linear_in_channels)(
+            s.module, idxs
+        )
     group.attention.heads -= len(heads)
 
 
 def layer_widths(module: nn.Module) -> dict[str, dict[str, int]]:
-    """{name: {"in": ..., "out": ...}} of every layer with weights, and {"heads": ...} of every attention."""
+    """{name: {"in": ..., "out": ...}} of every layer with weights, and {"heads": ...} of every
+    attention."""
     from torch_pruning import ops
     from torch_pruning.pruner.function import PrunerBox
 
@@ -204,7 +254,8 @@ def changed_widths(before: dict, after: dict) -> dict[str, dict[str, int]]:
 
 
 def apply_widths(module: nn.Module, widths: dict[str, dict[str, int]]) -> None:
-    """Give a freshly built network the recorded widths (trailing channels cut; weights are loaded next)."""
+    """Give a freshly built network the recorded widths (trailing channels cut; weights are loaded
+    next)."""
     from torch_pruning import ops
     from torch_pruning.pruner.function import PrunerBox
 
@@ -221,4 +272,6 @@ def apply_widths(module: nn.Module, widths: dict[str, dict[str, int]]) -> None:
                 cut = pruner.prune_out_channels if dim == "out" else pruner.prune_in_channels
                 cut(m, list(range(target, current)))
             elif current != target:
-                raise ValueError(f"{name} has {current} {dim} channels; the record asks for {target}")
+                raise ValueError(
+                    f"{name} has {current} {dim} channels; the record asks for {target}"
+                )

@@ -1,23 +1,32 @@
-"""Post-training quantization of denoisers (Q-Diffusion-style): quantizers, quantized layers, calibration use,
-reconstruction, packed artifacts, and the Q/DQ form exporters trace. Registered as the ``quantize`` transform and
-stage (calibrate, then quantize)."""
+"""Post-training quantization of denoisers (Q-Diffusion-style): quantizers, quantized layers,
+calibration use, reconstruction, packed artifacts, and the Q/DQ form exporters trace. Registered as
+the ``quantize`` transform and stage (calibrate, then quantize)."""
+
 from accel.core import registry
 from accel.quant import apply, pack, qdq
 from accel.quant.config import Q_DIFFUSION, W4A8, W8A8, QuantConfig
 from accel.quant.stage import QUANTIZE_STAGE
 
-QUANTIZE = registry.register(registry.Transform(
-    name="quantize", config=QuantConfig, apply=apply.quantize,
-    # the chain's order (prune -> distill -> cache -> quantize -> optimize): a quantized model is not pruned,
-    # distilled or quantized again
-    may_follow=("prune", "distill", "cache"),
-    rebuild=apply.rebuild, pack_state=pack.pack_state, unpack_state=pack.unpack_state,
-    export=registry.ExportForm(blocked_layers=qdq.blocked_layers, convert=qdq.to_qdq)))
+QUANTIZE = registry.register(
+    registry.Transform(
+        name="quantize",
+        config=QuantConfig,
+        apply=apply.quantize,
+        # the chain's order (prune -> distill -> cache -> quantize -> optimize): a quantized model
+        # is not pruned, distilled or quantized again
+        may_follow=("prune", "distill", "cache"),
+        rebuild=apply.rebuild,
+        pack_state=pack.pack_state,
+        unpack_state=pack.unpack_state,
+        export=registry.ExportForm(blocked_layers=qdq.blocked_layers, convert=qdq.to_qdq),
+    )
+)
 
 
 def quantize_(denoiser, config: QuantConfig, calib, progress: bool = True) -> dict:
-    """Quantize ``denoiser`` in place with ``config``; ``calib`` is its calibration set (``accel.calibrate``),
-    None only for weight-only quantization without reconstruction. Returns the record kept in accel.json."""
+    """Quantize ``denoiser`` in place with ``config``; ``calib`` is its calibration set
+    (``accel.calibrate``), None only for weight-only quantization without reconstruction. Returns
+    the record kept in accel.json."""
     return registry.apply(denoiser, QUANTIZE.name, config, calib, progress)
 
 

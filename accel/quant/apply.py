@@ -1,6 +1,8 @@
-"""Quantization as the registry applies it: swap a denoiser's Conv2d/Linear layers and attention matmuls for
-fake-quantized ones, then set activation ranges on a calibration set (and reconstruct). The plan (which layer,
-which bits, which split) is recorded so an artifact can rebuild the same structure on a fresh base model."""
+"""Quantization as the registry applies it: swap a denoiser's Conv2d/Linear layers and attention
+matmuls for fake-quantized ones, then set activation ranges on a calibration set (and reconstruct).
+The plan (which layer, which bits, which split) is recorded so an artifact can rebuild the same
+structure on a fresh base model."""
+
 from __future__ import annotations
 
 import copy
@@ -22,7 +24,9 @@ QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
 def _layer_order(denoiser) -> list[str]:
     """Names of the Conv2d/Linear layers in the order one forward pass runs them."""
-    layers = [name for name, module in denoiser.module.named_modules() if isinstance(module, QUANTIZABLE)]
+    layers = [
+        name for name, module in denoiser.module.named_modules() if isinstance(module, QUANTIZABLE)
+    ]
     return forward_order(denoiser.module, layers, lambda _: denoiser(*denoiser.example_inputs(1)))
 
 
@@ -31,34 +35,44 @@ def _matches(name: str, patterns) -> bool:
 
 
 def plan_layers(denoiser, config: QuantConfig) -> dict[str, dict]:
-    """{layer name: {"w_bits", "a_bits", "split"}} for every layer to quantize, checked against the model.
+    """{layer name: {"w_bits", "a_bits", "split"}} for every layer to quantize, checked against the
+    model.
 
-    With ``protect_ends`` (the default) the first layer keeps 8-bit weights and a float input, and the last
-    layer, which writes eps, stays in floating point unless ``layer_bits`` names it (NVIDIA's Model Optimizer diffusers recipe leaves both
-    out of INT8). Measured on the reference model:
-    - the first layer reads x_t itself, whose range shrinks about 4x from the noisy to the clean end; one
-      static 8-bit scale for both ends more than doubled the W8A8 per-step error (2.7% vs 1.1%);
-    - the last conv has one output channel, so per-channel means a single scale for all its weights; 8-bit
-      weights there alone cut PSNR to the original's samples to 31.7 dB, and keeping it in float took the
-      W8A8 FID ratio from 1.84 to 1.16 (2,000 samples). It holds 216 of 1.57M weights.
+    With ``protect_ends`` (the default) the first layer keeps 8-bit weights and a float input, and
+    the last layer, which writes eps, stays in floating point unless ``layer_bits`` names it
+    (NVIDIA's Model Optimizer diffusers recipe leaves both out of INT8). Measured on the reference
+    model:
+    - the first layer reads x_t itself, whose range shrinks about 4x from the noisy to the clean
+      end; one static 8-bit scale for both ends more than doubled the W8A8 per-step error (2.7% vs
+      1.1%);
+    - the last conv has one output channel, so per-channel means a single scale for all its weights;
+      8-bit weights there alone cut PSNR to the original's samples to 31.7 dB, and keeping it in
+      float took the W8A8 FID ratio from 1.84 to 1.16 (2,000 samples). It holds 216 of 1.57M
+      weights.
     """
     order = _layer_order(denoiser)
     if not order:
         raise AccelError("the model has no Conv2d or Linear layers to quantize")
     for pattern in (*config.layer_bits, *config.skip):
         if not any(fnmatch.fnmatchcase(name, pattern) for name in order):
-            raise AccelError(f"module pattern '{pattern}' matches no quantizable layer of this model")
+            raise AccelError(
+                f"module pattern '{pattern}' matches no quantizable layer of this model"
+            )
     splits = find_split_sites(denoiser) if config.split_shortcut else {}
     convs = [name for name in order if isinstance(denoiser.module.get_submodule(name), nn.Conv2d)]
     first, last = (convs or order)[0], order[-1]
     plan = {}
     for name in order:
-        chosen_bits = next((b for p, b in config.layer_bits.items() if fnmatch.fnmatchcase(name, p)), None)
+        chosen_bits = next(
+            (b for p, b in config.layer_bits.items() if fnmatch.fnmatchcase(name, p)), None
+        )
         float_last = config.protect_ends and name == last != first and chosen_bits is None
         if _matches(name, config.skip) or float_last:
             continue
         protected = config.protect_ends and name == first
-        bits = chosen_bits or (8 if protected or _matches(name, config.eight_bit) else config.w_bits)
+        bits = chosen_bits or (
+            8 if protected or _matches(name, config.eight_bit) else config.w_bits
+        )
         a_bits = None if protected else config.a_bits
         plan[name] = {"w_bits": bits, "a_bits": a_bits, "split": splits.get(name, 0)}
     if not plan:
@@ -69,21 +83,40 @@ def plan_layers(denoiser, config: QuantConfig) -> dict[str, dict]:
 def _attention_modules(denoiser) -> list[str]:
     from diffusers.models.attention_processor import Attention
 
-    return [name for name, module in denoiser.module.named_modules() if isinstance(module, Attention)]
+    return [
+        name for name, module in denoiser.module.named_modules() if isinstance(module, Attention)
+    ]
 
 
-def apply_plan(network: nn.Module, plan: dict[str, dict], attention: list[str], config: QuantConfig,
-               fit_ranges: bool = True) -> None:
-    """Build the quantized structure: weight ranges fitted (unless ``fit_ranges`` is False: a saved model's
-    scales are loaded instead), activation ranges not yet set."""
+def apply_plan(
+    network: nn.Module,
+    plan: dict[str, dict],
+    attention: list[str],
+    config: QuantConfig,
+    fit_ranges: bool = True,
+) -> None:
+    """Build the quantized structure: weight ranges fitted (unless ``fit_ranges`` is False: a saved
+    model's scales are loaded instead), activation ranges not yet set."""
     for name, spec in plan.items():
         parent_name, _, child = name.rpartition(".")
         parent = network.get_submodule(parent_name) if parent_name else network
         layer = getattr(parent, child)
-        setattr(parent, child, QuantLayer(layer, spec["w_bits"], spec["a_bits"], split=spec["split"],
-                                          w_symmetric=config.w_symmetric, a_symmetric=config.a_symmetric,
-                                          group_size=config.group_size, w_range=config.w_range,
-                                          a_range=config.a_range, fit_ranges=fit_ranges))
+        setattr(
+            parent,
+            child,
+            QuantLayer(
+                layer,
+                spec["w_bits"],
+                spec["a_bits"],
+                split=spec["split"],
+                w_symmetric=config.w_symmetric,
+                a_symmetric=config.a_symmetric,
+                group_size=config.group_size,
+                w_range=config.w_range,
+                a_range=config.a_range,
+                fit_ranges=fit_ranges,
+            ),
+        )
     for name in attention:
         network.get_submodule(name).set_processor(QuantAttnProcessor(config.a_bits, config.a_range))
 
@@ -100,22 +133,32 @@ def activation_quantizers(denoiser) -> list:
 
 @torch.no_grad()
 def calibrate_activations(denoiser, calib, batch_size: int = 64, progress: bool = True) -> None:
-    """One static scale per activation quantizer, fitted to its inputs over the whole calibration set."""
+    """One static scale per activation quantizer, fitted to its inputs over the whole calibration
+    set."""
     quantizers = activation_quantizers(denoiser)
     for quantizer in quantizers:
         quantizer.start_observing()
-    for x, t, cond in tqdm(list(calib.batches(batch_size)), desc="calibrate activations", disable=not progress):
-        denoiser(x.to(denoiser.device, denoiser.dtype), t.to(denoiser.device), denoiser.to_model(cond))
+    for x, t, cond in tqdm(
+        list(calib.batches(batch_size)), desc="calibrate activations", disable=not progress
+    ):
+        denoiser(
+            x.to(denoiser.device, denoiser.dtype), t.to(denoiser.device), denoiser.to_model(cond)
+        )
     for quantizer in tqdm(quantizers, desc="fit activation ranges", disable=not progress):
         quantizer.finish_observing()
 
 
-def quantize(denoiser, config: QuantConfig, calib: CalibrationSet | None, progress: bool = True) -> dict:
-    """Quantize ``denoiser`` in place (the registry records it); returns the plan the artifact keeps."""
+def quantize(
+    denoiser, config: QuantConfig, calib: CalibrationSet | None, progress: bool = True
+) -> dict:
+    """Quantize ``denoiser`` in place (the registry records it); returns the plan the artifact
+    keeps."""
     plan = plan_layers(denoiser, config)
     if calib is None and (config.a_bits or config.recon_iters):
-        raise AccelError("activation ranges and reconstruction need a calibration set: "
-                         "calib = accel.calibrate(model, CalibConfig())")
+        raise AccelError(
+            "activation ranges and reconstruction need a calibration set: "
+            "calib = accel.calibrate(model, CalibConfig())"
+        )
     fp_network = copy.deepcopy(denoiser.module) if config.recon_iters else None
     attention = _attention_modules(denoiser) if config.quantize_attention and config.a_bits else []
     apply_plan(denoiser.module, plan, attention, config)
@@ -124,11 +167,19 @@ def quantize(denoiser, config: QuantConfig, calib: CalibrationSet | None, progre
     if config.recon_iters:
         from accel.quant.reconstruct import reconstruct_
 
-        reconstruct_(denoiser, calib, fp_network, config.recon_iters, config.seed, progress=progress)
+        reconstruct_(
+            denoiser, calib, fp_network, config.recon_iters, config.seed, progress=progress
+        )
     return {"layers": plan, "attention": attention}
 
 
 def rebuild(denoiser, record: dict) -> None:
-    """Give a fresh base network the quantized structure described by an artifact's transform record."""
-    apply_plan(denoiser.module, record["layers"], record["attention"], QuantConfig.from_dict(record["config"]),
-               fit_ranges=False)
+    """Give a fresh base network the quantized structure described by an artifact's transform
+    record."""
+    apply_plan(
+        denoiser.module,
+        record["layers"],
+        record["attention"],
+        QuantConfig.from_dict(record["config"]),
+        fit_ranges=False,
+    )

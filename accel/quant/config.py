@@ -1,4 +1,5 @@
 """QuantConfig: what to quantize, at which bits, with which recipe. Frozen; round-trips to JSON."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,32 +8,39 @@ from typing import ClassVar
 from accel.core.config import Config, one_of
 from accel.quant.quantizer import RANGE_METHODS
 
-# Layers that see only the timestep (or class) embedding, plus the first and last layer of the network (found
-# by tracing), stay at 8 bits by default: Q-Diffusion keeps the first and last layers at 8 bits, TFMQ-DM shows
-# the time-embedding path is the most sensitive, and NVIDIA's diffusers recipe keeps both out of INT8 entirely.
-# They hold under 10% of the reference model's weights.
-DEFAULT_EIGHT_BIT = ("*time_embedding*", "*time_emb_proj*", "*timestep_embedder*", "*class_embedding*",
-                     "*norm1.linear*", "*proj_out_1*")  # the last two: DiT adaLN from (t, class) only
+# Layers that see only the timestep (or class) embedding, plus the first and last layer of the
+# network (found by tracing), stay at 8 bits by default: Q-Diffusion keeps the first and last layers
+# at 8 bits, TFMQ-DM shows the time-embedding path is the most sensitive, and NVIDIA's diffusers
+# recipe keeps both out of INT8 entirely. They hold under 10% of the reference model's weights.
+DEFAULT_EIGHT_BIT = (
+    "*time_embedding*",
+    "*time_emb_proj*",
+    "*timestep_embedder*",
+    "*class_embedding*",
+    "*norm1.linear*",
+    "*proj_out_1*",
+)  # the last two: DiT adaLN from (t, class) only
 CALIBRATION_FIELDS_OF_VERSION_1 = ("calib_policy", "calib_samples", "calib_steps", "calib_every")
 
 
 @dataclass(frozen=True)
 class QuantConfig(Config):
-    VERSION: ClassVar[int] = 2                    # 2: calibration settings moved to CalibConfig
+    VERSION: ClassVar[int] = 2  # 2: calibration settings moved to CalibConfig
     w_bits: int = 4
-    a_bits: int | None = 8                        # None: weight-only
-    w_symmetric: bool = True                      # symmetric = zero point 0 = exportable
+    a_bits: int | None = 8  # None: weight-only
+    w_symmetric: bool = True  # symmetric = zero point 0 = exportable
     a_symmetric: bool = True
-    w_range: str = one_of("mse", RANGE_METHODS)   # how weight ranges are chosen
+    w_range: str = one_of("mse", RANGE_METHODS)  # how weight ranges are chosen
     a_range: str = one_of("mse", RANGE_METHODS)
-    group_size: int | None = None                 # linear weights: scales per group of input channels
-    quantize_attention: bool = True               # the Q·K^T and P·V inputs
-    split_shortcut: bool = True                   # Q-Diffusion split at decoder skip concatenations
-    protect_ends: bool = True                     # first layer W8, float input; last layer float (plan_layers)
+    group_size: int | None = None  # linear weights: scales per group of input channels
+    quantize_attention: bool = True  # the Q·K^T and P·V inputs
+    split_shortcut: bool = True  # Q-Diffusion split at decoder skip concatenations
+    protect_ends: bool = True  # first layer W8, float input; last layer float (plan_layers)
     eight_bit: tuple[str, ...] = DEFAULT_EIGHT_BIT  # module-name patterns kept at 8 bits
-    layer_bits: dict[str, int] = field(default_factory=dict)  # pattern -> weight bits, overrides the above
-    skip: tuple[str, ...] = ()                    # patterns left in floating point
-    recon_iters: int = 0                          # BRECQ/AdaRound iterations per block (0: none)
+    # pattern -> weight bits, overrides the above
+    layer_bits: dict[str, int] = field(default_factory=dict)
+    skip: tuple[str, ...] = ()  # patterns left in floating point
+    recon_iters: int = 0  # BRECQ/AdaRound iterations per block (0: none)
     seed: int = 0
 
     def validate(self) -> None:
@@ -46,11 +54,14 @@ class QuantConfig(Config):
             raise self.invalid("recon_iters", f"must be 0 or more, got {self.recon_iters}")
         for pattern, bits in self.layer_bits.items():
             if not 2 <= bits <= 8:
-                raise self.invalid("layer_bits", f"[{pattern!r}] must be between 2 and 8, got {bits}")
+                raise self.invalid(
+                    "layer_bits", f"[{pattern!r}] must be between 2 and 8, got {bits}"
+                )
 
     @classmethod
     def upgrade(cls, data: dict, version: int) -> dict:
-        """Version 1 (accel 0.1) also held the calibration recipe, which a saved model does not need."""
+        """Version 1 (accel 0.1) also held the calibration recipe, which a saved model does not
+        need."""
         if version == 1:
             return {k: v for k, v in data.items() if k not in CALIBRATION_FIELDS_OF_VERSION_1}
         return data
@@ -58,6 +69,7 @@ class QuantConfig(Config):
 
 W8A8 = QuantConfig(w_bits=8, a_bits=8)
 W4A8 = QuantConfig(w_bits=4, a_bits=8)
-# Q-Diffusion's recipe: W4A8 with 500 BRECQ/AdaRound iterations per block on a timestep-aware calibration set. What
-# the quantize stage (`accel quantize`, a recipe's quantize stage) starts from; its settings change it.
+# Q-Diffusion's recipe: W4A8 with 500 BRECQ/AdaRound iterations per block on a timestep-aware
+# calibration set. What the quantize stage (`accel quantize`, a recipe's quantize stage) starts
+# from; its settings change it.
 Q_DIFFUSION = QuantConfig(w_bits=4, a_bits=8, recon_iters=500)

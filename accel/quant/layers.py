@@ -1,10 +1,12 @@
 """Quantized stand-ins for Conv2d / Linear and for the two attention matmuls, swapped in place.
 
-A QuantLayer fake-quantizes its weight per output channel and its input per tensor with a static scale.
-At a split-shortcut site (Q-Diffusion) the input is ``cat([h, skip])``: the two halves have very different
-ranges, so each gets its own activation quantizer and the weight is split along its input channels, each
-part with its own per-channel quantizer; one convolution still runs on the joined tensor.
+A QuantLayer fake-quantizes its weight per output channel and its input per tensor with a static
+scale. At a split-shortcut site (Q-Diffusion) the input is ``cat([h, skip])``: the two halves have
+very different ranges, so each gets its own activation quantizer and the weight is split along its
+input channels, each part with its own per-channel quantizer; one convolution still runs on the
+joined tensor.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,36 +17,68 @@ from accel.quant.quantizer import Quantizer
 
 
 class QuantLayer(nn.Module):
-    """A Conv2d or Linear with fake-quantized weight and input; ``split`` > 0 marks a split-shortcut site."""
+    """A Conv2d or Linear with fake-quantized weight and input; ``split`` > 0 marks a split-shortcut
+    site."""
 
-    def __init__(self, layer: nn.Conv2d | nn.Linear, w_bits: int, a_bits: int | None, *, split: int = 0,
-                 w_symmetric: bool = True, a_symmetric: bool = True, group_size: int | None = None,
-                 w_range: str = "mse", a_range: str = "mse", fit_ranges: bool = True):
+    def __init__(
+        self,
+        layer: nn.Conv2d | nn.Linear,
+        w_bits: int,
+        a_bits: int | None,
+        *,
+        split: int = 0,
+        w_symmetric: bool = True,
+        a_symmetric: bool = True,
+        group_size: int | None = None,
+        w_range: str = "mse",
+        a_range: str = "mse",
+        fit_ranges: bool = True,
+    ):
         super().__init__()
         self.is_conv = isinstance(layer, nn.Conv2d)
-        self.conv_args = (dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                               groups=layer.groups) if self.is_conv else {})
-        # Frozen: post-training quantization learns rounding and step sizes, never the weights themselves.
+        self.conv_args = (
+            dict(
+                stride=layer.stride,
+                padding=layer.padding,
+                dilation=layer.dilation,
+                groups=layer.groups,
+            )
+            if self.is_conv
+            else {}
+        )
+        # Frozen: post-training quantization learns rounding and step sizes, never the weights
+        # themselves.
         self.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
-        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        self.bias = (
+            None
+            if layer.bias is None
+            else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        )
         self.w_bits, self.a_bits, self.split = w_bits, a_bits, split
         parts = 2 if split else 1
         group = None if self.is_conv else group_size
         self.weight_quantizers = nn.ModuleList(
             Quantizer(w_bits, w_symmetric, per_channel=True, group_size=group, range_method=w_range)
-            for _ in range(parts))
-        self.input_quantizers = nn.ModuleList(
-            Quantizer(a_bits, a_symmetric, range_method=a_range) for _ in range(parts)) if a_bits else None
-        self.rounding_logits: nn.ParameterList | None = None  # set only while reconstruction learns rounding
+            for _ in range(parts)
+        )
+        self.input_quantizers = (
+            nn.ModuleList(
+                Quantizer(a_bits, a_symmetric, range_method=a_range) for _ in range(parts)
+            )
+            if a_bits
+            else None
+        )
+        # set only while reconstruction learns rounding
+        self.rounding_logits: nn.ParameterList | None = None
         self._weight_cache: tuple[tuple, torch.Tensor] | None = None
         if fit_ranges:  # not when rebuilding a saved model: its stored scales are loaded next
             self.fit_weight_ranges()
 
     def weight_parts(self, weight: torch.Tensor) -> list[torch.Tensor]:
-        return [weight[:, :self.split], weight[:, self.split:]] if self.split else [weight]
+        return [weight[:, : self.split], weight[:, self.split :]] if self.split else [weight]
 
     def _input_parts(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [x[:, :self.split], x[:, self.split:]] if self.split else [x]
+        return [x[:, : self.split], x[:, self.split :]] if self.split else [x]
 
     def fit_weight_ranges(self) -> None:
         for quantizer, part in zip(self.weight_quantizers, self.weight_parts(self.weight)):
@@ -60,14 +94,20 @@ class QuantLayer(nn.Module):
 
     def start_learning_rounding(self) -> None:
         self.rounding_logits = nn.ParameterList(
-            nn.Parameter(q.rounding_logits(w)) for q, w in zip(self.weight_quantizers, self.weight_parts(self.weight)))
+            nn.Parameter(q.rounding_logits(w))
+            for q, w in zip(self.weight_quantizers, self.weight_parts(self.weight))
+        )
 
     @torch.no_grad()
     def finish_learning_rounding(self) -> None:
-        """Fix the learned rounding: the weight becomes its quantized values, so plain rounding (and the
-        stored integer codes) reproduce them exactly."""
-        parts = [q.adaround(w, v, hard=True) for q, w, v in
-                 zip(self.weight_quantizers, self.weight_parts(self.weight), self.rounding_logits)]
+        """Fix the learned rounding: the weight becomes its quantized values, so plain rounding (and
+        the stored integer codes) reproduce them exactly."""
+        parts = [
+            q.adaround(w, v, hard=True)
+            for q, w, v in zip(
+                self.weight_quantizers, self.weight_parts(self.weight), self.rounding_logits
+            )
+        ]
         self.weight.data = torch.cat(parts, dim=1) if self.split else parts[0]
         self.rounding_logits = None
 
@@ -76,11 +116,15 @@ class QuantLayer(nn.Module):
         return [q.codes(w) for q, w in zip(self.weight_quantizers, self.weight_parts(self.weight))]
 
     def _inference_weight(self) -> torch.Tensor:
-        """The quantized weight, recomputed only when the weight or its scales change (sampling calls a layer
-        thousands of times with the same weight; without this, fake quantization costs twice the conv)."""
+        """The quantized weight, recomputed only when the weight or its scales change (sampling
+        calls a layer thousands of times with the same weight; without this, fake quantization costs
+        twice the conv)."""
         if torch.is_grad_enabled() or self.rounding_logits is not None:
             return self.quantized_weight()
-        tensors = [self.weight, *(t for q in self.weight_quantizers for t in (q.scale, q.zero_point))]
+        tensors = [
+            self.weight,
+            *(t for q in self.weight_quantizers for t in (q.scale, q.zero_point)),
+        ]
         key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
         if self._weight_cache is None or self._weight_cache[0] != key:
             self._weight_cache = (key, self.quantized_weight())
@@ -97,16 +141,19 @@ class QuantLayer(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "conv" if self.is_conv else "linear"
-        return f"{kind} W{self.w_bits}A{self.a_bits or 'fp'}" + (f", split at {self.split}" if self.split else "")
+        return f"{kind} W{self.w_bits}A{self.a_bits or 'fp'}" + (
+            f", split at {self.split}" if self.split else ""
+        )
 
 
 class QuantAttnProcessor(nn.Module):
-    """diffusers attention with fake-quantized matmul inputs: Q and K before Q·K^T, P and V before P·V.
+    """diffusers attention with fake-quantized matmul inputs: Q and K before Q·K^T, P and V before
+    P·V.
 
-    Follows diffusers' AttnProcessor (projections, optional norms, residual, rescale) with explicit matmuls
-    so the quantizers sit where an integer kernel would read its operands. P lies in [0, 1]: a symmetric
-    quantizer uses only the non-negative half of its grid there (one bit), but keeps the zero point at 0 as
-    runtimes require.
+    Follows diffusers' AttnProcessor (projections, optional norms, residual, rescale) with explicit
+    matmuls so the quantizers sit where an integer kernel would read its operands. P lies in [0, 1]:
+    a symmetric quantizer uses only the non-negative half of its grid there (one bit), but keeps the
+    zero point at 0 as runtimes require.
     """
 
     def __init__(self, bits: int, range_method: str = "mse"):
@@ -120,11 +167,21 @@ class QuantAttnProcessor(nn.Module):
     def quantizers(self) -> list[Quantizer]:
         return [self.q, self.k, self.p, self.v]
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 *args, **kwargs):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        *args,
+        **kwargs,
+    ):
         return self.forward(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
-    def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+    def forward(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None
+    ):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -146,7 +203,9 @@ class QuantAttnProcessor(nn.Module):
             query, key = attn.norm_q(query), attn.norm_k(key)
         scores = torch.bmm(self.q(query * attn.scale), self.k(key).transpose(1, 2))
         if attention_mask is not None:
-            mask = attn.prepare_attention_mask(attention_mask, context.shape[1], hidden_states.shape[0])
+            mask = attn.prepare_attention_mask(
+                attention_mask, context.shape[1], hidden_states.shape[0]
+            )
             scores = scores + mask
         probs = scores.softmax(dim=-1).to(value.dtype)
         hidden_states = attn.batch_to_head_dim(torch.bmm(self.p(probs), self.v(value)))

@@ -2,25 +2,29 @@
 
 After :func:`to_qdq`, every QuantLayer computes exactly what the exported graph will:
 - its input through Q/DQ with the layer's static per-tensor scale (zero point 0, INT8);
-- its weight as DequantizeLinear of integer codes (an initializer) with per-output-channel scales. Convolutions,
-  and every layer when INT4 is off, carry their codes on the INT8 grid: 4-bit codes lie in [-8, 7] with the same
-  scale, so an INT8 runtime performs exactly the W4A8 arithmetic (no mainstream runtime has INT4 convolutions);
-- linear layers with 4-bit weights or per-group scales, when blocked form is on (opset 21), as blocked
-  DequantizeLinear of the transposed (K, N) weight, blocked along K (one block per output channel, or per group
-  of ``group_size`` inputs), feeding a MatMul directly; 4-bit codes as INT4. This is the pattern ONNX Runtime
-  fuses into MatMulNBits and TensorRT reads as INT4 weights;
-- at a split-shortcut site, two convolutions (each half of the input with its own scale and weight half)
-  whose outputs are added. A runtime sees two ordinary Q/DQ convolutions and an Add, which TensorRT and ONNX
-  Runtime both fuse; one convolution over a concatenation of differently-scaled halves has no Q/DQ form.
-Attention matmuls stay in floating point (TensorRT's quantization guide: attention is quantized only in FP8, and
-NVIDIA's Model Optimizer diffusers recipe keeps it out of INT8), so quantized attention processors are exported
-as diffusers' float processor.
+- its weight as DequantizeLinear of integer codes (an initializer) with per-output-channel scales.
+  Convolutions, and every layer when INT4 is off, carry their codes on the INT8 grid: 4-bit codes
+  lie in [-8, 7] with the same scale, so an INT8 runtime performs exactly the W4A8 arithmetic (no
+  mainstream runtime has INT4 convolutions);
+- linear layers with 4-bit weights or per-group scales, when blocked form is on (opset 21), as
+  blocked DequantizeLinear of the transposed (K, N) weight, blocked along K (one block per output
+  channel, or per group of ``group_size`` inputs), feeding a MatMul directly; 4-bit codes as INT4.
+  This is the pattern ONNX Runtime fuses into MatMulNBits and TensorRT reads as INT4 weights;
+- at a split-shortcut site, two convolutions (each half of the input with its own scale and weight
+  half) whose outputs are added. A runtime sees two ordinary Q/DQ convolutions and an Add, which
+  TensorRT and ONNX Runtime both fuse; one convolution over a concatenation of differently-scaled
+  halves has no Q/DQ form.
+Attention matmuls stay in floating point (TensorRT's quantization guide: attention is quantized only
+in FP8, and NVIDIA's Model Optimizer diffusers recipe keeps it out of INT8), so quantized attention
+processors are exported as diffusers' float processor.
 
-The TorchScript exporter stops at opset 20 and has no INT4 type, so a blocked DequantizeLinear is traced as the
-placeholder ``accel::BlockDequantizeLinear`` over INT8 codes (with a ``bits`` attribute); the exporter rewrites
-it to the standard op, 4-bit codes as INT4 initializers, and raises the graph to opset 21. This module is
-quantization's ``ExportForm`` in the transform registry.
+The TorchScript exporter stops at opset 20 and has no INT4 type, so a blocked DequantizeLinear is
+traced as the placeholder ``accel::BlockDequantizeLinear`` over INT8 codes (with a ``bits``
+attribute); the exporter rewrites it to the standard op, 4-bit codes as INT4 initializers, and
+raises the graph to opset 21. This module is quantization's ``ExportForm`` in the transform
+registry.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,11 +39,13 @@ INT8_MIN, INT8_MAX = -128, 127
 
 
 class QuantDequant(torch.autograd.Function):
-    """Per-tensor symmetric INT8 fake quantization that exports as QuantizeLinear -> DequantizeLinear."""
+    """Per-tensor symmetric INT8 fake quantization that exports as QuantizeLinear ->
+    DequantizeLinear."""
 
     @staticmethod
     def forward(ctx, x, scale):
-        return torch.clamp(torch.round(x / scale), INT8_MIN, INT8_MAX) * scale  # round half to even, as ONNX
+        # round half to even, as ONNX
+        return torch.clamp(torch.round(x / scale), INT8_MIN, INT8_MAX) * scale
 
     @staticmethod
     def symbolic(g, x, scale):
@@ -48,7 +54,8 @@ class QuantDequant(torch.autograd.Function):
 
 
 class Dequant(torch.autograd.Function):
-    """INT8 codes x per-output-channel scales, exported as one DequantizeLinear(axis=0) of an INT8 initializer."""
+    """INT8 codes x per-output-channel scales, exported as one DequantizeLinear(axis=0) of an INT8
+    initializer."""
 
     @staticmethod
     def forward(ctx, codes, scale, zero):
@@ -60,8 +67,9 @@ class Dequant(torch.autograd.Function):
 
 
 class BlockDequant(torch.autograd.Function):
-    """(K, N) codes x (K / block, N) scales, blocked along K; exported as the placeholder op (no zero-point
-    input: DequantizeLinear's default is 0 of the codes' type, and an INT4 zero point is one more rewrite)."""
+    """(K, N) codes x (K / block, N) scales, blocked along K; exported as the placeholder op (no
+    zero-point input: DequantizeLinear's default is 0 of the codes' type, and an INT4 zero point is
+    one more rewrite)."""
 
     @staticmethod
     def forward(ctx, codes, scale, block, bits):
@@ -69,61 +77,95 @@ class BlockDequant(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, codes, scale, block, bits):
-        weight = g.op(f"{PLACEHOLDER_DOMAIN}::{BLOCK_DEQUANTIZE}", codes, scale, axis_i=0, block_size_i=block,
-                      bits_i=bits)
-        weight.setType(codes.type().with_dtype(scale.type().dtype()))  # what shape inference cannot know
+        weight = g.op(
+            f"{PLACEHOLDER_DOMAIN}::{BLOCK_DEQUANTIZE}",
+            codes,
+            scale,
+            axis_i=0,
+            block_size_i=block,
+            bits_i=bits,
+        )
+        # what shape inference cannot know
+        weight.setType(codes.type().with_dtype(scale.type().dtype()))
         return weight
 
 
 def blocked_layers(network: nn.Module) -> list[str]:
-    """Names of the quantized linear layers that need blocked DequantizeLinear: 4-bit weights (INT4) or
-    per-group scales."""
-    return [name for name, m in network.named_modules() if isinstance(m, QuantLayer) and _wants_blocks(m)]
+    """Names of the quantized linear layers that need blocked DequantizeLinear: 4-bit weights (INT4)
+    or per-group scales."""
+    return [
+        name
+        for name, m in network.named_modules()
+        if isinstance(m, QuantLayer) and _wants_blocks(m)
+    ]
 
 
 def _wants_blocks(layer: QuantLayer) -> bool:
-    return not layer.is_conv and (layer.w_bits <= 4 or any(q.group_size for q in layer.weight_quantizers))
+    return not layer.is_conv and (
+        layer.w_bits <= 4 or any(q.group_size for q in layer.weight_quantizers)
+    )
 
 
 def check_exportable(layer: QuantLayer, name: str, blocked: bool) -> None:
     """Refuse what Q/DQ cannot express, naming the layer."""
     quantizers = list(layer.weight_quantizers) + list(layer.input_quantizers or [])
     if any(not q.symmetric for q in quantizers):
-        raise AccelError(f"{name}: asymmetric quantization has no ONNX Q/DQ form runtimes accept (zero point must "
-                         "be 0); quantize with symmetric ranges")
+        raise AccelError(
+            f"{name}: asymmetric quantization has no ONNX Q/DQ form runtimes "
+            "accept (zero point must be 0); quantize with symmetric ranges"
+        )
     if layer.a_bits not in (None, 8):
-        raise AccelError(f"{name}: {layer.a_bits}-bit activations cannot be exported; Q/DQ activations are INT8")
+        raise AccelError(
+            f"{name}: {layer.a_bits}-bit activations cannot be exported; Q/DQ activations are INT8"
+        )
     if layer.w_bits > 8:
         raise AccelError(f"{name}: {layer.w_bits}-bit weights do not fit the INT8 grid")
     if any(q.group_size for q in layer.weight_quantizers) and not blocked:
-        raise AccelError(f"{name}: per-group weight scales need blocked DequantizeLinear (opset 21, without "
-                         "--int8-grid)")
+        raise AccelError(
+            f"{name}: per-group weight scales need blocked DequantizeLinear (opset 21, without "
+            "--int8-grid)"
+        )
 
 
 def _export_forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     inputs = layer._input_parts(x)
     if layer.input_quantizers is not None:
-        inputs = [QuantDequant.apply(part, q.scale.to(part.dtype)) for part, q in zip(inputs, layer.input_quantizers)]
+        inputs = [
+            QuantDequant.apply(part, q.scale.to(part.dtype))
+            for part, q in zip(inputs, layer.input_quantizers)
+        ]
     out = None
     for index, part in enumerate(inputs):
-        codes, scale = getattr(layer, f"export_codes_{index}"), getattr(layer, f"export_scale_{index}")
+        codes, scale = (
+            getattr(layer, f"export_codes_{index}"),
+            getattr(layer, f"export_scale_{index}"),
+        )
         bias = layer.bias if index == 0 else None
         if layer.export_block:
-            y = torch.matmul(part, BlockDequant.apply(codes, scale, layer.export_block, layer.w_bits))
+            y = torch.matmul(
+                part, BlockDequant.apply(codes, scale, layer.export_block, layer.w_bits)
+            )
             y = y if bias is None else y + bias
         else:
             weight = Dequant.apply(codes, scale, getattr(layer, f"export_zero_{index}"))
-            y = F.conv2d(part, weight, bias, **layer.conv_args) if layer.is_conv else F.linear(part, weight, bias)
+            y = (
+                F.conv2d(part, weight, bias, **layer.conv_args)
+                if layer.is_conv
+                else F.linear(part, weight, bias)
+            )
         out = y if out is None else out + y
     return out
 
 
 def _attach(layer: QuantLayer, blocked: bool) -> None:
-    """Give ``layer`` its export buffers (codes, scales, and zero points where not blocked) and the Q/DQ forward."""
+    """Give ``layer`` its export buffers (codes, scales, and zero points where not blocked) and the
+    Q/DQ forward."""
     blocked = blocked and _wants_blocks(layer)
     layer.export_block = 0
     for index, (codes, quantizer) in enumerate(zip(layer.weight_codes(), layer.weight_quantizers)):
-        scale = quantizer.scale.detach().float().reshape(codes.shape[0], -1)  # (N, 1) or (N, K / group)
+        scale = (
+            quantizer.scale.detach().float().reshape(codes.shape[0], -1)
+        )  # (N, 1) or (N, K / group)
         tensors = {}
         if blocked:
             codes, scale = codes.T, scale.T  # (K, N): MatMul's weight layout, blocks along K
@@ -140,20 +182,28 @@ def _attach(layer: QuantLayer, blocked: bool) -> None:
 def to_qdq(network: nn.Module, blocked: bool) -> dict:
     """Convert ``network``'s quantized layers to their Q/DQ form, in place (export works on a copy).
 
-    ``blocked``: linear layers with 4-bit weights or per-group scales become blocked DequantizeLinear (4-bit as
-    INT4); otherwise every weight is on the INT8 grid. Returns counts of what was converted.
+    ``blocked``: linear layers with 4-bit weights or per-group scales become blocked
+    DequantizeLinear (4-bit as INT4); otherwise every weight is on the INT8 grid. Returns counts of
+    what was converted.
     """
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     layers = [(name, m) for name, m in network.named_modules() if isinstance(m, QuantLayer)]
     for name, layer in layers:
         check_exportable(layer, name, blocked and _wants_blocks(layer))
-    attention = [m for m in network.modules() if isinstance(getattr(m, "processor", None), QuantAttnProcessor)]
+    attention = [
+        m
+        for m in network.modules()
+        if isinstance(getattr(m, "processor", None), QuantAttnProcessor)
+    ]
     for _, layer in layers:
         _attach(layer, blocked)
     for module in attention:
         module.set_processor(AttnProcessor2_0())
-    return {"qdq_layers": len(layers), "split_layers": sum(bool(m.split) for _, m in layers),
-            "blocked_layers": sum(bool(m.export_block) for _, m in layers),
-            "int4_layers": sum(bool(m.export_block) and m.w_bits <= 4 for _, m in layers),
-            "float_attention": len(attention)}
+    return {
+        "qdq_layers": len(layers),
+        "split_layers": sum(bool(m.split) for _, m in layers),
+        "blocked_layers": sum(bool(m.export_block) for _, m in layers),
+        "int4_layers": sum(bool(m.export_block) and m.w_bits <= 4 for _, m in layers),
+        "float_attention": len(attention),
+    }

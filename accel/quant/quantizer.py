@@ -1,10 +1,13 @@
-"""Uniform integer fake-quantization with static scales, range search, and a straight-through estimator.
+"""Uniform integer fake-quantization with static scales, range search, and a straight-through
+estimator.
 
-A quantizer maps x to s * (clamp(round(x / s) + z, q_min, q_max) - z). Symmetric quantizers have z = 0 and
-the signed grid [-2^(b-1), 2^(b-1) - 1], which is what runtimes execute (TensorRT and ONNX Q/DQ need zero point
-0); asymmetric ones use [0, 2^b - 1] with a zero point and stay in PyTorch. Scales are per tensor or per output
-channel (dim 0), optionally in groups of ``group_size`` along the input dimension of a linear weight.
+A quantizer maps x to s * (clamp(round(x / s) + z, q_min, q_max) - z). Symmetric quantizers have z =
+0 and the signed grid [-2^(b-1), 2^(b-1) - 1], which is what runtimes execute (TensorRT and ONNX
+Q/DQ need zero point 0); asymmetric ones use [0, 2^b - 1] with a zero point and stay in PyTorch.
+Scales are per tensor or per output channel (dim 0), optionally in groups of ``group_size`` along
+the input dimension of a linear weight.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,15 +16,16 @@ import torch.nn as nn
 from accel.core.errors import AccelError
 
 RANGE_METHODS = ("minmax", "mse", "percentile")
-_MSE_CANDIDATES = 100         # clipping ratios tried between _MSE_LOWEST and 1 of the observed range
+_MSE_CANDIDATES = 100  # clipping ratios tried between _MSE_LOWEST and 1 of the observed range
 _MSE_LOWEST = 0.01
 _PERCENTILE = 0.9999
-_MAX_OBSERVED = 1 << 20       # activation values kept for range search (a random subset beyond this)
-_GAMMA, _ZETA = -0.1, 1.1     # AdaRound's rectified-sigmoid stretch
+_MAX_OBSERVED = 1 << 20  # activation values kept for range search (a random subset beyond this)
+_GAMMA, _ZETA = -0.1, 1.1  # AdaRound's rectified-sigmoid stretch
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """round(x) forward, identity backward (Bengio et al. 2013), so step sizes and rounding can be trained."""
+    """round(x) forward, identity backward (Bengio et al. 2013), so step sizes and rounding can be
+    trained."""
     return x + (x.round() - x).detach()
 
 
@@ -34,13 +38,21 @@ class Quantizer(nn.Module):
 
     holds_weights = False  # its step sizes are bookkeeping: parameter counts leave them out
 
-    def __init__(self, bits: int, symmetric: bool = True, per_channel: bool = False, group_size: int | None = None,
-                 range_method: str = "mse"):
+    def __init__(
+        self,
+        bits: int,
+        symmetric: bool = True,
+        per_channel: bool = False,
+        group_size: int | None = None,
+        range_method: str = "mse",
+    ):
         super().__init__()
         if not 2 <= bits <= 16:
             raise AccelError(f"quantizer bits must be in 2..16, got {bits}")
         if range_method not in RANGE_METHODS:
-            raise AccelError(f"range_method must be one of {', '.join(RANGE_METHODS)}, got {range_method}")
+            raise AccelError(
+                f"range_method must be one of {', '.join(RANGE_METHODS)}, got {range_method}"
+            )
         self.bits, self.symmetric, self.per_channel = bits, symmetric, per_channel
         self.group_size, self.range_method = group_size, range_method
         self.q_min, self.q_max = grid(bits, symmetric)
@@ -62,12 +74,17 @@ class Quantizer(nn.Module):
         if not self.per_channel:
             return values.reshape(())
         if self.group_size:
-            return values.reshape(like.shape[0], like.shape[1] // self.group_size, 1).expand(
-                -1, -1, self.group_size).reshape(like.shape[0], like.shape[1], *([1] * (like.ndim - 2)))
+            return (
+                values.reshape(like.shape[0], like.shape[1] // self.group_size, 1)
+                .expand(-1, -1, self.group_size)
+                .reshape(like.shape[0], like.shape[1], *([1] * (like.ndim - 2)))
+            )
         return values.reshape(-1, *([1] * (like.ndim - 1)))
 
     # --- ranges -----------------------------------------------------------------------------------
-    def _scale_zero(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scale_zero(
+        self, low: torch.Tensor, high: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.symmetric:
             scale = torch.maximum(low.abs(), high.abs()) / self.q_max
             return scale.clamp_min(1e-12), torch.zeros_like(scale)
@@ -76,7 +93,9 @@ class Quantizer(nn.Module):
         return scale, (self.q_min - low / scale).round()
 
     def _quantize_rows(self, rows, scale, zero):
-        codes = torch.clamp(torch.round(rows / scale[:, None]) + zero[:, None], self.q_min, self.q_max)
+        codes = torch.clamp(
+            torch.round(rows / scale[:, None]) + zero[:, None], self.q_min, self.q_max
+        )
         return (codes - zero[:, None]) * scale[:, None]
 
     def _search_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +103,9 @@ class Quantizer(nn.Module):
         if self.range_method == "minmax":
             return self._scale_zero(low, high)
         if self.range_method == "percentile":
-            subset = torch.randperm(rows.shape[1], generator=torch.Generator().manual_seed(0))[:_MAX_OBSERVED]
+            subset = torch.randperm(rows.shape[1], generator=torch.Generator().manual_seed(0))[
+                :_MAX_OBSERVED
+            ]
             sample = rows if rows.shape[1] <= _MAX_OBSERVED else rows[:, subset]
             low = torch.quantile(sample.float(), 1 - _PERCENTILE, dim=1)
             high = torch.quantile(sample.float(), _PERCENTILE, dim=1)
@@ -102,7 +123,8 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> None:
-        """Set the scale (and zero point) from ``x`` by the range method (MSE-optimal clipping by default)."""
+        """Set the scale (and zero point) from ``x`` by the range method (MSE-optimal clipping by
+        default)."""
         scale, zero = self._search_rows(self._rows(x.detach().float()))
         self.scale.data = scale if self.per_channel else scale.reshape(())
         self.zero_point = zero if self.per_channel else zero.reshape(())
@@ -117,7 +139,9 @@ class Quantizer(nn.Module):
     def finish_observing(self) -> None:
         """Fit the scale to everything seen since ``start_observing`` (extremes always kept)."""
         if not self.observed:
-            raise AccelError("an activation quantizer saw no data during calibration (empty calibration set?)")
+            raise AccelError(
+                "an activation quantizer saw no data during calibration (empty calibration set?)"
+            )
         values = torch.cat(self.observed)
         self.observed = None
         self.fit(values)
@@ -126,13 +150,19 @@ class Quantizer(nn.Module):
         flat = x.detach().float().reshape(-1)
         keep = max(1, _MAX_OBSERVED // 16)
         if flat.numel() > keep:
-            flat = torch.cat([flat[torch.randint(0, flat.numel(), (keep,), generator=self._subsample)], flat.min()[None], flat.max()[None]])
+            flat = torch.cat(
+                [
+                    flat[torch.randint(0, flat.numel(), (keep,), generator=self._subsample)],
+                    flat.min()[None],
+                    flat.max()[None],
+                ]
+            )
         self.observed.append(flat.cpu())
 
-    # --- learned rounding (AdaRound, Nagel et al. 2020) ------------------------------------------------
+    # --- learned rounding (AdaRound, Nagel et al. 2020) -------------------------------------------
     def rounding_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits V whose rectified sigmoid h(V) starts at the fractional part of x / s (rounding unchanged
-        on average), as AdaRound initialises them."""
+        """Logits V whose rectified sigmoid h(V) starts at the fractional part of x / s (rounding
+        unchanged on average), as AdaRound initialises them."""
         scaled = x.detach() / self._shaped(self.scale, x)
         rest = (scaled - scaled.floor()).clamp(1e-4, 1 - 1e-4)
         return -torch.log((_ZETA - _GAMMA) / (rest - _GAMMA) - 1)
@@ -143,7 +173,8 @@ class Quantizer(nn.Module):
         return (torch.sigmoid(logits) * (_ZETA - _GAMMA) + _GAMMA).clamp(0, 1)
 
     def adaround(self, x: torch.Tensor, logits: torch.Tensor, hard: bool = False) -> torch.Tensor:
-        """x quantized with floor(x / s) + h(V) instead of round(x / s); ``hard`` takes h(V) >= 0.5."""
+        """x quantized with floor(x / s) + h(V) instead of round(x / s); ``hard`` takes h(V) >=
+        0.5."""
         scale, zero = self._shaped(self.scale, x), self._shaped(self.zero_point, x)
         up = (logits >= 0).to(x.dtype) if hard else self.soft_rounding(logits)
         codes = torch.clamp(torch.floor(x.detach() / scale) + up + zero, self.q_min, self.q_max)
@@ -166,4 +197,7 @@ class Quantizer(nn.Module):
     def extra_repr(self) -> str:
         kind = "per-channel" if self.per_channel else "per-tensor"
         group = f", groups of {self.group_size}" if self.group_size else ""
-        return f"int{self.bits}, {'symmetric' if self.symmetric else 'asymmetric'}, {kind}{group}, {self.range_method}"
+        return (
+            f"int{self.bits}, {'symmetric' if self.symmetric else 'asymmetric'}, "
+            f"{kind}{group}, {self.range_method}"
+        )

@@ -1,14 +1,15 @@
-"""Block-wise reconstruction (BRECQ, Li et al. 2021) with learned rounding (AdaRound) and learned activation
-step sizes (LSQ), on the calibration set.
+"""Block-wise reconstruction (BRECQ, Li et al. 2021) with learned rounding (AdaRound) and learned
+activation step sizes (LSQ), on the calibration set.
 
-Blocks are the units whose output error matters together: ResNet blocks, transformer blocks, and attention
-modules outside transformer blocks; quantized layers in none of these are reconstructed one by one. For each
-block, in forward order, the quantized network (earlier blocks already reconstructed) gives the block's inputs
-and the full-precision copy gives the target outputs, as Q-Diffusion does, so each block also learns to undo
-the error that reaches it from upstream. The quantized block learns its weights' rounding (up or down per
-weight, regularised toward a firm choice) and its activation scales to reproduce the target, then the
-rounding is fixed.
+Blocks are the units whose output error matters together: ResNet blocks, transformer blocks, and
+attention modules outside transformer blocks; quantized layers in none of these are reconstructed
+one by one. For each block, in forward order, the quantized network (earlier blocks already
+reconstructed) gives the block's inputs and the full-precision copy gives the target outputs, as
+Q-Diffusion does, so each block also learns to undo the error that reaches it from upstream. The
+quantized block learns its weights' rounding (up or down per weight, regularised toward a firm
+choice) and its activation scales to reproduce the target, then the rounding is fixed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,24 +21,36 @@ from accel.quant.forward_order import forward_order
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
 
 BLOCK_TYPES = ("ResnetBlock2D", "BasicTransformerBlock", "Attention")
-MAX_RECON_SAMPLES = 256   # calibration inputs used per block (a seeded random subset beyond this)
+MAX_RECON_SAMPLES = 256  # calibration inputs used per block (a seeded random subset beyond this)
 BATCH = 32
-# AdaRound uses 1e-3 over 10-20k iterations; the CPU budget here is 500 per block, so rounding must move faster.
-# Digits W4A8 at 200 iterations (PSNR to the original's samples, 300 samples): 1e-3 27.5 dB, 1e-2 28.6 dB,
-# 3e-2 27.4 dB; none 26.7 dB. 4e-5 for step sizes: Q-Diffusion.
+# AdaRound uses 1e-3 over 10-20k iterations; the CPU budget here is 500 per block, so rounding must
+# move faster. Digits W4A8 at 200 iterations (PSNR to the original's samples, 300 samples): 1e-3
+# 27.5 dB, 1e-2 28.6 dB, 3e-2 27.4 dB; none 26.7 dB. 4e-5 for step sizes: Q-Diffusion.
 ROUNDING_LR, STEP_SIZE_LR = 1e-2, 4e-5
-REG_WEIGHT = 0.01                       # AdaRound's lambda
-WARMUP = 0.2                            # fraction of iterations without the rounding regulariser
-BETA_START, BETA_END = 20.0, 2.0        # annealed sharpness of the regulariser
+REG_WEIGHT = 0.01  # AdaRound's lambda
+WARMUP = 0.2  # fraction of iterations without the rounding regulariser
+BETA_START, BETA_END = 20.0, 2.0  # annealed sharpness of the regulariser
 
 
 def _blocks(network: nn.Module) -> list[str]:
     """Reconstruction units in forward order: block modules, then stray quantized layers."""
-    names = [name for name, module in network.named_modules() if type(module).__name__ in BLOCK_TYPES]
-    outermost = [n for n in names if not any(n.startswith(other + ".") for other in names if other != n)]
-    units = [n for n in outermost if any(isinstance(m, QuantLayer) for m in network.get_submodule(n).modules())]
+    names = [
+        name for name, module in network.named_modules() if type(module).__name__ in BLOCK_TYPES
+    ]
+    outermost = [
+        n for n in names if not any(n.startswith(other + ".") for other in names if other != n)
+    ]
+    units = [
+        n
+        for n in outermost
+        if any(isinstance(m, QuantLayer) for m in network.get_submodule(n).modules())
+    ]
     covered = tuple(unit + "." for unit in units)
-    units += [n for n, m in network.named_modules() if isinstance(m, QuantLayer) and not n.startswith(covered)]
+    units += [
+        n
+        for n, m in network.named_modules()
+        if isinstance(m, QuantLayer) and not n.startswith(covered)
+    ]
     return units
 
 
@@ -65,8 +78,12 @@ def _capture_inputs(network: nn.Module, unit: str, batches, run_batch) -> list[t
     """The (args, kwargs) that ``unit`` receives in ``network``, per calibration batch."""
     captured = []
     hook = lambda m, args, kwargs: captured.append((_to(args, "cpu"), _to(kwargs, "cpu")))  # noqa: E731
-    _run_hooked(network, network.get_submodule(unit).register_forward_pre_hook(hook, with_kwargs=True), batches,
-                run_batch)
+    _run_hooked(
+        network,
+        network.get_submodule(unit).register_forward_pre_hook(hook, with_kwargs=True),
+        batches,
+        run_batch,
+    )
     return captured
 
 
@@ -74,7 +91,9 @@ def _capture_outputs(network: nn.Module, unit: str, batches, run_batch) -> list:
     """The output of ``unit`` in ``network``, per calibration batch."""
     captured = []
     hook = lambda m, args, output: captured.append(_to(output, "cpu"))  # noqa: E731
-    _run_hooked(network, network.get_submodule(unit).register_forward_hook(hook), batches, run_batch)
+    _run_hooked(
+        network, network.get_submodule(unit).register_forward_hook(hook), batches, run_batch
+    )
     return captured
 
 
@@ -82,11 +101,21 @@ def _output_tensor(output):
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def _reconstruct_unit(block: nn.Module, captured, iters: int, device, generator: torch.Generator) -> float:
+def _reconstruct_unit(
+    block: nn.Module, captured, iters: int, device, generator: torch.Generator
+) -> float:
     layers = [m for m in block.modules() if isinstance(m, QuantLayer)]
-    act_quantizers = [q for m in block.modules() for q in
-                      ((m.input_quantizers or []) if isinstance(m, QuantLayer) else
-                       m.quantizers() if isinstance(m, QuantAttnProcessor) else [])]
+    act_quantizers = [
+        q
+        for m in block.modules()
+        for q in (
+            (m.input_quantizers or [])
+            if isinstance(m, QuantLayer)
+            else m.quantizers()
+            if isinstance(m, QuantAttnProcessor)
+            else []
+        )
+    ]
     for layer in layers:
         layer.start_learning_rounding()
     for quantizer in act_quantizers:
@@ -97,15 +126,22 @@ def _reconstruct_unit(block: nn.Module, captured, iters: int, device, generator:
     optimizer = torch.optim.Adam(params)
     loss = torch.zeros(())
     for step in range(iters):
-        args, kwargs, target = captured[int(torch.randint(len(captured), (1,), generator=generator))]
+        args, kwargs, target = captured[
+            int(torch.randint(len(captured), (1,), generator=generator))
+        ]
         output = _output_tensor(block(*_to(args, device), **_to(kwargs, device)))
         loss = F.mse_loss(output, _output_tensor(target).to(device))
         progress = step / max(1, iters - 1)
         if progress >= WARMUP:
             beta = BETA_END + (BETA_START - BETA_END) * (1 - (progress - WARMUP) / (1 - WARMUP))
-            regulariser = sum((1 - (2 * layer.weight_quantizers[0].soft_rounding(v) - 1).abs().pow(beta)).sum()
-                              for layer in layers for v in layer.rounding_logits)
-            loss = loss + REG_WEIGHT * regulariser / max(1, sum(v.numel() for l in layers for v in l.rounding_logits))
+            regulariser = sum(
+                (1 - (2 * layer.weight_quantizers[0].soft_rounding(v) - 1).abs().pow(beta)).sum()
+                for layer in layers
+                for v in layer.rounding_logits
+            )
+            loss = loss + REG_WEIGHT * regulariser / max(
+                1, sum(v.numel() for unit in layers for v in unit.rounding_logits)
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -119,14 +155,20 @@ def _reconstruct_unit(block: nn.Module, captured, iters: int, device, generator:
     return loss.item()
 
 
-def reconstruct_(denoiser, calib, fp_network: nn.Module, iters: int, seed: int = 0, progress: bool = True) -> None:
-    """Reconstruct every unit of ``denoiser`` (already quantized and calibrated) against ``fp_network``."""
+def reconstruct_(
+    denoiser, calib, fp_network: nn.Module, iters: int, seed: int = 0, progress: bool = True
+) -> None:
+    """Reconstruct every unit of ``denoiser`` (already quantized and calibrated) against
+    ``fp_network``."""
     network = denoiser.module
     device = denoiser.device
     generator = torch.Generator().manual_seed(seed)
     count = min(len(calib), MAX_RECON_SAMPLES)
     chosen = torch.randperm(len(calib), generator=generator)[:count]
-    batches = [(calib.x[i], calib.t[i], None if calib.cond is None else calib.cond[i]) for i in chosen.split(BATCH)]
+    batches = [
+        (calib.x[i], calib.t[i], None if calib.cond is None else calib.cond[i])
+        for i in chosen.split(BATCH)
+    ]
 
     def run_batch(module, batch):
         x, t, cond = batch
@@ -146,7 +188,9 @@ def reconstruct_(denoiser, calib, fp_network: nn.Module, iters: int, seed: int =
             targets = _capture_outputs(fp_network, unit, batches, run_batch)
             captured = [(args, kwargs, target) for (args, kwargs), target in zip(inputs, targets)]
             with torch.enable_grad():
-                loss = _reconstruct_unit(network.get_submodule(unit), captured, iters, device, generator)
+                loss = _reconstruct_unit(
+                    network.get_submodule(unit), captured, iters, device, generator
+                )
             bar.set_postfix(block=unit, loss=f"{loss:.2e}")
     finally:
         for name, p in network.named_parameters():

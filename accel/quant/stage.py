@@ -1,5 +1,5 @@
-"""The quantize stage (``accel quantize``, a recipe's ``quantize`` stage): record a calibration set along the
-model's own sampler, then quantize with it."""
+"""The quantize stage (``accel quantize``, a recipe's ``quantize`` stage): record a calibration set
+along the model's own sampler, then quantize with it."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from accel.core.stages import SAMPLER_KEYS, Context, Key, Settings, StageResult,
 from accel.quant.apply import plan_layers
 from accel.quant.config import Q_DIFFUSION
 
-SIMULATION_NOTE = ("quantized layers run as fake quantization in PyTorch (float arithmetic on the integer grid), "
-                   "so this latency is not integer speed; an exported INT8 engine is where that is measured")
+SIMULATION_NOTE = (
+    "quantized layers run as fake quantization in PyTorch (float arithmetic on the integer grid), "
+    "so this latency is not integer speed; an exported INT8 engine is where that is measured"
+)
 
 
 def weight_only(bits: int) -> int | None:
@@ -44,23 +46,32 @@ def run(model, settings: Settings, context: Context) -> StageResult:
     return StageResult(model, record)
 
 
-QUANTIZE_STAGE = stages.register(stages.Stage(
-    name="quantize",
-    roles={"quant": Q_DIFFUSION, "calib": CalibConfig(), "calib_file": CalibFile(), "sampling": SamplerChange()},
-    run=run,
-    keys={
-        "bits": Key("quant", "w_bits"),
-        "act-bits": Key("quant", "a_bits", convert=weight_only),
-        "range": Key("quant", "w_range", also=("a_range",)),
-        "no-split": Key("quant", "split_shortcut", convert=lambda on: not on, switch=True),
-        "no-attention": Key("quant", "quantize_attention", convert=lambda on: not on, switch=True),
-        "layer-bits": Key("quant", "layer_bits", convert=pattern_bits, many=True),
-        "skip": Key("quant", "skip", many=True),
-        "calib-policy": Key("calib", "policy"),
-        "calib-samples": Key("calib", "samples"),
-        "calib-every": Key("calib", "every"),
-        "calib": Key("calib_file", "path"),
-        **SAMPLER_KEYS,
-    },
-    open_roles=("quant",),
-))
+QUANTIZE_STAGE = stages.register(
+    stages.Stage(
+        name="quantize",
+        roles={
+            "quant": Q_DIFFUSION,
+            "calib": CalibConfig(),
+            "calib_file": CalibFile(),
+            "sampling": SamplerChange(),
+        },
+        run=run,
+        keys={
+            "bits": Key("quant", "w_bits"),
+            "act-bits": Key("quant", "a_bits", convert=weight_only),
+            "range": Key("quant", "w_range", also=("a_range",)),
+            "no-split": Key("quant", "split_shortcut", convert=lambda on: not on, switch=True),
+            "no-attention": Key(
+                "quant", "quantize_attention", convert=lambda on: not on, switch=True
+            ),
+            "layer-bits": Key("quant", "layer_bits", convert=pattern_bits, many=True),
+            "skip": Key("quant", "skip", many=True),
+            "calib-policy": Key("calib", "policy"),
+            "calib-samples": Key("calib", "samples"),
+            "calib-every": Key("calib", "every"),
+            "calib": Key("calib_file", "path"),
+            **SAMPLER_KEYS,
+        },
+        open_roles=("quant",),
+    )
+)

@@ -1,5 +1,5 @@
-"""The report as markdown: one formatter for every number accel prints, tables, and the report's summary (its
-functions take a ``Report`` of accel.report.schema, which builds its markdown here)."""
+"""The report as markdown: one formatter for every number accel prints, tables, and the report's
+summary (its functions take a ``Report`` of accel.report.schema, which builds its markdown here)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ COUNTS = ("params", "macs", "macs_per_image", "size_bytes")  # shown with a unit
 
 
 def format_value(value, key: str = "") -> str:
-    """The one way accel writes a number: 4 significant digits, counts with a unit, ``-`` for none, ``x`` after
-    a speedup."""
+    """The one way accel writes a number: 4 significant digits, counts with a unit, ``-`` for none,
+    ``x`` after a speedup."""
     if value is None:
         return "-"
     if isinstance(value, str):
@@ -28,27 +28,42 @@ def format_value(value, key: str = "") -> str:
 
 
 def table(columns: dict[str, str], rows: list[dict]) -> str:
-    """A markdown table: ``columns`` maps each row key to its header; cells through ``format_value``."""
+    """A markdown table: ``columns`` maps each row key to its header; cells through
+    ``format_value``."""
     lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(format_value(row.get(key), key) for key in columns) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join(format_value(row.get(key), key) for key in columns) + " |" for row in rows
+    ]
     return "\n".join(lines)
 
 
 # measure -> the delta that compares it
-ROWS = {"fid": "fid_ratio", "fid_at_floor_size": None, "latency_ms_per_step": "step_speedup",
-        "sampling_s_per_image": "speedup", "calls_per_image": None, "macs_per_image": "macs_ratio", "params": None,
-        "macs": None, "size_bytes": "size_ratio"}
+ROWS = {
+    "fid": "fid_ratio",
+    "fid_at_floor_size": None,
+    "latency_ms_per_step": "step_speedup",
+    "sampling_s_per_image": "speedup",
+    "calls_per_image": None,
+    "macs_per_image": "macs_ratio",
+    "params": None,
+    "macs": None,
+    "size_bytes": "size_ratio",
+}
 
 
 def measures_table(report) -> str:
     original, compressed = asdict(report.original), report.compressed and asdict(report.compressed)
     delta = report.delta and asdict(report.delta)
-    lines = ["| | original |" + (" compressed | delta |" if compressed else ""),
-             "|---|---|" + ("---|---|" if compressed else "")]
+    lines = [
+        "| | original |" + (" compressed | delta |" if compressed else ""),
+        "|---|---|" + ("---|---|" if compressed else ""),
+    ]
     for key, delta_key in ROWS.items():
         row = f"| {key} | {format_value(original[key], key)} |"
         if compressed:
-            compared = f"{delta_key} {format_value(delta[delta_key], delta_key)}" if delta_key else ""
+            compared = (
+                f"{delta_key} {format_value(delta[delta_key], delta_key)}" if delta_key else ""
+            )
             row += f" {format_value(compressed[key], key)} | {compared} |"
         lines.append(row)
     if compressed:
@@ -57,24 +72,32 @@ def measures_table(report) -> str:
 
 
 def describe_sampler(spec: dict) -> str:
-    return f"{spec['name']} {spec['steps']} steps" + (f" (eta {spec['eta']:g})" if spec.get("eta") else "")
+    return f"{spec['name']} {spec['steps']} steps" + (
+        f" (eta {spec['eta']:g})" if spec.get("eta") else ""
+    )
 
 
 def _sampler_line(report) -> str:
     def described(measures) -> str:
         return describe_sampler(measures.sampler)
 
-    models = (f"original {described(report.original)}, compressed {described(report.compressed)}"
-              if report.compressed else described(report.original))
+    models = (
+        f"original {described(report.original)}, compressed {described(report.compressed)}"
+        if report.compressed
+        else described(report.original)
+    )
     return f"- Sampler: {models}; batch {report.sampler['batch_size']}, seed {report.seed}"
 
 
 def summary(report) -> str:
-    fid_line = (f"FID: {report.fid_features} features, {report.fid_samples} samples vs "
-                f"{report.fid_reference_samples} real images; floor (two disjoint halves of the real set, "
-                f"{report.fid_floor_samples} each): {format_value(report.fid_floor)}; compare it with "
-                f"fid_at_floor_size, the first {report.fid_floor_samples} samples vs the same real half"
-                if report.fid_features else f"FID: not computed ({report.fid_unavailable})")
+    fid_line = (
+        f"FID: {report.fid_features} features, {report.fid_samples} samples vs "
+        f"{report.fid_reference_samples} real images; floor (two disjoint halves of the real set, "
+        f"{report.fid_floor_samples} each): {format_value(report.fid_floor)}; compare it with "
+        f"fid_at_floor_size, the first {report.fid_floor_samples} samples vs the same real half"
+        if report.fid_features
+        else f"FID: not computed ({report.fid_unavailable})"
+    )
     threads = ", ".join(f"{runtime} {count}" for runtime, count in report.threads.items())
     parts = [
         f"# accel {report.command}: {report.model}",
@@ -83,10 +106,11 @@ def summary(report) -> str:
         "",
         _sampler_line(report),
         f"- {fid_line}",
-        f"- Time: speedup is wall time per image, both models sampled in one run (batches interleaved, after a "
-        f"warm-up call each); latency is the median of {report.latency['repeats']} denoiser calls at batch "
-        f"{report.latency['batch_size']} after warm-up, step_speedup its ratio; on {report.device} "
-        f"({report.device_name}), threads: {threads}",
+        "- Time: speedup is wall time per image, both models sampled in one "
+        "run (batches interleaved, after a warm-up call each); latency is the "
+        f"median of {report.latency['repeats']} denoiser calls at batch "
+        f"{report.latency['batch_size']} after warm-up, step_speedup its "
+        f"ratio; on {report.device} ({report.device_name}), threads: {threads}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()),
     ]
     parts += [f"- Note: {note}" for note in report.notes]

@@ -1,6 +1,6 @@
-"""Where training images come from (``DataConfig.source``, ``--data``): the reference model's own training set, an
-``.npz`` of uint8 images (the ``--fid-ref`` format), or ``teacher``: samples of the original model itself, for
-data-free training."""
+"""Where training images come from (``DataConfig.source``, ``--data``): the reference model's own
+training set, an ``.npz`` of uint8 images (the ``--fid-ref`` format), or ``teacher``: samples of the
+original model itself, for data-free training."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ GIVEN = "given"  # images a Python caller passed in
 
 @dataclass(frozen=True)
 class DataConfig(Config):
-    # None: the digits training set (for the built-in model and models made from it); "teacher": samples of the
-    # original (data-free); else an .npz of uint8 images N x C x H x W
+    # None: the digits training set (for the built-in model and models made from it); "teacher":
+    # samples of the original (data-free); else an .npz of uint8 images N x C x H x W
     source: str | None = None
     teacher_samples: int = 1000  # "teacher": how many samples are drawn, once
 
@@ -33,14 +33,18 @@ class DataConfig(Config):
         if self.source == TEACHER and self.teacher_samples < 2:
             raise self.invalid("teacher_samples", f"must be at least 2, got {self.teacher_samples}")
         if self.source not in (None, DIGITS, TEACHER) and not Path(self.source).is_file():
-            raise self.invalid("source", f"{self.source}: no such file (give an .npz of uint8 images, or 'teacher')")
+            raise self.invalid(
+                "source",
+                f"{self.source}: no such file (give an .npz of uint8 images, or 'teacher')",
+            )
 
 
 @dataclass
 class TrainingImages:
     images: torch.Tensor  # N x C x H x W, float32 in [-1, 1]
     source: str  # "digits", "teacher" or the file's path
-    identity: dict  # what makes two runs' data the same (a checkpoint is resumed only with the same data)
+    # what makes two runs' data the same (a checkpoint is resumed only with the same data)
+    identity: dict
 
     def describe(self) -> str:
         if self.source == DIGITS:
@@ -53,46 +57,72 @@ class TrainingImages:
 
 
 def data_identity(config: DataConfig, original, seed: int = 0) -> dict:
-    """What makes two runs' training data the same, known before any image is loaded or drawn. Refuses data
-    that cannot be used."""
+    """What makes two runs' training data the same, known before any image is loaded or drawn.
+    Refuses data that cannot be used."""
     source = config.source
     if source is None:
-        if original.origin != DIGITS:  # the built-in model, or an artifact made from it (a pruned teacher)
-            raise config.invalid("source", "is needed for this model: an .npz of uint8 images (N x C x H x W), "
-                                 "or 'teacher' (samples of the model itself)")
+        # the built-in model, or an artifact made from it (a pruned teacher)
+        if original.origin != DIGITS:
+            raise config.invalid(
+                "source",
+                "is needed for this model: an .npz of uint8 images (N x C x H x W), "
+                "or 'teacher' (samples of the model itself)",
+            )
         source = DIGITS
     if source == DIGITS:
         return {"data": DIGITS}
     if source == TEACHER:
-        return {"data": TEACHER, "samples": config.teacher_samples, "seed": seed,
-                "sampler": original.sampling.to_dict()}
+        return {
+            "data": TEACHER,
+            "samples": config.teacher_samples,
+            "seed": seed,
+            "sampler": original.sampling.to_dict(),
+        }
     return {"data": str(Path(source).resolve()), "sha256": file_sha256(Path(source))}
 
 
-def training_images(config: DataConfig, original, *, seed: int = 0, batch_size: int = 500, progress: bool = True,
-                    cache: Path | None = None) -> TrainingImages:
-    """The images ``config`` names for ``original``, the model being compressed (its sample shape is checked; it
-    draws the teacher samples). With ``cache`` (a .safetensors path), teacher samples are drawn once and read
-    back from there after."""
+def training_images(
+    config: DataConfig,
+    original,
+    *,
+    seed: int = 0,
+    batch_size: int = 500,
+    progress: bool = True,
+    cache: Path | None = None,
+) -> TrainingImages:
+    """The images ``config`` names for ``original``, the model being compressed (its sample shape is
+    checked; it draws the teacher samples). With ``cache`` (a .safetensors path), teacher samples
+    are drawn once and read back from there after."""
     identity = data_identity(config, original, seed)
     if identity["data"] == DIGITS:
         images, _ = digits_images()
     elif identity["data"] == TEACHER:
-        images = _teacher_samples(original, config.teacher_samples, seed, batch_size, progress, cache)
+        images = _teacher_samples(
+            original, config.teacher_samples, seed, batch_size, progress, cache
+        )
     else:
-        images = torch.from_numpy(load_images_npz(Path(config.source)).astype(np.float32) / 127.5 - 1.0)
+        images = torch.from_numpy(
+            load_images_npz(Path(config.source)).astype(np.float32) / 127.5 - 1.0
+        )
     if tuple(images.shape[1:]) != tuple(original.sample_shape):
-        raise config.invalid("source", f"{config.source}: images are {tuple(images.shape[1:])} (C x H x W) and "
-                             f"the model takes {tuple(original.sample_shape)}")
+        raise config.invalid(
+            "source",
+            f"{config.source}: images are {tuple(images.shape[1:])} (C x H x W) and "
+            f"the model takes {tuple(original.sample_shape)}",
+        )
     source = identity["data"] if identity["data"] in (DIGITS, TEACHER) else str(config.source)
     return TrainingImages(images.float(), source, identity)
 
 
 def given_images(images: torch.Tensor, original) -> TrainingImages:
-    """Images a Python caller passed directly (N x C x H x W in [-1, 1]), checked against ``original``."""
+    """Images a Python caller passed directly (N x C x H x W in [-1, 1]), checked against
+    ``original``."""
     if tuple(images.shape[1:]) != tuple(original.sample_shape):
-        raise DataConfig().invalid("source", f"images are {tuple(images.shape[1:])} (C x H x W) and the model "
-                                   f"takes {tuple(original.sample_shape)}")
+        raise DataConfig().invalid(
+            "source",
+            f"images are {tuple(images.shape[1:])} (C x H x W) and the model "
+            f"takes {tuple(original.sample_shape)}",
+        )
     return TrainingImages(images.float(), GIVEN, {"data": GIVEN, "sha256": _tensor_sha256(images)})
 
 
@@ -102,7 +132,9 @@ def _tensor_sha256(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
-def _teacher_samples(original, count: int, seed: int, batch_size: int, progress: bool, cache: Path | None):
+def _teacher_samples(
+    original, count: int, seed: int, batch_size: int, progress: bool, cache: Path | None
+):
     from safetensors.torch import load_file, save_file
 
     if cache is not None and cache.is_file():

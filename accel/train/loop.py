@@ -1,27 +1,35 @@
-"""The one training loop: AdamW, warm-up and cosine decay, gradient clipping, EMA, checkpoints, resume, tqdm.
+"""The one training loop: AdamW, warm-up and cosine decay, gradient clipping, EMA, checkpoints,
+resume, tqdm.
 
-Built on ``accelerate``, so the same call trains on a CPU, one GPU, or several processes under ``accelerate
-launch`` (DDP: gradients are averaged, every process ends with the same weights). Each process draws its batch
-from a generator seeded by (seed, process, step): processes see different data, and a resumed run draws exactly
-the batches the interrupted one would have, with no generator state to save.
+Built on ``accelerate``, so the same call trains on a CPU, one GPU, or several processes under
+``accelerate launch`` (DDP: gradients are averaged, every process ends with the same weights). Each
+process draws its batch from a generator seeded by (seed, process, step): processes see different
+data, and a resumed run draws exactly the batches the interrupted one would have, with no generator
+state to save.
 
-A checkpoint (safetensors + JSON, written atomically by the main process) holds the network, its EMA, the
-optimizer, the step, the loss curve and ``run``: what identifies the run. Resuming from a checkpoint of another
-run is refused.
+A checkpoint (safetensors + JSON, written atomically by the main process) holds the network, its
+EMA, the optimizer, the step, the loss curve and ``run``: what identifies the run. Resuming from a
+checkpoint of another run is refused.
 """
+
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from accel.core.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
+from accel.core.checkpoint import (
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    save_checkpoint,
+)
 from accel.train.config import TrainConfig
 from accel.train.runs import check_same_run
 from accel.train.tasks import Forward
@@ -31,11 +39,11 @@ CHECKPOINT = "checkpoint"
 
 @dataclass
 class TrainResult:
-    network: nn.Module        # the EMA weights (or the trained ones when ema_decay is 0), unwrapped
-    losses: list[float]       # per step, averaged over processes
+    network: nn.Module  # the EMA weights (or the trained ones when ema_decay is 0), unwrapped
+    losses: list[float]  # per step, averaged over processes
     elapsed_s: float
     processes: int
-    resumed_at: int           # the step training resumed from (0: a fresh start)
+    resumed_at: int  # the step training resumed from (0: a fresh start)
 
 
 def step_generator(seed: int, process: int, step: int) -> torch.Generator:
@@ -43,9 +51,9 @@ def step_generator(seed: int, process: int, step: int) -> torch.Generator:
 
 
 def ema_decay(target: float, step: int) -> float:
-    """EMA decay with warm-up, (1 + step) / (10 + step) capped at ``target`` (diffusers' ``EMAModel``): a fixed
-    0.999 would keep 37% of the starting weights after 1,000 steps, which for a freshly pruned network are the
-    broken ones."""
+    """EMA decay with warm-up, (1 + step) / (10 + step) capped at ``target`` (diffusers'
+    ``EMAModel``): a fixed 0.999 would keep 37% of the starting weights after 1,000 steps, which for
+    a freshly pruned network are the broken ones."""
     return min(target, (1 + step) / (10 + step))
 
 
@@ -64,7 +72,9 @@ class _Run:
         self.accelerator = Accelerator(cpu=not on_cuda)
         network.to(self.accelerator.device).train()
         self.ema = copy.deepcopy(network).requires_grad_(False) if config.ema_decay > 0 else None
-        optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            network.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
         self.network, self.optimizer = self.accelerator.prepare(network, optimizer)
         self.step, self.losses, self.elapsed_s, self.resumed_at = 0, [], 0.0, 0
 
@@ -75,10 +85,19 @@ class _Run:
     def restore(self, task) -> None:
         tensors, state = load_checkpoint(self.folder)
         check_same_run(state, self.run, self.folder)
-        for prefix, target in (("network", self.plain), ("ema", self.ema), ("task", _stateful(task))):
+        for prefix, target in (
+            ("network", self.plain),
+            ("ema", self.ema),
+            ("task", _stateful(task)),
+        ):
             if target is not None:
-                target.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items()
-                                        if k.startswith(prefix + ".")})
+                target.load_state_dict(
+                    {
+                        k[len(prefix) + 1 :]: v
+                        for k, v in tensors.items()
+                        if k.startswith(prefix + ".")
+                    }
+                )
         load_optimizer_state(self.optimizer, "optimizer", tensors, state["optimizer"])
         self.step, self.losses, self.elapsed_s = state["step"], state["losses"], state["elapsed_s"]
         self.resumed_at = self.step
@@ -87,11 +106,21 @@ class _Run:
         if self.accelerator.is_main_process:
             optimizer_tensors, optimizer_json = optimizer_state(self.optimizer, "optimizer")
             tensors = {}
-            for prefix, source in (("network", self.plain), ("ema", self.ema), ("task", _stateful(task))):
+            for prefix, source in (
+                ("network", self.plain),
+                ("ema", self.ema),
+                ("task", _stateful(task)),
+            ):
                 if source is not None:
                     tensors.update({f"{prefix}.{k}": v for k, v in source.state_dict().items()})
-            state = dict(run=self.run, config=self.config.to_dict(), optimizer=optimizer_json, step=self.step,
-                         losses=self.losses, elapsed_s=self.elapsed_s)
+            state = dict(
+                run=self.run,
+                config=self.config.to_dict(),
+                optimizer=optimizer_json,
+                step=self.step,
+                losses=self.losses,
+                elapsed_s=self.elapsed_s,
+            )
             save_checkpoint(self.folder, {**tensors, **optimizer_tensors}, state)
         self.accelerator.wait_for_everyone()
 
@@ -106,7 +135,8 @@ class _Run:
         if config.grad_clip > 0:
             accelerator.clip_grad_norm_(self.network.parameters(), config.grad_clip)
         self.optimizer.step()
-        if hasattr(task, "after_step"):  # e.g. consistency distillation's target network follows the student
+        # e.g. consistency distillation's target network follows the student
+        if hasattr(task, "after_step"):
             task.after_step(self.plain)
         if self.ema is not None:
             decay = ema_decay(config.ema_decay, self.step)
@@ -116,12 +146,23 @@ class _Run:
         return accelerator.reduce(loss.detach(), "mean").item()
 
 
-def train(network: nn.Module, task, config: TrainConfig, work_dir: str | Path, *, run: dict,
-          forward_of: Callable[[nn.Module], Forward], desc: str = "train", progress: bool = True) -> TrainResult:
-    """Train ``network`` on ``task`` (its ``loss(forward, batch_size, generator, device)``) for ``config.steps``
-    steps. A task may also have ``after_step(network)`` (run after each optimizer step) and ``state_dict`` /
-    ``load_state_dict`` (tensors checkpointed with the network); ``forward_of(module)`` is eps(x_t, t, cond) through ``module`` (the prepared, possibly DDP-wrapped
-    network). A checkpoint in ``work_dir`` is resumed if it belongs to ``run`` and refused otherwise."""
+def train(
+    network: nn.Module,
+    task,
+    config: TrainConfig,
+    work_dir: str | Path,
+    *,
+    run: dict,
+    forward_of: Callable[[nn.Module], Forward],
+    desc: str = "train",
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``network`` on ``task`` (its ``loss(forward, batch_size, generator, device)``) for
+    ``config.steps`` steps. A task may also have ``after_step(network)`` (run after each optimizer
+    step) and ``state_dict`` / ``load_state_dict`` (tensors checkpointed with the network);
+    ``forward_of(module)`` is eps(x_t, t, cond) through ``module`` (the prepared, possibly
+    DDP-wrapped network). A checkpoint in ``work_dir`` is resumed if it belongs to ``run`` and
+    refused otherwise."""
     state = _Run(network, config, work_dir, run)
     if state.folder.exists():
         state.restore(task)
@@ -129,7 +170,9 @@ def train(network: nn.Module, task, config: TrainConfig, work_dir: str | Path, *
         task.to(state.accelerator.device)
     forward = forward_of(state.network)
     show = progress and state.accelerator.is_main_process
-    with tqdm(total=config.steps, initial=state.step, desc=desc, unit="step", disable=not show) as bar:
+    with tqdm(
+        total=config.steps, initial=state.step, desc=desc, unit="step", disable=not show
+    ) as bar:
         while state.step < config.steps:
             start = time.perf_counter()
             state.losses.append(state.train_step(task, forward))
@@ -141,17 +184,27 @@ def train(network: nn.Module, task, config: TrainConfig, work_dir: str | Path, *
             if state.step % config.checkpoint_every == 0 and state.step < config.steps:
                 state.save(task)
     result = state.ema if state.ema is not None else state.plain
-    result.requires_grad_(True)  # an ordinary network again (the EMA copy was frozen): it may be trained further
-    return TrainResult(result.eval(), state.losses, state.elapsed_s, state.accelerator.num_processes,
-                       state.resumed_at)
+    # an ordinary network again (the EMA copy was frozen): it may be trained further
+    result.requires_grad_(True)
+    return TrainResult(
+        result.eval(),
+        state.losses,
+        state.elapsed_s,
+        state.accelerator.num_processes,
+        state.resumed_at,
+    )
 
 
 def _stateful(task):
-    """The task itself where it has weights of its own to checkpoint (a target network), else None."""
+    """The task itself where it has weights of its own to checkpoint (a target network), else
+    None."""
     return task if hasattr(task, "state_dict") else None
 
 
 def loss_curve(losses: list[float], points: int = 10) -> list[float]:
     """The mean loss over each tenth (``points``-th) of training: a compact record of the run."""
     size = max(1, len(losses) // points)
-    return [round(sum(losses[i:i + size]) / len(losses[i:i + size]), 5) for i in range(0, len(losses), size)]
+    return [
+        round(sum(losses[i : i + size]) / len(losses[i : i + size]), 5)
+        for i in range(0, len(losses), size)
+    ]

@@ -1,30 +1,41 @@
-"""What a training step optimizes: each task draws its own batch from a per-step generator and returns a loss.
+"""What a training step optimizes: each task draws its own batch from a per-step generator and
+returns a loss.
 
 - ``NoisePrediction``: the DDPM objective, ||eps - eps_theta(x_t, t)||^2 on x_t = sqrt(abar_t) x_0 +
-  sqrt(1 - abar_t) eps, t uniform over the training schedule (the reference model's training; fine-tuning on
-  real images, as Diff-Pruning does);
-- ``NoisePrediction`` with a ``teacher``: the DDPM loss plus ``teacher_weight`` x ||eps_teacher - eps_theta||^2 on
-  the same x_t (output distillation, as BK-SDM recovers its pruned U-Nets): the original's prediction is a
-  lower-variance target than the sampled noise, and it carries what the original learned;
-- ``TeacherDistillation``: data-free fine-tuning, ||eps_teacher(x_t, t) - eps_theta(x_t, t)||^2 on x_t built the
-  same way from the teacher's own samples: the student learns to predict what the original predicts, at every
-  noise level, without a training set.
+  sqrt(1 - abar_t) eps, t uniform over the training schedule (the reference model's training;
+  fine-tuning on real images, as Diff-Pruning does);
+- ``NoisePrediction`` with a ``teacher``: the DDPM loss plus ``teacher_weight`` x ||eps_teacher -
+  eps_theta||^2 on the same x_t (output distillation, as BK-SDM recovers its pruned U-Nets): the
+  original's prediction is a lower-variance target than the sampled noise, and it carries what the
+  original learned;
+- ``TeacherDistillation``: data-free fine-tuning, ||eps_teacher(x_t, t) - eps_theta(x_t, t)||^2 on
+  x_t built the same way from the teacher's own samples: the student learns to predict what the
+  original predicts, at every noise level, without a training set.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # eps(x_t, t, cond)
+# eps(x_t, t, cond)
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 class NoisePrediction:
-    def __init__(self, images: torch.Tensor, scheduler_config: dict, cond_fn=None, teacher=None,
-                 teacher_weight: float = 0.0):
-        """``images``: N x C x H x W in [-1, 1]; ``cond_fn(count, generator)``: conditioning for a batch, or None;
-        ``teacher``: an ``accel`` Denoiser whose eps is a second target, weighted ``teacher_weight``."""
+    def __init__(
+        self,
+        images: torch.Tensor,
+        scheduler_config: dict,
+        cond_fn=None,
+        teacher=None,
+        teacher_weight: float = 0.0,
+    ):
+        """``images``: N x C x H x W in [-1, 1]; ``cond_fn(count, generator)``: conditioning for a
+        batch, or None; ``teacher``: an ``accel`` Denoiser whose eps is a second target, weighted
+        ``teacher_weight``."""
         from diffusers import DDPMScheduler
 
         self.images = images
@@ -41,13 +52,17 @@ class NoisePrediction:
         index = torch.randint(0, len(self.images), (batch_size,), generator=generator)
         clean = self.images[index]
         noise = torch.randn(clean.shape, generator=generator)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        t = torch.randint(
+            0, self.scheduler.config.num_train_timesteps, (batch_size,), generator=generator
+        )
         noisy = self.scheduler.add_noise(clean, noise, t)
         cond = self.cond_fn(batch_size, generator)
         cond = cond.to(device) if cond is not None else None
         return index, noisy.to(device), t.to(device), noise.to(device), cond
 
-    def loss(self, forward: Forward, batch_size: int, generator: torch.Generator, device) -> torch.Tensor:
+    def loss(
+        self, forward: Forward, batch_size: int, generator: torch.Generator, device
+    ) -> torch.Tensor:
         _, noisy, t, noise, cond = self.noisy_batch(batch_size, generator, device)
         prediction = forward(noisy, t, cond)
         loss = F.mse_loss(prediction, noise)
@@ -64,7 +79,9 @@ class TeacherDistillation(NoisePrediction):
     def __init__(self, teacher, images: torch.Tensor, scheduler_config: dict, cond_fn=None):
         super().__init__(images, scheduler_config, cond_fn, teacher)
 
-    def loss(self, forward: Forward, batch_size: int, generator: torch.Generator, device) -> torch.Tensor:
+    def loss(
+        self, forward: Forward, batch_size: int, generator: torch.Generator, device
+    ) -> torch.Tensor:
         _, noisy, t, _, cond = self.noisy_batch(batch_size, generator, device)
         with torch.no_grad():
             target = self.teacher(noisy, t, cond)
