@@ -36,8 +36,9 @@ def run_recipe(name: str, n: int, work: Path) -> dict:
     )
     wall_s = time.perf_counter() - start
     rows = result.report.sections["stages"]
-    ran_now = sum(row["stage_seconds"] for row in rows[1:] if not row["reused"])
-    chain_s = sum(row["stage_seconds"] for row in rows[1:])
+    stage_rows = [row for row in rows if row["stage_seconds"] is not None]  # not the original's
+    ran_now = sum(row["stage_seconds"] for row in stage_rows if not row["reused"])
+    chain_s = sum(row["stage_seconds"] for row in stage_rows)
     return {
         "recipe": name,
         "description": load_recipe(name).description,

@@ -183,10 +183,11 @@ def recipe_rows(data: dict, source: str) -> list[dict]:
     out = []
     for recipe in data["recipes"]:
         final = recipe["rows"][-1]
+        stages = sum(row["stage_seconds"] is not None for row in recipe["rows"])
+        name = f"recipe {recipe['recipe']} ({stages} stages, {recipe['total_s'] / 60:.0f} min)"
         out.append(
             _row(
-                f"recipe {recipe['recipe']} ({len(recipe['rows']) - 1} stages, "
-                f"{recipe['total_s'] / 60:.0f} min)",
+                name,
                 "recipe",
                 source,
                 recipe["n"],

@@ -70,6 +70,7 @@ def chain(tmp_path_factory):
 def test_every_stage_is_an_artifact_and_the_final_model_sits_in_out(chain):
     report, out = chain
     assert sorted(p.name for p in (out / "stages").iterdir()) == [
+        "00-original.onnx",  # the original in the final model's runtime, measured beside it
         "01-cache",
         "02-quantize",
         "03-export",
@@ -99,28 +100,30 @@ def test_every_stage_is_an_artifact_and_the_final_model_sits_in_out(chain):
 
 
 def test_one_row_per_stage_against_the_original_measured_in_one_run(chain):
-    report, _ = chain
+    report, out = chain
     rows = report["stages"]
-    assert [r["stage"] for r in rows] == ["original", "01-cache", "02-quantize", "03-export"]
-    original, cached, quantized, exported = rows
+    names = ["original", "original, exported", "01-cache", "02-quantize", "03-export"]
+    assert [r["stage"] for r in rows] == names
+    original, original_exported, cached, quantized, exported = rows
     # each with its own sampler
     assert original["calls_per_image"] == 50 and cached["calls_per_image"] == 10
     # cached steps are cheaper
     assert cached["macs_per_image"] < 10 * original["macs_per_image"] / 50
     assert quantized["size_bytes"] < cached["size_bytes"] / 3  # INT8 weights
     assert exported["runtime"].startswith("ONNX Runtime") and original["runtime"] == "PyTorch"
+    # the original in the final model's runtime sits beside it: the same samples, another runtime
+    assert (
+        original_exported["runtime"] == exported["runtime"]
+        and float(original_exported["psnr_db"]) > 60
+    )
+    assert (out / "stages" / "00-original.onnx").is_file()
     assert all(r["fid"] is not None and r["ms_per_image"] > 0 for r in rows)
-    for row in rows[1:]:
-        assert row["fid_ratio"] == pytest.approx(row["fid"] / original["fid"])
-        assert row["speedup"] == pytest.approx(original["ms_per_image"] / row["ms_per_image"])
-        assert row["stage_seconds"] > 0 and not row["reused"]
+    assert all(r["stage_seconds"] > 0 and not r["reused"] for r in rows[2:])
     # weight-only INT8 in ONNX Runtime samples what the fake-quantized PyTorch model samples
     assert exported["psnr_db"] == pytest.approx(quantized["psnr_db"], abs=0.5)
     # the report's compared model is the chain's last
-    assert (
-        report["compressed"]["fid"] == exported["fid"]
-        and report["config"]["stages"][0]["name"] == "cache"
-    )
+    assert report["compressed"]["fid"] == exported["fid"]
+    assert report["config"]["stages"][0]["name"] == "cache"
 
 
 def test_resume_reuses_unchanged_stages_and_redoes_from_the_first_change(chain, tmp_path, capsys):
@@ -133,7 +136,8 @@ def test_resume_reuses_unchanged_stages_and_redoes_from_the_first_change(chain, 
     )
     assert code == 0, err
     rows = json.loads(stdout)["stages"]
-    assert all(row["reused"] for row in rows[1:]) and quantized.stat().st_mtime_ns == stamp
+    stage_rows = [row for row in rows if row["stage"][0].isdigit()]
+    assert all(row["reused"] for row in stage_rows) and quantized.stat().st_mtime_ns == stamp
     assert "stage 2 (quantize): unchanged" in err
     changed = recipe_file(out.parent, SMALL.replace("bits = 8\n", "bits = 6\n"), "changed.toml")
     code, stdout, err = run(
@@ -141,7 +145,7 @@ def test_resume_reuses_unchanged_stages_and_redoes_from_the_first_change(chain, 
     )
     assert code == 0, err
     rows = json.loads(stdout)["stages"]
-    assert [row["reused"] for row in rows[1:]] == [True, False, False]
+    assert [row["reused"] for row in rows if row["stage"][0].isdigit()] == [True, False, False]
     assert (
         json.loads((out / "stages" / "02-quantize" / "accel.json").read_text())["transforms"][-1][
             "config"
@@ -418,7 +422,7 @@ def test_two_processes_train_together_and_share_the_final_evaluation(tmp_path):
         ],
     )
     rows = report["stages"]
-    assert [r["stage"] for r in rows] == ["original", "01-prune", "02-export"]
+    assert [r["stage"] for r in rows] == ["original", "original, exported", "01-prune", "02-export"]
     assert (
         json.loads((out / "stages" / "01-prune" / "accel.json").read_text())["transforms"][-1][
             "finetune"

@@ -58,12 +58,20 @@ def run_eval(args: argparse.Namespace) -> None:
     emit_report(args, evaluation.report)
 
 
+GRID = 64  # accel sample's default: an 8 x 8 grid
+
+
 def _sample_flags(parser: argparse.ArgumentParser) -> None:
+    from accel.sampling import DEFAULT_BATCH
+
     add_model_flags(parser)
     add_sampler_flags(parser)
-    parser.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    parser.add_argument("--n", type=int, default=GRID, help=f"number of samples (default {GRID})")
     parser.add_argument(
-        "--batch-size", type=int, default=500, help="samples per denoiser call (default 500)"
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH,
+        help=f"samples per denoiser call (default {DEFAULT_BATCH})",
     )
     add_out_flags(parser, "output file, .png (grid) or .npz (uint8 array 'images')", required=True)
 

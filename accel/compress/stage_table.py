@@ -24,9 +24,15 @@ COLUMNS = {  # key -> markdown header
 }
 
 
-def stage_rows(reports: list[Report], runs: list[StageRun]) -> list[dict]:
-    """``reports[i]``: the original against stage i's model, all from one sampling run."""
+def stage_rows(
+    reports: list[Report], runs: list[StageRun], references: list[Report] = ()
+) -> list[dict]:
+    """``reports[i]``: the original against stage i's model, all from one sampling run;
+    ``references``: the original in another runtime (exported), from the same run, beside it."""
     rows = [_row("original", reports[0].original, None, None)]
+    rows += [
+        _row("original, exported", report.compressed, report.delta, None) for report in references
+    ]
     rows += [
         _row(run.spec.folder, report.compressed, report.delta, run)
         for report, run in zip(reports, runs)

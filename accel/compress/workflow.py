@@ -111,27 +111,51 @@ def compress(
             processes=processes,
             fingerprint=processes.on_main(lambda: model_fingerprint(original)),
         )
-        models, evaluations = _measure(original, runs, name, recipe, eval_config, device, log)
-        report = _report(evaluations, runs, recipe)
+        models, evaluations, references = _measure(
+            original, runs, folder, name, recipe, eval_config, device, log
+        )
+        report = _report(evaluations, references, runs, recipe)
         final = out and processes.on_main(lambda: _write(folder, report, evaluations, runs))
     return CompressResult(report, models[-1], final, out and folder, runs, processes.is_main)
 
 
 def _measure(
-    original, runs: list[StageRun], name: str, recipe: Recipe, eval_config: EvalConfig, device, log
-) -> tuple[list[Denoiser], list[Evaluation]]:
-    """The original and every stage's model, sampled side by side in one run."""
+    original,
+    runs: list[StageRun],
+    folder: Path,
+    name: str,
+    recipe: Recipe,
+    eval_config: EvalConfig,
+    device,
+    log,
+) -> tuple[list, list[Evaluation], list[Evaluation]]:
+    """The original and every stage's model, sampled side by side in one run, and, where the chain
+    ends in another runtime (an exported file), the original exported to it beside them: its
+    evaluations come apart (the last list)."""
     log(f"measuring the original and {len(runs)} stage(s) side by side")
     models = [original] + [load(run.output, device) for run in runs]
+    references = _original_in_runtime(original, runs[-1].output, folder, device)
     evaluations = evaluate_many(
-        models,
+        models + references,
         eval_config,
         command="compress",
         model_name=name,
         transform_config=recipe.to_dict(),
         processes=current_processes(),
     )
-    return models, evaluations
+    return models, evaluations[: len(runs)], evaluations[len(runs) :]
+
+
+def _original_in_runtime(original, final: Path, folder: Path, device) -> list:
+    """The original exported as the chain's final file is (fp32), so that its time in that runtime
+    sits beside the final model's: OUT/stages/00-original.onnx (or .plan)."""
+    if final.is_dir():
+        return []
+    stage, target = stages.get("export"), folder / "stages" / f"00-original{final.suffix}"
+    settings = stage.settings(format="onnx" if final.suffix == ".onnx" else "trt")
+    context = Context(out=target, overwrite=True, progress=False)
+    current_processes().on_main(lambda: stage.run(copy.deepcopy(original), settings, context))
+    return [load(target, device)]
 
 
 def plan(
@@ -224,11 +248,16 @@ def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir()
 
 
-def _report(evaluations: list[Evaluation], runs: list[StageRun], recipe: Recipe) -> Report:
-    """The final stage's report against the original, with the stage table, the plot and the samples
-    picture."""
+def _report(
+    evaluations: list[Evaluation],
+    references: list[Evaluation],
+    runs: list[StageRun],
+    recipe: Recipe,
+) -> Report:
+    """The final stage's report against the original, with the stage table (and the original in the
+    final model's runtime, from ``references``), the plot and the samples picture."""
     report = evaluations[-1].report
-    rows = stage_rows([e.report for e in evaluations], runs)
+    rows = stage_rows([e.report for e in evaluations], runs, [e.report for e in references])
     report.add_section("recipe", recipe.to_dict())
     report.add_section("stages", rows, stages_markdown(rows, PLOT))
     return report

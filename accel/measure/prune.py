@@ -10,6 +10,7 @@ import time
 from dataclasses import replace
 
 from accel.core import stages
+from accel.core.processes import current_processes
 from accel.core.stages import Context, Settings
 from accel.evaluate import evaluate_many
 from accel.measure.base import Measurer
@@ -37,7 +38,8 @@ class PruneMeasurer(Measurer):
     fid_pruned: float | None = None
 
     def observe(self, point: str, model) -> None:
-        if point == "pruned":  # before fine-tuning: what the fine-tuning recovers
+        # before fine-tuning: what the fine-tuning recovers (measured by the process that reports)
+        if point == "pruned" and current_processes().is_main:
             config = self.eval_config
             fid = fid_setup(
                 model.sample_shape, config.inception_weights, config.fid_ref, str(model.device)

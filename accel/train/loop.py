@@ -30,6 +30,7 @@ from accel.core.checkpoint import (
     optimizer_state,
     save_checkpoint,
 )
+from accel.core.processes import current_processes
 from accel.train.config import TrainConfig
 from accel.train.runs import check_same_run
 from accel.train.tasks import Forward
@@ -103,7 +104,7 @@ class _Run:
         self.resumed_at = self.step
 
     def save(self, task) -> None:
-        if self.accelerator.is_main_process:
+        if current_processes().is_main:
             optimizer_tensors, optimizer_json = optimizer_state(self.optimizer, "optimizer")
             tensors = {}
             for prefix, source in (
@@ -169,7 +170,7 @@ def train(
     if hasattr(task, "to"):
         task.to(state.accelerator.device)
     forward = forward_of(state.network)
-    show = progress and state.accelerator.is_main_process
+    show = progress and current_processes().is_main
     with tqdm(
         total=config.steps, initial=state.step, desc=desc, unit="step", disable=not show
     ) as bar:
