@@ -33,6 +33,9 @@ def ort_session(path: str | Path):
     # the same cores as PyTorch's, so that a side-by-side timing compares runtimes, not thread
     # counts (the report records both: accel.report.schema.threads)
     options.intra_op_num_threads = torch.get_num_threads()
+    # Spinning threads (the default) keep the cores busy after each run and slow a PyTorch call
+    # timed right after it: 30 ms instead of 5 for a digits step at batch 1, measured here.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # ONNX Runtime fuses INT4 DequantizeLinear + MatMul into MatMulNBits, which by default (accuracy
     # level 4) requantizes the activations to INT8 per block: other arithmetic than the graph's, a
     # 1e-2 relative error measured on its own. Level 1 keeps the fused kernel and computes in fp32,
