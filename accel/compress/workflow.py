@@ -154,7 +154,8 @@ def _original_in_runtime(original, final: Path, folder: Path, device) -> list:
     stage, target = stages.get("export"), folder / "stages" / f"00-original{final.suffix}"
     settings = stage.settings(format="onnx" if final.suffix == ".onnx" else "trt")
     context = Context(out=target, overwrite=True, progress=False)
-    current_processes().on_main(lambda: stage.run(copy.deepcopy(original), settings, context))
+    # Only the written file crosses to the other processes: an ORT session cannot be pickled.
+    current_processes().on_main(lambda: stage.run(copy.deepcopy(original), settings, context).file)
     return [load(target, device)]
 
 
