@@ -106,14 +106,18 @@ def _warm_up(models: list[Denoiser], batch_size: int) -> None:
 
 def _as_uint8(batch: Samples) -> Samples:
     """The batch as an image file holds it: a quarter of the bytes to send between processes."""
-    return Samples(torch.from_numpy(to_uint8(batch.images)), batch.seconds, batch.calls_per_image)
+    return Samples(
+        torch.from_numpy(to_uint8(batch.images)), batch.seconds, batch.calls_per_image, batch.labels
+    )
 
 
 def _measures(
     denoiser: Denoiser, samples: Samples, images: np.ndarray, fid: FidSetup, latency_ms: float
 ) -> Measures:
+    labels = None if samples.labels is None else samples.labels.numpy()
     return Measures(
         **fid.scores(images),
+        **fid.class_accuracy(images, labels),
         latency_ms_per_step=latency_ms,
         sampling_s_per_image=samples.seconds_per_image,
         calls_per_image=samples.calls_per_image,

@@ -27,7 +27,10 @@ DEFAULT_BATCH = 500
 class Samples:
     images: torch.Tensor  # float32 (N, C, H, W) in [-1, 1], on the CPU
     seconds: float  # wall time of the sampling loop
-    calls_per_image: int  # denoiser calls in one trajectory
+    # network evaluations in one trajectory: a guided step evaluates the conditional and the
+    # unconditional model (one batched call)
+    calls_per_image: int
+    labels: torch.Tensor | None = None  # the class each image was drawn with (class models)
 
     @property
     def seconds_per_image(self) -> float:
@@ -51,7 +54,8 @@ def sample(
     progress: bool = True,
 ) -> Samples:
     """Draw ``count`` samples with ``spec`` (default: the model's own sampler). The same seed gives
-    the same images on the same machine and settings. Without ``cond``, conditional models get
+    the same images on the same machine and settings. Without ``cond``, class-conditional models
+    get the labels ``spec`` draws (``Denoiser.class_labels``), other conditional models
     ``Denoiser.default_cond`` (seeded)."""
     return join(list(sample_batches(denoiser, count, seed, spec, batch_size, cond, progress)))
 
@@ -61,6 +65,7 @@ def join(batches: list[Samples]) -> Samples:
         torch.cat([b.images for b in batches]),
         sum(b.seconds for b in batches),
         batches[0].calls_per_image,
+        None if batches[0].labels is None else torch.cat([b.labels for b in batches]),
     )
 
 
@@ -84,14 +89,18 @@ def sample_batches(
     if batch_size < 1:
         raise ConfigError("sample", "batch_size", f"must be at least 1, got {batch_size}")
     spec = spec or denoiser.sampling
+    denoiser.check_sampling(spec)
     device, dtype = denoiser.device, denoiser.dtype
     noise = initial_noise(denoiser, count, seed)
-    if cond is None:
+    if cond is None and denoiser.cond_kind == "class":
+        cond = denoiser.class_labels(count, spec)
+    elif cond is None:
         cond = denoiser.default_cond(count, torch.Generator().manual_seed(seed + 1))
+    labels = cond if denoiser.cond_kind == "class" else None
     chosen = list(enumerate(range(0, count, batch_size)))[batches]
-    calls = len(spec.scheduler(denoiser.scheduler_config).timesteps)
+    steps = len(spec.scheduler(denoiser.scheduler_config).timesteps)
     with tqdm(
-        total=len(chosen) * calls, desc=spec.describe(), unit="step", disable=not progress
+        total=len(chosen) * steps, desc=spec.describe(), unit="step", disable=not progress
     ) as bar:
         for index, first in chosen:
             last = min(first + batch_size, count)
@@ -110,7 +119,12 @@ def sample_batches(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
-            yield Samples(x.float().clamp(-1, 1).cpu(), seconds, calls)
+            yield Samples(
+                x.float().clamp(-1, 1).cpu(),
+                seconds,
+                steps * spec.evaluations_per_step,
+                None if labels is None else labels[first:last].cpu(),
+            )
 
 
 def _denoise(
@@ -121,7 +135,23 @@ def _denoise(
     step_kwargs = spec.step_kwargs(scheduler, generator)
     x = x * scheduler.init_noise_sigma
     for index, t in enumerate(scheduler.timesteps):
-        eps = denoiser(scheduler.scale_model_input(x, t), t.to(x.device), cond, step=index)
+        model_input = scheduler.scale_model_input(x, t)
+        if spec.guided:
+            eps = guided_eps(denoiser, model_input, t.to(x.device), cond, index, spec.guidance)
+        else:
+            eps = denoiser(model_input, t.to(x.device), cond, step=index)
         x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
         bar.update(1)
     return x
+
+
+def guided_eps(
+    denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, labels, step: int | None, scale: float
+) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022), as diffusers' DiTPipeline runs it: one call on
+    the batch doubled, the given labels then the null class, eps_u + scale (eps_c - eps_u). Step
+    hooks see the one call, so a cache keeps both halves together."""
+    null = torch.full_like(labels, denoiser.null_class)
+    eps = denoiser(torch.cat([x, x]), t, torch.cat([labels, null]), step=step)
+    conditional, unconditional = eps.chunk(2)
+    return unconditional + scale * (conditional - unconditional)

@@ -52,7 +52,13 @@ def machine() -> dict:
 
 
 def write_results(
-    out: Path, title: str, command: str, start: float, body: str, results: dict
+    out: Path,
+    title: str,
+    command: str,
+    start: float,
+    body: str,
+    results: dict,
+    model: str = "digits",
 ) -> str:
     """A benchmark's markdown (title, machine, threads, versions, the command and its wall time,
     then ``body``) at ``out`` and its JSON (``results`` with the same context) beside it; returns
@@ -64,7 +70,7 @@ def write_results(
     threads = ", ".join(f"{runtime} {count}" for runtime, count in context["threads"].items())
     versions = ", ".join(f"{name} {version}" for name, version in context["versions"].items())
     text = (
-        f"# {title}: digits on {context['machine']}\n\nthreads: {threads}; {versions}; commit "
+        f"# {title}: {model} on {context['machine']}\n\nthreads: {threads}; {versions}; commit "
         f"{context['commit']}; `{command}` in {wall_s:.0f} s\n\n" + body
     )
     write_text(out, text)

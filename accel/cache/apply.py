@@ -25,12 +25,10 @@ def cache(denoiser, config: CacheConfig) -> dict:
         )
     hook = hook_for(denoiser, config)
     denoiser.add_hook(HOOK_NAME, hook)
-    if isinstance(hook, DeepCacheHook):
-        return {"method": "deepcache", "full_steps": list(full_steps(steps, config))}
-    return {
-        "method": "pyramid-attention-broadcast",
-        "schedule": "every interval-th call inside timesteps (100, 800)",
-    }
+    if isinstance(hook, transformer.FirstBlockCacheHook):
+        return {"method": "first-block-cache", "threshold": config.threshold}
+    method = "deepcache" if isinstance(hook.splitter, UNetSplitter) else "block-residual"
+    return {"method": method, "full_steps": list(full_steps(steps, config))}
 
 
 def attach(denoiser, record: dict) -> None:
@@ -40,19 +38,26 @@ def attach(denoiser, record: dict) -> None:
 
 def hook_for(denoiser, config: CacheConfig):
     """DeepCache for a diffusers UNet (or a runtime that splits its steps itself: an exported
-    model), diffusers' attention cache for a transformer class that has ``enable_cache``; refused
-    otherwise."""
+    model); block-residual reuse or First-Block Cache for a transformer; refused otherwise."""
     network = denoiser.module
+    if config.method == "first-block":
+        if not transformer.is_cacheable_transformer(network):
+            raise ConfigError(
+                "CacheConfig",
+                "method",
+                f"first-block decides on a transformer's first block; {type(network).__name__} "
+                "has none (use the interval method)",
+            )
+        return transformer.FirstBlockCacheHook(network, config)
     if callable(getattr(network, "capturing", None)):
         return DeepCacheHook(config, network)
     if unet.is_cacheable_unet(network):
         unet.check_branch(network, config.branch)
         return DeepCacheHook(config, UNetSplitter(network, config.branch))
-    if transformer.has_diffusers_cache(network):
-        transformer.check_config(config)
-        return transformer.DiffusersCacheHook(network, config)
+    if transformer.is_cacheable_transformer(network):
+        transformer.check_config(network, config)
+        return DeepCacheHook(config, transformer.BlockResidualSplitter(network, config.branch))
     raise AccelError(
-        f"{type(network).__name__} is not supported by the cache yet: "
-        f"accel's DeepCache covers {' and '.join(unet.UNET_CLASSES)}, "
-        "and this class has no diffusers cache hooks (enable_cache)"
+        f"{type(network).__name__} is not supported by the cache yet: it covers "
+        f"{' and '.join(unet.UNET_CLASSES)} and transformers with {transformer.BLOCKS}"
     )

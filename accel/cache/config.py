@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from accel.core.config import Config, one_of
 
 SCHEDULES = ("uniform", "quadratic")
+# interval: full steps on a fixed schedule (DeepCache on a UNet, block-residual reuse on a
+# transformer); first-block: a transformer recomputes when its first block's residual moved
+METHODS = ("interval", "first-block")
 
 
 @dataclass(frozen=True)
@@ -15,9 +18,9 @@ class CacheConfig(Config):
     # one full step per `interval` steps on average; the steps between reuse the deep features
     # (DeepCache's N)
     interval: int = 3
-    # the skip level that stays live on cached steps: down block `branch` (and every shallower one)
-    # and its matching up block run; everything deeper is read from the cache. 0 is the shallowest
-    # and cheapest.
+    # what stays live on cached steps. A UNet: the skip level `branch`: down block `branch` (and
+    # every shallower one) and its matching up block run; everything deeper is read from the
+    # cache; 0 is the shallowest and cheapest. A transformer: its first `branch` blocks.
     branch: int = 0
     # uniform: steps 0, N, 2N, ...; quadratic: as many full steps, quadratically denser around
     # `center` (DeepCache's non-uniform 1:N). Quadratic from the start is the default: on digits at
@@ -29,6 +32,10 @@ class CacheConfig(Config):
     schedule: str = one_of("quadratic", SCHEDULES)
     # quadratic: where full steps crowd, as a fraction of the trajectory (0: the first step)
     center: float = 0.0
+    method: str = one_of("interval", METHODS)
+    # first-block: recompute when block 0's residual moved by more than this (relative mean
+    # absolute change since the last full step; diffusers' FirstBlockCacheConfig default 0.05)
+    threshold: float = 0.05
 
     def validate(self) -> None:
         if self.interval < 1:
@@ -40,6 +47,8 @@ class CacheConfig(Config):
             raise self.invalid(
                 "branch", f"must be 0 (the shallowest skip level) or more, got {self.branch}"
             )
+        if self.threshold <= 0:
+            raise self.invalid("threshold", f"must be positive, got {self.threshold}")
         if not 0.0 <= self.center <= 1.0:
             raise self.invalid(
                 "center", f"must be a fraction of the trajectory in [0, 1], got {self.center}"

@@ -172,16 +172,18 @@ class _Recorder(StepHook):
     counts)."""
 
     def __init__(self, keep: list[np.ndarray]):
-        self.keep, self.first, self.kept = keep, 0, []
+        self.keep, self.first, self.count, self.kept = keep, 0, 0, []
 
     def reset(self, trajectory: Trajectory) -> None:
-        self.first = trajectory.first_image
+        self.first, self.count = trajectory.first_image, trajectory.count
 
     def pre_forward(self, call: StepCall) -> StepCall:
+        # a guided call holds each image twice (conditional half, then unconditional): both are
+        # kept, as the network sees both
         rows = [
             i
             for i in range(len(call.x_t))
-            for _ in range(int((self.keep[self.first + i] == call.step).sum()))
+            for _ in range(int((self.keep[self.first + i % self.count] == call.step).sum()))
         ]
         if rows:
             index = torch.tensor(rows, device=call.x_t.device)

@@ -66,6 +66,25 @@ def add_sampler_flags(parser: argparse.ArgumentParser, prefix: str = "", whose: 
     parser.add_argument(
         f"--{prefix}eta", type=float, help=f"{whose}DDIM eta (default 0: deterministic)"
     )
+    parser.add_argument(
+        f"--{prefix}guidance",
+        type=float,
+        help=f"{whose}classifier-free guidance scale, 1 for none (default: the model's own; "
+        "class-conditional models with a null class)",
+    )
+    parser.add_argument(
+        f"--{prefix}labels",
+        type=_labels,
+        metavar="C[,C...]",
+        help=f"{whose}classes to sample, cycled over the samples (default: every class in turn)",
+    )
+
+
+def _labels(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(label) for label in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of class indices")
 
 
 def add_eval_flags(parser: argparse.ArgumentParser, n: int | None = None) -> None:
@@ -165,6 +184,8 @@ def sampler_changes(args: argparse.Namespace, prefix: str = "") -> dict:
         "name": getattr(args, prefix + "sampler"),
         "steps": getattr(args, prefix + "steps"),
         "eta": getattr(args, prefix + "eta"),
+        "guidance": getattr(args, prefix + "guidance"),
+        "labels": getattr(args, prefix + "labels"),
     }
     return {key: value for key, value in given.items() if value is not None}
 

@@ -73,7 +73,11 @@ def _sample_flags(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_BATCH,
         help=f"samples per denoiser call (default {DEFAULT_BATCH})",
     )
-    add_out_flags(parser, "output file, .png (grid) or .npz (uint8 array 'images')", required=True)
+    add_out_flags(
+        parser,
+        "output file, .png (grid) or .npz (uint8 array 'images', and 'labels' for class models)",
+        required=True,
+    )
 
 
 def run_sample(args: argparse.Namespace) -> None:
@@ -95,7 +99,8 @@ def run_sample(args: argparse.Namespace) -> None:
     images = to_uint8(samples.images)
     with atomic_file(out) as partial:
         if out.suffix == ".npz":
-            np.savez_compressed(partial, images=images)
+            labels = {} if samples.labels is None else {"labels": samples.labels.numpy()}
+            np.savez_compressed(partial, images=images, **labels)
         else:
             sample_grid([images], columns=int(np.ceil(np.sqrt(len(images))))).save(partial)
     summary = {
@@ -127,6 +132,8 @@ def run_info(args: argparse.Namespace) -> None:
         "kind": model.kind,
         "sample_shape": list(model.sample_shape),
         "conditioning": model.cond_kind,
+        "classes": model.classes,
+        "null_class": model.null_class,
         "params": count_params(model),
         "macs_per_sample_step": count_macs(model),
         "size_bytes": weights_bytes(model),

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from accel.cli.common import Command, add_out_flags
+from accel.models.reference import REFERENCES
 
 
 def _flags(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +15,12 @@ def _flags(parser: argparse.ArgumentParser) -> None:
         "--steps", type=int, default=None, help="training steps (default: as committed)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    parser.add_argument(
+        "--model",
+        choices=list(REFERENCES),
+        default="digits",
+        help="which reference model to train (default digits)",
+    )
     parser.add_argument(
         "--classifier", action="store_true", help="train the digits FID classifier instead"
     )
@@ -28,14 +35,14 @@ def run(args: argparse.Namespace) -> None:
     else:
         from dataclasses import replace
 
-        from accel.models.reference import REFERENCE_TRAINING, train_reference
+        from accel.models.reference import train_reference
 
         config = replace(
-            REFERENCE_TRAINING,
+            REFERENCES[args.model].training,
             seed=args.seed,
             **({} if args.steps is None else {"steps": args.steps}),
         )
-        record = train_reference(args.out, config, overwrite=args.overwrite)
+        record = train_reference(args.out, config, overwrite=args.overwrite, model=args.model)
     print(json.dumps(record, indent=2))
 
 

@@ -125,12 +125,16 @@ DISTILL_FLAGS = {
 }
 CACHE_FLAGS = {
     "interval": "one full step per N steps (default {default})",
-    "branch": "UNets: the skip level that stays live on cached "
-    "steps, 0 the shallowest and cheapest (default {default})",
+    "branch": "what stays live on cached steps: a UNet's skip level (0 the shallowest and "
+    "cheapest), a transformer's first N blocks (default {default})",
     "schedule": "UNets: full steps every N (uniform) or as many, crowded quadratically "
     "around --center (default {default}: accel/cache/config.py says why)",
     "center": "quadratic: where full steps crowd, as a "
     "fraction of the trajectory (default {default}: the start)",
+    "method": "interval: full steps on a fixed schedule; first-block (transformers): "
+    "recompute when the first block's residual moved past --threshold (default {default})",
+    "threshold": "first-block: relative change of block 0's residual that forces a full "
+    "step (default {default:g})",
 }
 OPTIMIZE_FLAGS = {
     "dtype": "precision (default {default}: fp16 on CUDA, fp32 on CPU)",
@@ -226,7 +230,7 @@ COMMANDS = [
     ),
     _command(
         "cache",
-        "training-free feature caching across steps (DeepCache) + report",
+        "training-free feature caching across steps (DeepCache, transformer block caches) + report",
         _flags_of("cache", CACHE_FLAGS, "cache<interval>"),
         lambda s: f"cache{s['cache'].interval}",
     ),

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from accel.core.errors import AccelError
+from accel.core.errors import AccelError, ConfigError
 from accel.core.hooks import StepCall, StepHook, Trajectory
 from accel.core.sampling_spec import SamplingSpec
 
@@ -106,14 +106,60 @@ class Denoiser(nn.Module):
             return "class"
         return None
 
+    @property
+    def classes(self) -> int | None:
+        """How many classes a class-conditional model takes (None for other models)."""
+        if self.cond_kind != "class":
+            return None
+        config = self.config
+        return config.get("num_class_embeds") or config.get("num_embeds_ada_norm")
+
+    @property
+    def null_class(self) -> int | None:
+        """The label that samples the unconditional model (classifier-free guidance), or None where
+        the network was built without one: a DiT's label table has a row after its classes (an
+        exported DiT keeps its diffusers config)."""
+        is_dit = DIFFUSERS_KINDS.get(self.config.get("_class_name")) == "dit"
+        return self.classes if is_dit and self.cond_kind == "class" else None
+
+    def class_labels(self, count: int, spec: SamplingSpec | None = None) -> torch.Tensor:
+        """The label of each of ``count`` samples as ``spec`` (default: the model's own sampler)
+        draws them: a cycle over its labels, or over every class."""
+        spec = spec or self.sampling
+        cycle = torch.tensor(spec.labels or range(self.classes), dtype=torch.long)
+        return cycle[torch.arange(count) % len(cycle)]
+
+    def check_sampling(self, spec: SamplingSpec) -> None:
+        """Refuse labels and guidance this model cannot take."""
+        if spec.labels is not None:
+            if self.cond_kind != "class":
+                raise ConfigError(
+                    "SamplingSpec",
+                    "labels",
+                    f"apply to class-conditional models; {self.source} is not one",
+                )
+            if max(spec.labels) >= self.classes:
+                raise ConfigError(
+                    "SamplingSpec",
+                    "labels",
+                    f"must be classes 0-{self.classes - 1} of "
+                    f"{self.source}, got {max(spec.labels)}",
+                )
+        if spec.guided and self.null_class is None:
+            raise ConfigError(
+                "SamplingSpec",
+                "guidance",
+                f"needs a model trained with a null class "
+                f"(classifier-free guidance); {self.source} has none: use guidance 1",
+            )
+
     def default_cond(self, count: int, generator: torch.Generator) -> torch.Tensor | None:
-        """Conditioning for unguided sampling: uniform random class labels, or zero text embeddings
-        (accel has no text encoder; pass real ``encoder_hidden_states`` as ``cond`` for meaningful
-        text sampling)."""
+        """Conditioning for training and tracing: uniform random class labels, or zero text
+        embeddings (accel has no text encoder; pass real ``encoder_hidden_states`` as ``cond`` for
+        meaningful text sampling)."""
         config = self.config
         if self.cond_kind == "class":
-            classes = config.get("num_class_embeds") or config["num_embeds_ada_norm"]
-            return torch.randint(0, classes, (count,), generator=generator)
+            return torch.randint(0, self.classes, (count,), generator=generator)
         if self.cond_kind == "text":
             return torch.zeros(count, TEXT_TOKENS, config["cross_attention_dim"])
         return None

@@ -46,8 +46,19 @@ class SamplingSpec(Config):
     # None: as its training schedule says
     prediction_type: str | None = one_of(None, PREDICTION_TYPES)
     options: dict[str, Any] = field(default_factory=dict)  # more settings over the schedule config
+    # classifier-free guidance (class-conditional models with a null class): eps_u + w (eps_c -
+    # eps_u), one batched network call on the conditional and unconditional halves; 1: no guidance,
+    # one evaluation per step
+    guidance: float = 1.0
+    # the classes sample i is drawn with: labels[i % len(labels)]; None: a balanced cycle over all
+    # of the model's classes (so an FID covers every class)
+    labels: tuple[int, ...] | None = None
 
     def validate(self) -> None:
+        if self.guidance < 1:
+            raise self.invalid("guidance", f"must be 1 (none) or more, got {self.guidance}")
+        if self.labels is not None and (not self.labels or min(self.labels) < 0):
+            raise self.invalid("labels", f"must be class indices (0 or more), got {self.labels}")
         if not is_sampler(self.name):
             raise self.invalid("name", NOT_A_SAMPLER.format(self.name))
         if self.steps < 1:
@@ -89,8 +100,22 @@ class SamplingSpec(Config):
             kwargs["eta"] = self.eta
         return kwargs
 
+    @property
+    def guided(self) -> bool:
+        return self.guidance != 1.0
+
+    @property
+    def evaluations_per_step(self) -> int:
+        """Network evaluations a step really runs: a guided step evaluates cond and uncond."""
+        return 2 if self.guided else 1
+
     def describe(self) -> str:
-        return f"{self.name} {self.steps} steps" + (f", eta {self.eta:g}" if self.eta else "")
+        text = f"{self.name} {self.steps} steps" + (f", eta {self.eta:g}" if self.eta else "")
+        if self.guided:
+            text += f", guidance {self.guidance:g}"
+        if self.labels is not None:
+            text += f", labels {','.join(map(str, self.labels))}"
+        return text
 
     def changed(self, changes: dict) -> SamplingSpec:
         """This spec with ``changes`` (``{"steps": 20}``); another sampler name starts from that
@@ -109,6 +134,8 @@ class SamplerChange(Config):
     name: str | None = None
     steps: int | None = None
     eta: float | None = None
+    guidance: float | None = None
+    labels: tuple[int, ...] | None = None
 
     def validate(self) -> None:
         if self.name is not None and not is_sampler(self.name):
@@ -117,9 +144,17 @@ class SamplerChange(Config):
             raise self.invalid("steps", f"must be at least 1, got {self.steps}")
         if self.eta is not None and self.eta < 0:
             raise self.invalid("eta", f"must be 0 or more, got {self.eta}")
+        if self.guidance is not None or self.labels is not None:
+            SamplingSpec(guidance=self.guidance or 1.0, labels=self.labels)
 
     def applied_to(self, spec: SamplingSpec) -> SamplingSpec:
-        given = {"name": self.name, "steps": self.steps, "eta": self.eta}
+        given = {
+            "name": self.name,
+            "steps": self.steps,
+            "eta": self.eta,
+            "guidance": self.guidance,
+            "labels": self.labels,
+        }
         return spec.changed({key: value for key, value in given.items() if value is not None})
 
 

@@ -53,6 +53,8 @@ SAMPLER_KEYS = {
     "sampler": Key("sampling", "name"),
     "steps": Key("sampling", "steps"),
     "eta": Key("sampling", "eta"),
+    "guidance": Key("sampling", "guidance"),
+    "labels": Key("sampling", "labels"),
 }
 
 

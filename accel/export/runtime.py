@@ -250,6 +250,7 @@ def exported_denoiser(
         sampling = SamplingSpec.from_dict(meta["sampling"]) if "sampling" in meta else None
     except ConfigError as error:
         raise AccelError(f"{path}: {error}")
+    module.config = meta["config"]  # the network's diffusers config: its classes, its null class
     denoiser = Denoiser(
         module,
         meta["scheduler_config"],

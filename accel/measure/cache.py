@@ -21,7 +21,8 @@ CACHE_HOOK = "cache"  # the name the cache transform's step hook is attached und
 class CacheMeasurer(Measurer):
     def extra_models(self, model) -> list:
         plain = copy.copy(self.original)  # the same network and sampler, fewer steps
-        steps = max(1, round(macs_per_image(model) / count_macs(self.original)))
+        per_step = count_macs(self.original) * self.original.sampling.evaluations_per_step
+        steps = max(1, round(macs_per_image(model) / per_step))
         plain.sampling = replace(self.original.sampling, steps=steps)
         return [plain]
 
@@ -37,7 +38,7 @@ class CacheMeasurer(Measurer):
             ),
             "plain_sampler_at_equal_macs": {
                 "sampler": plain.compressed.sampler,
-                "steps": plain.compressed.calls_per_image,
+                "steps": plain.compressed.sampler["steps"],
                 "macs_per_image": plain.compressed.macs_per_image,
                 "fid": plain.compressed.fid,
                 "psnr_db_vs_original": plain.delta.psnr_db_vs_original,
@@ -54,10 +55,12 @@ def step_costs(model, record: dict, macs_per_image_: int, latency_batch: int) ->
     ``latency_batch``)."""
     full_macs = count_macs(model)
     costs = {"macs_per_full_step": full_macs}
-    if "full_steps" not in record:  # diffusers' attention cache decides per block and timestep
-        return costs
-    splitter = model.hooks[CACHE_HOOK].splitter
-    inputs = model.example_inputs(latency_batch)
+    hook = model.hooks[CACHE_HOOK]
+    if "full_steps" not in record:  # an adaptive cache decides on the data, call by call
+        return {**costs, "calls_in_evaluation": dict(hook.counts)}
+    splitter = hook.splitter
+    # a guided step is one call on twice the batch, as the latency is timed
+    inputs = model.example_inputs(latency_batch * model.sampling.evaluations_per_step)
     with splitter.capturing() as captured:
         model(*inputs)
     with splitter.reusing(captured.feature[:1]):
@@ -89,6 +92,13 @@ def markdown(section: dict, report) -> str:
     o, c = report.original, report.compressed
     plain = section["plain_sampler_at_equal_macs"]
     lines = ["## Cache", "", f"- method: {section['method']}"]
+    if "calls_in_evaluation" in section:
+        calls = section["calls_in_evaluation"]
+        lines.append(
+            f"- calls in the evaluation: {calls['full']} full, {calls['cached']} from the cache "
+            f"(threshold {section['threshold']:g}); MACs per image counted on one image's "
+            "trajectory, whose decisions can differ from a batch's (one decision per call)"
+        )
     if "full_steps" in section:
         calls = section["calls_per_image"]
         lines += [
@@ -100,10 +110,10 @@ def markdown(section: dict, report) -> str:
             f"{format_value(section['latency_ms_cached_step'])} ms",
         ]
     rows = [
-        ("original", o.calls_per_image, o.macs_per_image, o.fid, None, o.sampling_s_per_image),
+        ("original", o.sampler["steps"], o.macs_per_image, o.fid, None, o.sampling_s_per_image),
         (
             "cached",
-            c.calls_per_image,
+            c.sampler["steps"],
             c.macs_per_image,
             c.fid,
             report.delta.psnr_db_vs_original,

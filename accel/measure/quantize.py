@@ -97,6 +97,7 @@ def run_ablation(
             "fid": e.report.compressed.fid,
             "fid_ratio": e.report.delta.fid_ratio,
             "psnr_db": e.report.delta.psnr_db_vs_original,
+            "class_accuracy": e.report.compressed.class_accuracy,
             "size_bytes": e.report.compressed.size_bytes,
         }
         for (name, config, calib_config), e in zip(rows, evaluations)

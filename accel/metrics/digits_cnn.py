@@ -85,6 +85,16 @@ class DigitsFeatures:
             ]
         )
 
+    @torch.inference_mode()
+    def classes(self, images: np.ndarray) -> np.ndarray:
+        """The digit the classifier reads in each uint8 image (N, 1, 16, 16)."""
+        return np.concatenate(
+            [
+                self.network(uint8_to_unit_range(chunk)).argmax(1).numpy()
+                for chunk in np.array_split(images, max(1, len(images) // 1024))
+            ]
+        )
+
 
 def _shifted(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random translations of up to one pixel: handwritten digits are not centred exactly."""

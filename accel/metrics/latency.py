@@ -33,9 +33,10 @@ def _time_once(denoiser: Denoiser, inputs) -> float:
 def step_latency_ms(
     denoisers: list[Denoiser], batch_size: int = 1, warmup: int = 5, repeats: int = 30
 ) -> list[float]:
-    """Median milliseconds per denoiser call at ``batch_size``, one figure per model, timed
-    interleaved."""
-    inputs = [d.example_inputs(batch_size) for d in denoisers]
+    """Median milliseconds per sampler step at ``batch_size`` images, one figure per model, timed
+    interleaved: one denoiser call, on twice the batch for a guided model (its conditional and
+    unconditional halves)."""
+    inputs = [d.example_inputs(batch_size * d.sampling.evaluations_per_step) for d in denoisers]
     for _ in range(warmup):
         for denoiser, args in zip(denoisers, inputs):
             denoiser(*args)

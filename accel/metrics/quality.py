@@ -25,6 +25,20 @@ class FidSetup:
     name: str | None
     real: RealReference | None
     unavailable_reason: str | None = None
+    # the class a classifier reads in each image, where the feature network is one (digits-cnn)
+    classify: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def class_accuracy(self, images: np.ndarray, labels: np.ndarray | None) -> dict:
+        """The share of samples the classifier reads as the class they were drawn with, overall
+        and per class (a class that collapses shows there, where FID averages it away)."""
+        if labels is None or self.classify is None:
+            return {"class_accuracy": None, "class_accuracy_by_class": None}
+        correct = self.classify(images) == labels
+        by_class = [
+            round(float(correct[labels == c].mean()), 4) if (labels == c).any() else None
+            for c in range(int(labels.max()) + 1)
+        ]
+        return {"class_accuracy": float(correct.mean()), "class_accuracy_by_class": by_class}
 
     def scores(self, images: np.ndarray) -> dict:
         """``fid`` against all real images, and ``fid_at_floor_size`` (see RealReference)."""
@@ -56,7 +70,8 @@ def fid_setup(
     if tuple(sample_shape) == DIGITS_SHAPE:
         from accel.metrics.digits_cnn import DigitsFeatures
 
-        return FidSetup(DigitsFeatures(), DigitsFeatures.name, digits_reference())
+        features = DigitsFeatures()
+        return FidSetup(features, features.name, digits_reference(), classify=features.classes)
     return FidSetup(
         None,
         None,

@@ -15,9 +15,9 @@ from accel.core.denoiser import DIFFUSERS_KINDS, Denoiser
 from accel.core.errors import AccelError, one_line
 from accel.core.files import read_json_object
 from accel.core.sampling_spec import SamplingSpec
-from accel.models.reference import REFERENCE_DIR
+from accel.models.reference import REFERENCES, SAMPLING_FILE
 
-BUILTIN_MODELS = {"digits": REFERENCE_DIR}
+BUILTIN_MODELS = {name: reference.folder for name, reference in REFERENCES.items()}
 MODEL_SUBFOLDERS = ("unet", "transformer")
 # diffusers' DDPMScheduler defaults, used only when a model folder carries no scheduler config.
 FALLBACK_SCHEDULER = {
@@ -50,6 +50,7 @@ def load(
         denoiser = _load_path(_resolve(str(source)), str(source))
     if sampling:
         denoiser.sampling = denoiser.sampling.changed(sampling)
+    denoiser.check_sampling(denoiser.sampling)
     denoiser.eval()
     return denoiser.to(device) if device else denoiser
 
@@ -164,7 +165,21 @@ def _load_path(path: Path, name: str) -> Denoiser:
         module = _from_config(model_dir, class_name, config)
         return load_artifact(model_dir, module, scheduler_config, name, notes, weights_bytes)
     module = _from_pretrained(model_dir, class_name)
-    return Denoiser(module, scheduler_config, source=name, weights_bytes=weights_bytes, notes=notes)
+    return Denoiser(
+        module,
+        scheduler_config,
+        source=name,
+        weights_bytes=weights_bytes,
+        notes=notes,
+        sampling=_own_sampling(model_dir),
+    )
+
+
+def _own_sampling(model_dir: Path) -> SamplingSpec | None:
+    """The sampler a diffusers folder says it is meant to be run with (``sampling.json``: the
+    built-in ``digits-dit`` carries its guidance scale there), or None for the default."""
+    path = model_dir / SAMPLING_FILE
+    return SamplingSpec.from_dict(read_json_object(path)) if path.is_file() else None
 
 
 def _from_config(model_dir: Path, class_name: str, config: dict) -> nn.Module:

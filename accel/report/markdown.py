@@ -41,6 +41,7 @@ def table(columns: dict[str, str], rows: list[dict]) -> str:
 ROWS = {
     "fid": "fid_ratio",
     "fid_at_floor_size": None,
+    "class_accuracy": "class_accuracy_points",
     "latency_ms_per_step": "step_speedup",
     "sampling_s_per_image": "speedup",
     "calls_per_image": None,
@@ -59,6 +60,8 @@ def measures_table(report) -> str:
         "|---|---|" + ("---|---|" if compressed else ""),
     ]
     for key, delta_key in ROWS.items():
+        if key == "class_accuracy" and original[key] is None:
+            continue  # an unconditional model
         row = f"| {key} | {format_value(original[key], key)} |"
         if compressed:
             compared = (
@@ -72,9 +75,15 @@ def measures_table(report) -> str:
 
 
 def describe_sampler(spec: dict) -> str:
-    return f"{spec['name']} {spec['steps']} steps" + (
+    text = f"{spec['name']} {spec['steps']} steps" + (
         f" (eta {spec['eta']:g})" if spec.get("eta") else ""
     )
+    if spec.get("guidance", 1.0) != 1.0:
+        text += (
+            f", guidance {spec['guidance']:g} (each step one call on the conditional and "
+            "unconditional halves: 2 network evaluations)"
+        )
+    return text
 
 
 def _sampler_line(report) -> str:

@@ -39,6 +39,9 @@ class Measures:
     size_bytes: int
     sampler: dict
     runtime: str = "PyTorch"  # or the runtime an exported file ran in
+    # class-conditional models: the share of samples the FID classifier reads as their label
+    class_accuracy: float | None = None
+    class_accuracy_by_class: list | None = None
 
 
 @dataclass
@@ -53,6 +56,8 @@ class Delta:
     macs_ratio: float | None  # MACs per image, compressed / original
     size_ratio: float | None
     psnr_db_vs_original: float | None  # None where the two sample sets do not share a trajectory
+    # compressed - original, in percentage points (class-conditional models)
+    class_accuracy_points: float | None = None
 
     @classmethod
     def between(cls, original: Measures, compressed: Measures, psnr: float | None) -> Delta:
@@ -65,6 +70,11 @@ class Delta:
             macs_ratio=_ratio(compressed.macs_per_image, original.macs_per_image),
             size_ratio=_ratio(compressed.size_bytes, original.size_bytes),
             psnr_db_vs_original=psnr,
+            class_accuracy_points=(
+                None
+                if original.class_accuracy is None or compressed.class_accuracy is None
+                else 100 * (compressed.class_accuracy - original.class_accuracy)
+            ),
         )
 
 

@@ -5,10 +5,11 @@ and its data sources."""
 from accel.train.config import TRAINING_KEYS, TrainConfig
 from accel.train.loop import TrainResult, checkpoint_state, loss_curve, train
 from accel.train.runs import work_dir_for
-from accel.train.tasks import NoisePrediction, TeacherDistillation
+from accel.train.tasks import ClassLabels, NoisePrediction, TeacherDistillation
 
 __all__ = [
     "TRAINING_KEYS",
+    "ClassLabels",
     "NoisePrediction",
     "TeacherDistillation",
     "TrainConfig",

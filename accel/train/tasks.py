@@ -4,6 +4,9 @@ returns a loss.
 - ``NoisePrediction``: the DDPM objective, ||eps - eps_theta(x_t, t)||^2 on x_t = sqrt(abar_t) x_0 +
   sqrt(1 - abar_t) eps, t uniform over the training schedule (the reference model's training;
   fine-tuning on real images, as Diff-Pruning does);
+- ``NoisePrediction`` with ``labels``: class-conditional training, each image with its own label,
+  replaced by the null class with probability ``label_dropout`` (classifier-free guidance's joint
+  training of the conditional and unconditional model; 10% in DiT);
 - ``NoisePrediction`` with a ``teacher``: the DDPM loss plus ``teacher_weight`` x ||eps_teacher -
   eps_theta||^2 on the same x_t (output distillation, as BK-SDM recovers its pruned U-Nets): the
   original's prediction is a lower-variance target than the sampled noise, and it carries what the
@@ -16,12 +19,28 @@ returns a loss.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 # eps(x_t, t, cond)
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ClassLabels:
+    """Each training image's class; ``null`` (the label classifier-free guidance samples the
+    unconditional model with) replaces it with probability ``dropout``."""
+
+    labels: torch.Tensor  # int64, one per image
+    null: int
+    dropout: float = 0.1
+
+    def for_batch(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        batch = self.labels[index].clone()
+        batch[torch.rand(len(index), generator=generator) < self.dropout] = self.null
+        return batch
 
 
 class NoisePrediction:
@@ -32,10 +51,12 @@ class NoisePrediction:
         cond_fn=None,
         teacher=None,
         teacher_weight: float = 0.0,
+        labels: ClassLabels | None = None,
     ):
         """``images``: N x C x H x W in [-1, 1]; ``cond_fn(count, generator)``: conditioning for a
         batch, or None; ``teacher``: an ``accel`` Denoiser whose eps is a second target, weighted
-        ``teacher_weight``."""
+        ``teacher_weight``; ``labels``: each image's class (class-conditional training, replaces
+        ``cond_fn``)."""
         from diffusers import DDPMScheduler
 
         self.images = images
@@ -43,6 +64,7 @@ class NoisePrediction:
         self.cond_fn = cond_fn or (lambda count, generator: None)
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         self.teacher_weight = teacher_weight
+        self.labels = labels
 
     def to(self, device) -> None:
         if self.teacher is not None:
@@ -56,7 +78,10 @@ class NoisePrediction:
             0, self.scheduler.config.num_train_timesteps, (batch_size,), generator=generator
         )
         noisy = self.scheduler.add_noise(clean, noise, t)
-        cond = self.cond_fn(batch_size, generator)
+        if self.labels is not None:
+            cond = self.labels.for_batch(index, generator)
+        else:
+            cond = self.cond_fn(batch_size, generator)
         cond = cond.to(device) if cond is not None else None
         return index, noisy.to(device), t.to(device), noise.to(device), cond
 
