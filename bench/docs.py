@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from accel.report import format_value, pareto_front, table
-from bench import cache, compress, distill, leaderboard, prune, run
+from bench import cache, compress, distill, dit, leaderboard, prune, run
 from bench.common import RESULTS
 
 ROOT = Path(__file__).parent.parent
@@ -37,6 +37,7 @@ RESULT_FILES = {
     "distillation": "distill_digits_cpu.json",
     "caching": "cache_digits_cpu.json",
     "compress": "compress_digits_cpu.json",
+    "dit": "dit_digits_cpu.json",
 }
 
 
@@ -110,10 +111,14 @@ def recipes() -> str:
     return "\n".join(lines) + "\n"
 
 
-def reference_model() -> str:
-    from accel.models.reference import REFERENCE_DIR
+def reference_model(name: str = "digits") -> Callable[[], str]:
+    return lambda: _training_record(name)
 
-    record = json.loads((REFERENCE_DIR / "training.json").read_text())
+
+def _training_record(name: str) -> str:
+    from accel.models.reference import REFERENCES
+
+    record = json.loads((REFERENCES[name].folder / "training.json").read_text())
     config = record["config"]
     return (
         f"- {record['params']:,} parameters; trained {config['steps']:,} steps at batch "
@@ -122,7 +127,7 @@ def reference_model() -> str:
         f"{record['machine']['cpu_count']} CPU cores (torch "
         f"{record['versions']['torch']}); final loss {record['final_loss_mean_last_200']}\n"
         f"- data: {record['data']}\n"
-        "- the record: accel/models/digits/training.json\n"
+        f"- the record: accel/models/{name}/training.json\n"
     )
 
 
@@ -142,13 +147,13 @@ def readme_results() -> str:
     full runs."""
     rows, sources, missing = leaderboard.collect(quick=False)
     rows = leaderboard.ranked(rows)
-    timed = [row for row in rows if row["speedup"]]
-    front = pareto_front(
-        [{"x": 1 / row["speedup"], "y": row["fid_ratio"], "row": row} for row in timed]
-    )
-    chosen = {id(point["row"]) for point in front} | {
-        id(row) for row in rows if row["family"] == "recipe"
-    }
+    chosen = {id(row) for row in rows if row["family"] == "recipe"}
+    for model in dict.fromkeys(row["model"] for row in rows):
+        timed = [row for row in rows if row["speedup"] and row["model"] == model]
+        front = pareto_front(
+            [{"x": 1 / row["speedup"], "y": row["fid_ratio"], "row": row} for row in timed]
+        )
+        chosen |= {id(point["row"]) for point in front}
     shown = [
         {**row, "source": f"[{Path(row['source']).name}](bench/{row['source']})"}
         for row in rows
@@ -156,12 +161,13 @@ def readme_results() -> str:
     ]
     columns = {key: header for key, header in leaderboard.COLUMNS.items() if key != "rank"}
     lines = [
-        "The Pareto front of every method measured on the built-in model (no other "
-        "row is both faster and closer to the original's FID), and the built-in "
-        "recipes; each row against the original (fp32, PyTorch, DDIM 50) sampled "
-        "in the same run. The whole table: [bench/report.md](bench/report.md).",
+        "The Pareto front of every method measured on each built-in model (no other "
+        "row of that model is both faster and closer to its original's FID), and the built-in "
+        "recipes; each row against its original (fp32, PyTorch, DDIM 50, at the model's own "
+        "guidance) sampled in the same run. The whole table: "
+        "[bench/report.md](bench/report.md).",
         "",
-        table(columns, sorted(shown, key=lambda r: -(r["speedup"] or 0))),
+        table(columns, sorted(shown, key=lambda r: (r["model"], -(r["speedup"] or 0)))),
         "",
         "![FID ratio against time per image for every measured row, numbered as "
         "in bench/report.md; the line is the Pareto front](bench/report.png)",
@@ -191,7 +197,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "results": readme_results,
     "original": original,
     "recipes": recipes,
-    "reference model": reference_model,
+    "reference model": reference_model("digits"),
+    "reference model dit": reference_model("digits-dit"),
     "kernels": kernels,
     "measured samplers": _measured("quantization", run.sampler_table),
     "measured quantization": _measured(
@@ -202,6 +209,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "measured distillation": _measured("distillation", distill.body),
     "measured caching": _measured("caching", cache.body),
     "measured compress": _measured("compress", compress.body),
+    "measured dit": _measured("dit", dit.body),
     **{
         f"flags {command}": flags(command)
         for command in (

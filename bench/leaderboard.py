@@ -1,5 +1,6 @@
-"""The leaderboard: every method and chain on the built-in model in one table and one plot, each row
-against the original (fp32, PyTorch, DDIM 50) sampled in the same benchmark run as the row.
+"""The leaderboard: every method and chain on the built-in models in one table and one plot, each
+row against its model's original (fp32, PyTorch, DDIM 50 at its own guidance)
+sampled in the same benchmark run as the row.
 
     python -m bench.leaderboard          # from the full runs in bench/results/
                                          #   -> bench/report.md, .json, .png
@@ -7,10 +8,10 @@ against the original (fp32, PyTorch, DDIM 50) sampled in the same benchmark run 
                                          #   -> bench/leaderboard_quick.md, .json, .png
 
 It measures nothing itself: each benchmark (bench.run, bench.prune, bench.distill, bench.cache,
-bench.compress) sampled its rows and its original in one run, batches interleaved, and this reads
-their JSON. Speedup is always wall time per image, original / row, from that run; fake-quantized
-PyTorch rows have none (float arithmetic on the integer grid: their speed is in the ONNX Runtime
-rows).
+bench.compress on digits; bench.dit on digits-dit) sampled its rows and its original in one run,
+batches interleaved, and this reads their JSON. Speedup is always wall time per image, original /
+row, from that run; fake-quantized PyTorch rows have none (float arithmetic on the integer grid:
+their speed is in the ONNX Runtime rows).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from bench.common import HERE
 
 COLUMNS = {
     "rank": "#",
+    "model": "model",
     "method": "method",
     "family": "family",
     "runtime": "runs in",
@@ -49,8 +51,10 @@ def _row(
     size_ratio=None,
     calls: int = 50,
     runtime: str = "PyTorch",
+    model: str = "digits",
 ) -> dict:
     return {
+        "model": model,
         "method": method,
         "family": family,
         "runtime": runtime,
@@ -179,6 +183,68 @@ def caching_rows(data: dict, source: str) -> list[dict]:
     return out
 
 
+def dit_rows(data: dict, source: str) -> list[dict]:
+    """bench.dit: the guided transformer's original, guidance 1, its exported graphs, its caches and
+    the plain sampler at each cache's MACs."""
+    n = data["settings"]["n"]
+    original = data["transforms"][0]
+    size0 = original["size_bytes"]
+
+    def family(name: str) -> str:
+        if "ONNX" in name:
+            return "export"
+        if "cache" in name and not name.startswith("plain"):
+            return "caching"
+        return "sampler"
+
+    rows = [
+        _row(
+            f"{r['model']}, {r['sampler']}",
+            "sampler",
+            source,
+            n,
+            r["fid"],
+            r["fid_ratio"],
+            r["speedup"],
+            1.0,
+            r["calls_per_image"],
+            model="digits-dit",
+        )
+        for r in data["guidance"][1:]
+    ]
+    rows.append(
+        _row(
+            f"original, {original['sampler']}",
+            "original",
+            source,
+            n,
+            original["fid"],
+            1.0,
+            1.0,
+            1.0,
+            original["calls_per_image"],
+            model="digits-dit",
+        )
+    )
+    rows += [
+        _row(
+            r["model"],
+            family(r["model"]),
+            source,
+            n,
+            r["fid"],
+            r["fid_ratio"],
+            r["speedup"],
+            r["size_bytes"] / size0,
+            r["calls_per_image"],
+            r["runtime"],
+            model="digits-dit",
+        )
+        for r in data["transforms"][1:]
+    ]
+    return rows
+
+
 def recipe_rows(data: dict, source: str) -> list[dict]:
     out = []
     for recipe in data["recipes"]:
@@ -209,6 +275,7 @@ SOURCES = {
     "bench.distill": ("results/distill_digits_cpu.json", "distill_quick.json", distillation_rows),
     "bench.cache": ("results/cache_digits_cpu.json", "cache_quick.json", caching_rows),
     "bench.compress": ("results/compress_digits_cpu.json", "compress_quick.json", recipe_rows),
+    "bench.dit": ("results/dit_digits_cpu.json", "dit_quick.json", dit_rows),
 }
 
 
@@ -235,7 +302,10 @@ def collect(quick: bool, here: Path = HERE) -> tuple[list[dict], list[str], list
 
 
 def ranked(rows: list[dict]) -> list[dict]:
-    rows = sorted(rows, key=lambda r: (r["family"] != "original", -(r["speedup"] or 0)))
+    rows = sorted(
+        rows,
+        key=lambda r: (r["model"], r["family"] != "original", -(r["speedup"] or 0)),
+    )
     return [{**row, "rank": rank} for rank, row in enumerate(rows)]
 
 
@@ -244,7 +314,8 @@ def markdown(
 ) -> str:
     shown = [{**row, "source": f"[{Path(row['source']).name}]({row['source']})"} for row in rows]
     lines = [
-        f"# accel leaderboard on digits ({'quick, CI settings' if quick else 'full runs'})",
+        "# accel leaderboard on the built-in models "
+        f"({'quick, CI settings' if quick else 'full runs'})",
         "",
         __doc__.split("\n\n")[2].replace("\n", " "),
         "",
@@ -275,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             "label": str(row["rank"]),
             "x": 1 / row["speedup"],
             "y": row["fid_ratio"],
-            "group": row["family"],
+            "group": f"{row['model']}: {row['family']}",
         }
         for row in rows
         if row["speedup"]
@@ -285,7 +356,8 @@ def main(argv: list[str] | None = None) -> None:
             points,
             partial,
             "wall time per image relative to the original (log scale)",
-            f"accel on digits: quality against speed ({'quick' if args.quick else 'full'} runs)",
+            "accel on digits and digits-dit: quality against speed "
+            f"({'quick' if args.quick else 'full'} runs)",
         )
     text = markdown(rows, sources, missing, plot.name, args.quick)
     write_text(out, text)

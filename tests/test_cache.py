@@ -193,8 +193,10 @@ def test_what_cannot_be_cached_is_refused_before_anything_changes():
     ):
         accel.cache_(student, accel.CacheConfig(interval=3))
     dit = accel.load(make_tiny_dit(), "cpu")
-    with pytest.raises(AccelError, match="DiTTransformer2DModel is not supported by the cache yet"):
-        accel.cache_(dit, accel.CacheConfig())
+    with pytest.raises(AccelError, match="2 blocks cannot stay live.*with 2 blocks: give 0-1"):
+        accel.cache_(dit, accel.CacheConfig(branch=2))
+    with pytest.raises(AccelError, match="first-block decides on a transformer's first block"):
+        accel.cache_(model, accel.CacheConfig(method="first-block"))
     assert model.transforms == [] and model.hooks == {} and student.hooks == {} and dit.hooks == {}
 
 
@@ -210,41 +212,64 @@ def test_cuda_graphs_and_tensorrt_refuse_a_cached_model(tmp_path):
         optimize(model, accel.OptimizeConfig(cuda_graph=True))
 
 
-def _cacheable_dit():
-    """diffusers' DiT with the CacheMixin its class lacks in diffusers 0.42.1: a transformer with
-    enable_cache."""
-    from diffusers import DiTTransformer2DModel
-    from diffusers.models.cache_utils import CacheMixin
-
-    class CacheableDiT(DiTTransformer2DModel, CacheMixin):
-        pass
-
-    tiny = make_tiny_dit()
-    network = CacheableDiT(**tiny.config)
-    network.load_state_dict(tiny.state_dict())
-    return accel.Denoiser(
-        network.eval(),
-        accel.load(tiny, "cpu").scheduler_config,
-        sample_shape=(4, 8, 8),
-        cond_kind="class",
-        sampling=SamplingSpec(steps=12),
-    )
+def _dit(steps: int = 12, guidance: float = 3.0):
+    return accel.load(make_tiny_dit(), "cpu", sampling={"steps": steps, "guidance": guidance})
 
 
-def test_a_transformer_with_enable_cache_gets_diffusers_attention_cache_each_trajectory_afresh():
-    plain, cached = _cacheable_dit(), _cacheable_dit()
+def test_block_cache_reuses_the_blocks_residual_and_reproduces_a_full_step_from_its_own_feature():
+    from accel.cache.transformer import BlockResidualSplitter
+
+    model = _dit()
+    x, t, c = model.example_inputs(3)
+    for branch in (0, 1):
+        splitter = BlockResidualSplitter(model.module, branch)
+        with splitter.capturing() as captured:
+            full = model(x, t, c)
+        assert captured.feature.shape == (3, 16, 16)  # 16 tokens of width 16
+        with splitter.reusing(captured.feature):
+            again = model(x, t, c)
+        # tolerance: the same float operations in another order (residual added once)
+        torch.testing.assert_close(again, full, atol=1e-5, rtol=1e-5)
+        with splitter.reusing(torch.zeros_like(captured.feature)):
+            assert (model(x, t, c) - full).abs().max() > 1e-3  # the feature is really read
+    assert torch.equal(model(x, t, c), full)  # nothing left patched
+
+
+def test_guided_block_cache_skips_the_blocks_between_full_steps_and_restarts_per_trajectory():
+    plain, cached = _dit(), _dit()
     record = accel.cache_(cached, accel.CacheConfig(interval=3))
-    assert record["method"] == "pyramid-attention-broadcast"
+    assert record["method"] == "block-residual" and len(record["full_steps"]) == 4
+    calls = []
+    cached.module.transformer_blocks[1].attn1.register_forward_hook(
+        lambda m, a, o: calls.append(len(o))
+    )
     a = accel.sample(plain, 2, progress=False).images
     b = accel.sample(cached, 2, progress=False).images
-    # attention reused inside diffusers' timestep range (100, 800)
+    assert calls == [4] * 4  # 4 full steps of 12, each one call on cond and uncond halves
     assert (a - b).abs().max() > 1e-4
-    # reset between trajectories
     assert torch.equal(accel.sample(cached, 2, progress=False).images, b)
-    x, t, c = cached.example_inputs(2)
-    assert torch.equal(cached(x, t, c), plain(x, t, c))  # outside a sampler: a whole call
-    with pytest.raises(AccelError, match="CacheConfig.branch chooses a UNet's skip level"):
-        accel.cache_(_cacheable_dit(), accel.CacheConfig(branch=1))
+    every_step = _dit()
+    accel.cache_(every_step, accel.CacheConfig(interval=1))
+    assert torch.equal(accel.sample(every_step, 2, progress=False).images, a)
+
+
+def test_first_block_cache_decides_on_block_zero_and_runs_whole_below_its_threshold():
+    plain = _dit()
+    reference = accel.sample(plain, 2, progress=False).images
+    never = _dit()
+    accel.cache_(never, accel.CacheConfig(method="first-block", threshold=1e-9))
+    assert torch.equal(accel.sample(never, 2, progress=False).images, reference)
+    assert never.hooks["cache"].counts == {"full": 12, "cached": 0}
+    always = _dit()
+    record = accel.cache_(always, accel.CacheConfig(method="first-block", threshold=1e9))
+    assert record == {**record, "method": "first-block-cache", "threshold": 1e9}
+    reused = accel.sample(always, 2, progress=False).images
+    assert always.hooks["cache"].counts == {"full": 1, "cached": 11}
+    assert (reused - reference).abs().max() > 1e-4
+    accel.sample(always, 2, progress=False)  # a new trajectory starts with an empty cache
+    assert always.hooks["cache"].counts == {"full": 2, "cached": 22}
+    x, t, c = always.example_inputs(2)
+    assert torch.equal(always(x, t, c), plain(x, t, c))  # outside a sampler: a whole call
 
 
 def test_copies_cache_on_their_own_network():

@@ -22,7 +22,7 @@ FAMILIES = {
 def test_every_family_is_on_the_board_with_where_it_was_measured():
     rows, sources, missing = collect(quick=False)
     assert not missing and {row["family"] for row in rows} == FAMILIES
-    assert len(sources) == 5 and all(
+    assert len(sources) == 6 and all(
         "threads torch" in line and "commit" in line for line in sources
     )
     timed = [row for row in rows if row["speedup"] is not None]
@@ -34,7 +34,7 @@ def test_every_family_is_on_the_board_with_where_it_was_measured():
 def test_missing_results_are_named_not_skipped_silently(tmp_path):
     (tmp_path / "results").mkdir()
     rows, sources, missing = collect(quick=True, here=tmp_path)
-    assert rows == [] and sources == [] and len(missing) == 5
+    assert rows == [] and sources == [] and len(missing) == 6
     assert any("python -m bench.cache --quick" in line for line in missing)
 
 
@@ -46,6 +46,10 @@ def test_writes_the_table_and_the_plot(tmp_path, monkeypatch):
     monkeypatch.setattr(board, "HERE", tmp_path)
     main([])
     text = (tmp_path / "report.md").read_text()
-    assert "| 0 | original, DDIM 50 |" in text and "report.png" in text and "Pareto front" in text
+    assert (
+        "| 0 | digits | original, DDIM 50 |" in text
+        and "report.png" in text
+        and "Pareto front" in text
+    )
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "report.json").read_text())["mode"] == "full"

@@ -1,7 +1,8 @@
 """Training-free feature caching across sampling steps (``accel cache``): DeepCache on diffusers
-UNets (the deep levels' output reused between full steps; uniform or quadratic choice of full steps)
-and diffusers' own attention cache on transformers that have ``enable_cache``. No weight changes: a
-step hook the sampler drives. Registered as the ``cache`` transform."""
+UNets (the deep levels' output reused between full steps; uniform or quadratic choice of full
+steps), and on transformers the blocks' residual reused at a fixed interval or diffusers'
+First-Block Cache. No weight changes: a step hook the sampler drives. Registered as the ``cache``
+transform."""
 
 from accel.cache import apply
 from accel.cache.config import SCHEDULES, CacheConfig

@@ -35,7 +35,10 @@ class Parser(argparse.ArgumentParser):
 
 def add_model_flags(parser: argparse.ArgumentParser, runs: bool = True) -> None:
     parser.add_argument(
-        "--model", default="digits", help="diffusers folder, accel artifact, or 'digits' (default)"
+        "--model",
+        default="digits",
+        help="diffusers folder, accel artifact, exported file, or a built-in model: 'digits' "
+        "(default) or 'digits-dit'",
     )
     # commands that run the model (export traces on the CPU with fixed inputs: neither applies)
     if runs:

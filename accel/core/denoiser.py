@@ -117,9 +117,10 @@ class Denoiser(nn.Module):
     @property
     def null_class(self) -> int | None:
         """The label that samples the unconditional model (classifier-free guidance), or None where
-        the network was built without one: a DiT's label table has a row after its classes (an
-        exported DiT keeps its diffusers config)."""
-        is_dit = DIFFUSERS_KINDS.get(self.config.get("_class_name")) == "dit"
+        the network was built without one: a DiT's label table has a row after its classes."""
+        # an exported graph's runtime says which kind of network it was exported from
+        kinds = (self.kind, getattr(self.module, "exported_kind", None))
+        is_dit = "dit" in (*kinds, DIFFUSERS_KINDS.get(self.config.get("_class_name")))
         return self.classes if is_dit and self.cond_kind == "class" else None
 
     def class_labels(self, count: int, spec: SamplingSpec | None = None) -> torch.Tensor:

@@ -250,7 +250,8 @@ def exported_denoiser(
         sampling = SamplingSpec.from_dict(meta["sampling"]) if "sampling" in meta else None
     except ConfigError as error:
         raise AccelError(f"{path}: {error}")
-    module.config = meta["config"]  # the network's diffusers config: its classes, its null class
+    # what the network was: its diffusers config (its classes) and kind (a DiT has a null class)
+    module.config, module.exported_kind = meta["config"], meta["kind"]
     denoiser = Denoiser(
         module,
         meta["scheduler_config"],

@@ -98,6 +98,19 @@ def _sampler_line(report) -> str:
     return f"- Sampler: {models}; batch {report.sampler['batch_size']}, seed {report.seed}"
 
 
+def _class_accuracy_lines(report) -> list[str]:
+    """Per-class accuracy of a class-conditional model's samples: a class that collapses shows
+    here, where FID and the overall accuracy average it away."""
+    lines = []
+    for side in ("original", "compressed"):
+        measures = getattr(report, side)
+        by_class = measures and measures.class_accuracy_by_class
+        if by_class:
+            shown = ", ".join(f"{c}: {format_value(a)}" for c, a in enumerate(by_class))
+            lines.append(f"- Class accuracy by class ({side}): {shown}")
+    return lines
+
+
 def summary(report) -> str:
     fid_line = (
         f"FID: {report.fid_features} features, {report.fid_samples} samples vs "
@@ -122,5 +135,6 @@ def summary(report) -> str:
         f"ratio; on {report.device} ({report.device_name}), threads: {threads}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()),
     ]
+    parts += _class_accuracy_lines(report)
     parts += [f"- Note: {note}" for note in report.notes]
     return "\n".join(parts) + "\n"
