@@ -133,15 +133,20 @@ def test_bad_cache_input_is_one_line(capsys, tmp_path, argv, message):
     assert message in err
 
 
-def test_an_unsupported_class_is_refused(capsys, tmp_path):
-    from conftest import make_tiny_dit
+def test_an_unsupported_architecture_is_refused(capsys, tmp_path):
+    from conftest import make_tiny_unet
 
-    folder = tmp_path / "dit"
-    make_tiny_dit().save_pretrained(folder)
+    folder = tmp_path / "skip-unet"
+    make_tiny_unet(
+        block_out_channels=(32, 32),
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "AttnSkipDownBlock2D"),
+        up_block_types=("AttnSkipUpBlock2D", "SkipUpBlock2D"),
+    ).save_pretrained(folder)
     err = refused(
         capsys, tmp_path, "cache", "--model", str(folder), "--n", "8", "--out", str(tmp_path / "c")
     )
-    assert "DiTTransformer2DModel is not supported by the cache yet" in err
+    assert "with skip-connection blocks" in err and "is not supported by the cache yet" in err
 
 
 def test_a_cached_model_is_not_cached_again(cached, capsys, tmp_path):
