@@ -177,7 +177,7 @@ def test_the_committed_digits_dit_matches_its_training_record_and_samples_with_g
     assert TrainConfig.from_dict(record["config"]) == DIT_TRAINING
     model = accel.load("digits-dit")
     assert record["params"] == sum(p.numel() for p in model.parameters()) < 3_000_000
-    # unguided by default: guidance lowered its class accuracy (accel/models/reference.py)
+    # unguided by default: guidance raised FID more than accuracy (accel/models/reference.py)
     assert model.sampling.guidance == 1.0 and model.classes == 10 and model.null_class == 10
     assert record["loss_per_tenth_of_training"][-1] < record["loss_per_tenth_of_training"][0] / 2
 
