@@ -122,7 +122,7 @@ def sample_batches(
             yield Samples(
                 x.float().clamp(-1, 1).cpu(),
                 seconds,
-                steps * spec.evaluations_per_step,
+                steps * denoiser.evaluations_per_step(spec),
                 None if labels is None else labels[first:last].cpu(),
             )
 
@@ -136,7 +136,9 @@ def _denoise(
     x = x * scheduler.init_noise_sigma
     for index, t in enumerate(scheduler.timesteps):
         model_input = scheduler.scale_model_input(x, t)
-        if spec.guided:
+        if denoiser.guidance_range:  # a guidance-distilled student: w is its input
+            eps = denoiser(model_input, t.to(x.device), cond, step=index, guidance=spec.guidance)
+        elif spec.guided:
             eps = guided_eps(denoiser, model_input, t.to(x.device), cond, index, spec.guidance)
         else:
             eps = denoiser(model_input, t.to(x.device), cond, step=index)

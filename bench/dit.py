@@ -126,7 +126,7 @@ def guidance_rows(settings: Settings) -> list[dict]:
 
 def _plain_at_equal_macs(original, cached):
     """The original's sampler with as many steps as the cached model's MACs per image buy."""
-    per_step = count_macs(original) * original.sampling.evaluations_per_step
+    per_step = count_macs(original) * original.evaluations_per_step()
     steps = max(1, round(macs_per_image(cached) / per_step))
     plain = copy.copy(original)  # the same network, fewer steps
     plain.sampling = replace(original.sampling, steps=steps)

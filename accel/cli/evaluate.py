@@ -134,6 +134,8 @@ def run_info(args: argparse.Namespace) -> None:
         "conditioning": model.cond_kind,
         "classes": model.classes,
         "null_class": model.null_class,
+        # a guidance-distilled student: w is its input, one call per step
+        "guidance_input": list(model.guidance_range) if model.guidance_range else None,
         "params": count_params(model),
         "macs_per_sample_step": count_macs(model),
         "size_bytes": weights_bytes(model),

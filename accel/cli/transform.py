@@ -117,6 +117,11 @@ DISTILL_FLAGS = {
     "teacher's DDIM solver jumps (default {default}, as LCM)",
     "target-ema": "consistency: target network EMA (default {default})",
     "loss": "consistency: the distance (default {default})",
+    "guidance-range": "guidance distillation: the student takes the guidance weight as input, "
+    "for weights LOW-HIGH, and runs one call per step (default: it learns the teacher's own "
+    "guidance)",
+    "label-dropout": "class models: share of training labels replaced by the null class, so the "
+    "student keeps two-call guidance (default {default:g})",
     "train-steps": "training steps, per stage for progressive (default "
     f"{{default}}), in all for consistency (default {CONSISTENCY.steps})",
     "data": "training images: an .npz of uint8 N x C x H x W, or 'teacher' (the "
@@ -143,7 +148,7 @@ OPTIMIZE_FLAGS = {
     "no-channels-last": "keep NCHW activations",
     "cuda-graph": "replay each denoiser step as a CUDA graph",
 }
-METAVARS = {"layer-bits": "PATTERN=BITS", "skip": "PATTERN"}
+METAVARS = {"layer-bits": "PATTERN=BITS", "skip": "PATTERN", "guidance-range": "LOW,HIGH"}
 
 
 def _flags_of(

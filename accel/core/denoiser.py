@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from accel.core.errors import AccelError, ConfigError
+from accel.core.guidance_input import guidance_range, guidance_weight
 from accel.core.hooks import StepCall, StepHook, Trajectory
 from accel.core.sampling_spec import SamplingSpec
 
@@ -123,6 +124,18 @@ class Denoiser(nn.Module):
         is_dit = "dit" in (*kinds, DIFFUSERS_KINDS.get(self.config.get("_class_name")))
         return self.classes if is_dit and self.cond_kind == "class" else None
 
+    @property
+    def guidance_range(self) -> tuple[float, float] | None:
+        """The guidance weights a guidance-distilled student takes as input (one call per step);
+        None for a network that runs guidance as two evaluations, or none."""
+        return guidance_range(self.module) or getattr(self.module, "guidance_range", None)
+
+    def evaluations_per_step(self, spec: SamplingSpec | None = None) -> int:
+        """Network evaluations one step of ``spec`` (default: the model's own sampler) runs: a
+        guided step evaluates cond and uncond, except in a student that takes the weight."""
+        spec = spec or self.sampling
+        return 1 if self.guidance_range else spec.evaluations_per_step
+
     def class_labels(self, count: int, spec: SamplingSpec | None = None) -> torch.Tensor:
         """The label of each of ``count`` samples as ``spec`` (default: the model's own sampler)
         draws them: a cycle over its labels, or over every class."""
@@ -146,7 +159,16 @@ class Denoiser(nn.Module):
                     f"must be classes 0-{self.classes - 1} of "
                     f"{self.source}, got {max(spec.labels)}",
                 )
-        if spec.guided and self.null_class is None:
+        if self.guidance_range:
+            low, high = self.guidance_range
+            if not low <= spec.guidance <= high:
+                raise ConfigError(
+                    "SamplingSpec",
+                    "guidance",
+                    f"must be within {low:g}-{high:g}, the weights {self.source} was "
+                    f"guidance-distilled for, got {spec.guidance:g}",
+                )
+        elif spec.guided and self.null_class is None:
             raise ConfigError(
                 "SamplingSpec",
                 "guidance",
@@ -200,13 +222,20 @@ class Denoiser(nn.Module):
         t: torch.Tensor | int,
         cond: torch.Tensor | None = None,
         step: int | None = None,
+        guidance: float | None = None,
     ) -> torch.Tensor:
         """eps for ``x_t`` at timesteps ``t``; ``step`` is the call's index in the sampler's
-        trajectory (hooks)."""
+        trajectory (hooks); ``guidance``: the weight a guidance-distilled student applies (default:
+        its sampler's)."""
         t = torch.as_tensor(t, device=x_t.device)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
-        call = StepCall(x_t, t, cond, step)
+        weight = None
+        if self.guidance_range:
+            weight = self.sampling.guidance if guidance is None else guidance
+            weight = torch.as_tensor(weight, dtype=torch.float32, device=x_t.device)
+            weight = weight.expand(x_t.shape[0]) if weight.ndim == 0 else weight
+        call = StepCall(x_t, t, cond, step, weight)
         hooks = list(self.hooks.values())
         for hook in hooks:
             call = hook.pre_forward(call)
@@ -219,13 +248,21 @@ class Denoiser(nn.Module):
         return output
 
     def _eps_call(self, call: StepCall) -> torch.Tensor:
-        return self.eps_of(self.module, call.x_t, call.t, call.cond)
+        return self.eps_of(self.module, call.x_t, call.t, call.cond, call.guidance)
 
     def eps_of(
-        self, module: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None
+        self,
+        module: nn.Module,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor | None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """eps from ``module`` called as this model's network is (a training loop passes its wrapped
-        copy); no hooks."""
+        copy); no hooks. ``guidance``: per-sample weights, for a guidance-distilled network."""
+        if guidance is not None:
+            with guidance_weight(module, guidance):
+                return self.eps_of(module, x_t, t, cond)
         if self.kind == "unet":
             out = module(x_t, t, class_labels=cond).sample
         elif self.kind == "unet-text":

@@ -34,6 +34,8 @@ class StepCall:
     t: torch.Tensor
     cond: torch.Tensor | None
     step: int | None = None
+    # the guidance weight of a guidance-distilled network's call (None for other networks)
+    guidance: torch.Tensor | None = None
 
 
 Forward = Callable[[StepCall], torch.Tensor]

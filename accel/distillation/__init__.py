@@ -10,20 +10,33 @@ from accel.distillation.stage import DISTILL_STAGE
 
 DISTILL = registry.register(
     registry.Transform(
-        name="distill", config=DistillConfig, apply=apply.distill, may_follow=("prune",)
+        name="distill",
+        config=DistillConfig,
+        apply=apply.distill,
+        may_follow=("prune",),
+        rebuild=apply.rebuild,
     )
 )  # quantize after distilling: the student's trajectory is what calibration must see
 
 
 def distill(
-    denoiser, config: DistillConfig, images, train_config=None, work_dir=None, progress: bool = True
+    denoiser,
+    config: DistillConfig,
+    images,
+    train_config=None,
+    work_dir=None,
+    progress: bool = True,
+    labels=None,
 ):
     """Distill ``denoiser`` in place into a ``config.steps``-step student on ``images`` (clean
-    training images, N x C x H x W in [-1, 1]) and return it. ``train_config``: the budget (default:
+    training images, N x C x H x W in [-1, 1]; ``labels``: their classes, for a class-conditional
+    model) and return it. ``train_config``: the budget (default:
     per stage for progressive, in all for consistency, as ``accel distill``); ``work_dir``: where
     checkpoints go (default: a temporary folder). ``accel.run_stage("distill", ...)`` also draws the
     images (the digits set, an .npz, the teacher)."""
-    registry.apply(denoiser, DISTILL.name, config, images, train_config, work_dir, None, progress)
+    registry.apply(
+        denoiser, DISTILL.name, config, images, train_config, work_dir, None, progress, labels
+    )
     return denoiser
 
 

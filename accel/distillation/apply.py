@@ -17,16 +17,23 @@ import torch
 
 from accel.core.checkpoint import load_checkpoint, save_checkpoint
 from accel.core.errors import ConfigError
+from accel.core.guidance_input import add_guidance_input
 from accel.core.processes import current_processes
 from accel.core.sampling_spec import SamplingSpec
 from accel.distillation.config import CONSISTENCY, PROGRESSIVE, DistillConfig
 from accel.distillation.schedule import Schedule
-from accel.distillation.tasks import ConsistencyDistillation, ProgressiveStage
+from accel.distillation.tasks import (
+    ConsistencyDistillation,
+    Guidance,
+    GuidanceStage,
+    ProgressiveStage,
+)
 from accel.train import TrainConfig, loss_curve, train
 from accel.train.loop import CHECKPOINT
 from accel.train.runs import check_same_run, work_folder
 
 STUDENT = "student"  # a finished stage's folder: its student's weights and record
+GUIDANCE_STAGE = "guidance"  # the folder of stage one of guidance distillation
 
 
 def default_training(method: str) -> TrainConfig:
@@ -39,22 +46,55 @@ def teacher_prediction(denoiser) -> str:
     )
 
 
-def student_sampler(config: DistillConfig, schedule: Schedule) -> SamplingSpec:
+def student_sampler(
+    config: DistillConfig, schedule: Schedule, teacher: SamplingSpec
+) -> SamplingSpec:
     """The sampler the student was trained for: DDIM with trailing timesteps (progressive), or
-    multistep consistency sampling (diffusers' LCMScheduler on the solver's timestep grid)."""
+    multistep consistency sampling (diffusers' LCMScheduler on the solver's timestep grid); the
+    teacher's labels, and its guidance weight where the student takes one as input (moved into
+    the student's range), else none (a baked-in weight is in the network)."""
+    guidance = 1.0
+    if config.guidance_range:
+        low, high = config.guidance_range
+        guidance = min(max(teacher.guidance, low), high)
+    common = {"guidance": guidance, "labels": teacher.labels}
     if config.method == "progressive":
-        return SamplingSpec("ddim", config.steps, options={"timestep_spacing": "trailing"})
+        return SamplingSpec(
+            "ddim", config.steps, options={"timestep_spacing": "trailing"}, **common
+        )
     return SamplingSpec(
         "LCMScheduler",
         config.steps,
         options={"original_inference_steps": schedule.train_steps // config.solver_skip},
+        **common,
     )
+
+
+def teacher_guidance(denoiser, config: DistillConfig) -> Guidance | None:
+    """The guidance the first target carries: the student's range (it takes w as input), or the
+    teacher's own sampler weight baked in (None where the teacher samples unguided)."""
+    if config.guidance_range:
+        low, high = config.guidance_range
+        return Guidance(low, high, denoiser.null_class, teacher_input=False, student_input=True)
+    weight = denoiser.sampling.guidance
+    if weight == 1.0:
+        return None
+    return Guidance(weight, weight, denoiser.null_class, teacher_input=False, student_input=False)
 
 
 def check_distillable(denoiser, config: DistillConfig) -> Schedule:
     """Refuse, before any work, a teacher accel cannot step or a step count its solver grid cannot
     give."""
     schedule = Schedule(denoiser.scheduler_config)
+    for field in ("guidance_range", "label_dropout"):
+        if getattr(config, field) and denoiser.null_class is None:
+            raise ConfigError(
+                "DistillConfig",
+                field,
+                f"needs a teacher with a null class (classifier-free guidance); "
+                f"{denoiser.source} "
+                f"{'has none' if denoiser.cond_kind == 'class' else 'is not class-conditional'}",
+            )
     if config.method == "consistency" and config.steps > schedule.train_steps // config.solver_skip:
         raise ConfigError(
             "DistillConfig",
@@ -74,38 +114,86 @@ def distill(
     work_dir: str | Path | None = None,
     run: dict | None = None,
     progress: bool = True,
+    labels: torch.Tensor | None = None,
 ) -> dict:
-    """``images``: N x C x H x W clean training images in [-1, 1]; ``run``: what identifies this run
-    (a checkpoint in ``work_dir`` is resumed only for the same ``run``). Returns what accel.json
-    records."""
+    """``images``: N x C x H x W clean training images in [-1, 1] (``labels``: their classes, for a
+    class-conditional model); ``run``: what identifies this run (a checkpoint in ``work_dir`` is
+    resumed only for the same ``run``). Returns what accel.json records."""
     schedule = check_distillable(denoiser, config)
     train_config = train_config or default_training(config.method)
     run = {"distill": config.to_dict(), "train": train_config.to_dict(), **(run or {})}
-    with work_folder(work_dir, "accel-distill-") as folder:
-        stages = (_progressive if config.method == "progressive" else _consistency)(
-            denoiser, config, images, train_config, folder, run, progress
-        )
     teacher = {
         "sampler": denoiser.sampling.to_dict(),
         "prediction_type": teacher_prediction(denoiser),
+        "evaluations_per_step": denoiser.evaluations_per_step(),
     }
+    guidance = teacher_guidance(denoiser, config)
+    with work_folder(work_dir, "accel-distill-") as folder:
+        stages = (_progressive if config.method == "progressive" else _consistency)(
+            denoiser, config, (images, labels), train_config, folder, run, progress
+        )
     denoiser.scheduler_config["prediction_type"] = config.prediction_type
-    denoiser.sampling = student_sampler(config, schedule)
-    return {"teacher": teacher, "sampler": denoiser.sampling.to_dict(), "stages": stages}
+    denoiser.sampling = student_sampler(config, schedule, denoiser.sampling)
+    record = {"teacher": teacher, "sampler": denoiser.sampling.to_dict(), "stages": stages}
+    if guidance is not None:
+        record["guidance"] = (
+            {"input": True, "range": list(config.guidance_range)}
+            if guidance.student_input
+            else {"input": False, "baked_in": guidance.low}
+        )
+    return record
 
 
-def _progressive(denoiser, config, images, train_config, folder, run, progress) -> list[dict]:
+def rebuild(denoiser, record: dict) -> None:
+    """A guidance-distilled student's network takes w: a fresh base gets that input back."""
+    if record.get("guidance", {}).get("input"):
+        add_guidance_input(denoiser.module, *record["guidance"]["range"])
+
+
+def _progressive(denoiser, config, data, train_config, folder, run, progress) -> list[dict]:
     teacher, prediction = copy.deepcopy(denoiser.module), teacher_prediction(denoiser)
     # a stage's student does not depend on the final step count: a run to 2 steps reuses the stages
     # of one to 4
     stage_run = {**run, "distill": {k: v for k, v in run["distill"].items() if k != "steps"}}
-    records = []
-    for steps in config.stages():
-        task = functools.partial(ProgressiveStage, student_steps=steps)
+    guidance, records = teacher_guidance(denoiser, config), []
+    if guidance is not None and guidance.student_input:
+        # stage one (Meng et al. 2023): one call with w learns the two guided evaluations; the
+        # progressive stages then halve the steps of that student, w still an input
+        add_guidance_input(denoiser.module, guidance.low, guidance.high)
+        stage_one = GuidanceStage(
+            teacher,
+            prediction,
+            *_common(denoiser, teacher_prediction(denoiser), data),
+            guidance=guidance,
+            **_labels(denoiser, config, data),
+        )
         records.append(
             _stage(
                 denoiser,
-                task(teacher, prediction, *_common(denoiser, config, images)),
+                stage_one,
+                train_config,
+                folder / GUIDANCE_STAGE,
+                {**stage_run, "stage": GUIDANCE_STAGE},
+                "guidance: two calls -> one with w",
+                progress,
+            )
+        )
+        records[-1]["stage"] = GUIDANCE_STAGE
+        teacher = copy.deepcopy(denoiser.module)
+        guidance = Guidance(
+            guidance.low, guidance.high, guidance.null_class, teacher_input=True, student_input=True
+        )
+    for steps in config.stages():
+        task = functools.partial(
+            ProgressiveStage,
+            student_steps=steps,
+            guidance=guidance,
+            **_labels(denoiser, config, data),
+        )
+        records.append(
+            _stage(
+                denoiser,
+                task(teacher, prediction, *_common(denoiser, config.prediction_type, data)),
                 train_config,
                 folder / f"stage-{steps:02d}",
                 {**stage_run, "stage": steps},
@@ -115,14 +203,22 @@ def _progressive(denoiser, config, images, train_config, folder, run, progress) 
         )
         records[-1]["student_steps"] = steps
         teacher, prediction = copy.deepcopy(denoiser.module), config.prediction_type
+        if guidance is not None and not guidance.student_input:
+            guidance = None  # the weight is baked into this stage's student: its own output
     return records
 
 
-def _consistency(denoiser, config, images, train_config, folder, run, progress) -> list[dict]:
+def _consistency(denoiser, config, data, train_config, folder, run, progress) -> list[dict]:
+    teacher, guidance = copy.deepcopy(denoiser.module), teacher_guidance(denoiser, config)
+    if guidance is not None and guidance.student_input:
+        # as LCM: the w-conditioned student learns from the two-call guided teacher directly
+        add_guidance_input(denoiser.module, guidance.low, guidance.high)
     task = ConsistencyDistillation(
-        copy.deepcopy(denoiser.module),
+        teacher,
         teacher_prediction(denoiser),
-        *_common(denoiser, config, images),
+        *_common(denoiser, config.prediction_type, data),
+        guidance=guidance,
+        **_labels(denoiser, config, data),
         student=denoiser.module,
         skip=config.solver_skip,
         target_ema=config.target_ema,
@@ -141,16 +237,24 @@ def _consistency(denoiser, config, images, train_config, folder, run, progress) 
     ]
 
 
-def _common(denoiser, config, images):
-    """The arguments every task takes after (teacher, its prediction type)."""
+def _common(denoiser, student_prediction: str, data) -> tuple:
+    """The arguments every task takes after (teacher, its prediction type); ``data``: (images,
+    their labels or None)."""
     cond_fn = denoiser.default_cond if denoiser.cond_kind else None
+    images, _ = data
     return (
         denoiser.eps_of,
         Schedule(denoiser.scheduler_config),
         images,
         cond_fn,
-        config.prediction_type,
+        student_prediction,
     )
+
+
+def _labels(denoiser, config: DistillConfig, data) -> dict:
+    """How a task draws its labels: each image's own, and the null class's share."""
+    dropout = (denoiser.null_class, config.label_dropout) if config.label_dropout else None
+    return {"labels": data[1], "null_dropout": dropout}
 
 
 def _stage(

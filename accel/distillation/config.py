@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from accel.core.config import Config, one_of
+from accel.core.errors import ConfigError
 from accel.core.sampling_spec import PREDICTION_TYPES
 from accel.train.config import TrainConfig
 
@@ -31,6 +32,14 @@ class DistillConfig(Config):
     solver_skip: int = 20
     target_ema: float = 0.95  # consistency: EMA of the target network (CM and LCM: 0.95)
     loss: str = one_of("pseudo-huber", LOSSES)  # consistency: iCT's pseudo-Huber, or plain L2
+    # guidance distillation (Meng et al. 2023): the student takes the guidance weight w as input
+    # for w in [low, high] and computes the teacher's guided output in one call. None: the student
+    # learns the teacher's own guidance (its sampler's weight) baked in
+    guidance_range: tuple[float, ...] | None = None
+    # class models with a null class: the share of training labels replaced by the null class, so
+    # the student keeps the unconditional model and is sampled with two-call guidance (the
+    # alternative to a w input; 0.1 as DiT's training)
+    label_dropout: float = 0.0
     seed: int = 0
 
     def validate(self) -> None:
@@ -57,6 +66,16 @@ class DistillConfig(Config):
             )
         if not 0.0 <= self.target_ema < 1.0:
             raise self.invalid("target_ema", f"must be in [0, 1), got {self.target_ema}")
+        if self.guidance_range is not None:
+            _check_range(self, self.guidance_range)
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise self.invalid("label_dropout", f"must be in [0, 1), got {self.label_dropout}")
+        if self.label_dropout and self.guidance_range is not None:
+            raise self.invalid(
+                "label_dropout",
+                "keeps the null class for two-call guidance; a student with a guidance range "
+                "takes w instead (give one or the other)",
+            )
 
     def stages(self) -> list[int]:
         """Progressive: the student's step count at each stage (teacher_steps / 2, / 4, ... down to
@@ -66,6 +85,34 @@ class DistillConfig(Config):
             stages.append(steps)
             steps //= 2
         return stages
+
+
+def _check_range(config: DistillConfig, weights: tuple[float, ...]) -> None:
+    if len(weights) != 2:
+        raise config.invalid("guidance_range", f"must be two weights, low,high, got {weights}")
+    low, high = weights
+    if low < 1:
+        raise config.invalid(
+            "guidance_range", f"must start at 1 (no guidance) or more, got {low:g}"
+        )
+    if low >= high:
+        raise config.invalid(
+            "guidance_range",
+            f"must be low,high with low < high, got {low:g},{high:g} (a single weight: leave the "
+            "range out and the student learns the teacher's own guidance)",
+        )
+
+
+def parse_range(value) -> tuple[float, ...]:
+    """``1,6`` (a flag) or [1, 6] (a recipe) as a tuple of floats."""
+    if isinstance(value, str):
+        try:
+            return tuple(float(part) for part in value.split(","))
+        except ValueError:
+            raise ConfigError(
+                "DistillConfig", "guidance_range", f"must be low,high (e.g. 1,6), got {value!r}"
+            )
+    return value
 
 
 def _power_of_two(value: int) -> bool:

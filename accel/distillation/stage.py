@@ -13,7 +13,7 @@ from accel.core import registry, stages
 from accel.core.errors import AccelError
 from accel.core.stages import Context, Key, Settings, StageResult
 from accel.distillation.apply import check_distillable, default_training
-from accel.distillation.config import DistillConfig
+from accel.distillation.config import DistillConfig, parse_range
 from accel.train import TRAINING_KEYS
 from accel.train.data import DataConfig, data_identity, given_images, training_images
 from accel.train.runs import check_leftovers, record_run, work_folder
@@ -61,6 +61,7 @@ def run(model, settings: Settings, context: Context) -> StageResult:
             work_dir,
             run_id,
             context.progress,
+            images.labels,
         )
     record["data"] = images.describe()
     return StageResult(model, record)
@@ -89,6 +90,7 @@ DISTILL_STAGE = stages.register(
         keys={
             "prediction": Key("distill", "prediction_type"),
             "train-steps": Key("train", "steps"),
+            "guidance-range": Key("distill", "guidance_range", convert=parse_range),
             **TRAINING_KEYS,
         },
         open_roles=("distill",),

@@ -21,7 +21,7 @@ CACHE_HOOK = "cache"  # the name the cache transform's step hook is attached und
 class CacheMeasurer(Measurer):
     def extra_models(self, model) -> list:
         plain = copy.copy(self.original)  # the same network and sampler, fewer steps
-        per_step = count_macs(self.original) * self.original.sampling.evaluations_per_step
+        per_step = count_macs(self.original) * self.original.evaluations_per_step()
         steps = max(1, round(macs_per_image(model) / per_step))
         plain.sampling = replace(self.original.sampling, steps=steps)
         return [plain]
@@ -60,7 +60,7 @@ def step_costs(model, record: dict, macs_per_image_: int, latency_batch: int) ->
         return {**costs, "calls_in_evaluation": dict(hook.counts)}
     splitter = hook.splitter
     # a guided step is one call on twice the batch, as the latency is timed
-    inputs = model.example_inputs(latency_batch * model.sampling.evaluations_per_step)
+    inputs = model.example_inputs(latency_batch * model.evaluations_per_step())
     with splitter.capturing() as captured:
         model(*inputs)
     with splitter.reusing(captured.feature[:1]):

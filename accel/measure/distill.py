@@ -15,12 +15,14 @@ from accel.report.markdown import describe_sampler
 
 def teacher_ddim(teacher, steps: int) -> SamplingSpec:
     """What the same step count gives without distillation: the teacher's DDIM at the student's
-    timesteps."""
+    timesteps, with the teacher's guidance and labels."""
     return SamplingSpec(
         "ddim",
         steps,
         prediction_type=teacher.sampling.prediction_type,
         options={"timestep_spacing": "trailing"},
+        guidance=teacher.sampling.guidance,
+        labels=teacher.sampling.labels,
     )
 
 

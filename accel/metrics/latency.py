@@ -36,7 +36,7 @@ def step_latency_ms(
     """Median milliseconds per sampler step at ``batch_size`` images, one figure per model, timed
     interleaved: one denoiser call, on twice the batch for a guided model (its conditional and
     unconditional halves)."""
-    inputs = [d.example_inputs(batch_size * d.sampling.evaluations_per_step) for d in denoisers]
+    inputs = [d.example_inputs(batch_size * d.evaluations_per_step()) for d in denoisers]
     for _ in range(warmup):
         for denoiser, args in zip(denoisers, inputs):
             denoiser(*args)

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from accel.core.guidance_input import guidance_weight
 from accel.quant.forward_order import forward_order
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
 
@@ -178,6 +179,18 @@ def reconstruct_(
         finally:
             denoiser.module = saved
 
+    # a guidance-distilled student's blocks are run alone below: at the weight its calibration
+    # trajectories were sampled at (its sampler's)
+    weight = denoiser.sampling.guidance
+    with guidance_weight(network, weight), guidance_weight(fp_network, weight):
+        _reconstruct_units(
+            network, fp_network, batches, run_batch, iters, device, generator, progress
+        )
+
+
+def _reconstruct_units(network, fp_network, batches, run_batch, iters, device, generator, progress):
+    """Each unit in forward order: its inputs from the quantized network, its targets from the
+    float one, then its rounding and activation scales learned."""
     units = forward_order(network, _blocks(network), lambda m: run_batch(m, batches[0]))
     requires_grad = {name: p.requires_grad for name, p in network.named_parameters()}
     network.requires_grad_(False)

@@ -1,6 +1,8 @@
 """Where training images come from (``DataConfig.source``, ``--data``): the reference model's own
 training set, an ``.npz`` of uint8 images (the ``--fid-ref`` format), or ``teacher``: samples of the
-original model itself, for data-free training."""
+original model itself, for data-free training. A class-conditional model's images come with their
+labels where the source has them (the digits set, the teacher's samples), so a training batch pairs
+each image with its own class."""
 
 from __future__ import annotations
 
@@ -13,12 +15,13 @@ import torch
 from accel.core.config import Config
 from accel.core.files import atomic_file
 from accel.core.weights import file_sha256
-from accel.data import digits_images
+from accel.data import digits_images, digits_split
 from accel.metrics.quality import load_images_npz
 from accel.sampling import sample
 
 TEACHER = "teacher"
 DIGITS = "digits"
+DIGITS_MODELS = ("digits", "digits-dit")  # the built-in references, trained on the digits set
 GIVEN = "given"  # images a Python caller passed in
 
 
@@ -45,6 +48,7 @@ class TrainingImages:
     source: str  # "digits", "teacher" or the file's path
     # what makes two runs' data the same (a checkpoint is resumed only with the same data)
     identity: dict
+    labels: torch.Tensor | None = None  # each image's class (int64), where the source has them
 
     def describe(self) -> str:
         if self.source == DIGITS:
@@ -62,7 +66,7 @@ def data_identity(config: DataConfig, original, seed: int = 0) -> dict:
     source = config.source
     if source is None:
         # the built-in model, or an artifact made from it (a pruned teacher)
-        if original.origin != DIGITS:
+        if original.origin not in DIGITS_MODELS:
             raise config.invalid(
                 "source",
                 "is needed for this model: an .npz of uint8 images (N x C x H x W), "
@@ -93,11 +97,11 @@ def training_images(
     """The images ``config`` names for ``original``, the model being compressed (its sample shape is
     checked; it draws the teacher samples). With ``cache`` (a .safetensors path), teacher samples
     are drawn once and read back from there after."""
-    identity = data_identity(config, original, seed)
+    identity, labels = data_identity(config, original, seed), None
     if identity["data"] == DIGITS:
-        images, _ = digits_images()
+        images, labels = _digits_for(original)
     elif identity["data"] == TEACHER:
-        images = _teacher_samples(
+        images, labels = _teacher_samples(
             original, config.teacher_samples, seed, batch_size, progress, cache
         )
     else:
@@ -111,7 +115,18 @@ def training_images(
             f"the model takes {tuple(original.sample_shape)}",
         )
     source = identity["data"] if identity["data"] in (DIGITS, TEACHER) else str(config.source)
-    return TrainingImages(images.float(), source, identity)
+    return TrainingImages(images.float(), source, identity, labels)
+
+
+def _digits_for(original) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The digits set as ``original``'s reference was trained on it: all 1,797 images (the
+    unconditional UNet), or the class-stratified training split with labels (digits-dit: the
+    held-out fifth is the FID classifier's)."""
+    images, labels = digits_images()
+    if original.cond_kind != "class":
+        return images, None
+    train_index, _ = digits_split()
+    return images[train_index], labels[train_index]
 
 
 def given_images(images: torch.Tensor, original) -> TrainingImages:
@@ -135,13 +150,19 @@ def _tensor_sha256(tensor: torch.Tensor) -> str:
 def _teacher_samples(
     original, count: int, seed: int, batch_size: int, progress: bool, cache: Path | None
 ):
+    """``count`` samples of ``original`` (and the labels they were drawn with, for a class model),
+    drawn once into ``cache``."""
     from safetensors.torch import load_file, save_file
 
     if cache is not None and cache.is_file():
-        return load_file(str(cache))["images"]
-    images = sample(original, count, seed, batch_size=batch_size, progress=progress).images.cpu()
+        saved = load_file(str(cache))
+        return saved["images"], saved.get("labels")
+    samples = sample(original, count, seed, batch_size=batch_size, progress=progress)
+    tensors = {"images": samples.images.cpu().contiguous()}
+    if samples.labels is not None:
+        tensors["labels"] = samples.labels.cpu().contiguous()
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(cache) as partial:
-            save_file({"images": images.contiguous()}, str(partial))
-    return images
+            save_file(tensors, str(partial))
+    return tensors["images"], tensors.get("labels")
