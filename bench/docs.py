@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from accel.report import format_value, pareto_front, table
-from bench import cache, compress, distill, dit, leaderboard, prune, run
+from bench import cache, compress, distill, dit, dit_distill, leaderboard, prune, run
 from bench.common import RESULTS
 
 ROOT = Path(__file__).parent.parent
@@ -38,6 +38,7 @@ RESULT_FILES = {
     "caching": "cache_digits_cpu.json",
     "compress": "compress_digits_cpu.json",
     "dit": "dit_digits_cpu.json",
+    "dit distillation": "dit_distill_digits_cpu.json",
 }
 
 
@@ -210,6 +211,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "measured caching": _measured("caching", cache.body),
     "measured compress": _measured("compress", compress.body),
     "measured dit": _measured("dit", dit.body),
+    "measured dit distillation": _measured("dit distillation", dit_distill.body),
     **{
         f"flags {command}": flags(command)
         for command in (

@@ -230,3 +230,16 @@ def test_a_guidance_distilled_student_is_quantized_along_its_own_guided_trajecto
     assert (model(x, t, labels) - student(x, t, labels)).abs().max() > 1e-5
     accel.save(model, tmp_path / "q")
     torch.testing.assert_close(accel.load(tmp_path / "q")(x, t, labels), model(x, t, labels))
+
+
+def test_pruning_fine_tunes_a_class_model_on_its_own_labels_and_the_null_class():
+    from accel.prune.finetune import class_labels
+    from accel.train.data import TrainingImages
+
+    model, labels = _dit(), torch.arange(16) % 10
+    data = TrainingImages(_images(), "given", {}, labels)
+    drawn = class_labels(model, data, 0.5).for_batch(torch.arange(16), torch.Generator())
+    kept = drawn != model.null_class
+    assert 0 < kept.sum() < 16 and torch.equal(drawn[kept], labels[kept])
+    unlabelled = TrainingImages(_images(), "given", {})
+    assert class_labels(model, unlabelled, 0.5) is None

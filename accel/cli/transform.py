@@ -101,6 +101,8 @@ PRUNE_FLAGS = {
     "finetune-steps": "fine-tuning steps (default {default}; 0: none)",
     "distill-weight": "fine-tuning on images: weight of the original's eps as a "
     "second target (default {default:g}; 0: the DDPM loss alone, as Diff-Pruning)",
+    "label-dropout": "class models with a null class: share of fine-tuning labels replaced by "
+    "the null class, so guidance keeps working (default {default:g})",
     "data": "fine-tuning images: an .npz of uint8 N x C x H x W, or 'teacher' (samples "
     "of the original, distillation on its eps); default for digits: its training set",
     **TRAINING_FLAGS,

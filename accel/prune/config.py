@@ -63,8 +63,13 @@ class FinetuneConfig(Config):
 
     steps: int = FINETUNE.steps  # 0: no fine-tuning
     distill_weight: float = 1.0  # 0: the DDPM loss alone, as Diff-Pruning
+    # class models with a null class: the share of training labels replaced by the null class, so
+    # the pruned model keeps the unconditional model guidance needs (0.1, as DiT trains)
+    label_dropout: float = 0.1
 
     def validate(self) -> None:
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise self.invalid("label_dropout", f"must be in [0, 1), got {self.label_dropout}")
         if self.steps < 0:
             raise self.invalid("steps", f"must be 0 (no fine-tuning) or more, got {self.steps}")
         if self.distill_weight < 0:

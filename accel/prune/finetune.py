@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from accel.train import NoisePrediction, TeacherDistillation, TrainConfig, train
+from accel.train import ClassLabels, NoisePrediction, TeacherDistillation, TrainConfig, train
 from accel.train.data import TEACHER, TrainingImages
 
 
@@ -25,14 +25,19 @@ def finetune(
     run: dict,
     distill_weight: float,
     progress: bool = True,
+    label_dropout: float = 0.0,
 ):
     """Fine-tune ``model``'s network in place (it becomes the EMA weights); returns the loop's
-    result."""
+    result. Images with labels train each with its own class, and a model with a null class sees
+    it in ``label_dropout`` of them, so classifier-free guidance keeps working."""
     cond_fn = model.default_cond if model.cond_kind else None
+    labels = class_labels(model, data, label_dropout)
     task = (
-        TeacherDistillation(original, data.images, model.scheduler_config, cond_fn)
+        TeacherDistillation(original, data.images, model.scheduler_config, cond_fn, labels)
         if data.source == TEACHER
-        else NoisePrediction(data.images, model.scheduler_config, cond_fn, original, distill_weight)
+        else NoisePrediction(
+            data.images, model.scheduler_config, cond_fn, original, distill_weight, labels
+        )
     )
     result = train(
         model.module,
@@ -46,3 +51,11 @@ def finetune(
     )
     model.module = result.network
     return result
+
+
+def class_labels(model, data: TrainingImages, label_dropout: float) -> ClassLabels | None:
+    """The images' own labels, with the null class's share (None without labels)."""
+    if data.labels is None:
+        return None
+    null = model.null_class
+    return ClassLabels(data.labels, -1 if null is None else null, label_dropout if null else 0.0)

@@ -38,6 +38,7 @@ def run(model, settings: Settings, context: Context) -> StageResult:
         "train": train_config and train_config.to_dict(),
         "data": identity,
         "distill_weight": tuning.distill_weight,
+        "label_dropout": tuning.label_dropout,
     }
     with work_folder(context.work_dir, "accel-prune-") as work_dir:
         check_leftovers(work_dir, context.resume, run_id)
@@ -56,11 +57,13 @@ def run(model, settings: Settings, context: Context) -> StageResult:
                 run_id,
                 tuning.distill_weight,
                 context.progress,
+                tuning.label_dropout,
             )
             record["finetune"] = {
                 "config": train_config.to_dict(),
                 "data": images.describe(),
                 "distill_weight": tuning.distill_weight if images.source != TEACHER else None,
+                "label_dropout": tuning.label_dropout if images.labels is not None else None,
                 "loss_per_tenth": loss_curve(trained.losses),
                 "seconds": round(trained.elapsed_s, 1),
                 "processes": trained.processes,

@@ -101,8 +101,15 @@ class NoisePrediction:
 class TeacherDistillation(NoisePrediction):
     """``teacher``: an ``accel`` Denoiser (the original model), called without gradients."""
 
-    def __init__(self, teacher, images: torch.Tensor, scheduler_config: dict, cond_fn=None):
-        super().__init__(images, scheduler_config, cond_fn, teacher)
+    def __init__(
+        self,
+        teacher,
+        images: torch.Tensor,
+        scheduler_config: dict,
+        cond_fn=None,
+        labels: ClassLabels | None = None,
+    ):
+        super().__init__(images, scheduler_config, cond_fn, teacher, labels=labels)
 
     def loss(
         self, forward: Forward, batch_size: int, generator: torch.Generator, device
