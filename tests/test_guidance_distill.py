@@ -79,7 +79,7 @@ def test_stage_one_target_is_the_teachers_two_call_guided_output():
     torch.testing.assert_close(task._teacher_output(x, t, labels, torch.ones(2)), conditional)
 
 
-def test_a_guidance_distilled_student_takes_w_in_one_call_per_step_and_reloads(tmp_path):
+def test_a_guidance_distilled_student_takes_w_in_one_call_per_step_reloads_and_exports(tmp_path):
     model = _dit(guidance=3.0)
     accel.distill(
         model,
@@ -105,8 +105,20 @@ def test_a_guidance_distilled_student_takes_w_in_one_call_per_step_and_reloads(t
     loaded = accel.load(tmp_path / "student")
     assert loaded.guidance_range == (1.0, 4.0)
     torch.testing.assert_close(accel.sample(loaded, 2, progress=False).images, samples.images)
-    with pytest.raises(accel.AccelError, match="guidance-distilled student takes the guidance"):
-        export_onnx(loaded, tmp_path / "s.onnx")
+    record = export_onnx(loaded, tmp_path / "s.onnx")
+    assert record["parity"]["met"]
+    exported = accel.load(tmp_path / "s.onnx")
+    assert exported.guidance_range == (1.0, 4.0) and exported.runtime.startswith("ONNX Runtime")
+    for w in (1.5, 3.5):  # the weight is a graph input: ONNX Runtime follows it as PyTorch does
+        spec = model.sampling.changed({"guidance": w})
+        torch.testing.assert_close(
+            accel.sample(exported, 2, spec=spec, progress=False).images,
+            accel.sample(loaded, 2, spec=spec, progress=False).images,
+            rtol=0,
+            atol=1e-4,
+        )
+    with pytest.raises(accel.ConfigError, match="within 1-4"):
+        accel.sample(exported, 2, spec=model.sampling.changed({"guidance": 5.0}), progress=False)
 
 
 def test_without_a_range_the_teachers_weight_is_baked_in():

@@ -260,6 +260,9 @@ class Denoiser(nn.Module):
     ) -> torch.Tensor:
         """eps from ``module`` called as this model's network is (a training loop passes its wrapped
         copy); no hooks. ``guidance``: per-sample weights, for a guidance-distilled network."""
+        if guidance is not None and guidance_range(module) is None:
+            # an exported graph's runtime: the weight is one of the graph's inputs
+            return module(x_t, t, cond, guidance)
         if guidance is not None:
             with guidance_weight(module, guidance):
                 return self.eps_of(module, x_t, t, cond)

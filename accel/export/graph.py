@@ -117,7 +117,9 @@ def input_names(denoiser) -> list[str]:
     cond = {"class": ["class_labels"], "text": ["encoder_hidden_states"]}.get(
         denoiser.cond_kind, []
     )
-    return ["sample", "timestep", *cond]
+    # a guidance-distilled student takes its guidance weight, one per sample
+    weight = ["guidance"] if denoiser.guidance_range else []
+    return ["sample", "timestep", *cond, *weight]
 
 
 def metadata(denoiser, opset: int, form: str, dtype: str) -> dict:
@@ -138,4 +140,5 @@ def metadata(denoiser, opset: int, form: str, dtype: str) -> dict:
         "form": form,
         "dtype": dtype,
         "inputs": input_names(denoiser),
+        "guidance_range": list(denoiser.guidance_range) if denoiser.guidance_range else None,
     }

@@ -132,11 +132,6 @@ def export_onnx(
     and tolerance (and the cached graph's, under ``cached_graph``).
     """
     registry.check_can_follow(denoiser.transforms, EXPORT)
-    if denoiser.guidance_range:
-        raise AccelError(
-            "cannot export this model yet: a guidance-distilled student takes the guidance weight "
-            "as an input that accel's ONNX graph and runtime do not carry"
-        )
     out = ensure_writable_file(out, (".onnx",), "a .onnx file", overwrite)
     cached_out = cached_graph_path(out) if step_splitter(denoiser) is not None else None
     if cached_out is not None:

@@ -25,12 +25,20 @@ TOLERANCE = {
 
 
 def parity_inputs(denoiser, seed: int = 1234) -> list[tuple]:
-    """Fresh random (x, t, cond) at several timesteps and batch sizes, as float32 CPU tensors."""
+    """Fresh random (x, t, cond) at several timesteps and batch sizes, as float32 CPU tensors, and
+    a guidance-distilled student's weights (drawn across its range)."""
+    import torch
+
     inputs = []
     for batch in PARITY_BATCHES:
         for index, t in enumerate(PARITY_TIMESTEPS):
             x, steps, cond = denoiser.example_inputs(batch, t=t, seed=seed + 10 * batch + index)
-            inputs.append((x.float().cpu(), steps.cpu(), None if cond is None else cond.cpu()))
+            args = (x.float().cpu(), steps.cpu(), None if cond is None else cond.cpu())
+            if denoiser.guidance_range:
+                low, high = denoiser.guidance_range
+                generator = torch.Generator().manual_seed(seed + batch + index)
+                args += (low + (high - low) * torch.rand(batch, generator=generator),)
+            inputs.append(args)
     return inputs
 
 

@@ -84,19 +84,20 @@ class OrtModule(nn.Module):
         self.config, self.num_params, self.num_macs = config, params, macs
         self.macs_run = 0
 
-    def _feed(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> dict:
-        if cond is not None and cond.is_floating_point():
-            cond = cond.to(self.graph_dtype)
-        args = [x.to(self.graph_dtype), t.long(), *([cond] if cond is not None else [])]
+    def _feed(self, x: torch.Tensor, t: torch.Tensor, cond, guidance=None) -> dict:
+        """The graph's inputs: floating point ones in its dtype, absent ones left out."""
+        args = [x, t.long(), cond, guidance]
+        args = [
+            a.to(self.graph_dtype) if a.is_floating_point() else a for a in args if a is not None
+        ]
         return {name: tensor.detach().cpu().numpy() for name, tensor in zip(self.input_names, args)}
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, guidance=None
     ) -> torch.Tensor:
         self.macs_run += self.num_macs * len(x)
-        return torch.from_numpy(self.session.run(["eps"], self._feed(x, t, cond))[0]).to(
-            x.device, x.dtype
-        )
+        feed = self._feed(x, t, cond, guidance)
+        return torch.from_numpy(self.session.run(["eps"], feed)[0]).to(x.device, x.dtype)
 
 
 class OrtCachedModule(OrtModule):
@@ -142,15 +143,16 @@ class OrtCachedModule(OrtModule):
             self._reused = None
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, guidance=None
     ) -> torch.Tensor:
+        feed = self._feed(x, t, cond, guidance)
         if self._reused is not None:
             self.macs_run += self.macs_cached * len(x)
-            feed = {**self._feed(x, t, cond), self.feature_name: self._reused.cpu().numpy()}
+            feed[self.feature_name] = self._reused.cpu().numpy()
             eps = self.cached_session.run(["eps"], feed)[0]
         else:
             self.macs_run += self.num_macs * len(x)
-            eps, feature = self.session.run(["eps", self.feature_name], self._feed(x, t, cond))
+            eps, feature = self.session.run(["eps", self.feature_name], feed)
             if self._captured is not None:
                 self._captured.feature = torch.from_numpy(feature)
         return torch.from_numpy(eps).to(x.device, x.dtype)
@@ -252,6 +254,9 @@ def exported_denoiser(
         raise AccelError(f"{path}: {error}")
     # what the network was: its diffusers config (its classes) and kind (a DiT has a null class)
     module.config, module.exported_kind = meta["config"], meta["kind"]
+    # a guidance-distilled student's graph takes the weight as an input
+    weights = meta.get("guidance_range")
+    module.guidance_range = tuple(weights) if isinstance(weights, list) else None
     denoiser = Denoiser(
         module,
         meta["scheduler_config"],

@@ -20,16 +20,17 @@ class EpsGraph(nn.Module):
         super().__init__()
         self.denoiser = denoiser
 
-    def forward(self, sample, timestep, cond=None):
-        return self.denoiser.eps_of(self.denoiser.module, sample, timestep, cond)
+    def forward(self, sample, timestep, cond=None, guidance=None):
+        """``guidance``: the per-sample weight of a guidance-distilled student (a graph input)."""
+        return self.denoiser.eps_of(self.denoiser.module, sample, timestep, cond, guidance)
 
 
 class FullStepGraph(EpsGraph):
     """A cached model's full step: eps, and the feature its cached steps read (``FEATURE``)."""
 
-    def forward(self, sample, timestep, cond=None):
+    def forward(self, sample, timestep, cond=None, guidance=None):
         with step_splitter(self.denoiser).capturing() as captured:
-            eps = super().forward(sample, timestep, cond)
+            eps = super().forward(sample, timestep, cond, guidance)
         return eps, captured.feature
 
 

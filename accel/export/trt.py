@@ -115,10 +115,11 @@ class TrtModule(nn.Module):
         }
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, guidance=None
     ) -> torch.Tensor:
         self.macs_run += self.num_macs * len(x)
-        for name, tensor in zip(self.input_names, (x, t, cond)):
+        given = [a for a in (x, t, cond, guidance) if a is not None]
+        for name, tensor in zip(self.input_names, given):
             tensor = tensor.to(self.dtypes[name]).contiguous()
             self.context.set_input_shape(name, tuple(tensor.shape))
             self.context.set_tensor_address(name, tensor.data_ptr())
