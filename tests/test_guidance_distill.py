@@ -255,3 +255,38 @@ def test_pruning_fine_tunes_a_class_model_on_its_own_labels_and_the_null_class()
     assert 0 < kept.sum() < 16 and torch.equal(drawn[kept], labels[kept])
     unlabelled = TrainingImages(_images(), "given", {})
     assert class_labels(model, unlabelled, 0.5) is None
+
+
+def test_the_guided_transformer_chain_runs_on_a_dit_and_ends_in_onnx_runtime(tmp_path):
+    from accel.compress import load_recipe
+
+    fast = load_recipe("dit-fast").to_dict()["stages"]
+    assert [s["name"] for s in fast] == ["prune", "distill", "quantize", "export"]
+    assert fast[1]["guidance-range"] == "1,3"
+    tiny = {"train-batch": 4, "data": "teacher", "teacher-samples": 8}
+    recipe = {
+        "stages": [
+            {"prune": {"ratio": 0.5, "round-to": 4, "finetune-steps": 2, **tiny}},
+            {
+                "distill": {
+                    **{"steps": 2, "teacher-steps": 4, "guidance-range": "1,3"},
+                    **{"train-steps": 2, **tiny},
+                }
+            },
+            {"quantize": {"bits": 8, "act-bits": 0, "recon-iters": 0, "calib-samples": 2}},
+            {"export": {"format": "onnx"}},
+        ]
+    }
+    result = accel.compress(
+        _dit(guidance=2.0),
+        recipe,
+        tmp_path / "chain",
+        eval_config=accel.EvalConfig(n=4, batch_size=4),
+        progress=False,
+        log=lambda line: None,
+    )
+    final = result.model
+    assert final.guidance_range == (1.0, 3.0) and final.runtime.startswith("ONNX Runtime")
+    assert final.sampling.steps == 2 and final.sampling.guidance == 2.0
+    assert result.report.compressed.calls_per_image == 2  # the teacher: 50 steps x 2 evaluations
+    assert result.report.original.calls_per_image == 100
