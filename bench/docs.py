@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from accel.report import format_value, pareto_front, table
-from bench import cache, compress, distill, dit, dit_distill, leaderboard, prune, run
+from bench import cache, compress, distill, dit, dit_distill, dit_prune, leaderboard, prune, run
 from bench.common import RESULTS
 
 ROOT = Path(__file__).parent.parent
@@ -39,6 +39,7 @@ RESULT_FILES = {
     "compress": "compress_digits_cpu.json",
     "dit": "dit_digits_cpu.json",
     "dit distillation": "dit_distill_digits_cpu.json",
+    "dit pruning": "dit_prune_digits_cpu.json",
 }
 
 
@@ -212,6 +213,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "measured compress": _measured("compress", compress.body),
     "measured dit": _measured("dit", dit.body),
     "measured dit distillation": _measured("dit distillation", dit_distill.body),
+    "measured dit pruning": _measured("dit pruning", dit_prune.body),
     **{
         f"flags {command}": flags(command)
         for command in (
