@@ -34,6 +34,20 @@ def _images(count=16):
     return torch.rand(count, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
 
+def _stage_one(teacher, **options) -> GuidanceStage:
+    """Stage one's task on ``teacher`` (an eps model), on the random images."""
+    return GuidanceStage(
+        teacher.module,
+        "epsilon",
+        teacher.eps_of,
+        Schedule(SCHEDULE),
+        _images(),
+        teacher.default_cond,
+        "epsilon",
+        **options,
+    )
+
+
 def _inputs(model, batch=3):
     x, t, labels = model.example_inputs(batch)
     return x, t, labels
@@ -60,14 +74,8 @@ def test_the_weight_input_starts_as_the_teacher_and_changes_the_output_once_trai
 
 def test_stage_one_target_is_the_teachers_two_call_guided_output():
     teacher = _dit(guidance=3.0)
-    task = GuidanceStage(
-        teacher.module,
-        "epsilon",
-        teacher.eps_of,
-        Schedule(SCHEDULE),
-        _images(),
-        teacher.default_cond,
-        "epsilon",
+    task = _stage_one(
+        teacher,
         guidance=Guidance(1.0, 5.0, teacher.null_class, teacher_input=False, student_input=True),
     )
     x, t, labels = _inputs(teacher, 2)
@@ -191,16 +199,7 @@ def test_the_digits_set_pairs_each_image_with_its_class_for_a_class_model():
 def test_a_distillation_batch_takes_each_images_own_label():
     teacher = _dit()
     labels = torch.arange(16) % 10
-    task = GuidanceStage(
-        teacher.module,
-        "epsilon",
-        teacher.eps_of,
-        Schedule(SCHEDULE),
-        _images(),
-        teacher.default_cond,
-        "epsilon",
-        labels=labels,
-    )
+    task = _stage_one(teacher, labels=labels)
     generator = torch.Generator().manual_seed(0)
     index = torch.randint(0, 16, (8,), generator=torch.Generator().manual_seed(0))
     _, _, cond, w = task._batch(8, generator, [500], "cpu")
@@ -209,16 +208,7 @@ def test_a_distillation_batch_takes_each_images_own_label():
 
 def test_label_dropout_keeps_the_null_class_in_training_batches():
     teacher = _dit()
-    task = GuidanceStage(
-        teacher.module,
-        "epsilon",
-        teacher.eps_of,
-        Schedule(SCHEDULE),
-        _images(),
-        teacher.default_cond,
-        "epsilon",
-        null_dropout=(10, 0.5),
-    )
+    task = _stage_one(teacher, null_dropout=(10, 0.5))
     _, _, cond, _ = task._batch(64, torch.Generator().manual_seed(0), [500], "cpu")
     assert 10 < (cond == 10).sum() < 54 and (cond < 10).any()
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from accel.core.errors import AccelError, ConfigError
-from accel.core.guidance_input import guidance_range, guidance_weight
+from accel.core.guidance_input import guidance_weight, has_weight_embedding
 from accel.core.hooks import StepCall, StepHook, Trajectory
 from accel.core.sampling_spec import SamplingSpec
 
@@ -128,7 +128,7 @@ class Denoiser(nn.Module):
     def guidance_range(self) -> tuple[float, float] | None:
         """The guidance weights a guidance-distilled student takes as input (one call per step);
         None for a network that runs guidance as two evaluations, or none."""
-        return guidance_range(self.module) or getattr(self.module, "guidance_range", None)
+        return getattr(self.module, "guidance_range", None)
 
     def evaluations_per_step(self, spec: SamplingSpec | None = None) -> int:
         """Network evaluations one step of ``spec`` (default: the model's own sampler) runs: a
@@ -260,10 +260,10 @@ class Denoiser(nn.Module):
     ) -> torch.Tensor:
         """eps from ``module`` called as this model's network is (a training loop passes its wrapped
         copy); no hooks. ``guidance``: per-sample weights, for a guidance-distilled network."""
-        if guidance is not None and guidance_range(module) is None:
-            # an exported graph's runtime: the weight is one of the graph's inputs
-            return module(x_t, t, cond, guidance)
         if guidance is not None:
+            if not has_weight_embedding(module):
+                # an exported graph's runtime: the weight is one of the graph's inputs
+                return module(x_t, t, cond, guidance)
             with guidance_weight(module, guidance):
                 return self.eps_of(module, x_t, t, cond)
         if self.kind == "unet":

@@ -57,20 +57,20 @@ class GuidedEmbedding(nn.Module):
 
 def add_guidance_input(network: nn.Module, low: float, high: float) -> nn.Module:
     """Give a DiT (diffusers' DiTTransformer2DModel) a guidance-weight input for w in [low, high],
-    in place."""
+    in place. The network says so in ``guidance_range``, as an exported graph's runtime does (read
+    on every call: an attribute, not a walk over the modules)."""
     for block in network.transformer_blocks:
         embedding = block.norm1.emb
         width = embedding.timestep_embedder.linear_2.out_features
         block.norm1.emb = GuidedEmbedding(embedding, width, low, high)
+    network.guidance_range = (low, high)
     return network
 
 
-def guidance_range(network: nn.Module) -> tuple[float, float] | None:
-    """The weights a guidance-distilled network was trained for; None for any other network."""
-    for module in network.modules():
-        if isinstance(module, GuidedEmbedding):
-            return (module.low, module.high)
-    return None
+def has_weight_embedding(network: nn.Module) -> bool:
+    """Whether ``network`` takes w through its embeddings (``guidance_weight``), not as an
+    argument (an exported graph's runtime)."""
+    return any(isinstance(module, GuidedEmbedding) for module in network.modules())
 
 
 @contextlib.contextmanager
