@@ -13,8 +13,8 @@ from onnx import numpy_helper
 import accel
 from accel.core.errors import AccelError
 from accel.export.onnx import export_onnx
+from accel.export.ort_session import ort_session
 from accel.export.parity import TOLERANCE
-from accel.export.runtime import ort_session
 from conftest import make_tiny_dit, make_tiny_text_unet, make_tiny_unet, tiny_calib
 from conftest import run_cli as run
 

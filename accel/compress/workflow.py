@@ -19,21 +19,19 @@ from pathlib import Path
 
 from accel.artifact import write_model_files
 from accel.compress.chain import ChainStage, StageRun, check_order, model_fingerprint, run_stages
+from accel.compress.output import chain_report, write_outputs
 from accel.compress.recipe import Recipe, StageSpec, as_recipe
-from accel.compress.stage_table import stage_rows, stages_markdown
 from accel.core import stages
 from accel.core.denoiser import Denoiser
 from accel.core.errors import AccelError, ConfigError
-from accel.core.files import atomic_dir, atomic_file, ensure_writable_dir, write_text
+from accel.core.files import atomic_dir, ensure_writable_dir
 from accel.core.processes import current_processes
 from accel.core.stages import Context, Settings, Stage
 from accel.evaluate import EvalConfig, Evaluation, evaluate_many
 from accel.models.loading import load
-from accel.report import Report, quality_speed_plot, sample_grid, to_json
+from accel.report import Report
 from accel.train.runs import work_dir_for
 
-ARTIFACT_FILES = ("config.json", "scheduler_config.json", "accel.json", "model.safetensors")
-PLOT = "quality_vs_speed.png"
 # set once for the whole chain (accel compress's own settings), or meaningless inside a chain
 CHAIN_KEYS = {
     "model",
@@ -114,8 +112,8 @@ def compress(
         models, evaluations, references = _measure(
             original, runs, folder, name, recipe, eval_config, device, log
         )
-        report = _report(evaluations, references, runs, recipe)
-        final = out and processes.on_main(lambda: _write(folder, report, evaluations, runs))
+        report = chain_report(evaluations, references, runs, recipe)
+        final = out and processes.on_main(lambda: write_outputs(folder, report, evaluations, runs))
     return CompressResult(report, models[-1], final, out and folder, runs, processes.is_main)
 
 
@@ -247,60 +245,3 @@ def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir()
-
-
-def _report(
-    evaluations: list[Evaluation],
-    references: list[Evaluation],
-    runs: list[StageRun],
-    recipe: Recipe,
-) -> Report:
-    """The final stage's report against the original, with the stage table (and the original in the
-    final model's runtime, from ``references``), the plot and the samples picture."""
-    report = evaluations[-1].report
-    rows = stage_rows([e.report for e in evaluations], runs, [e.report for e in references])
-    report.add_section("recipe", recipe.to_dict())
-    report.add_section("stages", rows, stages_markdown(rows, PLOT))
-    return report
-
-
-def _place_final(output: Path, out: Path) -> Path:
-    """The last stage's model copied to OUT itself: an artifact's files, or the exported file(s)."""
-    if output.is_dir():
-        for name in ARTIFACT_FILES:
-            _copy(output / name, out / name)
-        return out
-    # model.onnx and a cached model's model.cached.onnx
-    for companion in output.parent.glob(f"{output.stem}.*"):
-        if companion.is_file():
-            _copy(companion, out / companion.name)
-    return out / output.name
-
-
-def _copy(source: Path, target: Path) -> None:
-    with atomic_file(target) as partial:
-        shutil.copyfile(source, partial)
-
-
-def _write(out: Path, report: Report, evaluations: list[Evaluation], runs: list[StageRun]) -> Path:
-    """The final model, the report, the samples picture and the plot into ``out``; returns the final
-    model's place there."""
-    final = _place_final(runs[-1].output, out)
-    images = [evaluations[0].images[0]] + [e.images[1] for e in evaluations]
-    captions = ["original"] + [run.spec.folder for run in runs]
-    write_text(out / "report.json", to_json(report.to_dict()))
-    write_text(out / "report.md", report.to_markdown())
-    with atomic_file(out / "samples.png") as partial:
-        sample_grid(images, captions).save(partial)
-    points = [
-        {"label": row["stage"], "x": row["ms_per_image"], "y": row["fid_ratio"] or 1.0}
-        for row in report.sections["stages"]
-    ]
-    with atomic_file(out / PLOT) as partial:
-        quality_speed_plot(
-            points,
-            partial,
-            "wall time per image (ms, log scale)",
-            f"accel compress --recipe {report.config['name']}: {report.model}",
-        )
-    return final

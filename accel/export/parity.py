@@ -47,7 +47,7 @@ def check_parity(
 ) -> dict:
     """ONNX Runtime (CPU; CUDA first where installed) against the PyTorch outputs on the same
     inputs."""
-    from accel.export.runtime import ort_session
+    from accel.export.ort_session import ort_session
 
     session = ort_session(path)
     got = [output.astype(np.float32) for output in _run(session, names, inputs, "eps")]
@@ -66,7 +66,7 @@ def check_parity(
 
 
 def ort_outputs(path: str, names: list[str], inputs: list[tuple], output: str) -> list[np.ndarray]:
-    from accel.export.runtime import ort_session
+    from accel.export.ort_session import ort_session
 
     return _run(ort_session(path), names, inputs, output)
 

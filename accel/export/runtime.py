@@ -16,54 +16,7 @@ from accel.core.files import parse_json_object
 from accel.core.hooks import CapturedFeature
 from accel.core.sampling_spec import SamplingSpec
 from accel.export.config import CACHED_STEP_KEY, DTYPES, EXPORT, METADATA_KEY
-
-
-def ort_session(path: str | Path):
-    """An ONNX Runtime session on the best installed provider (CUDA where onnxruntime-gpu has
-    it)."""
-    import onnxruntime as ort
-
-    providers = [
-        p
-        for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-        if p in ort.get_available_providers()
-    ]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only
-    # the same cores as PyTorch's, so that a side-by-side timing compares runtimes, not thread
-    # counts (the report records both: accel.report.schema.threads)
-    options.intra_op_num_threads = torch.get_num_threads()
-    # Spinning threads (the default) keep the cores busy after each run and slow a PyTorch call
-    # timed right after it: 30 ms instead of 5 for a digits step at batch 1, measured here.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # ONNX Runtime fuses INT4 DequantizeLinear + MatMul into MatMulNBits, which by default (accuracy
-    # level 4) requantizes the activations to INT8 per block: other arithmetic than the graph's, a
-    # 1e-2 relative error measured on its own. Level 1 keeps the fused kernel and computes in fp32,
-    # as the graph says.
-    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
-    if _weight_only(path):
-        # Quantized weights, float activations: let ONNX Runtime fold each weight's DequantizeLinear
-        # into a float initializer at load. Otherwise the convolutions see computed weights and lose
-        # their reordered (NCHWc) kernels: 258 ms vs 143 ms per call at batch 200 on digits (W8
-        # weight-only, 2-core Xeon). Same arithmetic.
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as error:  # onnxruntime raises its own exception types for unreadable models
-        raise AccelError(f"ONNX Runtime cannot load {path}: {one_line(error)}")
-
-
-def _weight_only(path: str | Path) -> bool:
-    """A graph with DequantizeLinear (on weights) and no QuantizeLinear: weight-only
-    quantization."""
-    import onnx
-
-    try:
-        ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
-    # onnx raises its own types; an unreadable file gets ONNX Runtime's error when loaded
-    except Exception:
-        return False
-    return "DequantizeLinear" in ops and "QuantizeLinear" not in ops
+from accel.export.ort_session import ort_session
 
 
 class OrtModule(nn.Module):
