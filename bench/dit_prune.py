@@ -1,5 +1,5 @@
-"""Pruning the class-conditional transformer, ``digits-dit``: heads, MLP width and the conditioning
-embedding's width (the residual width stays), fine-tuned on each image's own label with the null
+"""Pruning the class-conditional transformer, ``digits-dit``: heads, MLP width, the conditioning
+embedding's width and the residual width, fine-tuned on each image's own label with the null
 class in a tenth of them, so guidance keeps working. The original and the pruned model in PyTorch
 and exported to ONNX Runtime, unguided (the model's own sampler) in one run, then both guided.
 
@@ -150,8 +150,8 @@ def goals(results: dict) -> list[dict]:
 def body(results: dict) -> str:
     settings = results["settings"]
     parts = [
-        f"{MODEL} pruned at {RATIO:g} (heads, MLP width and the conditioning width; the residual "
-        f"width stays), {settings['finetune_steps']} fine-tuning steps of batch "
+        f"{MODEL} pruned at {RATIO:g} (heads, MLP width, the conditioning width and the residual "
+        f"width), {settings['finetune_steps']} fine-tuning steps of batch "
         f"{settings['train_batch']} on each image's own label, a tenth of them the null class "
         f"({results['finetune_s']} s). {100 * results['macs_removed']:.1f}% fewer MACs per call.\n",
         f"## Unguided, DDIM {settings['steps']} ({settings['n']} samples, one run)\n",

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -8,6 +9,7 @@ from diffusers import DDPMScheduler
 import accel
 from accel.core.denoiser import Denoiser
 from accel.core.errors import AccelError, ConfigError
+from accel.metrics.size import count_macs
 from accel.prune import PruneConfig, prune_
 from accel.prune.importance import accumulate_gradients, channel_scores
 from accel.prune.structure import build_graph, channel_groups, channels_to_remove, kept_channels
@@ -211,3 +213,53 @@ def test_prune_comes_first_in_the_chain(tmp_path):
     accel.quantize_(model, accel.QuantConfig(w_bits=8, a_bits=8), tiny_calib(model), progress=False)
     with pytest.raises(AccelError, match="cannot prune this model: it went through quantize"):
         prune_(model, PruneConfig(criterion="magnitude"))
+
+
+def test_a_dit_loses_the_same_residual_channels_in_every_layer_and_chunk():
+    """DiT's residual width is cut by hand (accel.prune.residual): channels zeroed in every layer
+    that holds them go, and each writer, reader, adaLN chunk and the positional buffer keep the
+    same others, in order."""
+    model = tiny("dit")
+    module, original = model.module, copy.deepcopy(model.module)
+    width, dead = module.pos_embed.proj.out_channels, [1, 5, 6, 12]
+
+    def chunked(chunks: int, channels: list[int]) -> list[int]:
+        return [c * width + i for c in range(chunks) for i in channels]
+
+    with torch.no_grad():
+        module.proj_out_2.weight[:, dead] = 0
+        module.pos_embed.proj.weight[dead], module.pos_embed.proj.bias[dead] = 0, 0
+        module.proj_out_1.weight[chunked(2, dead)], module.proj_out_1.bias[chunked(2, dead)] = 0, 0
+        for block in module.transformer_blocks:
+            for writer in (block.attn1.to_out[0], block.ff.net[2]):
+                writer.weight[dead], writer.bias[dead] = 0, 0
+            for reader in (block.attn1.to_q, block.attn1.to_k, block.attn1.to_v):
+                reader.weight[:, dead] = 0
+            block.ff.net[0].proj.weight[:, dead] = 0
+            block.norm1.linear.weight[chunked(6, dead)] = 0
+            block.norm1.linear.bias[chunked(6, dead)] = 0
+    zeroed = copy.deepcopy(module)
+    prune_(model, PruneConfig(ratio=0.25, criterion="magnitude", round_to=1))
+    kept = [i for i in range(width) if i not in dead]
+    assert module.pos_embed.proj.out_channels == len(kept)
+    assert torch.equal(module.pos_embed.pos_embed, original.pos_embed.pos_embed[..., kept])
+    assert torch.equal(module.proj_out_1.bias, zeroed.proj_out_1.bias[chunked(2, kept)])
+    for block, before in zip(module.transformer_blocks, zeroed.transformer_blocks):
+        assert torch.equal(block.norm1.linear.bias, before.norm1.linear.bias[chunked(6, kept)])
+        assert torch.equal(block.attn1.to_out[0].bias, before.attn1.to_out[0].bias[kept])
+        assert torch.equal(block.ff.net[2].bias, before.ff.net[2].bias[kept])
+        assert block.norm1.norm.normalized_shape == (len(kept),) == block.norm3.normalized_shape
+        assert block.attn1.to_v.in_features == len(kept)
+    x, t, cond = model.example_inputs(2)
+    with torch.no_grad():
+        assert model(x, t, cond).shape == x.shape
+
+
+@pytest.mark.slow
+def test_digits_dit_at_0_3_loses_more_than_40_percent_of_its_macs():
+    """Heads, MLP width, the conditioning width and the residual width together (28% without the
+    residual width)."""
+    model = accel.load("digits-dit")
+    before = count_macs(model)
+    prune_(model, PruneConfig(ratio=0.3, criterion="magnitude"))
+    assert count_macs(model) < 0.6 * before

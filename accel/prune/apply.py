@@ -9,6 +9,7 @@ from accel.core.errors import AccelError
 from accel.prune.config import PruneConfig
 from accel.prune.fixups import fix_attributes
 from accel.prune.importance import accumulate_gradients, channel_scores, head_scores
+from accel.prune.residual import keep_positions, prune_residual, residual_group
 from accel.prune.structure import (
     apply_widths,
     build_graph,
@@ -51,7 +52,9 @@ def prune(denoiser, config: PruneConfig, images: torch.Tensor | None = None) -> 
     check_images(denoiser, images, config)
     module = denoiser.module
     graph = build_graph(denoiser)
-    groups, heads = channel_groups(graph, denoiser), head_groups(module)
+    residual = residual_group(module)
+    groups = channel_groups(graph, denoiser) + ([residual] if residual else [])
+    heads = head_groups(module)
     # a bad ratio fails before gradients
     keep = [kept_channels(g, config.ratio, config.round_to) for g in groups]
     importance = {"criterion": config.criterion}
@@ -78,14 +81,22 @@ def prune(denoiser, config: PruneConfig, images: torch.Tensor | None = None) -> 
     ]
     module.zero_grad(set_to_none=True)
     before = layer_widths(module)
+    # the hand-listed residual group comes last: the graph's cuts run on the shapes it traced
+    record = {}
     for group, cut in zip(groups, channel_cuts):
-        prune_channels(graph, group, cut)
+        if group.traced:
+            prune_channels(graph, group, cut)
+        elif (kept := prune_residual(module, group, cut)) is not None:
+            record["positional_channels"] = kept
     for group, cut in zip(heads, head_cuts):
         prune_heads(group, cut)
     fix_attributes(module)
-    return {"widths": changed_widths(before, layer_widths(module)), "importance": importance}
+    widths = changed_widths(before, layer_widths(module))
+    return {"widths": widths, "importance": importance, **record}
 
 
 def rebuild(denoiser, record: dict) -> None:
     apply_widths(denoiser.module, record["widths"])
+    if "positional_channels" in record:
+        keep_positions(denoiser.module, record["positional_channels"])
     fix_attributes(denoiser.module)

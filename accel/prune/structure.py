@@ -55,6 +55,8 @@ class ChannelGroup:
     norms: list[nn.GroupNorm] = field(default_factory=list)
     # num_groups of a GroupNorm over exactly these channels: keep each group's share
     aligned_groups: int = 1
+    # found by Torch-Pruning's graph (and cut through it), or listed by hand (accel.prune.residual)
+    traced: bool = True
 
 
 @dataclass
@@ -104,9 +106,9 @@ def output_layers(denoiser) -> list[nn.Module]:
 
 
 def residual_writers(denoiser) -> list[nn.Module]:
-    """Layers whose output width is a transformer's residual width, which stays: DiT's adaLN-Zero
-    chunks the conditioning projection six ways over it and its positional embedding is a fixed
-    buffer of that width."""
+    """Layers whose output width is a transformer's residual width, which the graph leaves alone:
+    DiT's adaLN-Zero chunks the conditioning projection six ways over it and its positional
+    embedding is a fixed buffer of that width (accel.prune.residual cuts it by hand)."""
     if denoiser.kind != "dit":
         return []
     return [denoiser.module.pos_embed.proj]
