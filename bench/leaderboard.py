@@ -8,10 +8,10 @@ sampled in the same benchmark run as the row.
                                          #   -> bench/leaderboard_quick.md, .json, .png
 
 It measures nothing itself: each benchmark (bench.run, bench.prune, bench.distill, bench.cache,
-bench.compress on digits; bench.dit on digits-dit) sampled its rows and its original in one run,
-batches interleaved, and this reads their JSON. Speedup is always wall time per image, original /
-row, from that run; fake-quantized PyTorch rows have none (float arithmetic on the integer grid:
-their speed is in the ONNX Runtime rows).
+bench.compress on digits; bench.dit and bench.compress --model digits-dit on digits-dit) sampled its
+rows and its original in one run, batches interleaved, and this reads their JSON. Speedup is always
+wall time per image, original / row, from that run; fake-quantized PyTorch rows have none (float
+arithmetic on the integer grid: their speed is in the ONNX Runtime rows).
 """
 
 from __future__ import annotations
@@ -247,6 +247,7 @@ def dit_rows(data: dict, source: str) -> list[dict]:
 
 def recipe_rows(data: dict, source: str) -> list[dict]:
     out = []
+    model = data.get("model", "digits")  # runs before the DiT's had no model key
     for recipe in data["recipes"]:
         final = recipe["rows"][-1]
         stages = sum(row["stage_seconds"] is not None for row in recipe["rows"])
@@ -263,6 +264,7 @@ def recipe_rows(data: dict, source: str) -> list[dict]:
                 final["size_ratio"],
                 final["calls_per_image"],
                 final["runtime"],
+                model=model,
             )
         )
     return out
@@ -276,6 +278,12 @@ SOURCES = {
     "bench.cache": ("results/cache_digits_cpu.json", "cache_quick.json", caching_rows),
     "bench.compress": ("results/compress_digits_cpu.json", "compress_quick.json", recipe_rows),
     "bench.dit": ("results/dit_digits_cpu.json", "dit_quick.json", dit_rows),
+    # full runs only: CI's chain test covers the DiT recipes' code (a quick run would add minutes)
+    "bench.compress --model digits-dit": (
+        "results/compress_dit_digits_cpu.json",
+        None,
+        recipe_rows,
+    ),
 }
 
 
@@ -284,6 +292,8 @@ def collect(quick: bool, here: Path = HERE) -> tuple[list[dict], list[str], list
     benchmark whose results are missing."""
     rows, sources, missing = [], [], []
     for bench, (full, quick_file, reader) in SOURCES.items():
+        if quick and quick_file is None:
+            continue
         path = here / (quick_file if quick else full)
         if not path.is_file():
             missing.append(

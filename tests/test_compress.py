@@ -223,6 +223,36 @@ def test_evaluate_many_gives_what_pairwise_evaluations_give():
     assert many[0].report.compressed.calls_per_image == 2
 
 
+def test_a_builtin_recipe_runs_the_variant_for_the_model_kind():
+    from accel.compress import load_recipe
+
+    assert load_recipe("fast", "dit").name == "dit-fast"
+    assert load_recipe("training-free", "dit").name == "dit-training-free"
+    assert load_recipe("fast", "unet").name == "fast"
+    assert load_recipe("quick", "dit").name == "quick"  # no DiT variant: the recipe itself
+
+
+@pytest.mark.slow
+def test_the_command_line_starts_the_chain_from_the_sampler_its_flags_give(capsys, tmp_path):
+    """--guidance (and the other sampler flags) set the original's sampler, which every stage is
+    measured with: a guided DiT against its guided students."""
+    from conftest import make_tiny_dit
+
+    make_tiny_dit().save_pretrained(tmp_path / "dit")
+    recipe = recipe_file(tmp_path, '[[stage]]\nname = "export"\nformat = "onnx"\n')
+    code, out, err = run(
+        capsys,
+        *("compress", "--model", str(tmp_path / "dit"), "--recipe", recipe),
+        *("--guidance", "2", "--steps", "3", "--n", "4", "--batch-size", "4"),
+        *("--out", str(tmp_path / "run"), "--json"),
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["original"]["sampler"]["guidance"] == 2.0
+    assert report["original"]["calls_per_image"] == 6  # 3 steps x (conditional + unconditional)
+    assert report["compressed"]["sampler"]["guidance"] == 2.0
+
+
 def test_builtin_recipes_parse_and_pass_the_checks_done_before_work(capsys):
     import accel
     from accel.compress import builtin_recipes, load_recipe

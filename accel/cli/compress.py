@@ -11,9 +11,11 @@ from accel.cli.common import (
     add_eval_flags,
     add_model_flags,
     add_out_flags,
+    add_sampler_flags,
     device,
     emit,
     eval_config,
+    sampler_changes,
 )
 from accel.core.errors import AccelError
 
@@ -27,6 +29,8 @@ def _flags(parser: argparse.ArgumentParser) -> None:
         "--list-recipes", action="store_true", help="the built-in recipes and their stages"
     )
     add_out_flags(parser, "output folder (default: <model>-<recipe>)")
+    # the sampler the chain starts from, and every stage is measured with (a guided DiT: --guidance)
+    add_sampler_flags(parser, whose="the original's ")
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -36,6 +40,7 @@ def _flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    import accel
     from accel.compress import builtin_recipes, compress, load_recipe
     from accel.core.processes import current_processes
 
@@ -49,11 +54,12 @@ def run(args: argparse.Namespace) -> None:
         return
     if not args.recipe:
         raise AccelError("pass --recipe NAME or FILE (--list-recipes shows the built-in ones)")
-    recipe = load_recipe(args.recipe)
     on = current_processes().own_device(device(args.device))  # several under accelerate launch
-    out = args.out or f"{Path(str(args.model)).name}-{recipe.name}"
+    original = accel.load(args.model, on, sampler_changes(args))
+    recipe = load_recipe(args.recipe, original.kind)  # `fast` on a DiT: dit-fast
+    out = args.out or f"{Path(str(args.model)).name}-{Path(args.recipe).stem}"
     result = compress(
-        args.model,
+        original,
         recipe,
         out,
         eval_config=eval_config(args),

@@ -64,19 +64,25 @@ def builtin_recipes() -> dict[str, Path]:
     return {path.stem: path for path in sorted(BUILTIN_DIR.glob("*.toml"))}
 
 
-def as_recipe(recipe: str | Path | Mapping | Recipe, name: str = "recipe") -> Recipe:
-    """A built-in recipe's name, a .toml / .json file, a dict (``name`` names it), or a Recipe as it
-    is."""
+def as_recipe(
+    recipe: str | Path | Mapping | Recipe, name: str = "recipe", kind: str | None = None
+) -> Recipe:
+    """A built-in recipe's name (``kind``'s variant where one exists), a .toml / .json file, a dict
+    (``name`` names it), or a Recipe as it is."""
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, Mapping):
         return from_dict(recipe, name, f"recipe '{name}'")
-    return load_recipe(str(recipe))
+    return load_recipe(str(recipe), kind)
 
 
-def load_recipe(name_or_path: str) -> Recipe:
-    """A built-in recipe by name, or a .toml / .json recipe file."""
+def load_recipe(name_or_path: str, kind: str | None = None) -> Recipe:
+    """A built-in recipe by name, or a .toml / .json recipe file. A model ``kind`` (a Denoiser's
+    ``kind``) with its own variant of the built-in recipe gets that: ``fast`` on a DiT runs
+    ``dit-fast`` (its distillation takes the guidance weight as input)."""
     builtin = builtin_recipes()
+    if f"{kind}-{name_or_path}" in builtin:
+        name_or_path = f"{kind}-{name_or_path}"
     if name_or_path in builtin:
         return from_dict(
             _read(builtin[name_or_path]), name_or_path, f"recipe {builtin[name_or_path]}"

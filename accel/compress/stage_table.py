@@ -13,6 +13,7 @@ COLUMNS = {  # key -> markdown header
     "fid": "FID",
     "fid_ratio": "FID ratio",
     "psnr_db": "PSNR to original (dB)",
+    "class_accuracy": "class accuracy",
     "calls_per_image": "calls/image",
     "macs_per_image": "MACs/image",
     "latency_ms_per_step": "ms/step",
@@ -49,6 +50,7 @@ def _row(stage: str, measures, delta, run: StageRun | None) -> dict:
         "fid": measures.fid,
         "fid_ratio": delta.fid_ratio if delta else None,
         "psnr_db": delta.psnr_db_vs_original if delta else None,
+        "class_accuracy": measures.class_accuracy,
         "calls_per_image": measures.calls_per_image,
         "macs_per_image": measures.macs_per_image,
         "latency_ms_per_step": measures.latency_ms_per_step,
@@ -83,7 +85,13 @@ def stages_markdown(rows: list[dict], plot: str) -> str:
 
 def table_markdown(rows: list[dict]) -> str:
     shown = [{**row, "stage_seconds": _stage_time(row)} for row in rows]
-    return table(COLUMNS, shown)
+    columns = {
+        key: header
+        for key, header in COLUMNS.items()
+        # class accuracy only where the model has classes (rows of older runs have no such key)
+        if key != "class_accuracy" or any(row.get(key) is not None for row in rows)
+    }
+    return table(columns, shown)
 
 
 def _stage_time(row: dict):

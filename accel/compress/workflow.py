@@ -74,7 +74,8 @@ def compress(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> CompressResult:
-    """Run ``recipe`` (a built-in recipe's name, a .toml / .json file, a dict or a Recipe) on
+    """Run ``recipe`` (a built-in recipe's name, the model kind's variant where there is one; a
+    .toml / .json file, a dict or a Recipe) on
     ``model`` (a name, a folder, a file, or a loaded model, which stays as it is), then evaluate the
     original and every stage in one run. Every stage's settings and the stages' order are checked
     before any work.
@@ -88,7 +89,7 @@ def compress(
     log = (log or _stderr) if processes.is_main else _quiet
     original = model if isinstance(model, Denoiser) else load(model, device)
     name = original.source if isinstance(model, Denoiser) else str(model)
-    recipe = as_recipe(recipe)
+    recipe = as_recipe(recipe, kind=original.kind)
     chain = plan(recipe, original, eval_config.seed, device, eval_config.batch_size, progress)
     if out is None and processes.count > 1:
         raise AccelError(
