@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     command = f"python -m bench.compress{' --quick' if args.quick else ''}"
     command += f" --model {DIT}" if dit else ""
     results = {"mode": mode, "n": n, "model": args.model, "recipes": recipes}
+    if dit:
+        results["guidance"] = DIT_GUIDANCE
     title = f"Built-in recipes ({mode})"
     print(write_results(out, title, command, start, body(results), results, args.model))
 

@@ -37,6 +37,7 @@ RESULT_FILES = {
     "distillation": "distill_digits_cpu.json",
     "caching": "cache_digits_cpu.json",
     "compress": "compress_digits_cpu.json",
+    "dit compress": "compress_dit_digits_cpu.json",
     "dit": "dit_digits_cpu.json",
     "dit distillation": "dit_distill_digits_cpu.json",
     "dit pruning": "dit_prune_digits_cpu.json",
@@ -166,7 +167,7 @@ def readme_results() -> str:
         "The Pareto front of every method measured on each built-in model (no other "
         "row of that model is both faster and closer to its original's FID), and the built-in "
         "recipes; each row against its original (fp32, PyTorch, DDIM 50, at the model's own "
-        "guidance) sampled in the same run. The whole table: "
+        "guidance unless the row names another) sampled in the same run. The whole table: "
         "[bench/report.md](bench/report.md).",
         "",
         table(columns, sorted(shown, key=lambda r: (r["model"], -(r["speedup"] or 0)))),
@@ -211,6 +212,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "measured distillation": _measured("distillation", distill.body),
     "measured caching": _measured("caching", cache.body),
     "measured compress": _measured("compress", compress.body),
+    "measured dit compress": _measured("dit compress", compress.body),
     "measured dit": _measured("dit", dit.body),
     "measured dit distillation": _measured("dit distillation", dit_distill.body),
     "measured dit pruning": _measured("dit pruning", dit_prune.body),

@@ -248,10 +248,13 @@ def dit_rows(data: dict, source: str) -> list[dict]:
 def recipe_rows(data: dict, source: str) -> list[dict]:
     out = []
     model = data.get("model", "digits")  # runs before the DiT's had no model key
+    # the original's guidance where the benchmark set one (the DiT recipes: against guided DDIM 50)
+    against = f", original at w {data['guidance']:g}" if data.get("guidance") else ""
     for recipe in data["recipes"]:
         final = recipe["rows"][-1]
         stages = sum(row["stage_seconds"] is not None for row in recipe["rows"])
-        name = f"recipe {recipe['recipe']} ({stages} stages, {recipe['total_s'] / 60:.0f} min)"
+        minutes = recipe["total_s"] / 60
+        name = f"recipe {recipe['recipe']} ({stages} stages, {minutes:.0f} min{against})"
         out.append(
             _row(
                 name,
