@@ -5,6 +5,8 @@ and exported to ONNX Runtime, unguided (the model's own sampler) in one run, the
 
     python -m bench.dit_prune          # full -> bench/results/dit_prune_digits_cpu.json and .md
     python -m bench.dit_prune --quick  # CI: a few samples, a few fine-tuning steps, same code
+    python -m bench.dit_prune --finetune-steps 2000   # a longer fine-tuning
+                                       #   -> bench/results/dit_prune_2000_digits_cpu.json and .md
 """
 
 from __future__ import annotations
@@ -171,16 +173,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="CI settings")
     parser.add_argument("--out", type=Path, help="markdown report (a .json beside it)")
+    parser.add_argument(
+        "--finetune-steps", type=int, help=f"fine-tuning steps (default {FULL.finetune_steps})"
+    )
     args = parser.parse_args(argv)
     settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
+    steps = args.finetune_steps
+    name = "dit_prune" + (f"_{steps}" if steps else "")
+    if steps:
+        settings = replace(settings, finetune_steps=steps)
     out = args.out or (
-        HERE / "dit_prune_quick.md" if args.quick else RESULTS / "dit_prune_digits_cpu.md"
+        HERE / f"{name}_quick.md" if args.quick else RESULTS / f"{name}_digits_cpu.md"
     )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
         results = {"mode": mode, "settings": vars(settings), **measured(settings, Path(work))}
     results["goals"] = goals(results) if settings.judged else []
     command = f"python -m bench.dit_prune{' --quick' if args.quick else ''}"
+    command += f" --finetune-steps {steps}" if steps else ""
     title = f"Pruning the transformer ({mode})"
     print(write_results(out, title, command, start, body(results), results, MODEL))
 
