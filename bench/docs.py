@@ -41,6 +41,7 @@ RESULT_FILES = {
     "dit": "dit_digits_cpu.json",
     "dit distillation": "dit_distill_digits_cpu.json",
     "dit pruning": "dit_prune_digits_cpu.json",
+    "dit pruning longer": "dit_prune_2000_digits_cpu.json",
 }
 
 
@@ -216,6 +217,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "measured dit": _measured("dit", dit.body),
     "measured dit distillation": _measured("dit distillation", dit_distill.body),
     "measured dit pruning": _measured("dit pruning", dit_prune.body),
+    "measured dit pruning longer": _measured("dit pruning longer", dit_prune.body),
     **{
         f"flags {command}": flags(command)
         for command in (
