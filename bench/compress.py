@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import accel
-from accel.compress import builtin_recipes, load_recipe
+from accel.compress import builtin_recipes
 from accel.compress.stage_table import table_markdown
 from bench.common import HERE, RESULTS, goal, write_results
 
@@ -64,10 +64,11 @@ def run_recipe(name: str, n: int, work: Path, model: str = "digits") -> dict:
     total_s = chain_s + wall_s - ran_now
     guided = f" --model {DIT} --guidance {DIT_GUIDANCE:g}" if model == DIT else ""
     judged = dit_goals(rows, total_s) if model == DIT else goals(rows[-1])
+    ran = result.report.sections["recipe"]  # the model kind's variant where there is one
     return {
-        "recipe": result.report.config["name"],
+        "recipe": ran["name"],
         "model": model,
-        "description": load_recipe(name, "dit" if model == DIT else None).description,
+        "description": ran["description"],
         "command": f"accel compress{guided} --recipe {name}",
         "n": n,
         "rows": rows,

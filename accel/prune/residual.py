@@ -49,8 +49,8 @@ def _layers(module: nn.Module) -> tuple[list, list, list, list]:
     writers, readers = [module.pos_embed.proj], [module.proj_out_2]
     modulations, norms = [(module.proj_out_1, 2)], [module.norm_out]
     for block in module.transformer_blocks:
-        w, r, m, n = _block_layers(block)
-        writers, readers, modulations, norms = writers + w, readers + r, modulations + m, norms + n
+        for layers, of_block in zip((writers, readers, modulations, norms), _block_layers(block)):
+            layers.extend(of_block)
     return writers, readers, modulations, norms
 
 
