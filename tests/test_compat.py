@@ -20,7 +20,10 @@ def test_version_0_1_artifacts_load_and_give_the_same_outputs(name, key):
     expected = load_file(str(OLD / "expected.safetensors"))
     model = accel.load(OLD / name)
     with torch.no_grad():
-        assert torch.equal(model(expected["x"], expected["t"]), expected[key])
+        output = model(expected["x"], expected["t"])
+    # the expected outputs were computed on an Intel Xeon; another CPU's kernels sum in another
+    # order (up to 8e-7 apart on an AMD EPYC), so "the same" is to float rounding, not bit for bit
+    torch.testing.assert_close(output, expected[key], rtol=1e-5, atol=1e-5)
     assert model.sampling == accel.SamplingSpec()  # every command ran DDIM 50 then
     record = model.transforms[0]  # read as version 1, kept in the current version of its config
     assert record["config"]["version"] == registry.get(record["name"]).config.VERSION
