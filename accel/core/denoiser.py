@@ -22,8 +22,11 @@ DIFFUSERS_KINDS = {
     "UNet2DConditionModel": "unet-text",
     "DiTTransformer2DModel": "dit",
     "Transformer2DModel": "dit",
+    "PixArtTransformer2DModel": "dit-text",
 }
-TEXT_TOKENS = 77  # CLIP's sequence length, used for the stand-in text conditioning
+# the text states a text-conditioned network attends to: CLIP's 77 tokens (Stable Diffusion's UNet),
+# T5's 120 (PixArt-alpha); used for the stand-in conditioning
+TEXT_TOKENS = {"unet-text": 77, "dit-text": 120}
 
 
 class Denoiser(nn.Module):
@@ -99,7 +102,7 @@ class Denoiser(nn.Module):
         if self._cond_kind is not None:
             return self._cond_kind
         config = self.config
-        if self.kind == "unet-text":
+        if self.kind in TEXT_TOKENS:
             return "text"
         if self.kind == "dit" and config.get("num_embeds_ada_norm"):
             return "class"
@@ -184,7 +187,10 @@ class Denoiser(nn.Module):
         if self.cond_kind == "class":
             return torch.randint(0, self.classes, (count,), generator=generator)
         if self.cond_kind == "text":
-            return torch.zeros(count, TEXT_TOKENS, config["cross_attention_dim"])
+            width = config.get("caption_channels") or config["cross_attention_dim"]
+            # an exported graph's runtime says which kind of network it was exported from
+            kind = getattr(self.module, "exported_kind", self.kind)
+            return torch.zeros(count, TEXT_TOKENS.get(kind, TEXT_TOKENS["unet-text"]), width)
         return None
 
     def _first_tensor(self) -> torch.Tensor:
@@ -274,6 +280,10 @@ class Denoiser(nn.Module):
             out = module(x_t, t, encoder_hidden_states=cond).sample
         elif self.kind == "dit":
             out = module(x_t, timestep=t, class_labels=cond).sample
+        elif self.kind == "dit-text":
+            # PixArt's micro-conditions (resolution, aspect ratio) exist only at 1024x1024
+            none = {"resolution": None, "aspect_ratio": None}
+            out = module(x_t, encoder_hidden_states=cond, timestep=t, added_cond_kwargs=none).sample
         else:
             out = module(x_t, t) if cond is None else module(x_t, t, cond)
             out = getattr(out, "sample", out)
