@@ -3,6 +3,7 @@ the arithmetic the graph states."""
 
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def _weight_only(path: str | Path) -> bool:
     return "DequantizeLinear" in ops and "QuantizeLinear" not in ops
 
 
+@functools.cache  # the CPU does not change: read /proc/cpuinfo once, not per session
 def integer_kernels_saturate() -> bool:
     """x86 without VNNI: ONNX Runtime's u8 x s8 integer kernels add pairs of products with
     VPMADDUBSW, whose int16 sums saturate (its quantization documentation says so, and suggests
