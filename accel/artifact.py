@@ -3,8 +3,9 @@
 Layout: config.json (the base model's diffusers config), scheduler_config.json (its noise schedule),
 accel.json (the transforms applied, in order, with their versioned configs; the sampler the model is
 meant to be run with; the library version; a SHA-256 of the weights), model.safetensors (each
-transform's stored form of the weights), plus the report files and samples.png of the command that
-wrote it.
+transform's stored form of the weights), text_states.safetensors for a text model given prompts (the
+conditioning it was made and measured with, used again when it loads), plus the report files and
+samples.png of the command that wrote it.
 
 Loading gives a fresh base network each recorded transform's structure through the registry, checks
 that the weights file is the one accel.json was written with, and loads it strictly.
@@ -27,6 +28,8 @@ from accel.core.weights import file_sha256, load_stored_state, stored_state
 
 MARKER = "accel.json"
 WEIGHTS = "model.safetensors"
+TEXT_STATES = "text_states.safetensors"
+STATES_KEY = "text_states"  # the tensor in it, as in a --prompts embeddings file
 # 2: versioned transform configs, the sampling spec and a weights hash; 1: accel 0.1 (DDIM 50
 # implied)
 FORMAT = 2
@@ -47,6 +50,8 @@ def write_model_files(denoiser: Denoiser, folder: Path) -> None:
         json.dumps(denoiser.scheduler_config, indent=2) + "\n"
     )
     save_file(stored_state(denoiser), str(folder / WEIGHTS))
+    if denoiser.text_states is not None:
+        save_file({STATES_KEY: denoiser.text_states.contiguous()}, str(folder / TEXT_STATES))
     record = {
         "format": FORMAT,
         "accel_version": __version__,
@@ -108,6 +113,13 @@ def load_artifact(
     except ConfigError as error:
         raise AccelError(f"{folder / MARKER}: {error}")
     load_stored_state(denoiser, _checked_weights(folder, record), folder / WEIGHTS)
+    if (folder / TEXT_STATES).is_file():
+        from safetensors.torch import load_file
+
+        states = load_file(str(folder / TEXT_STATES)).get(STATES_KEY)
+        if states is None:
+            raise AccelError(f"{folder / TEXT_STATES} has no '{STATES_KEY}' tensor")
+        denoiser.use_text_states(states, str(folder / TEXT_STATES))
     return denoiser
 
 

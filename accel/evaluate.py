@@ -170,6 +170,15 @@ def evaluate(
     )[-1]
 
 
+def _share_text_states(models: list[Denoiser]) -> None:
+    """Models compared side by side see the same prompts: a text model without its own (the
+    pipeline a compressed artifact came from) takes the first model's that has them."""
+    given = next((m.text_states for m in models if m.text_states is not None), None)
+    for model in models:
+        if given is not None and model.text_states is None and model.cond_kind == "text":
+            model.use_text_states(given)
+
+
 def evaluate_many(
     models: list[Denoiser],
     config: EvalConfig = EvalConfig(),
@@ -183,6 +192,7 @@ def evaluate_many(
     interleaved, same seeds and noise): one Evaluation per other model, sharing the original's
     measures. ``processes``: as for ``evaluate`` (default: all of this run's)."""
     processes = processes or current_processes()
+    _share_text_states(models)
     device = models[-1].device
     fid = fid_setup(models[-1].sample_shape, config.inception_weights, config.fid_ref, str(device))
     latencies = step_latency_ms(models, config.latency_batch, repeats=config.latency_repeats)

@@ -50,6 +50,13 @@ def add_model_flags(parser: argparse.ArgumentParser, runs: bool = True) -> None:
         parser.add_argument(
             "--seed", type=int, default=0, help="seed for noise and sampling (default 0)"
         )
+        parser.add_argument(
+            "--prompts",
+            metavar="FILE",
+            help="text models: one prompt per line, encoded by the pipeline's text encoder, or a "
+            ".safetensors file with 'text_states' (prompts x tokens x width); the conditioning "
+            "for calibration, training and evaluation (default: the artifact's own, else zeros)",
+        )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

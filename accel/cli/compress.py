@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> None:
     if not args.recipe:
         raise AccelError("pass --recipe NAME or FILE (--list-recipes shows the built-in ones)")
     on = current_processes().own_device(device(args.device))  # several under accelerate launch
-    original = accel.load(args.model, on, sampler_changes(args))
+    original = accel.load(args.model, on, sampler_changes(args), args.prompts)
     recipe = load_recipe(args.recipe, original.kind)  # `fast` on a DiT: dit-fast
     out = args.out or f"{Path(str(args.model)).name}-{Path(args.recipe).stem}"
     result = compress(

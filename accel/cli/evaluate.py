@@ -42,9 +42,9 @@ def run_eval(args: argparse.Namespace) -> None:
         ensure_writable_dir(args.out, args.overwrite)
     processes = current_processes()  # several under accelerate launch: they share the sampling
     on = processes.own_device(device(args.device))
-    model = accel.load(args.model, on, sampler_changes(args))
+    model = accel.load(args.model, on, sampler_changes(args), args.prompts)
     if args.baseline:
-        baseline = accel.load(args.baseline, on, sampler_changes(args, "baseline_"))
+        baseline = accel.load(args.baseline, on, sampler_changes(args, "baseline_"), args.prompts)
     else:
         baseline = load_exported_from(model, on)
     evaluation = accel.evaluate(
@@ -94,7 +94,7 @@ def run_sample(args: argparse.Namespace) -> None:
         "a .png (grid) or .npz (uint8 array 'images') file",
         args.overwrite,
     )
-    model = accel.load(args.model, device(args.device), sampler_changes(args))
+    model = accel.load(args.model, device(args.device), sampler_changes(args), args.prompts)
     samples = accel.sample(model, args.n, args.seed, batch_size=args.batch_size)
     images = to_uint8(samples.images)
     with atomic_file(out) as partial:
@@ -125,7 +125,7 @@ def run_info(args: argparse.Namespace) -> None:
     import accel
     from accel.metrics.size import count_macs, count_params, weights_bytes
 
-    model = accel.load(args.model, device(args.device))
+    model = accel.load(args.model, device(args.device), prompts=args.prompts)
     details = {
         "model": args.model,
         "class": type(model.module).__name__,
@@ -133,6 +133,7 @@ def run_info(args: argparse.Namespace) -> None:
         "sample_shape": list(model.sample_shape),
         "conditioning": model.cond_kind,
         "classes": model.classes,
+        "text_states": None if model.text_states is None else list(model.text_states.shape),
         "null_class": model.null_class,
         # a guidance-distilled student: w is its input, one call per step
         "guidance_input": list(model.guidance_range) if model.guidance_range else None,

@@ -47,6 +47,7 @@ def run_stage_command(args: argparse.Namespace, default_out: Callable) -> None:
         work_dir=work_dir_for(out),
         resume=getattr(args, "resume", False),
         ablation=getattr(args, "ablation", False),
+        prompts=args.prompts,
     )
     if measured is None:
         return  # another process of `accelerate launch`: the main one writes and reports

@@ -68,6 +68,9 @@ class Denoiser(nn.Module):
         # what accel did to the base model, in order (artifact accel.json)
         self.transforms: list[dict] = []
         self.hooks: dict[str, StepHook] = {}  # by name, run in the order they were added
+        # a text-conditioned network's prompts as encoder states (P x tokens x width), cycled
+        # over the samples; None: zero states (see default_cond)
+        self.text_states: torch.Tensor | None = None
         self.sample_shape = tuple(sample_shape) if sample_shape else self._shape_from_config()
 
     def add_hook(self, name: str, hook: StepHook) -> None:
@@ -179,18 +182,46 @@ class Denoiser(nn.Module):
                 f"(classifier-free guidance); {self.source} has none: use guidance 1",
             )
 
-    def default_cond(self, count: int, generator: torch.Generator) -> torch.Tensor | None:
-        """Conditioning for training and tracing: uniform random class labels, or zero text
-        embeddings (accel has no text encoder; pass real ``encoder_hidden_states`` as ``cond`` for
-        meaningful text sampling)."""
+    @property
+    def text_width(self) -> int | None:
+        """The width of the text states a text-conditioned network attends to (None for others)."""
+        if self.cond_kind != "text":
+            return None
         config = self.config
+        return config.get("caption_channels") or config["cross_attention_dim"]
+
+    def require_text(self, source: str) -> None:
+        if self.cond_kind != "text":
+            raise AccelError(
+                f"{source}: {self.source} is not text-conditioned; prompts apply to text models"
+            )
+
+    def use_text_states(self, states: torch.Tensor, source: str = "the text states") -> None:
+        """Condition every sample, calibration and training batch on ``states`` (P x tokens x
+        width: one prompt's encoder states per row, cycled), refusing states this network cannot
+        attend to."""
+        self.require_text(source)
+        if states.ndim != 3 or len(states) == 0 or states.shape[-1] != self.text_width:
+            raise AccelError(
+                f"{source} are {tuple(states.shape)}; {self.source} attends to prompts x tokens x "
+                f"{self.text_width} (its cross-attention width)"
+            )
+        self.text_states = states.detach().float().cpu()
+
+    def default_cond(self, count: int, generator: torch.Generator) -> torch.Tensor | None:
+        """Conditioning for training, calibration and sampling: uniform random class labels; for a
+        text model its prompts' states (``use_text_states``), cycled from a random first prompt,
+        or zero states where it has none."""
         if self.cond_kind == "class":
             return torch.randint(0, self.classes, (count,), generator=generator)
         if self.cond_kind == "text":
-            width = config.get("caption_channels") or config["cross_attention_dim"]
+            if self.text_states is not None:
+                first = torch.randint(0, len(self.text_states), (1,), generator=generator)
+                return self.text_states[(first + torch.arange(count)) % len(self.text_states)]
             # an exported graph's runtime says which kind of network it was exported from
             kind = getattr(self.module, "exported_kind", self.kind)
-            return torch.zeros(count, TEXT_TOKENS.get(kind, TEXT_TOKENS["unet-text"]), width)
+            tokens = TEXT_TOKENS.get(kind, TEXT_TOKENS["unet-text"])
+            return torch.zeros(count, tokens, self.text_width)
         return None
 
     def _first_tensor(self) -> torch.Tensor:

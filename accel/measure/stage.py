@@ -46,6 +46,7 @@ def measure_stage(
     resume: bool = False,
     ablation: bool = False,
     progress: bool = True,
+    prompts=None,
 ) -> Measured | None:
     """Run stage ``name`` with ``settings`` on the model ``source`` names, then evaluate the result
     beside the original (with the same sampler changes, so both run the sampler the stage was asked
@@ -53,10 +54,10 @@ def measure_stage(
 
     Under ``accelerate launch`` every process runs the stage (a training stage shares its work); the
     evaluation is shared too, except after training, where the main process measures alone. The main
-    process gets the result, the others None.
+    process gets the result, the others None. ``prompts``: as for ``accel.load``.
     """
     stage, processes = stages.get(name), current_processes()
-    original, model = load(source, device), load(source, device)
+    original, model = (load(source, device, prompts=prompts) for _ in range(2))
     if "sampling" in settings.configs:
         change_sampler(original, settings)
     measurer = MEASURERS.get(name, Measurer)(original, settings, eval_config, progress)
@@ -86,7 +87,7 @@ def measure_stage(
     evaluation = evaluations[-1]
     measurer.add_sections(evaluation.report, result, evaluations[:-1])
     if ablation:
-        made = measurer.ablation(lambda: _fresh(source, device, settings))
+        made = measurer.ablation(lambda: _fresh(source, device, settings, prompts))
         if made is not None:
             evaluation.report.add_section("ablation", *made)
     return Measured(result.model, evaluation, result.record)
@@ -98,9 +99,9 @@ def _primary(settings: Settings) -> dict:
     return next(iter(settings.configs.values())).to_dict()
 
 
-def _fresh(source, device, settings: Settings):
+def _fresh(source, device, settings: Settings, prompts=None):
     """A new copy of the original, with the stage's sampler: what each ablation row starts from."""
-    model = load(source, device)
+    model = load(source, device, prompts=prompts)
     if "sampling" in settings.configs:
         change_sampler(model, settings)
     return model

@@ -15,6 +15,7 @@ from accel.core.denoiser import DIFFUSERS_KINDS, Denoiser
 from accel.core.errors import AccelError, one_line
 from accel.core.files import read_json_object
 from accel.core.sampling_spec import SamplingSpec
+from accel.models.prompts import PIPELINE_INDEX, pipeline_folder, text_states
 from accel.models.reference import REFERENCES, SAMPLING_FILE
 
 BUILTIN_MODELS = {name: reference.folder for name, reference in REFERENCES.items()}
@@ -34,13 +35,15 @@ def load(
     source: str | Path | nn.Module | Denoiser,
     device: str | None = None,
     sampling: dict | None = None,
+    prompts: str | Path | None = None,
 ) -> Denoiser:
     """Return the denoiser named by ``source``, in eval mode, on ``device`` (default: where it
     loads).
 
     ``sampling`` changes the sampler it comes with (``{"steps": 20}``, ``{"name": "dpm++"}``);
     another sampler name starts from that sampler's own settings, keeping the step count and what
-    the network predicts.
+    the network predicts. ``prompts``: a text-conditioned model's conditioning from then on (a text
+    file through the pipeline's text encoder, or stored states: ``accel.models.prompts``).
     """
     if isinstance(source, Denoiser):
         denoiser = source
@@ -48,11 +51,27 @@ def load(
         denoiser = Denoiser(source, FALLBACK_SCHEDULER, source=type(source).__name__)
     else:
         denoiser = _load_path(_resolve(str(source)), str(source))
+    if prompts is not None:
+        denoiser.require_text(f"--prompts {prompts}")
+        states = text_states(prompts, _pipeline_place(source, denoiser))
+        denoiser.use_text_states(states, f"--prompts {prompts}")
     if sampling:
         denoiser.sampling = denoiser.sampling.changed(sampling)
     denoiser.check_sampling(denoiser.sampling)
     denoiser.eval()
     return denoiser.to(device) if device else denoiser
+
+
+def _pipeline_place(source, denoiser: Denoiser) -> Path | None:
+    """Where a pipeline's text encoder may be: around the model's folder, or around the folder the
+    model was made from (an artifact of a pipeline's UNet)."""
+    if not isinstance(source, (str, Path)):
+        return None
+    given = _resolve(str(source))
+    for place in (given, Path(denoiser.origin)):
+        if place.is_dir() and pipeline_folder(place) is not None:
+            return place
+    return given
 
 
 def model_path(name: str) -> Path:
@@ -105,6 +124,11 @@ def _model_folder(path: Path) -> Path:
     for sub in MODEL_SUBFOLDERS:
         if (path / sub / "config.json").is_file():
             return path / sub
+    if (path / PIPELINE_INDEX).is_file():
+        raise AccelError(
+            f"{path} is a pipeline folder without a denoiser: no config.json in its "
+            f"{' or '.join(f'{sub}/' for sub in MODEL_SUBFOLDERS)}"
+        )
     raise AccelError(
         f"{path} is not a diffusers model folder (no config.json in it or in unet/ or transformer/)"
     )
