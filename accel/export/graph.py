@@ -5,6 +5,7 @@ inference and metadata."""
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
 # torch's TorchScript exporter; higher opsets are reached with onnx's version converter
 TRACE_MAX_OPSET = 20
 FEATURE = "cached_feature"  # the full step's extra output and the cached step's extra input
+# protobuf serializes no message over 2 GB: a graph whose weights pass this keeps them in one data
+# file beside the .onnx (ONNX's external data), as Stable Diffusion's UNet in float32 (3.4 GB) must
+EXTERNAL_DATA_BYTES = 2**31 - 2**26
 
 
 def dynamic_axes(denoiser, names: list[str]) -> dict:
@@ -37,24 +41,71 @@ def write_graph(
     path: Path,
     opset: int,
     props: dict,
+    data_name: str | None = None,
 ):
     """Trace ``graph`` into ``path`` at ``opset``, check it, infer its shapes and store ``props``
-    (as JSON)."""
+    (as JSON). Weights over ``EXTERNAL_DATA_BYTES`` go to ``data_name`` beside ``path`` (the name
+    the graph refers to them by). Returns the graph without its weights' data."""
     import onnx
 
-    _trace(
-        graph, example, names, outputs, path, min(opset, TRACE_MAX_OPSET), opset > TRACE_MAX_OPSET
-    )
-    model = onnx.load(str(path))
-    if opset > TRACE_MAX_OPSET:
-        model = _raise_opset(model, opset)
+    # the tracer writes a large graph's weights as one file per tensor beside it: its own folder
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".trace-") as folder:
+        traced = Path(folder) / "graph.onnx"
+        _trace(
+            graph,
+            example,
+            names,
+            outputs,
+            traced,
+            min(opset, TRACE_MAX_OPSET),
+            opset > TRACE_MAX_OPSET,
+        )
+        model = onnx.load(str(traced))
+        if opset > TRACE_MAX_OPSET:
+            model = _raise_opset(model, opset)
+        if weight_bytes(model) <= EXTERNAL_DATA_BYTES:
+            _finish(model, props)
+            onnx.save(model, str(path))
+            return model
+        if data_name is None:
+            raise ValueError("a graph over 2 GB needs a data file name")
+        _save_external(model, traced, "graph.onnx.data")
+        onnx.checker.check_model(str(traced), full_check=True)  # by path: no 2 GB message
+        onnx.shape_inference.infer_shapes_path(str(traced), str(traced), True, True)
+        model = onnx.load(str(traced))
+        onnx.helper.set_model_props(model, _props_text(props))
+        _save_external(model, path, data_name)
+    return onnx.load(str(path), load_external_data=False)
+
+
+def weight_bytes(model) -> int:
+    return sum(len(tensor.raw_data) for tensor in model.graph.initializer)
+
+
+def _finish(model, props: dict) -> None:
+    import onnx
+
     onnx.checker.check_model(model, full_check=True)
-    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    onnx.helper.set_model_props(
-        model, {key: json.dumps(value, default=str) for key, value in props.items()}
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    model.CopyFrom(inferred)
+    onnx.helper.set_model_props(model, _props_text(props))
+
+
+def _props_text(props: dict) -> dict:
+    return {key: json.dumps(value, default=str) for key, value in props.items()}
+
+
+def _save_external(model, path: Path, data_name: str) -> None:
+    import onnx
+
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_name,
+        size_threshold=1024,
     )
-    onnx.save(model, str(path))
-    return model
 
 
 def _trace(

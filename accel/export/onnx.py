@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,9 +141,52 @@ def export_onnx(
         config,
         [name for form in _export_forms(denoiser) for name in form.blocked_layers(denoiser.module)],
     )
+    check_disk_room(denoiser, out, config)
     start = time.perf_counter()
     prepared = _prepare(export_copy(denoiser), config, opset)
     tolerance = TOLERANCE[prepared.form, config.dtype]
+    data_files = [data_file(out)] + ([data_file(cached_out)] if cached_out else [])
+    try:
+        record = _write_graphs(prepared, out, cached_out, opset, config, tolerance, start)
+    except BaseException:
+        for file in data_files:  # a large graph's weights, written before the graph lands
+            file.unlink(missing_ok=True)
+        raise
+    written = [file for file in data_files if file.is_file()]
+    if written:
+        record["external_data"] = [file.name for file in written]
+    record["bytes"] = sum(
+        file.stat().st_size for file in [out, *([cached_out] if cached_out else []), *written]
+    )
+    return record
+
+
+def data_file(graph: Path) -> Path:
+    """Where a graph over 2 GB keeps its weights: ``x.onnx.data`` beside ``x.onnx``."""
+    return graph.with_name(graph.name + ".data")
+
+
+# the tracer's per-tensor files, the data file they are gathered into, then the final one
+TRACE_COPIES = 3
+
+
+def check_disk_room(denoiser, out: Path, config: ExportConfig) -> None:
+    """Refuse before starting where the graph's weights cannot be written (in one line, nothing
+    written)."""
+    per_value = torch.empty((), dtype=DTYPES[config.dtype]).element_size()
+    needed = TRACE_COPIES * sum(p.numel() for p in denoiser.parameters()) * per_value
+    free = shutil.disk_usage(out.parent if out.parent.is_dir() else Path.cwd()).free
+    if needed > free:
+        raise AccelError(
+            f"exporting to {out.parent} needs about {needed / 1e9:.1f} GB of free disk (the "
+            f"weights traced, gathered and written: {TRACE_COPIES} copies); "
+            f"{free / 1e9:.1f} GB free"
+        )
+
+
+def _write_graphs(prepared, out, cached_out, opset, config, tolerance, start) -> dict:
+    """The full-step graph (and a cached model's cached-step graph), each checked, landed
+    together."""
     with contextlib.ExitStack() as stack:
         partial = stack.enter_context(atomic_file(out))
         if cached_out is not None:
@@ -152,7 +196,9 @@ def export_onnx(
                 "feature": FEATURE,
                 "macs_cached": prepared.cached[2],
             }
-        record = _write_full_graph(prepared, partial, opset, config, tolerance, start)
+        record = _write_full_graph(
+            prepared, partial, opset, config, tolerance, start, data_file(out).name
+        )
         if cached_out is not None:
             graph, expected, _ = prepared.cached
             record["cached_graph"] = {
@@ -169,7 +215,6 @@ def export_onnx(
                 ),
                 "out": str(cached_out),
             }
-    record["bytes"] = out.stat().st_size + (cached_out.stat().st_size if cached_out else 0)
     return record
 
 
@@ -218,6 +263,7 @@ def _write_full_graph(
     config: ExportConfig,
     tolerance: float,
     start: float,
+    data_name: str,
 ) -> dict:
     """The (full-step) graph at ``path``, checked: the export record."""
     graph = (FullStepGraph if prepared.cached else EpsGraph)(prepared.denoiser).eval()
@@ -230,6 +276,7 @@ def _write_full_graph(
         path,
         opset,
         {METADATA_KEY: prepared.meta},
+        data_name,
     )
     parity = check_parity(str(path), prepared.names, prepared.checks, prepared.expected, tolerance)
     return {
@@ -266,7 +313,14 @@ def _write_cached_graph(
     ]
     names = [*names, FEATURE]
     model = write_graph(
-        graph, inputs[0], names, ["eps"], path, opset, {CACHED_STEP_KEY: {"of": full_name}}
+        graph,
+        inputs[0],
+        names,
+        ["eps"],
+        path,
+        opset,
+        {CACHED_STEP_KEY: {"of": full_name}},
+        data_file(cached_graph_path(path.with_name(full_name))).name,
     )
     parity = check_parity(str(path), names, inputs, expected, tolerance)
     return {
