@@ -113,3 +113,16 @@ def test_folder_with_config_but_no_weights(tmp_path, tiny_unet):
     tiny_unet.save_config(tmp_path)
     with pytest.raises(AccelError, match="cannot load weights"):
         accel.load(tmp_path)
+
+
+def test_a_model_larger_than_the_free_memory_is_refused_before_loading_with_the_estimate(
+    capsys, tmp_path, monkeypatch
+):
+    import accel.core.memory
+    from conftest import refused
+
+    monkeypatch.setattr(accel.core.memory, "available_bytes", lambda: 1_000)
+    line = refused(capsys, tmp_path, "info", "--model", "digits")
+    assert "needs about 0.0 GB of memory and 0.0 GB is available" in line
+    monkeypatch.setattr(accel.core.memory, "available_bytes", lambda: None)  # not Linux: no check
+    assert accel.load("digits").kind == "unet"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accel.core import stages
+from accel.core.memory import check_fits
 from accel.core.processes import SINGLE, current_processes
 from accel.core.stages import Context, Settings, change_sampler
 from accel.evaluate import EvalConfig, Evaluation, evaluate_many
@@ -57,7 +58,10 @@ def measure_stage(
     process gets the result, the others None. ``prompts``: as for ``accel.load``.
     """
     stage, processes = stages.get(name), current_processes()
-    original, model = (load(source, device, prompts=prompts) for _ in range(2))
+    original = load(source, device, prompts=prompts)
+    # the stage's own copy, and its work (a quantizer's float weights beside their codes)
+    check_fits(2 * (original.weights_bytes or 0), f"{name} on {source}")
+    model = load(source, device, prompts=prompts)
     if "sampling" in settings.configs:
         change_sampler(original, settings)
     measurer = MEASURERS.get(name, Measurer)(original, settings, eval_config, progress)

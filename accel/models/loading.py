@@ -14,12 +14,14 @@ from accel.core import registry
 from accel.core.denoiser import DIFFUSERS_KINDS, Denoiser
 from accel.core.errors import AccelError, one_line
 from accel.core.files import read_json_object
+from accel.core.memory import check_fits
 from accel.core.sampling_spec import SamplingSpec
 from accel.models.prompts import PIPELINE_INDEX, pipeline_folder, text_states
 from accel.models.reference import REFERENCES, SAMPLING_FILE
 
 BUILTIN_MODELS = {name: reference.folder for name, reference in REFERENCES.items()}
 MODEL_SUBFOLDERS = ("unet", "transformer")
+LOAD_COPIES = 2
 # diffusers' DDPMScheduler defaults, used only when a model folder carries no scheduler config.
 FALLBACK_SCHEDULER = {
     "_class_name": "DDPMScheduler",
@@ -185,6 +187,8 @@ def _load_path(path: Path, name: str) -> Denoiser:
     _check_safetensors(weight_files)
     scheduler_config, notes = _scheduler_config(model_dir)
     weights_bytes = sum(f.stat().st_size for f in weight_files) or None
+    # the network, and diffusers' read of the file while it fills it
+    check_fits(LOAD_COPIES * (weights_bytes or 0), f"loading {model_dir}")
     if (model_dir / MARKER).is_file():
         module = _from_config(model_dir, class_name, config)
         return load_artifact(model_dir, module, scheduler_config, name, notes, weights_bytes)
