@@ -9,7 +9,7 @@ from diffusers import DDPMScheduler
 import accel
 from accel.core.denoiser import Denoiser
 from accel.core.errors import AccelError, ConfigError
-from accel.metrics.size import count_macs
+from accel.metrics.size import count_macs, count_params
 from accel.prune import PruneConfig, prune_
 from accel.prune.importance import accumulate_gradients, channel_scores
 from accel.prune.structure import build_graph, channel_groups, channels_to_remove, kept_channels
@@ -263,3 +263,15 @@ def test_digits_dit_at_0_3_loses_more_than_40_percent_of_its_macs():
     before = count_macs(model)
     prune_(model, PruneConfig(ratio=0.3, criterion="magnitude"))
     assert count_macs(model) < 0.6 * before
+
+
+def test_a_weight_criterion_without_fine_tuning_prunes_a_model_with_no_training_data():
+    from conftest import make_tiny_text_unet
+
+    model = accel.load(make_tiny_text_unet())  # not the built-in: no data of its own
+    pruned = accel.run_stage(
+        "prune", model, ratio=0.5, criterion="magnitude", finetune_steps=0, round_to=1
+    ).model
+    assert count_params(pruned) < count_params(model)
+    with pytest.raises(ConfigError, match="source is needed"):  # gradients need images
+        accel.run_stage("prune", model, ratio=0.5, finetune_steps=0)

@@ -27,10 +27,14 @@ def run(model, settings: Settings, context: Context) -> StageResult:
     registry.check_can_follow(model.transforms, "prune")
     data, tuning = settings["data"], settings["finetune"]
     train_config = replace(settings["train"], steps=tuning.steps) if tuning.steps else None
+    # a weight criterion without fine-tuning reads no images: none are drawn or asked for
+    needs_images = settings["prune"].needs_gradients or train_config is not None
     identity = (
         given_images(context.images, model).identity
         if context.images is not None
         else data_identity(data, model, settings["prune"].seed)
+        if needs_images
+        else None
     )
     run_id = {
         "model": model.source,
@@ -42,9 +46,11 @@ def run(model, settings: Settings, context: Context) -> StageResult:
     }
     with work_folder(context.work_dir, "accel-prune-") as work_dir:
         check_leftovers(work_dir, context.resume, run_id)
-        images = _images(model, data, context, settings["prune"].seed)
+        images = _images(model, data, context, settings["prune"].seed) if needs_images else None
         original = copy.deepcopy(model) if train_config else None  # the fine-tuning's teacher
-        record = registry.apply(model, "prune", settings["prune"], images.images)
+        record = registry.apply(
+            model, "prune", settings["prune"], None if images is None else images.images
+        )
         context.observe("pruned", model)
         if train_config:
             record_run(work_dir, run_id)

@@ -20,7 +20,7 @@ import torch
 
 from accel.core.errors import AccelError
 from accel.core.files import atomic_dir
-from accel.models.architectures import architecture, narrowed
+from accel.models.architectures import architecture, at_resolution, narrowed
 
 CHARACTERS = string.ascii_lowercase + string.digits + ".,!?'-"
 START, END = "<|startoftext|>", "<|endoftext|>"
@@ -59,7 +59,9 @@ def text_encoder(config: dict, width_divisor: int):
     )
 
 
-def write_sd15_pipeline(out: str | Path, width_divisor: int = 1, seed: int = 0) -> Path:
+def write_sd15_pipeline(
+    out: str | Path, width_divisor: int = 1, seed: int = 0, resolution_divisor: int = 1
+) -> Path:
     """A StableDiffusionPipeline folder (unet, scheduler, text_encoder, tokenizer, vae; no safety
     checker) that diffusers' ``from_pretrained`` and ``accel.load`` read."""
     try:
@@ -69,11 +71,13 @@ def write_sd15_pipeline(out: str | Path, width_divisor: int = 1, seed: int = 0) 
     import diffusers
 
     sd15 = architecture("sd15-unet")
-    unet = sd15.build(width_divisor, seed)
+    unet = sd15.build(width_divisor, seed, resolution_divisor)
     torch.manual_seed(seed + 1)
     pipeline = diffusers.StableDiffusionPipeline(
         vae=diffusers.AutoencoderKL.from_config(
-            narrowed("AutoencoderKL", sd15.parts["vae"], width_divisor)
+            at_resolution(
+                narrowed("AutoencoderKL", sd15.parts["vae"], width_divisor), resolution_divisor
+            )
         ),
         text_encoder=text_encoder(sd15.parts["text_encoder"], width_divisor),
         tokenizer=clip_tokenizer(sd15.conditioning["tokens"]),
