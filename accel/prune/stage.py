@@ -12,6 +12,7 @@ import copy
 from dataclasses import replace
 
 from accel.core import registry, stages
+from accel.core.errors import ConfigError
 from accel.core.sampling_spec import SamplerChange
 from accel.core.stages import SAMPLER_KEYS, Context, Key, Settings, StageResult, change_sampler
 from accel.prune.config import FINETUNE, FinetuneConfig, PruneConfig
@@ -32,7 +33,7 @@ def run(model, settings: Settings, context: Context) -> StageResult:
     identity = (
         given_images(context.images, model).identity
         if context.images is not None
-        else data_identity(data, model, settings["prune"].seed)
+        else _data_identity(data, model, settings["prune"].seed)
         if needs_images
         else None
     )
@@ -76,6 +77,18 @@ def run(model, settings: Settings, context: Context) -> StageResult:
                 "resumed_at_step": trained.resumed_at,
             }
     return StageResult(model, record)
+
+
+def _data_identity(data: DataConfig, model, seed: int) -> dict:
+    try:
+        return data_identity(data, model, seed)
+    except ConfigError as error:  # no images: say which pruning needs none
+        raise ConfigError(
+            error.owner,
+            error.field,
+            f"{error.problem}; or prune by --criterion magnitude with --finetune-steps 0, "
+            "which reads no images",
+        )
 
 
 def _images(model, data: DataConfig, context: Context, seed: int):
