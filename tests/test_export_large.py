@@ -43,7 +43,7 @@ def test_a_disk_without_room_for_the_weights_is_refused_before_anything_is_writt
     tmp_path, monkeypatch
 ):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(accel.export.onnx.shutil, "disk_usage", lambda _: usage(1, 1, 1000))
+    monkeypatch.setattr(accel.export.graph.shutil, "disk_usage", lambda _: usage(1, 1, 1000))
     with pytest.raises(AccelError, match=r"needs about .* GB of free disk .* GB free"):
         export_onnx(accel.load(make_tiny_text_unet()), tmp_path / "unet.onnx")
     assert list(tmp_path.iterdir()) == []

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from accel.core.errors import AccelError, ConfigError
+from accel.core.errors import AccelError
 from accel.core.guidance_input import guidance_weight, has_weight_embedding
 from accel.core.hooks import StepCall, StepHook, Trajectory
+from accel.core.sampling_checks import refuse_sampling
 from accel.core.sampling_spec import SamplingSpec
 
 # diffusers class name -> how the adapter calls it
@@ -151,36 +152,7 @@ class Denoiser(nn.Module):
 
     def check_sampling(self, spec: SamplingSpec) -> None:
         """Refuse labels and guidance this model cannot take."""
-        if spec.labels is not None:
-            if self.cond_kind != "class":
-                raise ConfigError(
-                    "SamplingSpec",
-                    "labels",
-                    f"apply to class-conditional models; {self.source} is not one",
-                )
-            if max(spec.labels) >= self.classes:
-                raise ConfigError(
-                    "SamplingSpec",
-                    "labels",
-                    f"must be classes 0-{self.classes - 1} of "
-                    f"{self.source}, got {max(spec.labels)}",
-                )
-        if self.guidance_range:
-            low, high = self.guidance_range
-            if not low <= spec.guidance <= high:
-                raise ConfigError(
-                    "SamplingSpec",
-                    "guidance",
-                    f"must be within {low:g}-{high:g}, the weights {self.source} was "
-                    f"guidance-distilled for, got {spec.guidance:g}",
-                )
-        elif spec.guided and self.null_class is None:
-            raise ConfigError(
-                "SamplingSpec",
-                "guidance",
-                f"needs a model trained with a null class "
-                f"(classifier-free guidance); {self.source} has none: use guidance 1",
-            )
+        refuse_sampling(self, spec)
 
     @property
     def text_width(self) -> int | None:

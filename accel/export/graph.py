@@ -5,6 +5,7 @@ inference and metadata."""
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -12,7 +13,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from accel.core.errors import AccelError
 from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
+from accel.export.config import DTYPES, ExportConfig
 
 # torch's TorchScript exporter; higher opsets are reached with onnx's version converter
 TRACE_MAX_OPSET = 20
@@ -225,3 +228,26 @@ def metadata(denoiser, opset: int, form: str, dtype: str) -> dict:
         "inputs": input_names(denoiser),
         "guidance_range": list(denoiser.guidance_range) if denoiser.guidance_range else None,
     }
+
+
+def data_file(graph: Path) -> Path:
+    """Where a graph over 2 GB keeps its weights: ``x.onnx.data`` beside ``x.onnx``."""
+    return graph.with_name(graph.name + ".data")
+
+
+# the tracer's per-tensor files, the data file they are gathered into, then the final one
+TRACE_COPIES = 3
+
+
+def check_disk_room(denoiser, out: Path, config: ExportConfig) -> None:
+    """Refuse before starting where the graph's weights cannot be written (in one line, nothing
+    written)."""
+    per_value = torch.empty((), dtype=DTYPES[config.dtype]).element_size()
+    needed = TRACE_COPIES * sum(p.numel() for p in denoiser.parameters()) * per_value
+    free = shutil.disk_usage(out.parent if out.parent.is_dir() else Path.cwd()).free
+    if needed > free:
+        raise AccelError(
+            f"exporting to {out.parent} needs about {needed / 1e9:.1f} GB of free disk (the "
+            f"weights traced, gathered and written: {TRACE_COPIES} copies); "
+            f"{free / 1e9:.1f} GB free"
+        )

@@ -20,39 +20,32 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from accel.core import registry
-from accel.core.errors import AccelError, ConfigError
+from accel.core.errors import ConfigError
 from accel.core.files import atomic_file, ensure_writable_file
+from accel.export.checked_graphs import write_cached_graph, write_full_graph
 from accel.export.config import (
     BLOCKED_OPSET,
-    CACHED_STEP_KEY,
     DEFAULT_OPSET,
     DTYPES,
     EXPORT,
-    METADATA_KEY,
     ExportConfig,
 )
-from accel.export.graph import FEATURE, input_names, metadata, op_counts, write_graph
+from accel.export.graph import FEATURE, check_disk_room, data_file, input_names, metadata
 from accel.export.parity import (
     TOLERANCE,
-    check_parity,
     max_rel,
-    ort_outputs,
     parity_inputs,
 )
 from accel.export.steps import (
     CachedStepGraph,
-    EpsGraph,
-    FullStepGraph,
     cached_graph_path,
     cached_step_macs,
     from_other_steps,
@@ -161,29 +154,6 @@ def export_onnx(
     return record
 
 
-def data_file(graph: Path) -> Path:
-    """Where a graph over 2 GB keeps its weights: ``x.onnx.data`` beside ``x.onnx``."""
-    return graph.with_name(graph.name + ".data")
-
-
-# the tracer's per-tensor files, the data file they are gathered into, then the final one
-TRACE_COPIES = 3
-
-
-def check_disk_room(denoiser, out: Path, config: ExportConfig) -> None:
-    """Refuse before starting where the graph's weights cannot be written (in one line, nothing
-    written)."""
-    per_value = torch.empty((), dtype=DTYPES[config.dtype]).element_size()
-    needed = TRACE_COPIES * sum(p.numel() for p in denoiser.parameters()) * per_value
-    free = shutil.disk_usage(out.parent if out.parent.is_dir() else Path.cwd()).free
-    if needed > free:
-        raise AccelError(
-            f"exporting to {out.parent} needs about {needed / 1e9:.1f} GB of free disk (the "
-            f"weights traced, gathered and written: {TRACE_COPIES} copies); "
-            f"{free / 1e9:.1f} GB free"
-        )
-
-
 def _write_graphs(prepared, out, cached_out, opset, config, tolerance, start) -> dict:
     """The full-step graph (and a cached model's cached-step graph), each checked, landed
     together."""
@@ -196,13 +166,13 @@ def _write_graphs(prepared, out, cached_out, opset, config, tolerance, start) ->
                 "feature": FEATURE,
                 "macs_cached": prepared.cached[2],
             }
-        record = _write_full_graph(
+        record = write_full_graph(
             prepared, partial, opset, config, tolerance, start, data_file(out).name
         )
         if cached_out is not None:
             graph, expected, _ = prepared.cached
             record["cached_graph"] = {
-                **_write_cached_graph(
+                **write_cached_graph(
                     graph,
                     partial,
                     cached_partial,
@@ -260,88 +230,6 @@ def _prepare(denoiser, config: ExportConfig, opset: int) -> _Prepared:
         metadata(denoiser, opset, form, config.dtype),
         cached,
     )
-
-
-def _write_full_graph(
-    prepared: _Prepared,
-    path: Path,
-    opset: int,
-    config: ExportConfig,
-    tolerance: float,
-    start: float,
-    data_name: str,
-) -> dict:
-    """The (full-step) graph at ``path``, checked: the export record."""
-    graph = (FullStepGraph if prepared.cached else EpsGraph)(prepared.denoiser).eval()
-    outputs = ["eps", FEATURE] if prepared.cached else ["eps"]
-    model = write_graph(
-        graph,
-        prepared.checks[0],
-        prepared.names,
-        outputs,
-        path,
-        opset,
-        {METADATA_KEY: prepared.meta},
-        data_name,
-    )
-    parity = check_parity(str(path), prepared.names, prepared.checks, prepared.expected, tolerance)
-    return {
-        "form": prepared.form,
-        "opset": opset,
-        "dtype": config.dtype,
-        **prepared.counts,
-        "export_s": time.perf_counter() - start,
-        "ops": op_counts(model),
-        "exported_form_vs_model_max_rel": prepared.form_vs_model,
-        "parity": _checked(parity, ""),
-    }
-
-
-def _write_cached_graph(
-    graph: nn.Module,
-    full_path: Path,
-    path: Path,
-    names: list[str],
-    checks: list[tuple],
-    expected: list[np.ndarray],
-    tolerance: float,
-    opset: int,
-    full_name: str,
-) -> dict:
-    """The cached-step graph, checked as a sampler runs it: fed by the features ONNX Runtime's full
-    step (at ``full_path``, to be renamed ``full_name``) wrote."""
-    full_outputs = ort_outputs(str(full_path), names, checks, FEATURE)
-    inputs = [
-        (*args, feature)
-        for args, feature in zip(
-            checks, from_other_steps([torch.from_numpy(f) for f in full_outputs])
-        )
-    ]
-    names = [*names, FEATURE]
-    model = write_graph(
-        graph,
-        inputs[0],
-        names,
-        ["eps"],
-        path,
-        opset,
-        {CACHED_STEP_KEY: {"of": full_name}},
-        data_file(cached_graph_path(path.with_name(full_name))).name,
-    )
-    parity = check_parity(str(path), names, inputs, expected, tolerance)
-    return {
-        "ops": op_counts(model),
-        "parity": _checked(parity, "cached-step graph fed by the full step's: "),
-    }
-
-
-def _checked(parity: dict, what: str) -> dict:
-    if not parity["met"]:
-        raise AccelError(
-            f"ONNX Runtime disagrees with PyTorch: {what}max relative error "
-            f"{parity['max_rel']:.2e} > {parity['tolerance']:g}; nothing was written"
-        )
-    return parity
 
 
 def _as_dtype(args: tuple, dtype: torch.dtype) -> tuple:
