@@ -35,6 +35,7 @@ def test_every_spelling_is_a_flag_and_every_stage_flag_a_key(command):
     assert set(stage.keys) <= flags, set(stage.keys) - flags
     shared = {
         "model",
+        "prompts",  # the model's conditioning: every command that runs a model takes it
         "device",
         "seed",
         "json",
