@@ -201,7 +201,7 @@ def measure_architecture(
     calls = trajectory_calls(original, settings.points)
     rows = []
     for label, run in stages(settings, work, name).items():
-        if label.split()[0] not in chosen:
+        if label.split()[0].rstrip(",") not in chosen:
             continue
         rows.append(measure_row(label, run, original, calls, settings))
         print(f"{name}: {_row_line(rows[-1])}", flush=True)
