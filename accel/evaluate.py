@@ -174,8 +174,10 @@ def _share_text_states(models: list[Denoiser]) -> None:
     """Models compared side by side see the same prompts: a text model without its own (the
     pipeline a compressed artifact came from) takes the first model's that has them."""
     given = next((m.text_states for m in models if m.text_states is not None), None)
+    if given is None:
+        return
     for model in models:
-        if given is not None and model.text_states is None and model.cond_kind == "text":
+        if model.text_states is None and model.cond_kind == "text":
             model.use_text_states(given)
 
 
