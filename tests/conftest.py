@@ -67,6 +67,31 @@ def make_tiny_dit():
     ).eval()
 
 
+def make_tiny_pixart():
+    """PixArt-alpha's blocks (adaLN-single, cross-attention to projected text states), width 16."""
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    return PixArtTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        cross_attention_dim=16,
+        caption_channels=12,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        activation_fn="gelu-approximate",
+        attention_bias=True,
+        num_embeds_ada_norm=1000,
+        use_additional_conditions=False,
+    ).eval()
+
+
 @pytest.fixture
 def tiny_unet():
     return make_tiny_unet()

@@ -13,9 +13,14 @@ from accel.metrics.size import count_macs, count_params
 from accel.prune import PruneConfig, prune_
 from accel.prune.importance import accumulate_gradients, channel_scores
 from accel.prune.structure import build_graph, channel_groups, channels_to_remove, kept_channels
-from conftest import make_tiny_dit, make_tiny_text_unet, make_tiny_unet
+from conftest import make_tiny_dit, make_tiny_pixart, make_tiny_text_unet, make_tiny_unet
 
-MAKERS = {"unet": make_tiny_unet, "unet-text": make_tiny_text_unet, "dit": make_tiny_dit}
+MAKERS = {
+    "unet": make_tiny_unet,
+    "unet-text": make_tiny_text_unet,
+    "dit": make_tiny_dit,
+    "dit-text": make_tiny_pixart,
+}
 QUICK = dict(importance_batch=4, timestep_stride=10)
 
 
@@ -74,6 +79,24 @@ def test_cross_attention_keeps_the_text_width_and_the_output_layer_its_channels(
     cross = [m for n, m in model.module.named_modules() if n.endswith("attn2")]
     assert cross and all(m.to_k.in_features == m.to_v.in_features == 16 for m in cross)
     assert model.module.conv_out.out_channels == 4
+
+
+def test_pixart_loses_heads_and_feed_forward_width_and_keeps_its_residual_and_text_widths():
+    model = tiny("dit-text")
+    before = {n: p.shape for n, p in model.module.named_parameters()}
+    prune_(model, PruneConfig(ratio=0.5, criterion="magnitude", round_to=4))
+    after = {n: p.shape for n, p in model.module.named_parameters()}
+    # adaLN-single's tables and the projected text states are the residual width (not pruned yet)
+    for name in ("scale_shift_table", "transformer_blocks.1.scale_shift_table"):
+        assert after[name] == before[name]
+    for name in ("caption_projection.linear_2.weight", "pos_embed.proj.weight"):
+        assert after[name][0] == before[name][0]
+    block = model.module.transformer_blocks[0]
+    assert block.attn1.heads == block.attn2.heads == 1
+    assert (
+        after["transformer_blocks.0.ff.net.0.proj.weight"][0]
+        < before["transformer_blocks.0.ff.net.0.proj.weight"][0]
+    )
 
 
 def test_round_to_and_groupnorm_constraints_pick_the_kept_width():

@@ -16,7 +16,10 @@ so are three rules Torch-Pruning 1.6 gets wrong or leaves out for diffusion mode
   product, which is what broke Diff-Pruning on torch 2 (VainF/Diff-Pruning#4), so heads are handled
   here rather than through the graph;
 - the input and the output layer keep their channels (the image's), and cross-attention keys and
-  values keep their text width: both are the model's interface.
+  values keep their text width: both are the model's interface. A transformer's residual width is
+  cut by hand (``accel.prune.residual``) where its layout is known (DiT); PixArt's adaLN-single
+  tables and projected text states are that width too, so it keeps it and loses heads and
+  feed-forward width.
 """
 
 from __future__ import annotations
@@ -91,7 +94,12 @@ def attention_layers(module: nn.Module) -> dict[str, nn.Module]:
 def output_layers(denoiser) -> list[nn.Module]:
     """The layers that write the model's output: their output channels are the image's."""
     module = denoiser.module
-    names = {"unet": ("conv_out",), "unet-text": ("conv_out",), "dit": ("proj_out_2", "proj_out")}
+    names = {
+        "unet": ("conv_out",),
+        "unet-text": ("conv_out",),
+        "dit": ("proj_out_2", "proj_out"),
+        "dit-text": ("proj_out",),
+    }
     found = [
         getattr(module, n)
         for n in names.get(denoiser.kind, ())
@@ -99,8 +107,8 @@ def output_layers(denoiser) -> list[nn.Module]:
     ]
     if not found:
         raise AccelError(
-            "pruning supports diffusers UNet2DModel, UNet2DConditionModel "
-            f"and DiT models; this is a {type(module).__name__}"
+            "pruning supports diffusers UNet2DModel, UNet2DConditionModel, DiT and PixArt "
+            f"models; this is a {type(module).__name__}"
         )
     return found[:1]
 
@@ -109,6 +117,8 @@ def residual_writers(denoiser) -> list[nn.Module]:
     """Layers whose output width is a transformer's residual width, which the graph leaves alone:
     DiT's adaLN-Zero chunks the conditioning projection six ways over it and its positional
     embedding is a fixed buffer of that width (accel.prune.residual cuts it by hand)."""
+    if denoiser.kind == "dit-text":  # PixArt's text states, projected to the residual width
+        return [denoiser.module.pos_embed.proj, denoiser.module.caption_projection.linear_2]
     if denoiser.kind != "dit":
         return []
     return [denoiser.module.pos_embed.proj]
