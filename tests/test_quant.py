@@ -13,6 +13,7 @@ from accel.quant.config import W4A8, W8A8, QuantConfig
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
 from accel.quant.pack import pack_codes, unpack_codes
 from accel.quant.quantizer import Quantizer
+from accel.quant.reconstruct import reconstruct_, reconstruction_estimate
 from accel.quant.split import find_split_sites
 from conftest import make_tiny_dit, make_tiny_text_unet, make_tiny_unet, tiny_calib
 
@@ -337,3 +338,32 @@ def test_reconstruction_learns_rounding_that_lowers_the_error():
     assert calibration_error(original, reconstructed, calib) < 0.9 * calibration_error(
         original, plain, calib
     )
+
+
+def test_reconstructing_up_to_the_first_block_times_it_and_leaves_the_rest():
+    original = accel.load(make_tiny_unet())
+    calib = tiny_calib(original)
+    model = accel.load(make_tiny_unet())
+    quantize_(model, QuantConfig(w_bits=3, a_bits=8), calib, progress=False)
+    codes = {
+        name: layer.weight_codes()[0].clone()
+        for name, layer in model.module.named_modules()
+        if isinstance(layer, QuantLayer)
+    }
+    timed = reconstruct_(model, calib, original.module, iters=20, progress=False, max_blocks=1)
+    *layers, block = timed["seconds"]
+    assert block["block"] and not any(layer["block"] for layer in layers)
+    assert [t["unit"] for t in timed["seconds"]] == timed["units"][: len(layers) + 1]
+    changed = {
+        name
+        for name, layer in model.module.named_modules()
+        if isinstance(layer, QuantLayer) and (layer.weight_codes()[0] != codes[name]).any()
+    }
+    timed_units = [t["unit"] for t in timed["seconds"]]
+    assert changed and all(
+        any(name == unit or name.startswith(unit + ".") for unit in timed_units) for name in changed
+    )
+    assert any(name.startswith(block["unit"] + ".") for name in changed)
+    estimate = reconstruction_estimate(timed, timed_iters=20, iters=500)
+    untimed = len(timed["units"]) - len(timed["seconds"])
+    assert untimed > 0 and estimate["estimated_s"] > untimed * 500 * block["learn_s"] / 20

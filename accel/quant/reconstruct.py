@@ -12,6 +12,8 @@ choice) and its activation scales to reproduce the target, then the rounding is 
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -157,10 +159,17 @@ def _reconstruct_unit(
 
 
 def reconstruct_(
-    denoiser, calib, fp_network: nn.Module, iters: int, seed: int = 0, progress: bool = True
-) -> None:
+    denoiser,
+    calib,
+    fp_network: nn.Module,
+    iters: int,
+    seed: int = 0,
+    progress: bool = True,
+    max_blocks: int | None = None,
+) -> dict:
     """Reconstruct every unit of ``denoiser`` (already quantized and calibrated) against
-    ``fp_network``."""
+    ``fp_network``, or those up to its ``max_blocks``-th block (to time a reconstruction too long
+    to run: ``reconstruction_estimate``); returns the units and each reconstructed one's seconds."""
     network = denoiser.module
     device = denoiser.device
     generator = torch.Generator().manual_seed(seed)
@@ -183,28 +192,81 @@ def reconstruct_(
     # trajectories were sampled at (its sampler's)
     weight = denoiser.sampling.guidance
     with guidance_weight(network, weight), guidance_weight(fp_network, weight):
-        _reconstruct_units(
-            network, fp_network, batches, run_batch, iters, device, generator, progress
+        units = forward_order(network, _blocks(network), lambda m: run_batch(m, batches[0]))
+        timings = _reconstruct_units(
+            network,
+            fp_network,
+            _up_to_block(network, units, max_blocks),
+            (batches, run_batch),
+            (iters, device, generator),
+            progress,
         )
+    return {"units": units, "seconds": timings}
 
 
-def _reconstruct_units(network, fp_network, batches, run_batch, iters, device, generator, progress):
+def _is_block(network: nn.Module, unit: str) -> bool:
+    return type(network.get_submodule(unit)).__name__ in BLOCK_TYPES
+
+
+def _up_to_block(network: nn.Module, units: list[str], max_blocks: int | None) -> list[str]:
+    """``units`` up to and including the ``max_blocks``-th block (all of them for None)."""
+    if max_blocks is None:
+        return units
+    blocks = [i for i, unit in enumerate(units) if _is_block(network, unit)]
+    return units if len(blocks) <= max_blocks else units[: blocks[max_blocks - 1] + 1]
+
+
+def _reconstruct_units(network, fp_network, units, data, learning, progress) -> list[dict]:
     """Each unit in forward order: its inputs from the quantized network, its targets from the
-    float one, then its rounding and activation scales learned."""
-    units = forward_order(network, _blocks(network), lambda m: run_batch(m, batches[0]))
+    float one, then its rounding and activation scales learned; the seconds each part took."""
+    batches, run_batch = data
     requires_grad = {name: p.requires_grad for name, p in network.named_parameters()}
     network.requires_grad_(False)
+    timings = []
     try:
         bar = tqdm(units, desc="reconstruct", unit="block", disable=not progress)
         for unit in bar:
+            start = time.perf_counter()
             inputs = _capture_inputs(network, unit, batches, run_batch)
             targets = _capture_outputs(fp_network, unit, batches, run_batch)
             captured = [(args, kwargs, target) for (args, kwargs), target in zip(inputs, targets)]
+            captured_at = time.perf_counter()
             with torch.enable_grad():
-                loss = _reconstruct_unit(
-                    network.get_submodule(unit), captured, iters, device, generator
-                )
+                loss = _reconstruct_unit(network.get_submodule(unit), captured, *learning)
+            timings.append(
+                {
+                    "unit": unit,
+                    "block": _is_block(network, unit),
+                    "capture_s": captured_at - start,
+                    "learn_s": time.perf_counter() - captured_at,
+                }
+            )
             bar.set_postfix(block=unit, loss=f"{loss:.2e}")
     finally:
         for name, p in network.named_parameters():
             p.requires_grad_(requires_grad[name])
+    return timings
+
+
+def reconstruction_estimate(timed: dict, timed_iters: int, iters: int) -> dict:
+    """A whole reconstruction's time at ``iters`` per unit from ``reconstruct_``'s first units
+    timed at ``timed_iters``: every unit's captures cost the same (two passes of the whole network
+    over the calibration subset); the timed units learn as measured, each other unit at the timed
+    blocks' mean time per iteration (in a UNet the first block is a highest-resolution ResNet
+    block; its attention blocks there may cost more)."""
+    seconds = timed["seconds"]
+    blocks = [t for t in seconds if t["block"]] or seconds
+    capture_s = sum(t["capture_s"] for t in seconds) / len(seconds)
+    block_iteration_s = sum(t["learn_s"] for t in blocks) / len(blocks) / timed_iters
+    untimed = len(timed["units"]) - len(seconds)
+    learn_s = sum(t["learn_s"] for t in seconds) * iters / timed_iters
+    return {
+        "units": len(timed["units"]),
+        "units_timed": len(seconds),
+        "capture_s_per_unit": capture_s,
+        "block_iteration_s": block_iteration_s,
+        "iters": iters,
+        "estimated_s": len(timed["units"]) * capture_s
+        + learn_s
+        + untimed * iters * block_iteration_s,
+    }
