@@ -7,7 +7,7 @@ import torch
 import accel
 from accel.calib.collect import CalibConfig, CalibrationSet, calibrate, collect
 from accel.core.errors import AccelError, ConfigError
-from accel.quant import quantize_
+from accel.quant import layers, quantize_
 from accel.quant.apply import plan_layers
 from accel.quant.config import W4A8, W8A8, QuantConfig
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
@@ -367,3 +367,14 @@ def test_reconstructing_up_to_the_first_block_times_it_and_leaves_the_rest():
     estimate = reconstruction_estimate(timed, timed_iters=20, iters=500)
     untimed = len(timed["units"]) - len(timed["seconds"])
     assert untimed > 0 and estimate["estimated_s"] > untimed * 500 * block["learn_s"] / 20
+
+
+def test_attention_in_slices_computes_the_same_numbers(monkeypatch):
+    model = accel.load(make_tiny_text_unet())
+    quantize_(model, W8A8, tiny_calib(model), progress=False)
+    x, t, cond = model.example_inputs(3)
+    with torch.no_grad():
+        whole = model(x, t, cond)
+        monkeypatch.setattr(layers, "SCORES_SLICE_BYTES", 1)  # one (image, head) pair at a time
+        sliced = model(x, t, cond)
+    torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-6)
