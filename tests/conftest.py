@@ -10,7 +10,14 @@ if not torch.cuda.is_available():
     # Triton kernels run in Triton's CPU interpreter; it is chosen when a kernel is defined, so
     # before any import.
     os.environ.setdefault("TRITON_INTERPRET", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n auto` starts a worker per core: one thread each (and in the processes a test
+    # starts), or the workers' thread pools fight over the cores (two 2-thread processes on 2 cores
+    # ran ~10x slower)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def make_tiny_unet(**overrides):
