@@ -25,6 +25,7 @@ so are three rules Torch-Pruning 1.6 gets wrong or leaves out for diffusion mode
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -75,9 +76,13 @@ def build_graph(denoiser):
     import torch_pruning as tp
 
     inputs = denoiser.example_inputs(1)
-    return tp.DependencyGraph().build_dependency(
-        denoiser.module, example_inputs=inputs, forward_fn=lambda _, args: denoiser(*args)
-    )
+    with warnings.catch_warnings():
+        # PixArt's adaLN-single tables are parameters outside any layer; they are its residual
+        # width, which accel keeps (``residual_writers``), so Torch-Pruning never cuts them
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        return tp.DependencyGraph().build_dependency(
+            denoiser.module, example_inputs=inputs, forward_fn=lambda _, args: denoiser(*args)
+        )
 
 
 def attention_layers(module: nn.Module) -> dict[str, nn.Module]:
