@@ -132,19 +132,9 @@ def stages(settings: Settings, work: Path, name: str) -> dict[str, Callable]:
     return {
         # minmax: MSE's search over 100 clipping ratios per weight row took more than 9 minutes on
         # SD1.5's 860M weights here; at 8 bits minmax kept as much (10.6 vs 10.2 dB SQNR, narrowed)
-        QUANTIZE: lambda model: accel.run_stage(
-            "quantize",
-            model,
-            bits=8,
-            act_bits=8,
-            range="minmax",
-            recon_iters=0,
-            calib_samples=settings.calib_samples,
-            calib=str(calib_file),
-            progress=False,
-        ),
-        # magnitude: Diff-Pruning's gradients need training images a random network has none of
+        QUANTIZE: lambda model: calibrated(model, 8, settings, calib_file),
         RECONSTRUCT: lambda model: w4a8_first_block(model, settings, calib_file),
+        # magnitude: Diff-Pruning's gradients need training images a random network has none of
         PRUNE: lambda model: accel.run_stage(
             "prune", model, ratio=0.3, criterion="magnitude", finetune_steps=0, progress=False
         ),
@@ -155,17 +145,13 @@ def stages(settings: Settings, work: Path, name: str) -> dict[str, Callable]:
     }
 
 
-def w4a8_first_block(model, settings: Settings, calib_file: Path):
-    """W4A8 calibrated, then reconstructed up to its first block at ``timed_iters`` iterations: a
-    whole reconstruction (Q-Diffusion's 500 iterations on every unit) is hours at full size on a
-    CPU, so its time is extrapolated from these (``reconstruction_estimate``). Minmax starting
-    ranges: MSE's search is a cost of its own (more than 9 minutes on SD1.5's weights) and took
-    about 90% of this row's time in CI's quick settings (25-48 s against 3-9 s; SQNR within 1
-    dB)."""
-    result = accel.run_stage(
+def calibrated(model, bits: int, settings: Settings, calib_file: Path):
+    """W``bits``A8 from minmax ranges, calibration only, on the calibration set in ``calib_file``
+    (recorded by the first row that needs it)."""
+    return accel.run_stage(
         "quantize",
         model,
-        bits=4,
+        bits=bits,
         act_bits=8,
         range="minmax",
         recon_iters=0,
@@ -173,6 +159,16 @@ def w4a8_first_block(model, settings: Settings, calib_file: Path):
         calib=str(calib_file),
         progress=False,
     )
+
+
+def w4a8_first_block(model, settings: Settings, calib_file: Path):
+    """W4A8 calibrated, then reconstructed up to its first block at ``timed_iters`` iterations: a
+    whole reconstruction (Q-Diffusion's 500 iterations on every unit) is hours at full size on a
+    CPU, so its time is extrapolated from these (``reconstruction_estimate``). Minmax starting
+    ranges: MSE's search is a cost of its own (more than 9 minutes on SD1.5's weights) and took
+    about 90% of this row's time in CI's quick settings (25-48 s against 3-9 s; SQNR within 1
+    dB)."""
+    result = calibrated(model, 4, settings, calib_file)
     calib = CalibrationSet.load(calib_file)
     timed = reconstruct_(
         result.model, calib, model.module, settings.timed_iters, progress=False, max_blocks=1
