@@ -24,12 +24,18 @@ from accel.core.errors import AccelError, ConfigError
 from accel.core.files import read_json_object
 from accel.core.sampling_spec import SamplingSpec
 from accel.core.version import __version__
-from accel.core.weights import file_sha256, load_stored_state, stored_state
+from accel.core.weights import (
+    NULL_STATES_KEY,
+    STATES_KEY,
+    conditioning_state,
+    file_sha256,
+    load_stored_state,
+    stored_state,
+)
 
 MARKER = "accel.json"
 WEIGHTS = "model.safetensors"
 TEXT_STATES = "text_states.safetensors"
-STATES_KEY = "text_states"  # the tensor in it, as in a --prompts embeddings file
 # 2: versioned transform configs, the sampling spec and a weights hash; 1: accel 0.1 (DDIM 50
 # implied)
 FORMAT = 2
@@ -50,8 +56,8 @@ def write_model_files(denoiser: Denoiser, folder: Path) -> None:
         json.dumps(denoiser.scheduler_config, indent=2) + "\n"
     )
     save_file(stored_state(denoiser), str(folder / WEIGHTS))
-    if denoiser.text_states is not None:
-        save_file({STATES_KEY: denoiser.text_states.contiguous()}, str(folder / TEXT_STATES))
+    if conditioning_state(denoiser):
+        save_file(conditioning_state(denoiser), str(folder / TEXT_STATES))
     record = {
         "format": FORMAT,
         "accel_version": __version__,
@@ -116,10 +122,11 @@ def load_artifact(
     if (folder / TEXT_STATES).is_file():
         from safetensors.torch import load_file
 
-        states = load_file(str(folder / TEXT_STATES)).get(STATES_KEY)
-        if states is None:
+        stored = load_file(str(folder / TEXT_STATES))
+        if STATES_KEY not in stored:
             raise AccelError(f"{folder / TEXT_STATES} has no '{STATES_KEY}' tensor")
-        denoiser.use_text_states(states, str(folder / TEXT_STATES))
+        null = stored.get(NULL_STATES_KEY)
+        denoiser.use_text_states(stored[STATES_KEY], str(folder / TEXT_STATES), null)
     return denoiser
 
 

@@ -173,12 +173,12 @@ def evaluate(
 def _share_text_states(models: list[Denoiser]) -> None:
     """Models compared side by side see the same prompts: a text model without its own (the
     pipeline a compressed artifact came from) takes the first model's that has them."""
-    given = next((m.text_states for m in models if m.text_states is not None), None)
+    given = next((m for m in models if m.text_states is not None), None)
     if given is None:
         return
     for model in models:
         if model.text_states is None and model.cond_kind == "text":
-            model.use_text_states(given)
+            model.use_text_states(given.text_states, null=given.null_text_states)
 
 
 def evaluate_many(

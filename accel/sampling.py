@@ -148,12 +148,21 @@ def _denoise(
 
 
 def guided_eps(
-    denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, labels, step: int | None, scale: float
+    denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, cond, step: int | None, scale: float
 ) -> torch.Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022), as diffusers' DiTPipeline runs it: one call on
-    the batch doubled, the given labels then the null class, eps_u + scale (eps_c - eps_u). Step
-    hooks see the one call, so a cache keeps both halves together."""
-    null = torch.full_like(labels, denoiser.null_class)
-    eps = denoiser(torch.cat([x, x]), t, torch.cat([labels, null]), step=step)
-    conditional, unconditional = eps.chunk(2)
-    return unconditional + scale * (conditional - unconditional)
+    """Classifier-free guidance (Ho & Salimans 2022), as diffusers' pipelines run it: one call on
+    the batch doubled, the given conditioning then the unconditional, eps_u + scale (eps_c - eps_u).
+    Step hooks see the one call, so a cache keeps both halves together."""
+    eps = denoiser(
+        torch.cat([x, x]), t, torch.cat([cond, unconditional(denoiser, cond)]), step=step
+    )
+    conditional, unconditional_eps = eps.chunk(2)
+    return unconditional_eps + scale * (conditional - unconditional_eps)
+
+
+def unconditional(denoiser: Denoiser, cond: torch.Tensor) -> torch.Tensor:
+    """The unconditional half of a guided batch: a DiT's null class; a text model's empty prompt's
+    states (StableDiffusionPipeline's and PixArtAlphaPipeline's negative prompt "")."""
+    if denoiser.cond_kind == "text":
+        return denoiser.null_text_states.to(cond).expand_as(cond)
+    return torch.full_like(cond, denoiser.null_class)

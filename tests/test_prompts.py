@@ -10,6 +10,9 @@ from safetensors.torch import save_file
 
 import accel
 from accel.core.errors import AccelError
+from accel.core.hooks import StepHook
+from accel.distillation.apply import check_distillable
+from accel.distillation.config import DistillConfig
 from accel.models.architectures import architecture
 from accel.models.prompts import stored_states
 from conftest import make_tiny_text_unet, refused
@@ -65,7 +68,7 @@ def test_stored_states_condition_a_model_without_a_text_encoder(tmp_path):
     model = accel.load(make_tiny_text_unet())
     states = torch.randn(2, 7, 16)
     save_file({"text_states": states}, str(tmp_path / "states.safetensors"))
-    model.use_text_states(stored_states(tmp_path / "states.safetensors"))
+    model.use_text_states(stored_states(tmp_path / "states.safetensors")[0])
     x, t, cond = model.example_inputs(3)
     assert all(any(torch.equal(row, s) for s in states) for row in cond)
     assert model(x, t, cond).shape == x.shape
@@ -115,3 +118,76 @@ def test_a_pipeline_folder_without_a_denoiser_is_refused_in_one_line(capsys, tmp
     (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     line = refused(capsys, tmp_path, "info", "--model", str(folder))
     assert "pipeline folder without a denoiser" in line
+
+
+class CondRecorder(StepHook):
+    """Keeps the conditioning of every call."""
+
+    def __init__(self):
+        self.conds = []
+
+    def pre_forward(self, call):
+        self.conds.append(call.cond)
+        return call
+
+
+@pytest.mark.slow
+def test_guidance_runs_the_empty_prompts_states_as_the_unconditional_half(
+    pipeline, prompts, tmp_path
+):
+    from accel.models.prompts import encode_prompts
+
+    model = accel.load(pipeline, prompts=prompts, sampling={"steps": 2, "guidance": 7.5})
+    empty = encode_prompts(pipeline, [""])[0]  # the pipeline's negative prompt ""
+    assert torch.allclose(model.null_text_states, empty, atol=1e-5)
+    recorder = CondRecorder()
+    model.add_hook("record", recorder)
+    guided = accel.sample(model, 2, progress=False)
+    model.remove_hook("record")
+    assert guided.calls_per_image == 4  # 2 steps x (conditional + unconditional), one call each
+    cond = recorder.conds[0]
+    assert all(any(torch.equal(row, s) for s in model.text_states) for row in cond[:2])
+    assert all(torch.equal(row, model.null_text_states) for row in cond[2:])
+    unguided = accel.sample(
+        model, 2, spec=model.sampling.changed({"guidance": 1.0}), progress=False
+    )
+    assert not torch.allclose(guided.images, unguided.images, atol=1e-3)
+    # the artifact keeps the empty prompt's states: reloaded, it draws the same guided samples
+    accel.save(model, tmp_path / "artifact")
+    again = accel.load(tmp_path / "artifact")
+    assert torch.equal(again.null_text_states, model.null_text_states)
+    assert torch.equal(accel.sample(again, 2, progress=False).images, guided.images)
+
+
+def test_guidance_needs_the_empty_prompts_states_and_an_embeddings_file_can_give_them(tmp_path):
+    states, null = torch.randn(2, 7, 16), torch.randn(7, 16)
+    without, given = tmp_path / "states.safetensors", tmp_path / "with-null.safetensors"
+    save_file({"text_states": states}, str(without))
+    save_file({"text_states": states, "null_text_states": null}, str(given))
+    guided = {"steps": 2, "guidance": 3.0}
+    with pytest.raises(AccelError, match="needs the empty prompt's text states"):
+        accel.load(make_tiny_text_unet(), prompts=without, sampling=guided)
+    model = accel.load(make_tiny_text_unet(), prompts=given, sampling=guided)
+    assert torch.equal(model.null_text_states, null)
+    assert accel.sample(model, 2, progress=False).calls_per_image == 4
+    with pytest.raises(AccelError, match="the empty prompt's states are"):
+        model.use_text_states(states, null=torch.randn(5, 16))
+    # guided distillation trains with a null class; a text teacher has none yet
+    with pytest.raises(AccelError, match="teacher guidance needs a teacher with a null class"):
+        check_distillable(model, DistillConfig())
+
+
+def test_other_prompts_are_another_calibration_set_and_another_chain_input():
+    from accel.calib.collect import model_fingerprint as calibration_key
+    from accel.compress.chain import model_fingerprint as chain_key
+
+    model = accel.load(make_tiny_text_unet())
+    before = calibration_key(model), chain_key(model)
+    model.use_text_states(torch.randn(2, 7, 16))
+    prompted = calibration_key(model), chain_key(model)
+    model.use_text_states(model.text_states, null=torch.randn(7, 16))
+    guided = calibration_key(model), chain_key(model)
+    assert (
+        len({before, prompted, guided}) == 3
+        and len({k[0] for k in (before, prompted, guided)}) == 3
+    )

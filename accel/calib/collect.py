@@ -30,6 +30,7 @@ from accel.core.config import Config, one_of
 from accel.core.errors import AccelError, one_line
 from accel.core.files import atomic_file, parse_json_object
 from accel.core.hooks import StepCall, StepHook, Trajectory
+from accel.core.weights import conditioning_state
 
 POLICIES = ("uniform", "normal", "last")
 METADATA_KEY = "accel_calibration"
@@ -60,9 +61,10 @@ class CalibFile(Config):
 
 
 def model_fingerprint(denoiser) -> str:
-    """A short hash of the model's config and weights."""
+    """A short hash of the model's config and weights, and the text states it samples with."""
     digest = hashlib.sha256(json.dumps(denoiser.config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(denoiser.module.state_dict().items()):
+    tensors = {**denoiser.module.state_dict(), **conditioning_state(denoiser)}
+    for name, tensor in sorted(tensors.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

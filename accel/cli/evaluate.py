@@ -134,6 +134,8 @@ def run_info(args: argparse.Namespace) -> None:
         "conditioning": model.cond_kind,
         "classes": model.classes,
         "text_states": None if model.text_states is None else list(model.text_states.shape),
+        # the empty prompt's states: a text model's unconditional half under guidance
+        "null_text_states": model.null_text_states is not None,
         "null_class": model.null_class,
         # a guidance-distilled student: w is its input, one call per step
         "guidance_input": list(model.guidance_range) if model.guidance_range else None,

@@ -25,7 +25,7 @@ from accel.core import registry
 from accel.core.errors import AccelError
 from accel.core.files import read_json_object, write_text
 from accel.core.processes import SINGLE, Processes, alone
-from accel.core.weights import file_sha256, stored_state
+from accel.core.weights import conditioning_state, file_sha256, stored_state
 
 STATE = "compress.json"
 # 2: the first stage's input is fingerprinted by the model's weights, not its files
@@ -78,7 +78,7 @@ def model_fingerprint(model) -> str:
         "transforms": model.transforms,
     }
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(stored_state(model).items()):
+    for name, tensor in sorted({**stored_state(model), **conditioning_state(model)}.items()):
         digest.update(
             name.encode() + tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         )

@@ -14,7 +14,7 @@ import torch.nn as nn
 from accel.core.errors import AccelError
 from accel.core.guidance_input import guidance_weight, has_weight_embedding
 from accel.core.hooks import StepCall, StepHook, Trajectory
-from accel.core.sampling_checks import refuse_sampling
+from accel.core.sampling_checks import refuse_sampling, refuse_text_states
 from accel.core.sampling_spec import SamplingSpec
 
 # diffusers class name -> how the adapter calls it
@@ -70,8 +70,10 @@ class Denoiser(nn.Module):
         self.transforms: list[dict] = []
         self.hooks: dict[str, StepHook] = {}  # by name, run in the order they were added
         # a text-conditioned network's prompts as encoder states (P x tokens x width), cycled
-        # over the samples; None: zero states (see default_cond)
+        # over the samples; None: zero states (see default_cond). The empty prompt's (tokens x
+        # width) are the unconditional half of classifier-free guidance.
         self.text_states: torch.Tensor | None = None
+        self.null_text_states: torch.Tensor | None = None
         self.sample_shape = tuple(sample_shape) if sample_shape else self._shape_from_config()
 
     def add_hook(self, name: str, hook: StepHook) -> None:
@@ -168,17 +170,15 @@ class Denoiser(nn.Module):
                 f"{source}: {self.source} is not text-conditioned; prompts apply to text models"
             )
 
-    def use_text_states(self, states: torch.Tensor, source: str = "the text states") -> None:
+    def use_text_states(self, states: torch.Tensor, source="the text states", null=None) -> None:
         """Condition every sample, calibration and training batch on ``states`` (P x tokens x
-        width: one prompt's encoder states per row, cycled), refusing states this network cannot
-        attend to."""
-        self.require_text(source)
-        if states.ndim != 3 or len(states) == 0 or states.shape[-1] != self.text_width:
-            raise AccelError(
-                f"{source} are {tuple(states.shape)}; {self.source} attends to prompts x tokens x "
-                f"{self.text_width} (its cross-attention width)"
-            )
+        width: one prompt's encoder states per row, cycled), and guide with ``null`` (the empty
+        prompt's, tokens x width), refusing states this network cannot attend to."""
+        refuse_text_states(self, states, null, source)
         self.text_states = states.detach().float().cpu()
+        if null is not None:
+            null = null.detach().reshape(states.shape[1:]).float().cpu()
+        self.null_text_states = null
 
     def default_cond(self, count: int, generator: torch.Generator) -> torch.Tensor | None:
         """Conditioning for training, calibration and sampling: uniform random class labels; for a

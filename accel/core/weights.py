@@ -16,6 +16,9 @@ import torch
 from accel.core import registry
 from accel.core.errors import AccelError, one_line
 
+STATES_KEY = "text_states"  # a text model's prompts' states, as in a --prompts embeddings file
+NULL_STATES_KEY = "null_text_states"  # the empty prompt's (guidance), where they are known
+
 
 @torch.no_grad()
 def stored_state(denoiser) -> registry.State:
@@ -27,6 +30,13 @@ def stored_state(denoiser) -> registry.State:
         if transform.pack_state is not None:
             state = transform.pack_state(denoiser.module, state)
     return state
+
+
+def conditioning_state(denoiser) -> dict[str, torch.Tensor]:
+    """The text states a text model samples with, by their stored names (empty for other models):
+    with the weights, what a calibration set or a resumed chain was made from."""
+    states = {STATES_KEY: denoiser.text_states, NULL_STATES_KEY: denoiser.null_text_states}
+    return {key: value.contiguous() for key, value in states.items() if value is not None}
 
 
 @torch.no_grad()

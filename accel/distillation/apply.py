@@ -19,6 +19,7 @@ from accel.core.checkpoint import load_checkpoint, save_checkpoint
 from accel.core.errors import ConfigError
 from accel.core.guidance_input import add_guidance_input
 from accel.core.processes import current_processes
+from accel.core.sampling_checks import refuse_without_null_class
 from accel.core.sampling_spec import SamplingSpec
 from accel.distillation.config import CONSISTENCY, PROGRESSIVE, DistillConfig
 from accel.distillation.schedule import Schedule
@@ -86,15 +87,14 @@ def check_distillable(denoiser, config: DistillConfig) -> Schedule:
     """Refuse, before any work, a teacher accel cannot step or a step count its solver grid cannot
     give."""
     schedule = Schedule(denoiser.scheduler_config)
-    for field in ("guidance_range", "label_dropout"):
-        if getattr(config, field) and denoiser.null_class is None:
-            raise ConfigError(
-                "DistillConfig",
-                field,
-                f"needs a teacher with a null class (classifier-free guidance); "
-                f"{denoiser.source} "
-                f"{'has none' if denoiser.cond_kind == 'class' else 'is not class-conditional'}",
-            )
+    needs_null = {
+        "guidance_range": config.guidance_range,
+        "label_dropout": config.label_dropout,
+        # a guided text teacher's unconditional half is the empty prompt's states: not distilled yet
+        "teacher guidance": denoiser.sampling.guided,
+    }
+    for field in (field for field, given in needs_null.items() if given):
+        refuse_without_null_class(denoiser, "DistillConfig", field)
     if config.method == "consistency" and config.steps > schedule.train_steps // config.solver_skip:
         raise ConfigError(
             "DistillConfig",

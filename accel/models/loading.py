@@ -55,8 +55,8 @@ def load(
         denoiser = _load_path(_resolve(str(source)), str(source))
     if prompts is not None:
         denoiser.require_text(f"--prompts {prompts}")
-        states = text_states(prompts, _pipeline_place(source, denoiser))
-        denoiser.use_text_states(states, f"--prompts {prompts}")
+        states, null = text_states(prompts, _pipeline_place(source, denoiser))
+        denoiser.use_text_states(states, f"--prompts {prompts}", null)
     if sampling:
         denoiser.sampling = denoiser.sampling.changed(sampling)
     denoiser.check_sampling(denoiser.sampling)

@@ -1,10 +1,11 @@
 """``--prompts FILE``: the text states a text-conditioned denoiser is calibrated, trained and
-evaluated on.
+evaluated on, and the empty prompt's, which classifier-free guidance runs as the unconditional half.
 
 A text file (one prompt per line) goes through the pipeline's own tokenizer and text encoder, as the
 pipeline's ``encode_prompt`` does (padded to the tokenizer's length, the encoder's last hidden
-state); a ``.safetensors`` file with a ``text_states`` tensor (prompts x tokens x width) is taken as
-it is, for a model without its pipeline (a bare transformer folder, an exported graph).
+state); a ``.safetensors`` file with a ``text_states`` tensor (prompts x tokens x width), and
+optionally ``null_text_states`` (the empty prompt's, tokens x width), is taken as it is, for a model
+without its pipeline (a bare transformer folder, an exported graph).
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ from pathlib import Path
 
 import torch
 
-from accel.artifact import STATES_KEY
 from accel.core.errors import AccelError, one_line
 from accel.core.files import read_json_object
+from accel.core.weights import NULL_STATES_KEY, STATES_KEY
 
 PIPELINE_INDEX = "model_index.json"
 
 
-def text_states(prompts_file: str | Path, model_dir: Path | None) -> torch.Tensor:
-    """The states of the prompts in ``prompts_file``, through the pipeline around ``model_dir`` (a
-    model folder, or a pipeline's unet/ or transformer/) where the file holds text."""
+def text_states(
+    prompts_file: str | Path, model_dir: Path | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The states of the prompts in ``prompts_file`` and the empty prompt's (None where a stored
+    file has none), through the pipeline around ``model_dir`` (a model folder, or a pipeline's
+    unet/ or transformer/) where the file holds text."""
     path = Path(prompts_file)
     if not path.is_file():
         raise AccelError(f"--prompts {path}: no such file")
@@ -35,7 +39,8 @@ def text_states(prompts_file: str | Path, model_dir: Path | None) -> torch.Tenso
             f"--prompts {path}: {model_dir} is not inside a pipeline folder with a text encoder; "
             f"give the pipeline folder as --model, or a .safetensors file with '{STATES_KEY}'"
         )
-    return encode_prompts(pipeline, prompts)
+    states = encode_prompts(pipeline, [*prompts, ""])
+    return states[:-1], states[-1]
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -52,7 +57,7 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def stored_states(path: Path) -> torch.Tensor:
+def stored_states(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     from safetensors.torch import load_file
 
     try:
@@ -64,7 +69,7 @@ def stored_states(path: Path) -> torch.Tensor:
             f"--prompts {path} has no '{STATES_KEY}' tensor (prompts x tokens x width); it holds "
             f"{', '.join(tensors) or 'nothing'}"
         )
-    return tensors[STATES_KEY]
+    return tensors[STATES_KEY], tensors.get(NULL_STATES_KEY)
 
 
 def pipeline_folder(model_dir: Path | None) -> Path | None:
