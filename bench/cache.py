@@ -5,7 +5,7 @@ measures: the original, the plain sampler and the cached model sampled batch by 
 speedup is a ratio from that row's run), FID, PSNR to the original's samples.
 
     python -m bench.cache          # full: 2,000 samples -> bench/results/cache_digits_cpu.json, .md
-    python -m bench.cache --quick  # CI: 100 samples, 5 of the rows
+    python -m bench.cache --quick  # CI: 40 samples, 5 of the rows
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ class Settings:
 
 
 FULL = Settings(n=2000, batch_size=500, judged=True)
-# CI, with QUICK_ROWS: about a minute on 2 cores
-QUICK = Settings(n=100, batch_size=100, judged=False)
+# CI, with QUICK_ROWS
+QUICK = Settings(n=40, batch_size=40, judged=False)
 
 
 def measure_row(

@@ -3,7 +3,7 @@ table and times.
 
     python -m bench.compress             # full: every built-in UNet recipe, 2,000 samples
                                          #   -> bench/results/compress_digits_cpu.json and .md
-    python -m bench.compress --quick     # CI: the quick recipe, 100 samples
+    python -m bench.compress --quick     # CI: the quick recipe, 20 training steps, 40 samples
                                          #   -> bench/compress_quick.json and .md
     python -m bench.compress --recipes fast --work runs   # one recipe; its run kept in runs/fast
     python -m bench.compress --model digits-dit   # fast and training-free (their DiT variants) on
@@ -18,16 +18,21 @@ OUT/compress.json) plus the final side-by-side evaluation of this run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
 
 import accel
 from accel.compress import builtin_recipes
+from accel.compress.recipe import Recipe, load_recipe
 from accel.compress.stage_table import table_markdown
 from bench.common import HERE, RESULTS, goal, write_results
 
-FULL_N, QUICK_N = 2000, 100
+FULL_N, QUICK_N = 2000, 40
+# CI trains a few steps: the quick recipe's 300 fine-tuning steps took 10 of CI's minutes on a
+# 2-core AMD EPYC
+QUICK_TRAINING_STEPS = 20
 # The fast recipe's final exported model against the original in PyTorch at DDIM 50
 GOAL_RECIPE = "fast"
 DIT = "digits-dit"
@@ -46,11 +51,29 @@ def _original(model: str):
     return accel.load(DIT, sampling={"guidance": DIT_GUIDANCE}) if model == DIT else model
 
 
-def run_recipe(name: str, n: int, work: Path, model: str = "digits") -> dict:
+def with_training_steps(name: str, model: str, steps: int) -> Recipe:
+    """The built-in recipe (the model kind's variant) with every stage that trains cut to ``steps``
+    steps."""
+    recipe = load_recipe(name, accel.load(model).kind)
+    trains = ("finetune-steps", "train-steps")  # prune's and distill's
+    stages = tuple(
+        dataclasses.replace(
+            stage, settings={k: steps if k in trains else v for k, v in stage.settings.items()}
+        )
+        for stage in recipe.stages
+    )
+    description = f"{recipe.description} (CI: {steps} training steps per stage)"
+    return dataclasses.replace(recipe, description=description, stages=stages)
+
+
+def run_recipe(
+    name: str, n: int, work: Path, model: str = "digits", training_steps: int | None = None
+) -> dict:
     start = time.perf_counter()
+    recipe = name if training_steps is None else with_training_steps(name, model, training_steps)
     result = accel.compress(
         _original(model),
-        name,
+        recipe,
         work / f"{model}-{name}",
         eval_config=accel.EvalConfig(n=n),
         resume=True,
@@ -127,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="CI: the quick recipe at 100 samples")
+    parser.add_argument(
+        "--quick", action="store_true", help="CI: the quick recipe, few steps and samples"
+    )
     parser.add_argument(
         "--recipes", help="comma-separated built-in recipes (default: all; quick: quick)"
     )
@@ -158,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        recipes = [run_recipe(name, n, work, args.model) for name in names]
+        steps = QUICK_TRAINING_STEPS if args.quick else None
+        recipes = [run_recipe(name, n, work, args.model, steps) for name in names]
     command = f"python -m bench.compress{' --quick' if args.quick else ''}"
     command += f" --model {DIT}" if dit else ""
     results = {"mode": mode, "n": n, "model": args.model, "recipes": recipes}

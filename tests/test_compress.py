@@ -30,6 +30,10 @@ name = "export"
 format = "onnx"
 """
 QUICK = ["--n", "16", "--batch-size", "16"]
+# the chains that train and run in several processes sample at 10 DDIM steps: their equalities do
+# not depend on the step count, and at 50 the two tests below took 7 of CI's minutes on a 2-core AMD
+# EPYC
+FEW_STEPS = ["--steps", "10"]
 # the built-in `quick` recipe's stages with a few training and calibration steps
 TRAINING_CHAIN = """
 [[stage]]
@@ -465,6 +469,7 @@ def test_two_processes_train_together_and_share_the_final_evaluation(tmp_path):
             "24",
             "--batch-size",
             "5",
+            *FEW_STEPS,
             "--device",
             "cpu",
             "--out",
@@ -492,6 +497,9 @@ def test_two_processes_train_together_and_share_the_final_evaluation(tmp_path):
             "24",
             "--batch-size",
             "5",
+            *FEW_STEPS,
+            "--baseline-steps",
+            FEW_STEPS[1],
             "--device",
             "cpu",
             "--json",
@@ -525,6 +533,7 @@ def test_python_and_the_command_line_make_the_same_models_and_fids(tmp_path, cap
         "32",
         "--batch-size",
         "32",
+        *FEW_STEPS,
         "--out",
         str(tmp_path / "cli"),
         "--json",
@@ -532,7 +541,7 @@ def test_python_and_the_command_line_make_the_same_models_and_fids(tmp_path, cap
     assert code == 0, err
     from_cli = json.loads(out)
     result = accel.compress(
-        accel.load("digits"),
+        accel.load("digits", sampling={"steps": int(FEW_STEPS[1])}),
         recipe,
         tmp_path / "py",
         eval_config=accel.EvalConfig(n=32, batch_size=32),
