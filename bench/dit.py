@@ -4,7 +4,7 @@ to ONNX Runtime), each row against the original (fp32, PyTorch, DDIM 50 at its g
 sampled in the same run, from the same noise and labels.
 
     python -m bench.dit          # full: 2,000 samples -> bench/results/dit_digits_cpu.json, .md
-    python -m bench.dit --quick  # CI: 40 samples at DDIM 10, short reconstruction
+    python -m bench.dit --quick  # CI: 40 samples at DDIM 10, short reconstruction, 8 trajectories
 
 Three runs, each one ``evaluate_many`` (batches of every model interleaved, so each speedup is a
 ratio from one run): guidance scales; the transforms (W8A8, W4A8, the exported graphs, the caches
@@ -45,6 +45,7 @@ class Settings:
     batch_size: int
     steps: int  # the sampler's steps for every model (the reference's own: 50)
     recon_iters: int
+    calib_samples: int  # sampler trajectories the calibration set is recorded from
     ablation_n: int
     judged: bool  # judge rows against the goals (the full settings only)
 
@@ -52,9 +53,20 @@ class Settings:
 # 500 samples, not 2,000, and 200 reconstruction iterations: a guided DDIM 50 run of 2,000 samples
 # takes 5.5 minutes per model on 2 CPU cores and fake-quantized models 3x that; this keeps the whole
 # benchmark near 15 minutes
-FULL = Settings(n=500, batch_size=500, steps=50, recon_iters=200, ablation_n=100, judged=True)
-# CI: about 4 minutes on 2 cores
-QUICK = Settings(n=40, batch_size=40, steps=10, recon_iters=10, ablation_n=40, judged=False)
+FULL = Settings(
+    n=500,
+    batch_size=500,
+    steps=50,
+    recon_iters=200,
+    calib_samples=accel.CalibConfig().samples,
+    ablation_n=100,
+    judged=True,
+)
+# CI: the same code at a few samples, iterations and trajectories (at 10 iterations and 64
+# trajectories: 377 s of CI on a 2-core AMD EPYC, most of it quantizing)
+QUICK = Settings(
+    n=40, batch_size=40, steps=10, recon_iters=2, calib_samples=8, ablation_n=40, judged=False
+)
 
 COLUMNS = {
     "model": "model",
@@ -144,7 +156,12 @@ def transform_rows(settings: Settings, work: Path) -> tuple[list[dict], dict]:
     for bits in (8, 4):
         start = time.perf_counter()
         quantized[bits] = accel.run_stage(
-            "quantize", original, bits=bits, recon_iters=settings.recon_iters, progress=False
+            "quantize",
+            original,
+            bits=bits,
+            recon_iters=settings.recon_iters,
+            calib_samples=settings.calib_samples,
+            progress=False,
         ).model
         extra["quantize_s"][f"W{bits}A8"] = time.perf_counter() - start
     for label, model in (("fp32", original), ("W8A8", quantized[8]), ("W4A8", quantized[4])):
@@ -168,7 +185,7 @@ def ablation(settings: Settings) -> dict:
     return run_ablation(
         lambda: _load(settings),
         full,
-        accel.CalibConfig(),
+        accel.CalibConfig(samples=settings.calib_samples),
         accel.EvalConfig(n=settings.ablation_n, batch_size=settings.batch_size),
         progress=False,
     )

@@ -2,7 +2,8 @@
 
     python -m bench.run          # full: 2,000 samples, DDIM 50
                                  #   -> bench/results/quant_digits_cpu.json and .md
-    python -m bench.run --quick  # CI: 40 samples, a 10-step ablation, 2 reconstruction iterations
+    python -m bench.run --quick  # CI: 40 samples, a 10-step ablation, 2 reconstruction iterations,
+                                 #   8 calibration trajectories
                                  #   -> bench/quant_quick.json and .md
 
 Three tables, each measured in one run (every model sampled batch by batch in turn, from the same
@@ -64,15 +65,23 @@ class Settings:
     ablation_n: int  # samples for the quantization ablation
     ablation_steps: int  # DDIM steps of the ablation
     recon_iters: int  # reconstruction iterations of the quantized models
+    calib_samples: int  # sampler trajectories the calibration set is recorded from
     batch_size: int
 
 
 FULL = Settings(
-    n=2000, ablation_n=2000, ablation_steps=50, recon_iters=Q_DIFFUSION.recon_iters, batch_size=500
+    n=2000,
+    ablation_n=2000,
+    ablation_steps=50,
+    recon_iters=Q_DIFFUSION.recon_iters,
+    calib_samples=accel.CalibConfig().samples,
+    batch_size=500,
 )
-# CI: every row's code path at few samples (at 100 samples and 5 iterations: 10 of CI's minutes on a
-# 2-core AMD EPYC)
-QUICK = Settings(n=40, ablation_n=40, ablation_steps=10, recon_iters=2, batch_size=40)
+# CI: every row's code path at few samples (at 100 samples, 5 iterations and 64 calibration
+# trajectories: 10 of CI's minutes on a 2-core AMD EPYC; most of it quantizing, not sampling)
+QUICK = Settings(
+    n=40, ablation_n=40, ablation_steps=10, recon_iters=2, calib_samples=8, batch_size=40
+)
 
 
 def row(name: str, report, side: str = "compressed") -> dict:
@@ -119,7 +128,7 @@ def ablation_rows(settings: Settings) -> dict:
     return run_ablation(
         lambda: accel.load("digits", sampling={"steps": settings.ablation_steps}),
         full,
-        accel.CalibConfig(),
+        accel.CalibConfig(samples=settings.calib_samples),
         _eval(settings.ablation_n, settings),
         progress=False,
     )
@@ -131,7 +140,12 @@ def runtime_rows(settings: Settings, work: Path) -> list[dict]:
     pytorch = {"fp32": accel.load("digits")}
     for bits in (8, 4):
         pytorch[f"W{bits}A8"] = accel.run_stage(
-            "quantize", "digits", bits=bits, recon_iters=settings.recon_iters, progress=False
+            "quantize",
+            "digits",
+            bits=bits,
+            recon_iters=settings.recon_iters,
+            calib_samples=settings.calib_samples,
+            progress=False,
         ).model
     exported = {
         name: accel.run_stage(
