@@ -55,7 +55,7 @@ def add_model_flags(parser: argparse.ArgumentParser, runs: bool = True) -> None:
             metavar="FILE",
             help="text models: one prompt per line, encoded by the pipeline's text encoder, or a "
             ".safetensors file with 'text_states' (prompts x tokens x width) and optionally "
-            "'null_text_states' (the empty prompt's, for --guidance); the conditioning for "
+            "'null_text_states' (the empty prompt's, which guidance needs); the conditioning for "
             "calibration, training and evaluation (default: the artifact's own, else zeros)",
         )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
