@@ -56,8 +56,9 @@ def write_model_files(denoiser: Denoiser, folder: Path) -> None:
         json.dumps(denoiser.scheduler_config, indent=2) + "\n"
     )
     save_file(stored_state(denoiser), str(folder / WEIGHTS))
-    if conditioning_state(denoiser):
-        save_file(conditioning_state(denoiser), str(folder / TEXT_STATES))
+    states = conditioning_state(denoiser)
+    if states:
+        save_file(states, str(folder / TEXT_STATES))
     record = {
         "format": FORMAT,
         "accel_version": __version__,
