@@ -154,6 +154,43 @@ def test_presets_cannot_be_changed():
     assert W4A8.recon_iters == 0 and replace(W4A8, recon_iters=500).recon_iters == 500
 
 
+def test_the_stage_reconstructs_below_8_bit_weights_unless_told():
+    from accel.measure.quantize import ablation_configs
+    from accel.quant.config import RECON_ITERS, STAGE_DEFAULT
+
+    assert STAGE_DEFAULT.by_bits().recon_iters == RECON_ITERS > 0
+    assert replace(STAGE_DEFAULT, w_bits=8).by_bits().recon_iters == 0
+    for told in (0, 7):
+        assert replace(STAGE_DEFAULT, w_bits=8, recon_iters=told).by_bits().recon_iters == told
+        assert replace(STAGE_DEFAULT, recon_iters=told).by_bits().recon_iters == told
+    # `accel quantize --bits 8 --ablation`: the W4A8 rows still end in reconstruction, and the
+    # W8A8 row is what the stage runs at 8 bits
+    rows = ablation_configs(replace(STAGE_DEFAULT, w_bits=8), CalibConfig())
+    assert rows[-2][0].startswith("+ reconstruction") and rows[-2][1].recon_iters == RECON_ITERS
+    assert rows[-1][1].w_bits == 8 and rows[-1][1].recon_iters == 0
+    assert rows[-1][0] == "W8A8 (same recipe, calibration only)"
+
+
+@pytest.mark.parametrize("bits,recorded", [(8, 0), (4, 2)])
+def test_the_quantize_stage_records_the_reconstruction_it_ran(
+    bits, recorded, monkeypatch, tmp_path
+):
+    import accel.quant.config
+
+    monkeypatch.setenv("ACCEL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(accel.quant.config, "RECON_ITERS", 2)  # 500 by default: minutes
+    ran = []
+    monkeypatch.setattr(
+        "accel.quant.reconstruct.reconstruct_", lambda *args, **kwargs: ran.append(args[3])
+    )
+    model = accel.load(make_tiny_unet(), sampling={"steps": 2})
+    result = accel.run_stage(
+        "quantize", model, bits=bits, act_bits=8, calib_samples=1, progress=False
+    )
+    assert result.record["config"]["recon_iters"] == recorded
+    assert ran == ([recorded] if recorded else [])
+
+
 def test_version_1_configs_with_calibration_settings_are_upgraded():
     written_by_0_1 = {
         **{k: v for k, v in W4A8.to_dict().items() if k != "version"},
