@@ -28,6 +28,9 @@ COLUMNS = {
 class QuantizeMeasurer(Measurer):
     def add_sections(self, report, result, extras) -> None:
         report.add_section("calibration", result.record["calibration"])
+        if "reconstruction" in result.record:
+            times = result.record["reconstruction"]
+            report.add_section("reconstruction", times, _reconstruction_markdown(times))
 
     def ablation(self, load_original) -> tuple[dict, str]:
         data = run_ablation(
@@ -38,6 +41,14 @@ class QuantizeMeasurer(Measurer):
             self.progress,
         )
         return data, markdown(data)
+
+
+def _reconstruction_markdown(times: dict) -> str:
+    return (
+        f"## Reconstruction\n\n{times['units']} units ({times['blocks']} blocks): "
+        f"{times['capture_s']:.0f} s capturing their inputs and targets, {times['learn_s']:.0f} s "
+        f"learning; {times['s_per_block']:.1f} s per block\n"
+    )
 
 
 def ablation_configs(full, calib: CalibConfig) -> list[tuple[str, object, CalibConfig]]:
