@@ -154,6 +154,48 @@ def test_presets_cannot_be_changed():
     assert W4A8.recon_iters == 0 and replace(W4A8, recon_iters=500).recon_iters == 500
 
 
+def test_the_stage_reconstructs_below_8_bit_weights_unless_told():
+    from accel.measure.quantize import ablation_configs
+    from accel.quant.config import RECON_ITERS, STAGE_DEFAULT
+
+    assert STAGE_DEFAULT.by_bits().recon_iters == RECON_ITERS > 0
+    assert replace(STAGE_DEFAULT, w_bits=8).by_bits().recon_iters == 0
+    for told in (0, 7):
+        assert replace(STAGE_DEFAULT, w_bits=8, recon_iters=told).by_bits().recon_iters == told
+        assert replace(STAGE_DEFAULT, recon_iters=told).by_bits().recon_iters == told
+    # `accel quantize --bits 8 --ablation`: the W4A8 rows still end in reconstruction, and the
+    # W8A8 row is what the stage runs at 8 bits
+    rows = ablation_configs(replace(STAGE_DEFAULT, w_bits=8), CalibConfig())
+    assert rows[-2][0].startswith("+ reconstruction") and rows[-2][1].recon_iters == RECON_ITERS
+    assert rows[-1][1].w_bits == 8 and rows[-1][1].recon_iters == 0
+    assert rows[-1][0] == "W8A8 (same recipe, calibration only)"
+
+
+@pytest.mark.parametrize("bits,recorded", [(8, 0), (4, 2)])
+def test_the_quantize_stage_records_the_reconstruction_it_ran(
+    bits, recorded, monkeypatch, tmp_path
+):
+    import accel.quant.config
+
+    monkeypatch.setenv("ACCEL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(accel.quant.config, "RECON_ITERS", 2)  # 500 by default: minutes
+    ran = []
+
+    def reconstruct(*args, **kwargs):
+        ran.append(args[3])
+        return {"units": ["a", "b"], "seconds": [{"block": True, "capture_s": 1, "learn_s": 2}]}
+
+    monkeypatch.setattr("accel.quant.reconstruct.reconstruct_", reconstruct)
+    model = accel.load(make_tiny_unet(), sampling={"steps": 2})
+    result = accel.run_stage(
+        "quantize", model, bits=bits, act_bits=8, calib_samples=1, progress=False
+    )
+    assert result.record["config"]["recon_iters"] == recorded
+    assert ran == ([recorded] if recorded else [])
+    times = {"units": 1, "blocks": 1, "capture_s": 1, "learn_s": 2, "s_per_block": 3}
+    assert result.record.get("reconstruction") == (times if recorded else None)
+
+
 def test_version_1_configs_with_calibration_settings_are_upgraded():
     written_by_0_1 = {
         **{k: v for k, v in W4A8.to_dict().items() if k != "version"},
@@ -338,6 +380,36 @@ def test_reconstruction_learns_rounding_that_lowers_the_error():
     assert calibration_error(original, reconstructed, calib) < 0.9 * calibration_error(
         original, plain, calib
     )
+
+
+def test_captures_stop_the_forward_pass_at_the_unit():
+    from accel.quant.reconstruct import _capture_inputs, _capture_outputs
+
+    model = accel.load(make_tiny_unet())
+    x, t, cond = model.example_inputs(2, seed=0)
+    unit = "down_blocks.0.resnets.0"
+    after = []
+    model.module.conv_out.register_forward_hook(lambda *args: after.append(1))
+    with torch.no_grad():
+        expected = model.module.get_submodule(unit)(*_first_call_args(model, unit, x, t, cond))
+    after.clear()
+    run = lambda network, batch: model(*batch)  # noqa: E731
+    batches = [(x, t, cond), (x, t, cond)]
+    inputs = _capture_inputs(model.module, unit, batches, run)
+    outputs = _capture_outputs(model.module, unit, batches, run)
+    assert len(inputs) == len(outputs) == 2 and after == []  # nothing past the unit ran
+    torch.testing.assert_close(outputs[0], expected)
+
+
+def _first_call_args(model, unit, x, t, cond):
+    seen = []
+    handle = model.module.get_submodule(unit).register_forward_pre_hook(
+        lambda m, args: seen.append(args)
+    )
+    with torch.no_grad():
+        model(x, t, cond)
+    handle.remove()
+    return seen[0]
 
 
 def test_reconstructing_up_to_the_first_block_times_it_and_leaves_the_rest():

@@ -75,12 +75,14 @@ def test_a_field_name_and_its_flag_spelling_are_one_key():
 
 def test_defaults_and_choices_come_from_the_configs(capsys):
     from accel.prune.config import FINETUNE
-    from accel.quant import Q_DIFFUSION
+    from accel.quant.config import RECON_ITERS, STAGE_DEFAULT
 
     code, text, _ = run(capsys, "quantize", "--help")
     assert code == 0
-    assert f"(default {Q_DIFFUSION.recon_iters}; 0: none)" in " ".join(text.split())
-    assert accel.stage_settings("quantize")["quant"] == Q_DIFFUSION
+    assert f"(default: {RECON_ITERS} below 8-bit weights, none at 8; 0: none)" in " ".join(
+        text.split()
+    )
+    assert accel.stage_settings("quantize")["quant"] == STAGE_DEFAULT
     assert accel.stage_settings("prune")["train"].steps == FINETUNE.steps  # the budget's
     assert accel.stage_settings("prune")["finetune"].steps == FINETUNE.steps
     code, text, _ = run(capsys, "prune", "--help")

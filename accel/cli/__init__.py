@@ -27,7 +27,7 @@ EXAMPLES = """examples:
   accel sample --n 64 --out grid.png                 64 samples as a grid (or an .npz)
   accel info --model path/to/unet                    class, shapes, parameters, MACs, size
   accel quantize --bits 4                            W4A8: artifact digits-w4a8/ + report
-  accel quantize --bits 8 --act-bits 8 --recon-iters 0    W8A8, calibration only
+  accel quantize --bits 8 --act-bits 8               W8A8: calibration only, no reconstruction
   accel prune --ratio 0.3                            prune + fine-tune: digits-pruned/ + report
   accel prune --data teacher --out p30               data-free: fine-tuned on its own samples
   accel distill --steps 4                            progressive distillation to 4 steps

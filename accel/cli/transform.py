@@ -23,6 +23,7 @@ from accel.cli.common import (
 )
 from accel.core import stages
 from accel.distillation.config import CONSISTENCY
+from accel.quant.config import RECON_ITERS
 
 
 def run_stage_command(args: argparse.Namespace, default_out: Callable) -> None:
@@ -89,7 +90,8 @@ QUANTIZE_FLAGS = {
     "calib-samples": "sampler trajectories to calibrate on (default {default})",
     "calib-every": "keep every k-th of the sampler's steps (default {default})",
     "calib": "calibration set file to reuse or create (default: a cache under ~/.cache/accel)",
-    "recon-iters": "block reconstruction iterations per block (default {default}; 0: none)",
+    "recon-iters": f"block reconstruction iterations per block (default: {RECON_ITERS} below "
+    "8-bit weights, none at 8; 0: none)",
 }
 PRUNE_FLAGS = {
     "ratio": "fraction of channels and heads removed (default {default})",

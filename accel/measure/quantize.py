@@ -28,6 +28,9 @@ COLUMNS = {
 class QuantizeMeasurer(Measurer):
     def add_sections(self, report, result, extras) -> None:
         report.add_section("calibration", result.record["calibration"])
+        if "reconstruction" in result.record:
+            times = result.record["reconstruction"]
+            report.add_section("reconstruction", times, _reconstruction_markdown(times))
 
     def ablation(self, load_original) -> tuple[dict, str]:
         data = run_ablation(
@@ -40,10 +43,18 @@ class QuantizeMeasurer(Measurer):
         return data, markdown(data)
 
 
+def _reconstruction_markdown(times: dict) -> str:
+    return (
+        f"## Reconstruction\n\n{times['units']} units ({times['blocks']} blocks): "
+        f"{times['capture_s']:.0f} s capturing their inputs and targets, {times['learn_s']:.0f} s "
+        f"learning; {times['s_per_block']:.1f} s per block\n"
+    )
+
+
 def ablation_configs(full, calib: CalibConfig) -> list[tuple[str, object, CalibConfig]]:
-    """(row name, QuantConfig, CalibConfig) from naive W4A8 to ``full``'s recipe, then W8A8 with
-    that recipe."""
-    w4a8 = replace(full, w_bits=4, a_bits=8)
+    """(row name, QuantConfig, CalibConfig) from naive W4A8 to ``full``'s recipe at 4 bits, then
+    W8A8 with that recipe (reconstructing as ``full`` says, by bits where it does not)."""
+    w4a8 = replace(full, w_bits=4, a_bits=8).by_bits()
     naive = replace(w4a8, **NAIVE)
     last_step, timestep_aware = (
         replace(calib, policy="last"),
@@ -57,16 +68,22 @@ def ablation_configs(full, calib: CalibConfig) -> list[tuple[str, object, CalibC
         ("+ MSE-searched ranges", mse, timestep_aware),
         ("+ split shortcut", split, timestep_aware),
     ]
-    if full.recon_iters:
+    if w4a8.recon_iters:
         rows.append(
             (
-                f"+ reconstruction ({full.recon_iters} iters/block)",
-                replace(split, recon_iters=full.recon_iters),
+                f"+ reconstruction ({w4a8.recon_iters} iters/block)",
+                replace(split, recon_iters=w4a8.recon_iters),
                 timestep_aware,
             )
         )
-    rows.append(("W8A8 (same recipe)", replace(rows[-1][1], w_bits=8), timestep_aware))
+    w8a8 = replace(split, w_bits=8, recon_iters=full.recon_iters).by_bits()
+    rows.append((f"W8A8 (same recipe, {_reconstruction(w8a8)})", w8a8, timestep_aware))
     return rows
+
+
+def _reconstruction(config) -> str:
+    iters = config.recon_iters
+    return f"{iters} reconstruction iters/block" if iters else "calibration only"
 
 
 def run_ablation(

@@ -164,13 +164,15 @@ def quantize(
     apply_plan(denoiser.module, plan, attention, config)
     if config.a_bits:
         calibrate_activations(denoiser, calib, progress=progress)
+    record = {"layers": plan, "attention": attention}
     if config.recon_iters:
-        from accel.quant.reconstruct import reconstruct_
+        from accel.quant.reconstruct import reconstruct_, reconstruction_times
 
-        reconstruct_(
+        timed = reconstruct_(
             denoiser, calib, fp_network, config.recon_iters, config.seed, progress=progress
         )
-    return {"layers": plan, "attention": attention}
+        record["reconstruction"] = reconstruction_times(timed)
+    return record
 
 
 def rebuild(denoiser, record: dict) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from accel.core.config import Config, one_of
@@ -21,6 +21,7 @@ DEFAULT_EIGHT_BIT = (
     "*proj_out_1*",
 )  # the last two: DiT adaLN from (t, class) only
 CALIBRATION_FIELDS_OF_VERSION_1 = ("calib_policy", "calib_samples", "calib_steps", "calib_every")
+RECON_ITERS = 500  # BRECQ/AdaRound iterations per block where the quantize stage reconstructs
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class QuantConfig(Config):
     # pattern -> weight bits, overrides the above
     layer_bits: dict[str, int] = field(default_factory=dict)
     skip: tuple[str, ...] = ()  # patterns left in floating point
-    recon_iters: int = 0  # BRECQ/AdaRound iterations per block (0: none)
+    # BRECQ/AdaRound iterations per block (0: none; None: by weight bits, see by_bits)
+    recon_iters: int | None = 0
     seed: int = 0
 
     def validate(self) -> None:
@@ -50,13 +52,22 @@ class QuantConfig(Config):
             raise self.invalid("a_bits", f"must be between 4 and 16, got {self.a_bits}")
         if self.group_size is not None and self.group_size < 1:
             raise self.invalid("group_size", f"must be at least 1, got {self.group_size}")
-        if self.recon_iters < 0:
+        if self.recon_iters is not None and self.recon_iters < 0:
             raise self.invalid("recon_iters", f"must be 0 or more, got {self.recon_iters}")
         for pattern, bits in self.layer_bits.items():
             if not 2 <= bits <= 8:
                 raise self.invalid(
                     "layer_bits", f"[{pattern!r}] must be between 2 and 8, got {bits}"
                 )
+
+    def by_bits(self) -> QuantConfig:
+        """This config with ``recon_iters`` chosen where it is None: RECON_ITERS below 8-bit
+        weights, none at 8. At 8 bits calibration alone keeps the samples (Model Optimizer's INT8
+        diffusers recipe does not reconstruct either), and reconstruction was most of
+        `accel quantize`'s time."""
+        if self.recon_iters is not None:
+            return self
+        return replace(self, recon_iters=RECON_ITERS if self.w_bits < 8 else 0)
 
     @classmethod
     def upgrade(cls, data: dict, version: int) -> dict:
@@ -70,6 +81,8 @@ class QuantConfig(Config):
 W8A8 = QuantConfig(w_bits=8, a_bits=8)
 W4A8 = QuantConfig(w_bits=4, a_bits=8)
 # Q-Diffusion's recipe: W4A8 with 500 BRECQ/AdaRound iterations per block on a timestep-aware
-# calibration set. What the quantize stage (`accel quantize`, a recipe's quantize stage) starts
-# from; its settings change it.
-Q_DIFFUSION = QuantConfig(w_bits=4, a_bits=8, recon_iters=500)
+# calibration set.
+Q_DIFFUSION = QuantConfig(w_bits=4, a_bits=8, recon_iters=RECON_ITERS)
+# What the quantize stage (`accel quantize`, a recipe's quantize stage) starts from, its settings
+# changing it: Q-Diffusion's recipe, reconstructing by weight bits (none at 8 unless asked).
+STAGE_DEFAULT = QuantConfig(w_bits=4, a_bits=8, recon_iters=None)

@@ -9,7 +9,7 @@ from accel.core.errors import ConfigError
 from accel.core.sampling_spec import SamplerChange
 from accel.core.stages import SAMPLER_KEYS, Context, Key, Settings, StageResult, change_sampler
 from accel.quant.apply import plan_layers
-from accel.quant.config import Q_DIFFUSION
+from accel.quant.config import STAGE_DEFAULT
 
 SIMULATION_NOTE = (
     "quantized layers run as fake quantization in PyTorch (float arithmetic on the integer grid), "
@@ -37,7 +37,7 @@ def pattern_bits(items) -> dict[str, int]:
 
 def run(model, settings: Settings, context: Context) -> StageResult:
     change_sampler(model, settings)
-    config = settings["quant"]
+    config = settings["quant"].by_bits()
     plan_layers(model, config)  # bad patterns fail here, before minutes of calibration
     calib = calibrate(model, settings["calib"], settings["calib_file"].path, context.progress)
     record = registry.apply(model, "quantize", config, calib, context.progress)
@@ -50,7 +50,7 @@ QUANTIZE_STAGE = stages.register(
     stages.Stage(
         name="quantize",
         roles={
-            "quant": Q_DIFFUSION,
+            "quant": STAGE_DEFAULT,
             "calib": CalibConfig(),
             "calib_file": CalibFile(),
             "sampling": SamplerChange(),
