@@ -183,7 +183,9 @@ def test_the_quantize_stage_records_the_reconstruction_it_ran(
 
     def reconstruct(*args, **kwargs):
         ran.append(args[3])
-        return {"units": ["a", "b"], "seconds": [{"block": True, "capture_s": 1, "learn_s": 2}]}
+        unit = {"block": True, "capture_s": 1, "learn_s": 2, "rounded_weights": 10}
+        ended = {"undecided": 0.3, "loss": 1e-3, "hard_loss": 2e-3}
+        return {"units": ["a", "b"], "seconds": [{**unit, **ended}]}
 
     monkeypatch.setattr("accel.quant.reconstruct.reconstruct_", reconstruct)
     model = accel.load(make_tiny_unet(), sampling={"steps": 2})
@@ -193,6 +195,7 @@ def test_the_quantize_stage_records_the_reconstruction_it_ran(
     assert result.record["config"]["recon_iters"] == recorded
     assert ran == ([recorded] if recorded else [])
     times = {"units": 1, "blocks": 1, "capture_s": 1, "learn_s": 2, "s_per_block": 3}
+    times |= {"undecided": 0.3, "soft_loss": 1e-3, "hard_loss": 2e-3}
     assert result.record.get("reconstruction") == (times if recorded else None)
 
 
@@ -383,7 +386,7 @@ def test_reconstruction_learns_rounding_that_lowers_the_error():
 
 
 def test_captures_stop_the_forward_pass_at_the_unit():
-    from accel.quant.reconstruct import _capture_inputs, _capture_outputs
+    from accel.quant.capture import capture_inputs, capture_outputs
 
     model = accel.load(make_tiny_unet())
     x, t, cond = model.example_inputs(2, seed=0)
@@ -395,8 +398,8 @@ def test_captures_stop_the_forward_pass_at_the_unit():
     after.clear()
     run = lambda network, batch: model(*batch)  # noqa: E731
     batches = [(x, t, cond), (x, t, cond)]
-    inputs = _capture_inputs(model.module, unit, batches, run)
-    outputs = _capture_outputs(model.module, unit, batches, run)
+    inputs = capture_inputs(model.module, unit, batches, run)
+    outputs = capture_outputs(model.module, unit, batches, run)
     assert len(inputs) == len(outputs) == 2 and after == []  # nothing past the unit ran
     torch.testing.assert_close(outputs[0], expected)
 
