@@ -119,12 +119,16 @@ def _rounding_regulariser(layers: list, progress: float) -> torch.Tensor:
     """AdaRound's f_reg = sum(1 - |2 h(V) - 1|^beta), beta annealed from BETA_START to BETA_END
     after the warm-up, summed over the unit's weights."""
     beta = BETA_END + (BETA_START - BETA_END) * (1 - (progress - WARMUP) / (1 - WARMUP))
-    soft = [
+    return sum((1 - (2 * h - 1).abs().pow(beta)).sum() for h in _soft_roundings(layers))
+
+
+def _soft_roundings(layers: list) -> list[torch.Tensor]:
+    """h(V) of every rounding being learned in ``layers``: 0 rounds down, 1 up."""
+    return [
         layer.weight_quantizers[0].soft_rounding(v)
         for layer in layers
         for v in layer.rounding_logits
     ]
-    return sum((1 - (2 * h - 1).abs().pow(beta)).sum() for h in soft)
 
 
 def _finish(block: nn.Module, layers: list, batch, device) -> dict:
@@ -134,11 +138,7 @@ def _finish(block: nn.Module, layers: list, batch, device) -> dict:
     of the run can flip."""
     with torch.no_grad():
         soft_loss = _block_loss(block, batch, device).item()
-        soft = [
-            layer.weight_quantizers[0].soft_rounding(v)
-            for layer in layers
-            for v in layer.rounding_logits
-        ]
+        soft = _soft_roundings(layers)
         undecided = sum(((h > 0.1) & (h < 0.9)).sum().item() for h in soft)
         weights = sum(h.numel() for h in soft)
         for layer in layers:
