@@ -453,3 +453,46 @@ def test_attention_in_slices_computes_the_same_numbers(monkeypatch):
         monkeypatch.setattr(layers, "SCORES_SLICE_BYTES", 1)  # one (image, head) pair at a time
         sliced = model(x, t, cond)
     torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-6)
+
+
+def _mean_errors(model, calib):
+    """Each quantized layer's mean output error per channel over ``calib``."""
+    from accel.quant.bias_correction import _ErrorMean
+
+    layers = [m for m in model.module.modules() if isinstance(m, QuantLayer) and m.bias is not None]
+    means = [_ErrorMean() for _ in layers]
+    hooks = [layer.register_forward_hook(mean) for layer, mean in zip(layers, means)]
+    with torch.no_grad():
+        for x, t, cond in calib.batches(64):
+            model(x, t, model.to_model(cond))
+    for hook in hooks:
+        hook.remove()
+    return [mean.mean() for mean in means]
+
+
+def test_bias_correction_removes_each_layers_mean_error_on_the_calibration_set():
+    original = accel.load(make_tiny_unet())
+    calib = tiny_calib(original)
+    corrected, kept = accel.load(make_tiny_unet()), accel.load(make_tiny_unet())
+    record = quantize_(corrected, QuantConfig(w_bits=4, a_bits=8), calib, progress=False)
+    quantize_(kept, QuantConfig(w_bits=4, a_bits=8, bias_correction=False), calib, progress=False)
+    assert "bias_correction" in record and record["bias_correction"]["layers"] > 0
+    before = _mean_errors(kept, calib)
+    # the hooks compare with each layer's own bias; the corrected layers' error is against the
+    # bias they started from: measured error minus the shift subtracted from it
+    shifts = [
+        k.bias - c.bias
+        for k, c in zip(kept.module.modules(), corrected.module.modules())
+        if isinstance(c, QuantLayer) and c.bias is not None
+    ]
+    after = [e - s for e, s in zip(_mean_errors(corrected, calib), shifts)]
+    assert max(s.abs().max().item() for s in shifts) > 0
+    # each layer's input moves once the layers before it are corrected: a remainder, not zero
+    assert sum(e.abs().sum() for e in after) < 0.5 * sum(e.abs().sum() for e in before)
+    reconstructed = quantize_(
+        accel.load(make_tiny_unet()),
+        QuantConfig(w_bits=4, a_bits=8, recon_iters=1),
+        calib,
+        progress=False,
+    )
+    assert "bias_correction" not in reconstructed  # reconstruction fits the same error itself

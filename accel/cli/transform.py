@@ -82,6 +82,8 @@ QUANTIZE_FLAGS = {
     "of input channels (default: one per output channel)",
     "no-split": "no split-shortcut quantization",
     "no-attention": "leave the attention matmuls in float",
+    "no-bias-correction": "keep the layers' biases as they are where no reconstruction runs "
+    "(by default each layer's mean output error on the calibration set is subtracted)",
     "layer-bits": "weight bits for layers whose name "
     "matches PATTERN (fnmatch), as PATTERN=BITS; repeatable",
     "skip": "leave layers whose name matches PATTERN in float; repeatable",

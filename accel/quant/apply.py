@@ -165,6 +165,10 @@ def quantize(
     if config.a_bits:
         calibrate_activations(denoiser, calib, progress=progress)
     record = {"layers": plan, "attention": attention}
+    if config.bias_correction and not config.recon_iters and calib is not None:
+        from accel.quant.bias_correction import correct_bias
+
+        record["bias_correction"] = correct_bias(denoiser, calib, progress=progress)
     if config.recon_iters:
         from accel.quant.reconstruct import reconstruct_, reconstruction_times
 

@@ -64,6 +64,9 @@ QUANTIZE_STAGE = stages.register(
             "no-attention": Key(
                 "quant", "quantize_attention", convert=lambda on: not on, switch=True
             ),
+            "no-bias-correction": Key(
+                "quant", "bias_correction", convert=lambda on: not on, switch=True
+            ),
             "layer-bits": Key("quant", "layer_bits", convert=pattern_bits, many=True),
             "skip": Key("quant", "skip", many=True),
             "calib-policy": Key("calib", "policy"),
