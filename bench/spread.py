@@ -4,6 +4,7 @@ and with 2 torch threads.
     python -m bench.spread                  # full: W8A8 and W4A8, 2,000 samples, DDIM 50
                                             #   -> bench/results/spread_digits_cpu.json and .md
     python -m bench.spread --recipe W8A8    # one recipe
+    python -m bench.spread --seed 1 --threads 1 --out F.md   # one draw of the four
     python -m bench.spread --quick          # CI: 32 samples, DDIM 6, 2 reconstruction iterations
 
 Another thread count sums in another order, as another CPU does: a W4A8 ``accel quantize`` gave FID
@@ -107,9 +108,11 @@ def quantized(recipe: str, seed: int, threads: int, settings: Settings, work: Pa
         return result.model, time.perf_counter() - start
 
 
-def seed_rows(recipes: list[str], seed: int, settings: Settings, work: Path) -> list[dict]:
+def seed_rows(
+    recipes: list[str], seed: int, threads_list: list[int], settings: Settings, work: Path
+) -> list[dict]:
     """Every recipe at every thread count on ``seed``, sampled beside the original in one run."""
-    runs = [(recipe, threads) for recipe in recipes for threads in THREADS]
+    runs = [(recipe, threads) for recipe in recipes for threads in threads_list]
     models = [quantized(recipe, seed, threads, settings, work) for recipe, threads in runs]
     evaluations = evaluate_many(
         [_original(settings)] + [model for model, _ in models],
@@ -155,8 +158,9 @@ def spread(rows: list[dict]) -> list[dict]:
 def body(results: dict) -> str:
     settings = results["settings"]
     lines = [
-        f"## Runs ({settings['n']} samples, DDIM {settings['steps'] or 50}; quantized with 1 and "
-        "2 torch threads, sampled with every core)",
+        f"## Runs ({settings['n']} samples, DDIM {settings['steps'] or 50}; seeds "
+        f"{', '.join(map(str, results['seeds']))}, quantized with "
+        f"{' and '.join(map(str, results['threads']))} torch threads, sampled with every core)",
         "",
         table(COLUMNS, results["rows"]),
         "",
@@ -177,29 +181,50 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--recipe", action="append", choices=list(RECIPES), help="repeatable (default: all)"
     )
+    parser.add_argument("--seed", type=int, action="append", help="repeatable (default: 0 and 1)")
+    parser.add_argument(
+        "--threads", type=int, action="append", help="repeatable (default: 1 and 2)"
+    )
     parser.add_argument("--out", type=Path, help="markdown report (a .json beside it)")
     args = parser.parse_args(argv)
+    seeds, threads = args.seed or list(SEEDS), args.threads or list(THREADS)
     settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
     recipes = args.recipe or list(RECIPES)
     out = args.out or (HERE / "spread_quick.md" if args.quick else RESULTS / "spread_digits_cpu.md")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
-        rows = [row for seed in SEEDS for row in seed_rows(recipes, seed, settings, Path(work))]
+        rows = [
+            row for seed in seeds for row in seed_rows(recipes, seed, threads, settings, Path(work))
+        ]
     summary = spread(rows)
     results = {
         "mode": mode,
         "settings": vars(settings),
+        "seeds": seeds,
+        "threads": threads,
         "rows": rows,
         "spread": summary,
         # quick runs' few samples say nothing about FID: no goals
         "goals": []
         if args.quick
         else [
-            goal(f"{s['recipe']}: worst FID ratio", s["fid_ratio_max"], GOALS[s["recipe"]])
+            goal(
+                f"{s['recipe']}: worst FID ratio over seeds {seeds}, threads {threads}",
+                s["fid_ratio_max"],
+                GOALS[s["recipe"]],
+            )
             for s in summary
         ],
     }
-    recipe_flags = "".join(f" --recipe {r}" for r in args.recipe or [])
+    recipe_flags = "".join(
+        f" --{flag} {value}"
+        for flag, values in (
+            ("recipe", args.recipe),
+            ("seed", args.seed),
+            ("threads", args.threads),
+        )
+        for value in values or []
+    )
     command = f"python -m bench.spread{' --quick' if args.quick else ''}{recipe_flags}"
     print(
         write_results(out, f"Quantization spread ({mode})", command, start, body(results), results)
