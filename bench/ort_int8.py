@@ -1,0 +1,222 @@
+"""What INT8 can buy in ONNX Runtime on this CPU: accel's W8A8 graph against ONNX Runtime's own
+quantization tools, each timed against the fp32 graph.
+
+    python -m bench.ort_int8            # digits and digits-dit, batch 1 and 500
+                                        #   -> bench/results/ort_int8_cpu.json and .md
+    python -m bench.ort_int8 --quick    # batch 1 and 8, few repeats (a smoke run)
+
+Rows per model: the fp32 graph (``accel export``); accel's W8A8 graph as accel runs it (on x86
+without VNNI its Q/DQ pairs are kept, not fused: the fused u8 x s8 kernels saturate there) and as
+ONNX Runtime runs it by default (fused where it can); ONNX Runtime's ``quantize_static`` with its
+documented x86 settings (QDQ, uint8 activations, int8 per-channel weights, ``reduce_range`` where
+VNNI is missing), calibrated on accel's calibration set; and ``quantize_dynamic`` of the MatMuls
+(int8 weights, activations quantized per call). Each row: integer nodes in ONNX Runtime's optimized
+graph, median time per call (interleaved runs of one input), speedup over fp32 and the max relative
+error of eps against the fp32 graph on that input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import accel
+from accel.calib.collect import CalibrationSet
+from accel.export.graph import input_names
+from accel.export.ort_session import integer_kernels_saturate, ort_session
+from accel.report import table
+from bench.common import HERE, RESULTS, write_results
+
+MODELS = ("digits", "digits-dit")
+INTEGER_OPS = ("QLinear", "MatMulInteger", "DynamicQuantize", "ConvInteger", "QGemm")
+COLUMNS = {
+    "model": "model",
+    "graph": "graph",
+    "batch": "batch",
+    "integer_nodes": "integer nodes",
+    "ms": "ms per call",
+    "speedup": "x fp32",
+    "max_rel": "max rel. error vs fp32",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    batches: tuple[int, ...]
+    repeats: int  # interleaved runs per graph and batch; the first is dropped
+    calib_samples: int  # trajectories of accel's calibration set
+
+
+FULL = Settings(batches=(1, 500), repeats=9, calib_samples=8)
+QUICK = Settings(batches=(1, 8), repeats=3, calib_samples=2)
+
+
+def _plain_session(path: Path):
+    """ONNX Runtime's defaults (every fusion on), on the cores accel's sessions use."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def integer_nodes(path: Path, work: Path, saturating_off: bool = False) -> int:
+    """Integer nodes in the graph ONNX Runtime optimizes ``path`` into (its own session options,
+    or accel's where ``saturating_off``: Q/DQ fusion off on CPUs whose kernels saturate)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(work / "optimized.onnx")
+    if saturating_off and integer_kernels_saturate():
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(work / "optimized.onnx")).graph.node)
+    return sum(count for op, count in ops.items() if op.startswith(INTEGER_OPS))
+
+
+def feeds(model, names: list[str], batch: int, seed: int = 0) -> dict:
+    x, t, cond = model.example_inputs(batch, seed=seed)
+    tensors = [x.float(), t] + ([] if cond is None else [cond])
+    return {name: tensor.numpy() for name, tensor in zip(names, tensors)}
+
+
+class _CalibrationReader:
+    """accel's calibration set, in batches of 32, as ONNX Runtime's calibrator reads it."""
+
+    def __init__(self, calib, names: list[str]):
+        self.batches = iter(list(calib.batches(32)))
+        self.names = names
+
+    def get_next(self):
+        batch = next(self.batches, None)
+        if batch is None:
+            return None
+        x, t, cond = batch
+        tensors = [x.float(), t] + ([] if cond is None else [cond])
+        return {name: tensor.numpy() for name, tensor in zip(self.names, tensors)}
+
+
+def graphs(name: str, settings: Settings, work: Path) -> tuple[object, list[str], dict]:
+    """The model, its input names and {graph label: (path, session, integer nodes)}."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    model = accel.load(name)
+    names = input_names(model)
+    fp32, w8a8 = work / f"{name}.onnx", work / f"{name}-w8a8.onnx"
+    accel.run_stage("export", name, format="onnx", out=fp32, progress=False)
+    calib_file = work / f"{name}-calib.safetensors"
+    quantized = accel.run_stage(
+        "quantize",
+        name,
+        bits=8,
+        act_bits=8,
+        calib=str(calib_file),
+        progress=False,
+        calib_samples=settings.calib_samples,
+    )
+    accel.run_stage("export", quantized.model, format="onnx", out=w8a8, progress=False)
+    static, dynamic = work / f"{name}-ort-static.onnx", work / f"{name}-ort-dynamic.onnx"
+    calib = CalibrationSet.load(calib_file)  # the set accel's W8A8 was calibrated on
+    quantize_static(
+        str(fp32),
+        str(static),
+        _CalibrationReader(calib, names),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=integer_kernels_saturate(),
+    )
+    quantize_dynamic(
+        str(fp32), str(dynamic), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"]
+    )
+    rows = {
+        "fp32": (fp32, _plain_session(fp32), integer_nodes(fp32, work)),
+        "accel W8A8 (accel's session)": (
+            w8a8,
+            ort_session(w8a8),
+            integer_nodes(w8a8, work, saturating_off=True),
+        ),
+        "accel W8A8 (ORT fusing)": (w8a8, _plain_session(w8a8), integer_nodes(w8a8, work)),
+        "ORT static U8S8 QDQ": (static, _plain_session(static), integer_nodes(static, work)),
+        "ORT dynamic MatMul": (dynamic, _plain_session(dynamic), integer_nodes(dynamic, work)),
+    }
+    return model, names, rows
+
+
+def timed_rows(name: str, settings: Settings, work: Path) -> list[dict]:
+    model, names, graphs_of_model = graphs(name, settings, work)
+    rows = []
+    for batch in settings.batches:
+        feed = feeds(model, names, batch)
+        times = collections.defaultdict(list)
+        for _ in range(settings.repeats):  # interleaved: drift hits every graph alike
+            for label, (_, session, _) in graphs_of_model.items():
+                start = time.perf_counter()
+                session.run(["eps"], feed)
+                times[label].append(time.perf_counter() - start)
+        reference = graphs_of_model["fp32"][1].run(["eps"], feed)[0]
+        base = float(np.median(times["fp32"][1:]))
+        for label, (_, session, nodes) in graphs_of_model.items():
+            eps = session.run(["eps"], feed)[0]
+            seconds = float(np.median(times[label][1:]))
+            rows.append(
+                {
+                    "model": name,
+                    "graph": label,
+                    "batch": batch,
+                    "integer_nodes": nodes,
+                    "ms": 1e3 * seconds,
+                    "speedup": base / seconds,
+                    "max_rel": float(np.abs(eps - reference).max() / np.abs(reference).max()),
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--out", type=Path, help="markdown report (a .json beside it)")
+    args = parser.parse_args(argv)
+    settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
+    out = args.out or (HERE / "ort_int8_quick.md" if args.quick else RESULTS / "ort_int8_cpu.md")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work:
+        rows = [row for name in MODELS for row in timed_rows(name, settings, Path(work))]
+    saturate = integer_kernels_saturate()
+    body = (
+        f"This CPU {'lacks' if saturate else 'has'} VNNI: accel's sessions "
+        f"{'keep Q/DQ unfused' if saturate else 'fuse Q/DQ'} here.\n\n"
+        + table(COLUMNS, rows)
+        + "\n"
+    )
+    results = {"mode": mode, "settings": vars(settings), "vnni": not saturate, "rows": rows}
+    command = f"python -m bench.ort_int8{' --quick' if args.quick else ''}"
+    print(
+        write_results(
+            out,
+            f"ONNX Runtime INT8 ({mode})",
+            command,
+            start,
+            body,
+            results,
+            model="digits, digits-dit",
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
