@@ -228,8 +228,11 @@ def test_fp16_export_has_fp16_io_and_stays_close_to_the_fp32_model(tmp_path, qua
     with torch.no_grad():
         expected = model(x, t, cond)
     eps = exported(x, t, cond)
+    # a Q/DQ graph may put an activation one INT8 step apart and the step propagates: the export's
+    # own gate for it (parity.py)
+    bound = TOLERANCE["qdq", "fp16"] if quantize else 3e-2
     assert (
-        eps.dtype == torch.float32 and (eps - expected).abs().max() <= 3e-2 * expected.abs().max()
+        eps.dtype == torch.float32 and (eps - expected).abs().max() <= bound * expected.abs().max()
     )
 
 

@@ -168,7 +168,10 @@ def test_the_stage_reconstructs_below_8_bit_weights_unless_told():
     rows = ablation_configs(replace(STAGE_DEFAULT, w_bits=8), CalibConfig())
     assert rows[-2][0].startswith("+ reconstruction") and rows[-2][1].recon_iters == RECON_ITERS
     assert rows[-1][1].w_bits == 8 and rows[-1][1].recon_iters == 0
-    assert rows[-1][0] == "W8A8 (same recipe, calibration only)"
+    assert rows[-1][0] == "W8A8 (same recipe, calibration only)" and rows[-1][1].bias_correction
+    # one ingredient at a time: bias correction enters after the split shortcut, not before
+    names = [name for name, _, _ in rows]
+    assert not rows[0][1].bias_correction and names.index("+ bias correction") == 4
 
 
 @pytest.mark.parametrize("bits,recorded", [(8, 0), (4, 2)])

@@ -16,7 +16,9 @@ from accel.measure.base import Measurer
 from accel.report import format_value, table
 from accel.report.markdown import describe_sampler
 
-NAIVE = dict(w_range="minmax", a_range="minmax", split_shortcut=False, recon_iters=0)
+NAIVE = dict(
+    w_range="minmax", a_range="minmax", split_shortcut=False, recon_iters=0, bias_correction=False
+)
 COLUMNS = {
     "name": "recipe",
     "fid": "FID",
@@ -71,6 +73,8 @@ def ablation_configs(full, calib: CalibConfig) -> list[tuple[str, object, CalibC
         ("+ MSE-searched ranges", mse, timestep_aware),
         ("+ split shortcut", split, timestep_aware),
     ]
+    if full.bias_correction:
+        rows.append(("+ bias correction", replace(split, bias_correction=True), timestep_aware))
     if w4a8.recon_iters:
         rows.append(
             (
@@ -79,7 +83,9 @@ def ablation_configs(full, calib: CalibConfig) -> list[tuple[str, object, CalibC
                 timestep_aware,
             )
         )
-    w8a8 = replace(split, w_bits=8, recon_iters=full.recon_iters).by_bits()
+    w8a8 = replace(
+        split, w_bits=8, recon_iters=full.recon_iters, bias_correction=full.bias_correction
+    ).by_bits()
     rows.append((f"W8A8 (same recipe, {_reconstruction(w8a8)})", w8a8, timestep_aware))
     return rows
 
