@@ -130,16 +130,23 @@ def _measures(
     )
 
 
-def _psnr(models: list[Denoiser], images: list[np.ndarray]) -> tuple[float | None, list[str]]:
-    """PSNR between the two sample sets where they share a trajectory: the same sampler run, or two
-    samplers that draw no noise after x_T. Otherwise it means nothing, and a note says why."""
+def _paired(
+    models: list[Denoiser], images: list[np.ndarray], fid: FidSetup
+) -> tuple[float | None, float | None, list[str]]:
+    """PSNR and feature distance between the two sample sets where they share a trajectory: the
+    same sampler run, or two samplers that draw no noise after x_T. Otherwise they mean nothing,
+    and a note says why."""
     baseline, model = (m.sampling for m in models)
     if baseline == model or not (baseline.stochastic or model.stochastic):
-        return psnr_db(images[0], images[1]), []
-    return None, [
-        f"no PSNR to the original: {baseline.describe()} and {model.describe()} draw fresh "
-        "noise at different steps, so the two models' samples do not share trajectories"
-    ]
+        return psnr_db(images[0], images[1]), fid.feature_distance(images[0], images[1]), []
+    return (
+        None,
+        None,
+        [
+            f"no PSNR to the original: {baseline.describe()} and {model.describe()} draw fresh "
+            "noise at different steps, so the two models' samples do not share trajectories"
+        ],
+    )
 
 
 def evaluate(
@@ -224,7 +231,7 @@ def evaluate_many(
             [models[0], model],
             [measured[0], measures],
             [images[0], own],
-            _psnr([models[0], model], [images[0], own]),
+            _paired([models[0], model], [images[0], own], fid),
             fid,
             config,
             command,
@@ -237,7 +244,7 @@ def evaluate_many(
 
 
 def _evaluation(
-    models, measured, images, psnr, fid, config, command, model_name, transform_config, processes
+    models, measured, images, paired, fid, config, command, model_name, transform_config, processes
 ) -> Evaluation:
     """The report of ``models`` (one, or the original and a compressed model) from their
     measures."""
@@ -249,9 +256,10 @@ def _evaluation(
             "of their batch times / n, latency per step the main process's own"
         )
     delta = None
-    if psnr is not None:
-        value, psnr_notes = psnr
-        delta, notes = Delta.between(measured[0], measured[1], value), notes + psnr_notes
+    if paired is not None:
+        psnr, distance, paired_notes = paired
+        delta = Delta.between(measured[0], measured[1], psnr, distance)
+        notes += paired_notes
     report = Report(
         command=command,
         model=model_name or model.source,

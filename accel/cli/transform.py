@@ -84,6 +84,10 @@ QUANTIZE_FLAGS = {
     "no-attention": "leave the attention matmuls in float",
     "no-bias-correction": "keep the layers' biases as they are where no reconstruction runs "
     "(by default each layer's mean output error on the calibration set is subtracted)",
+    "low-rank": "SVDQuant (W4A4): rank of the 16-bit branch that takes each 4-bit layer's top "
+    "singular directions, with smoothing (default {default}: none); needed by --act-bits 4",
+    "smooth": "SmoothQuant migration strength alpha in (0, 1) for 4-bit activations (default "
+    "0.5 with --low-rank)",
     "layer-bits": "weight bits for layers whose name "
     "matches PATTERN (fnmatch), as PATTERN=BITS; repeatable",
     "skip": "leave layers whose name matches PATTERN in float; repeatable",

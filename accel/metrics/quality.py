@@ -56,6 +56,21 @@ class FidSetup:
             "fid_at_floor_size": at_floor_size,
         }
 
+    def feature_distance(self, reference: np.ndarray, images: np.ndarray) -> float | None:
+        """How far each image is from the reference image drawn from the same noise, in the feature
+        network's eyes, averaged: |f(a)/|f(a)| - f(b)/|f(b)||^2, in [0, 4]. LPIPS's idea (distance
+        in a trained network's unit-normalised features) with the FID network: at 4 bits FID
+        barely moves while this still separates methods (SVDQuant reports LPIPS beside FID)."""
+        if self.features is None:
+            return None
+        a, b = (_unit_rows(self.features(x)) for x in (reference, images))
+        return float(np.mean(np.sum((a - b) ** 2, axis=1)))
+
+
+def _unit_rows(features: np.ndarray) -> np.ndarray:
+    features = features.astype(np.float64).reshape(len(features), -1)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
 
 def fid_setup(
     sample_shape: tuple[int, ...],

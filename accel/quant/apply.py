@@ -17,7 +17,14 @@ from accel.core.errors import AccelError
 from accel.quant.config import QuantConfig
 from accel.quant.forward_order import forward_order
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
+from accel.quant.low_rank import max_rank
+from accel.quant.quantizer import Quantizer
 from accel.quant.split import find_split_sites
+
+# Below 8 bits, activations are quantized as SVDQuant does; the layers kept at 8-bit weights (ends,
+# time embedding) and the attention matmuls keep static 8-bit activations, as SVDQuant keeps
+# attention in 16 bits.
+LOW_BIT_ACTIVATIONS = 8
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
@@ -75,9 +82,31 @@ def plan_layers(denoiser, config: QuantConfig) -> dict[str, dict]:
         )
         a_bits = None if protected else config.a_bits
         plan[name] = {"w_bits": bits, "a_bits": a_bits, "split": splits.get(name, 0)}
+        if a_bits and a_bits < LOW_BIT_ACTIVATIONS:
+            if bits >= LOW_BIT_ACTIVATIONS:
+                plan[name]["a_bits"] = LOW_BIT_ACTIVATIONS
+            else:
+                plan[name].update(_low_bit_spec(denoiser, name, config))
     if not plan:
         raise AccelError("every quantizable layer is skipped by the settings; nothing to quantize")
     return plan
+
+
+def _low_bit_spec(denoiser, name: str, config: QuantConfig) -> dict:
+    """How a layer with sub-8-bit activations is quantized: dynamic groups, smoothing, rank."""
+    weight = denoiser.module.get_submodule(name).weight
+    if config.low_rank > max_rank(weight):
+        raise AccelError(
+            f"--low-rank {config.low_rank} exceeds what layer {name} allows "
+            f"(at most {max_rank(weight)}: min(outputs, inputs x kernel) of {tuple(weight.shape)})"
+        )
+    if config.low_rank and getattr(denoiser.module.get_submodule(name), "groups", 1) != 1:
+        raise AccelError(f"layer {name} is a grouped convolution: it takes no low-rank branch")
+    return {
+        "a_group": config.a_group_size,
+        "smooth": config.smooth_alpha is not None,
+        "rank": config.low_rank,
+    }
 
 
 def _attention_modules(denoiser) -> list[str]:
@@ -94,13 +123,18 @@ def apply_plan(
     attention: list[str],
     config: QuantConfig,
     fit_ranges: bool = True,
+    smoothing: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Build the quantized structure: weight ranges fitted (unless ``fit_ranges`` is False: a saved
-    model's scales are loaded instead), activation ranges not yet set."""
+    model's scales, smoothing factors and low-rank branches are loaded instead), activation ranges
+    not yet set. ``smoothing``: the factors of the layers the plan smooths."""
     for name, spec in plan.items():
         parent_name, _, child = name.rpartition(".")
         parent = network.get_submodule(parent_name) if parent_name else network
         layer = getattr(parent, child)
+        smooth = None
+        if spec.get("smooth"):
+            smooth = smoothing[name] if fit_ranges else torch.ones(layer.weight.shape[1])
         setattr(
             parent,
             child,
@@ -114,21 +148,29 @@ def apply_plan(
                 group_size=config.group_size,
                 w_range=config.w_range,
                 a_range=config.a_range,
+                a_group_size=spec.get("a_group"),
+                smooth=smooth,
+                rank=spec.get("rank", 0),
                 fit_ranges=fit_ranges,
             ),
         )
+    attention_bits = max(config.a_bits or 0, LOW_BIT_ACTIVATIONS)
     for name in attention:
-        network.get_submodule(name).set_processor(QuantAttnProcessor(config.a_bits, config.a_range))
+        network.get_submodule(name).set_processor(
+            QuantAttnProcessor(attention_bits, config.a_range)
+        )
 
 
-def activation_quantizers(denoiser) -> list:
+def activation_quantizers(network) -> list[Quantizer]:
+    """The static activation quantizers in ``network`` (a denoiser or one block): those whose
+    scales calibration sets and reconstruction learns (dynamic ones have none)."""
     quantizers = []
-    for module in denoiser.modules():
+    for module in network.modules():
         if isinstance(module, QuantLayer) and module.input_quantizers is not None:
             quantizers.extend(module.input_quantizers)
         elif isinstance(module, QuantAttnProcessor):
             quantizers.extend(module.quantizers())
-    return quantizers
+    return [q for q in quantizers if isinstance(q, Quantizer)]
 
 
 @torch.no_grad()
@@ -154,14 +196,15 @@ def quantize(
     """Quantize ``denoiser`` in place (the registry records it); returns the plan the artifact
     keeps."""
     plan = plan_layers(denoiser, config)
-    if calib is None and (config.a_bits or config.recon_iters):
+    if calib is None and (config.a_bits or config.recon_iters or config.smooth_alpha is not None):
         raise AccelError(
-            "activation ranges and reconstruction need a calibration set: "
+            "activation ranges, smoothing and reconstruction need a calibration set: "
             "calib = accel.calibrate(model, CalibConfig())"
         )
     fp_network = copy.deepcopy(denoiser.module) if config.recon_iters else None
     attention = _attention_modules(denoiser) if config.quantize_attention and config.a_bits else []
-    apply_plan(denoiser.module, plan, attention, config)
+    smoothing = _smoothing(denoiser, plan, calib, config, progress)
+    apply_plan(denoiser.module, plan, attention, config, smoothing=smoothing)
     if config.a_bits:
         calibrate_activations(denoiser, calib, progress=progress)
     record = {"layers": plan, "attention": attention}
@@ -177,6 +220,24 @@ def quantize(
         )
         record["reconstruction"] = reconstruction_times(timed)
     return record
+
+
+def _smoothing(denoiser, plan, calib, config: QuantConfig, progress: bool) -> dict | None:
+    """Smoothing factors of the layers the plan smooths, from the float model's inputs."""
+    from accel.quant.smoothing import input_channel_absmax, smoothing_factors
+
+    names = [name for name, spec in plan.items() if spec.get("smooth")]
+    if not names:
+        return None
+    peaks = input_channel_absmax(denoiser, names, calib, progress=progress)
+    return {
+        name: smoothing_factors(
+            peaks[name].to(denoiser.device),
+            denoiser.module.get_submodule(name).weight,
+            config.smooth_alpha,
+        )
+        for name in names
+    }
 
 
 def rebuild(denoiser, record: dict) -> None:

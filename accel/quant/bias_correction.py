@@ -16,17 +16,9 @@ left as they are: giving them one would change the model's structure and its sav
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from accel.quant.layers import QuantLayer
-
-
-def _float_output(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
-    """What the layer computes on ``x`` without quantization."""
-    if layer.is_conv:
-        return F.conv2d(x, layer.weight, layer.bias, **layer.conv_args)
-    return F.linear(x, layer.weight, layer.bias)
 
 
 class _ErrorMean:
@@ -37,7 +29,7 @@ class _ErrorMean:
         self.count = 0
 
     def __call__(self, layer: QuantLayer, inputs: tuple, output: torch.Tensor) -> None:
-        error = (output - _float_output(layer, inputs[0])).double()
+        error = (output - layer.float_forward(inputs[0])).double()
         # channels: dim 1 of a convolution's output, the last dim of a linear layer's
         error = error.movedim(1, -1) if layer.is_conv else error
         error = error.reshape(-1, error.shape[-1])

@@ -5,6 +5,11 @@ scale. At a split-shortcut site (Q-Diffusion) the input is ``cat([h, skip])``: t
 very different ranges, so each gets its own activation quantizer and the weight is split along its
 input channels, each part with its own per-channel quantizer; one convolution still runs on the
 joined tensor.
+
+For 4-bit activations (SVDQuant) a layer may also divide its input by per-channel smoothing factors
+(folded into its weight, smoothing.py), carry a 16-bit low-rank branch that runs on the smoothed,
+unquantized input (its weight then being the residual, low_rank.py), and quantize its input
+dynamically per token in groups of channels.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from accel.quant.quantizer import Quantizer
+from accel.quant.low_rank import LowRankBranch
+from accel.quant.quantizer import DynamicQuantizer, Quantizer
+from accel.quant.smoothing import along_inputs
 
 
 class QuantLayer(nn.Module):
@@ -32,6 +39,9 @@ class QuantLayer(nn.Module):
         group_size: int | None = None,
         w_range: str = "mse",
         a_range: str = "mse",
+        a_group_size: int | None = None,
+        smooth: torch.Tensor | None = None,
+        rank: int = 0,
         fit_ranges: bool = True,
     ):
         super().__init__()
@@ -49,6 +59,7 @@ class QuantLayer(nn.Module):
         # Frozen: post-training quantization learns rounding and step sizes, never the weights
         # themselves.
         self.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
+        self._migrate_outliers(smooth, rank, fit_ranges)
         self.bias = (
             None
             if layer.bias is None
@@ -63,7 +74,10 @@ class QuantLayer(nn.Module):
         )
         self.input_quantizers = (
             nn.ModuleList(
-                Quantizer(a_bits, a_symmetric, range_method=a_range) for _ in range(parts)
+                DynamicQuantizer(a_bits, a_group_size, channel_dim=1 if self.is_conv else -1)
+                if a_group_size
+                else Quantizer(a_bits, a_symmetric, range_method=a_range)
+                for _ in range(parts)
             )
             if a_bits
             else None
@@ -73,6 +87,36 @@ class QuantLayer(nn.Module):
         self._weight_cache: tuple[tuple, torch.Tensor] | None = None
         if fit_ranges:  # not when rebuilding a saved model: its stored scales are loaded next
             self.fit_weight_ranges()
+
+    def _migrate_outliers(self, smooth: torch.Tensor | None, rank: int, fit: bool) -> None:
+        """Fold ``smooth`` into the weight and move its top ``rank`` singular directions into a
+        low-rank branch (when ``fit`` is False, a saved model's values are loaded next: only the
+        shapes are made)."""
+        self.register_buffer("smooth", None if smooth is None else smooth.detach().clone())
+        if smooth is not None and fit:
+            self.weight.data = self.weight * along_inputs(smooth, self.weight, 1)
+        self.low_rank = (
+            LowRankBranch(self.weight.shape, rank, self.conv_args if self.is_conv else None)
+            if rank
+            else None
+        )
+        if rank and fit:
+            self.weight.data = self.low_rank.take_from(self.weight)
+
+    def smoothed_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.smooth is None:
+            return x
+        return x / along_inputs(self.smooth, x, 1 if self.is_conv else -1)
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """What the layer computes on ``x`` without quantization (the original layer, up to the
+        branch's fp16 rounding)."""
+        x = self.smoothed_input(x)
+        if self.is_conv:
+            y = F.conv2d(x, self.weight, self.bias, **self.conv_args)
+        else:
+            y = F.linear(x, self.weight, self.bias)
+        return y if self.low_rank is None else y + self.low_rank(x)
 
     def weight_parts(self, weight: torch.Tensor) -> list[torch.Tensor]:
         return [weight[:, : self.split], weight[:, self.split :]] if self.split else [weight]
@@ -131,19 +175,23 @@ class QuantLayer(nn.Module):
         return self._weight_cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.smoothed_input(x)
+        branch = None if self.low_rank is None else self.low_rank(x)
         if self.input_quantizers is not None:
             parts = [q(p) for q, p in zip(self.input_quantizers, self._input_parts(x))]
             x = torch.cat(parts, dim=1) if self.split else parts[0]
         weight = self._inference_weight()
         if self.is_conv:
-            return F.conv2d(x, weight, self.bias, **self.conv_args)
-        return F.linear(x, weight, self.bias)
+            y = F.conv2d(x, weight, self.bias, **self.conv_args)
+        else:
+            y = F.linear(x, weight, self.bias)
+        return y if branch is None else y + branch
 
     def extra_repr(self) -> str:
         kind = "conv" if self.is_conv else "linear"
-        return f"{kind} W{self.w_bits}A{self.a_bits or 'fp'}" + (
-            f", split at {self.split}" if self.split else ""
-        )
+        extras = [f"split at {self.split}"] if self.split else []
+        extras += ["smoothed"] if self.smooth is not None else []
+        return ", ".join([f"{kind} W{self.w_bits}A{self.a_bits or 'fp'}", *extras])
 
 
 SCORES_SLICE_BYTES = 256 * 2**20

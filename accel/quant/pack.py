@@ -3,7 +3,8 @@ scales.
 
 ``pack_state`` replaces a QuantLayer's float weight in the state dict by
 ``<layer>.weight_codes.<part>`` (uint8 holding ``code - q_min``; one part, or two at a split site);
-its quantizers' scales and zero points stay as they are. ``unpack_state`` rebuilds the weight as
+its quantizers' scales and zero points stay as they are; a low-rank branch is stored in fp16 (its
+values are fp16 already). ``unpack_state`` rebuilds the weight as
 ``(code - zero_point) * scale``: exactly the values the fake-quantized layer used, so the restored
 model's outputs equal the in-memory model's bit for bit.
 """
@@ -58,7 +59,13 @@ def pack_state(network: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, 
             state[f"{name}.weight_codes.{part}"] = pack_codes(
                 (codes - quantizer.q_min).cpu(), quantizer.bits
             )
+        for key in _branch_keys(name, layer):
+            state[key] = state[key].half()
     return state
+
+
+def _branch_keys(name: str, layer: QuantLayer) -> list[str]:
+    return [] if layer.low_rank is None else [f"{name}.low_rank.down", f"{name}.low_rank.up"]
 
 
 @torch.no_grad()
@@ -87,4 +94,6 @@ def unpack_state(network: nn.Module, state: dict[str, torch.Tensor]) -> dict[str
             zero = quantizer._shaped(state[prefix + "zero_point"], weight)
             parts.append((codes + quantizer.q_min - zero) * scale)
         state[f"{name}.weight"] = torch.cat(parts, dim=1) if layer.split else parts[0]
+        for key in _branch_keys(name, layer):
+            state[key] = state[key].to(layer.weight.dtype)
     return state

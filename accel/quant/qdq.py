@@ -118,6 +118,11 @@ def check_exportable(layer: QuantLayer, name: str, blocked: bool) -> None:
         raise AccelError(
             f"{name}: {layer.a_bits}-bit activations cannot be exported; Q/DQ activations are INT8"
         )
+    if layer.smooth is not None or layer.low_rank is not None:
+        raise AccelError(
+            f"{name}: smoothing and low-rank branches (W4A4) have no Q/DQ export form yet; "
+            "they run in PyTorch"
+        )
     if layer.w_bits > 8:
         raise AccelError(f"{name}: {layer.w_bits}-bit weights do not fit the INT8 grid")
     if any(q.group_size for q in layer.weight_quantizers) and not blocked:

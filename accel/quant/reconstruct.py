@@ -19,9 +19,10 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from accel.core.guidance_input import guidance_weight
+from accel.quant.apply import activation_quantizers
 from accel.quant.capture import capture_inputs, capture_outputs, output_tensor, to_device
 from accel.quant.forward_order import forward_order
-from accel.quant.layers import QuantAttnProcessor, QuantLayer
+from accel.quant.layers import QuantLayer
 
 BLOCK_TYPES = ("ResnetBlock2D", "BasicTransformerBlock", "Attention")
 MAX_RECON_SAMPLES = 256  # calibration inputs used per block (a seeded random subset beyond this)
@@ -68,7 +69,7 @@ def _reconstruct_unit(
     """Learn ``block``'s rounding and activation step sizes on ``captured`` (inputs, targets), then
     fix the rounding; returns how it ended (``_finish``)."""
     layers = [m for m in block.modules() if isinstance(m, QuantLayer)]
-    act_quantizers = _activation_quantizers(block)
+    act_quantizers = activation_quantizers(block)
     for layer in layers:
         layer.start_learning_rounding()
     for quantizer in act_quantizers:
@@ -93,20 +94,6 @@ def _reconstruct_unit(
     for quantizer in act_quantizers:
         quantizer.scale.requires_grad_(False)
     return _finish(block, layers, batch, device)
-
-
-def _activation_quantizers(block: nn.Module) -> list:
-    return [
-        q
-        for m in block.modules()
-        for q in (
-            (m.input_quantizers or [])
-            if isinstance(m, QuantLayer)
-            else m.quantizers()
-            if isinstance(m, QuantAttnProcessor)
-            else []
-        )
-    ]
 
 
 def _block_loss(block: nn.Module, batch, device) -> torch.Tensor:

@@ -35,9 +35,22 @@ def pattern_bits(items) -> dict[str, int]:
     return bits
 
 
+def _check_activation_bits(config) -> None:
+    """4-bit activations only with the method made for them (the Python API may still quantize
+    naively, as the W4A4 ablation does)."""
+    if config.a_bits and config.a_bits < 8 and not config.low_rank:
+        raise ConfigError(
+            "QuantConfig",
+            "a_bits",
+            f"{config.a_bits}-bit activations need --low-rank R (SVDQuant: smoothing plus a 16-bit "
+            "low-rank branch take the outliers 4 bits cannot hold); try --low-rank 16",
+        )
+
+
 def run(model, settings: Settings, context: Context) -> StageResult:
     change_sampler(model, settings)
     config = settings["quant"].by_bits()
+    _check_activation_bits(config)
     plan_layers(model, config)  # bad patterns fail here, before minutes of calibration
     calib = calibrate(model, settings["calib"], settings["calib_file"].path, context.progress)
     record = registry.apply(model, "quantize", config, calib, context.progress)
@@ -67,6 +80,8 @@ QUANTIZE_STAGE = stages.register(
             "no-bias-correction": Key(
                 "quant", "bias_correction", convert=lambda on: not on, switch=True
             ),
+            "low-rank": Key("quant", "low_rank"),
+            "smooth": Key("quant", "smooth_alpha"),
             "layer-bits": Key("quant", "layer_bits", convert=pattern_bits, many=True),
             "skip": Key("quant", "skip", many=True),
             "calib-policy": Key("calib", "policy"),

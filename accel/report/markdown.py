@@ -71,6 +71,9 @@ def measures_table(report) -> str:
         lines.append(row)
     if compressed:
         lines.append(f"| psnr_db_vs_original | | {format_value(delta['psnr_db_vs_original'])} | |")
+        distance = delta.get("feature_distance_vs_original")  # None: no feature network
+        if distance is not None:
+            lines.append(f"| feature_distance_vs_original | | {format_value(distance)} | |")
     return "\n".join(lines)
 
 

@@ -58,9 +58,17 @@ class Delta:
     psnr_db_vs_original: float | None  # None where the two sample sets do not share a trajectory
     # compressed - original, in percentage points (class-conditional models)
     class_accuracy_points: float | None = None
+    # LPIPS-like: mean distance of paired samples in the FID network's unit-normalised features
+    feature_distance_vs_original: float | None = None
 
     @classmethod
-    def between(cls, original: Measures, compressed: Measures, psnr: float | None) -> Delta:
+    def between(
+        cls,
+        original: Measures,
+        compressed: Measures,
+        psnr: float | None,
+        feature_distance: float | None = None,
+    ) -> Delta:
         fid_o, fid_c = original.fid, compressed.fid
         return cls(
             fid=None if fid_o is None or fid_c is None else fid_c - fid_o,
@@ -75,6 +83,7 @@ class Delta:
                 if original.class_accuracy is None or compressed.class_accuracy is None
                 else 100 * (compressed.class_accuracy - original.class_accuracy)
             ),
+            feature_distance_vs_original=feature_distance,
         )
 
 
