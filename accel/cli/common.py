@@ -154,6 +154,7 @@ def add_stage_flag(
             type=_value_type(type(config), spec.field),
             choices=choices_of(type(config), spec.field),
             default=None,
+            metavar=metavar,
             help=text,
         )
 

@@ -159,7 +159,13 @@ OPTIMIZE_FLAGS = {
     "no-channels-last": "keep NCHW activations",
     "cuda-graph": "replay each denoiser step as a CUDA graph",
 }
-METAVARS = {"layer-bits": "PATTERN=BITS", "skip": "PATTERN", "guidance-range": "LOW,HIGH"}
+METAVARS = {
+    "layer-bits": "PATTERN=BITS",
+    "skip": "PATTERN",
+    "guidance-range": "LOW,HIGH",
+    "low-rank": "R",
+    "smooth": "ALPHA",
+}
 
 
 def _flags_of(

@@ -42,8 +42,10 @@ class LowRankBranch(nn.Module):
         u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
         up = (u[:, : self.rank] * s[: self.rank]).to(torch.float16)
         down = vh[: self.rank].to(torch.float16)
-        self.up.data = up.to(weight.dtype)
-        self.down.data = down.to(weight.dtype).reshape(self.down.shape)
+        # contiguous, as a loaded branch is: SVD's factors come column-major, and a GEMM over
+        # another layout sums in another order (6e-8 apart, enough to break exact reloading)
+        self.up.data = up.to(weight.dtype).contiguous()
+        self.down.data = down.to(weight.dtype).reshape(self.down.shape).contiguous()
         return weight - self.dense().to(weight.dtype)
 
     def dense(self) -> torch.Tensor:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from accel.core.errors import AccelError
 from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
+from accel.quant.quantizer import DynamicQuantizer
 
 INT8_MIN, INT8_MAX = -128, 127
 
@@ -108,6 +109,12 @@ def _wants_blocks(layer: QuantLayer) -> bool:
 
 def check_exportable(layer: QuantLayer, name: str, blocked: bool) -> None:
     """Refuse what Q/DQ cannot express, naming the layer."""
+    dynamic = any(isinstance(q, DynamicQuantizer) for q in layer.input_quantizers or [])
+    if layer.smooth is not None or layer.low_rank is not None or dynamic:
+        raise AccelError(
+            f"{name}: smoothing, low-rank branches and per-token activation scales (W4A4) have "
+            "no Q/DQ export form yet; they run in PyTorch"
+        )
     quantizers = list(layer.weight_quantizers) + list(layer.input_quantizers or [])
     if any(not q.symmetric for q in quantizers):
         raise AccelError(
@@ -117,11 +124,6 @@ def check_exportable(layer: QuantLayer, name: str, blocked: bool) -> None:
     if layer.a_bits not in (None, 8):
         raise AccelError(
             f"{name}: {layer.a_bits}-bit activations cannot be exported; Q/DQ activations are INT8"
-        )
-    if layer.smooth is not None or layer.low_rank is not None:
-        raise AccelError(
-            f"{name}: smoothing and low-rank branches (W4A4) have no Q/DQ export form yet; "
-            "they run in PyTorch"
         )
     if layer.w_bits > 8:
         raise AccelError(f"{name}: {layer.w_bits}-bit weights do not fit the INT8 grid")

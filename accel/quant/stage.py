@@ -42,8 +42,8 @@ def _check_activation_bits(config) -> None:
         raise ConfigError(
             "QuantConfig",
             "a_bits",
-            f"{config.a_bits}-bit activations need --low-rank R (SVDQuant: smoothing plus a 16-bit "
-            "low-rank branch take the outliers 4 bits cannot hold); try --low-rank 16",
+            f"{config.a_bits} needs --low-rank R (activations below 8 bits: SVDQuant's smoothing "
+            "plus a 16-bit low-rank branch take the outliers they cannot hold); try --low-rank 16",
         )
 
 
