@@ -4,6 +4,7 @@
                                              #   -> bench/results/w4a4_cpu.md and .json
     python -m bench.w4a4 --model digits      # one reference
     python -m bench.w4a4 --recon-iters 100   # adds "+ reconstruction" (that many iterations/block)
+    python -m bench.w4a4 --samples 1000      # fewer samples (FID is biased upward, ratios less so)
     python -m bench.w4a4 --quick             # CI: 32 samples, DDIM 6
 
 Rows: W4A8 as calibration only with bias correction (the W4A4 rows' footing); W4A4 naive
@@ -155,9 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rank", type=int, default=W4A4.low_rank, help="low-rank branch rank")
     parser.add_argument("--recon-iters", type=int, default=0, help="adds a reconstruction row")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, help=f"samples per model (default {FULL.n})")
     parser.add_argument("--out", type=Path, help="markdown report (a .json beside it)")
     args = parser.parse_args(argv)
     settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
+    settings = replace(settings, n=args.samples or settings.n)
     out = args.out or (HERE / "w4a4_quick.md" if args.quick else RESULTS / "w4a4_cpu.md")
     start = time.perf_counter()
     rows = [
@@ -180,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             ("rank", args.rank, W4A4.low_rank),
             ("recon-iters", args.recon_iters, 0),
             ("seed", args.seed, 0),
+            ("samples", args.samples, None),
         )
         if value != default
     )
