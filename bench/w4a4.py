@@ -163,9 +163,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = replace(settings, n=args.samples or settings.n)
     out = args.out or (HERE / "w4a4_quick.md" if args.quick else RESULTS / "w4a4_cpu.md")
     start = time.perf_counter()
+    models = args.model or list(MODELS)
     rows = [
         row
-        for name in args.model or MODELS
+        for name in models
         for row in model_rows(name, settings, args.rank, args.recon_iters, args.seed)
     ]
     results = {
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     command = f"python -m bench.w4a4{' --quick' if args.quick else ''}{flags}"
     print(
         write_results(
-            out, f"W4A4 ({mode})", command, start, body(results), results, "digits, digits-dit"
+            out, f"W4A4 ({mode})", command, start, body(results), results, ", ".join(models)
         )
     )
 

@@ -12,9 +12,9 @@ from accel.core.errors import AccelError
 from accel.export.onnx import export_onnx
 from accel.metrics.quality import fid_setup
 from accel.quant import quantize_
-from accel.quant.apply import activation_quantizers, plan_layers
+from accel.quant.apply import plan_layers
 from accel.quant.config import W4A4, QuantConfig
-from accel.quant.layers import QuantLayer
+from accel.quant.layers import QuantLayer, activation_quantizers
 from accel.quant.low_rank import LowRankBranch
 from accel.quant.quantizer import DynamicQuantizer
 from accel.quant.smoothing import smoothing_factors

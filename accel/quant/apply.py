@@ -16,9 +16,8 @@ from accel.calib.collect import CalibrationSet
 from accel.core.errors import AccelError
 from accel.quant.config import QuantConfig
 from accel.quant.forward_order import forward_order
-from accel.quant.layers import QuantAttnProcessor, QuantLayer
+from accel.quant.layers import QuantAttnProcessor, QuantLayer, activation_quantizers
 from accel.quant.low_rank import max_rank
-from accel.quant.quantizer import Quantizer
 from accel.quant.split import find_split_sites
 
 # Below 8 bits, activations are quantized as SVDQuant does; the layers kept at 8-bit weights (ends,
@@ -159,18 +158,6 @@ def apply_plan(
         network.get_submodule(name).set_processor(
             QuantAttnProcessor(attention_bits, config.a_range)
         )
-
-
-def activation_quantizers(network) -> list[Quantizer]:
-    """The static activation quantizers in ``network`` (a denoiser or one block): those whose
-    scales calibration sets and reconstruction learns (dynamic ones have none)."""
-    quantizers = []
-    for module in network.modules():
-        if isinstance(module, QuantLayer) and module.input_quantizers is not None:
-            quantizers.extend(module.input_quantizers)
-        elif isinstance(module, QuantAttnProcessor):
-            quantizers.extend(module.quantizers())
-    return [q for q in quantizers if isinstance(q, Quantizer)]
 
 
 @torch.no_grad()

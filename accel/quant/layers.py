@@ -282,3 +282,15 @@ class QuantAttnProcessor(nn.Module):
             probs = scores.softmax(dim=-1).to(value.dtype)
             outputs.append(torch.bmm(self.p(probs), self.v(value[rows])))
         return torch.cat(outputs)
+
+
+def activation_quantizers(network) -> list[Quantizer]:
+    """The static activation quantizers in ``network`` (a denoiser or one block): those whose
+    scales calibration sets and reconstruction learns (dynamic ones have none)."""
+    quantizers = []
+    for module in network.modules():
+        if isinstance(module, QuantLayer) and module.input_quantizers is not None:
+            quantizers.extend(module.input_quantizers)
+        elif isinstance(module, QuantAttnProcessor):
+            quantizers.extend(module.quantizers())
+    return [q for q in quantizers if isinstance(q, Quantizer)]

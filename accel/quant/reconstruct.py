@@ -19,10 +19,9 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from accel.core.guidance_input import guidance_weight
-from accel.quant.apply import activation_quantizers
 from accel.quant.capture import capture_inputs, capture_outputs, output_tensor, to_device
 from accel.quant.forward_order import forward_order
-from accel.quant.layers import QuantLayer
+from accel.quant.layers import QuantLayer, activation_quantizers
 
 BLOCK_TYPES = ("ResnetBlock2D", "BasicTransformerBlock", "Attention")
 MAX_RECON_SAMPLES = 256  # calibration inputs used per block (a seeded random subset beyond this)
