@@ -145,8 +145,8 @@ def test_config_checks_the_w4a4_fields():
         QuantConfig(low_rank=-1)
     with pytest.raises(accel.ConfigError, match="a_group_size"):
         QuantConfig(a_group_size=0)
-    by_bits = QuantConfig(w_bits=4, a_bits=4, low_rank=8).by_bits()
-    assert (by_bits.a_group_size, by_bits.smooth_alpha) == (64, 0.5)
+    by_bits = QuantConfig(w_bits=4, a_bits=4, low_rank=8, recon_iters=None).by_bits()
+    assert (by_bits.a_group_size, by_bits.smooth_alpha, by_bits.recon_iters) == (64, 0.5, 0)
 
 
 def test_feature_distance_is_zero_for_the_same_samples_and_grows_with_change():

@@ -97,7 +97,7 @@ QUANTIZE_FLAGS = {
     "calib-every": "keep every k-th of the sampler's steps (default {default})",
     "calib": "calibration set file to reuse or create (default: a cache under ~/.cache/accel)",
     "recon-iters": f"block reconstruction iterations per block (default: {RECON_ITERS} below "
-    "8-bit weights, none at 8; 0: none)",
+    "8-bit weights, none at 8 or with --low-rank; 0: none)",
 }
 PRUNE_FLAGS = {
     "ratio": "fraction of channels and heads removed (default {default})",
