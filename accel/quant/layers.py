@@ -112,11 +112,13 @@ class QuantLayer(nn.Module):
         """What the layer computes on ``x`` without quantization (the original layer, up to the
         branch's fp16 rounding)."""
         x = self.smoothed_input(x)
-        if self.is_conv:
-            y = F.conv2d(x, self.weight, self.bias, **self.conv_args)
-        else:
-            y = F.linear(x, self.weight, self.bias)
+        y = self._apply(x, self.weight)
         return y if self.low_rank is None else y + self.low_rank(x)
+
+    def _apply(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.is_conv:
+            return F.conv2d(x, weight, self.bias, **self.conv_args)
+        return F.linear(x, weight, self.bias)
 
     def weight_parts(self, weight: torch.Tensor) -> list[torch.Tensor]:
         return [weight[:, : self.split], weight[:, self.split :]] if self.split else [weight]
@@ -180,11 +182,7 @@ class QuantLayer(nn.Module):
         if self.input_quantizers is not None:
             parts = [q(p) for q, p in zip(self.input_quantizers, self._input_parts(x))]
             x = torch.cat(parts, dim=1) if self.split else parts[0]
-        weight = self._inference_weight()
-        if self.is_conv:
-            y = F.conv2d(x, weight, self.bias, **self.conv_args)
-        else:
-            y = F.linear(x, weight, self.bias)
+        y = self._apply(x, self._inference_weight())
         return y if branch is None else y + branch
 
     def extra_repr(self) -> str:
