@@ -112,10 +112,10 @@ class QuantLayer(nn.Module):
         """What the layer computes on ``x`` without quantization (the original layer, up to the
         branch's fp16 rounding)."""
         x = self.smoothed_input(x)
-        y = self._apply(x, self.weight)
+        y = self._layer_op(x, self.weight)
         return y if self.low_rank is None else y + self.low_rank(x)
 
-    def _apply(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _layer_op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.is_conv:
             return F.conv2d(x, weight, self.bias, **self.conv_args)
         return F.linear(x, weight, self.bias)
@@ -182,7 +182,7 @@ class QuantLayer(nn.Module):
         if self.input_quantizers is not None:
             parts = [q(p) for q, p in zip(self.input_quantizers, self._input_parts(x))]
             x = torch.cat(parts, dim=1) if self.split else parts[0]
-        y = self._apply(x, self._inference_weight())
+        y = self._layer_op(x, self._inference_weight())
         return y if branch is None else y + branch
 
     def extra_repr(self) -> str:
