@@ -16,7 +16,7 @@ from accel.core.denoiser import Denoiser
 from accel.core.processes import Processes, current_processes
 from accel.metrics.digits_cnn import to_uint8
 from accel.metrics.latency import step_latency_ms
-from accel.metrics.quality import FidSetup, fid_setup, psnr_db
+from accel.metrics.quality import FidSetup, fid_setup, psnr_db, unit_feature_distance
 from accel.metrics.size import count_macs, count_params, macs_per_image, weights_bytes
 from accel.report import Delta, Measures, Report
 from accel.sampling import DEFAULT_BATCH, Samples, join, sample_batches
@@ -112,11 +112,16 @@ def _as_uint8(batch: Samples) -> Samples:
 
 
 def _measures(
-    denoiser: Denoiser, samples: Samples, images: np.ndarray, fid: FidSetup, latency_ms: float
+    denoiser: Denoiser,
+    samples: Samples,
+    images: np.ndarray,
+    features: np.ndarray | None,
+    fid: FidSetup,
+    latency_ms: float,
 ) -> Measures:
     labels = None if samples.labels is None else samples.labels.numpy()
     return Measures(
-        **fid.scores(images),
+        **fid.scores(images, features),
         **fid.class_accuracy(images, labels),
         latency_ms_per_step=latency_ms,
         sampling_s_per_image=samples.seconds_per_image,
@@ -131,14 +136,15 @@ def _measures(
 
 
 def _paired(
-    models: list[Denoiser], images: list[np.ndarray], fid: FidSetup
+    models: list[Denoiser], images: list[np.ndarray], features: list
 ) -> tuple[float | None, float | None, list[str]]:
     """PSNR and feature distance between the two sample sets where they share a trajectory: the
     same sampler run, or two samplers that draw no noise after x_T. Otherwise they mean nothing,
-    and a note says why."""
+    and a note says why. ``features``: the two sets' FID features (None without a FID network)."""
     baseline, model = (m.sampling for m in models)
     if baseline == model or not (baseline.stochastic or model.stochastic):
-        return psnr_db(images[0], images[1]), fid.feature_distance(images[0], images[1]), []
+        distance = None if features[0] is None else unit_feature_distance(*features)
+        return psnr_db(images[0], images[1]), distance, []
     return (
         None,
         None,
@@ -207,9 +213,11 @@ def evaluate_many(
     latencies = step_latency_ms(models, config.latency_batch, repeats=config.latency_repeats)
     samples = _sample_interleaved(models, config, processes)
     images = [s.images.numpy() for s in samples]
+    # once per sample set: FID and the feature distance to the original both read them
+    features = [None if fid.features is None else fid.features(i) for i in images]
     measured = [
-        _measures(m, s, i, fid, latency)
-        for m, s, i, latency in zip(models, samples, images, latencies)
+        _measures(m, s, i, f, fid, latency)
+        for m, s, i, f, latency in zip(models, samples, images, features, latencies)
     ]
     if not compare:
         return [
@@ -231,7 +239,7 @@ def evaluate_many(
             [models[0], model],
             [measured[0], measures],
             [images[0], own],
-            _paired([models[0], model], [images[0], own], fid),
+            _paired([models[0], model], [images[0], own], [features[0], own_features]),
             fid,
             config,
             command,
@@ -239,7 +247,9 @@ def evaluate_many(
             transform_config,
             processes,
         )
-        for model, measures, own in zip(models[1:], measured[1:], images[1:])
+        for model, measures, own, own_features in zip(
+            models[1:], measured[1:], images[1:], features[1:]
+        )
     ]
 
 

@@ -89,6 +89,16 @@ class CalibrationSet:
                 None if self.cond is None else self.cond[start:end],
             )
 
+    @torch.no_grad()
+    def run_through(self, denoiser, desc: str, batch_size: int = 64, progress: bool = True) -> None:
+        """Call ``denoiser`` on every input, batch by batch (for the hooks and observers that
+        collect what it computes)."""
+        from tqdm.auto import tqdm
+
+        for x, t, cond in tqdm(list(self.batches(batch_size)), desc=desc, disable=not progress):
+            x, t = x.to(denoiser.device, denoiser.dtype), t.to(denoiser.device)
+            denoiser(x, t, denoiser.to_model(cond))
+
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 

@@ -40,11 +40,12 @@ class FidSetup:
         ]
         return {"class_accuracy": float(correct.mean()), "class_accuracy_by_class": by_class}
 
-    def scores(self, images: np.ndarray) -> dict:
-        """``fid`` against all real images, and ``fid_at_floor_size`` (see RealReference)."""
+    def scores(self, images: np.ndarray, features: np.ndarray | None = None) -> dict:
+        """``fid`` against all real images, and ``fid_at_floor_size`` (see RealReference);
+        ``features``: the images' own, where the caller has them already."""
         if self.features is None:
             return {"fid": None, "fid_at_floor_size": None}
-        features = self.features(images)
+        features = self.features(images) if features is None else features
         half = self.real.half_size
         at_floor_size = (
             frechet_distance(FeatureStats.of(features[:half]), self.real.half_b)
@@ -63,8 +64,13 @@ class FidSetup:
         barely moves while this still separates methods (SVDQuant reports LPIPS beside FID)."""
         if self.features is None:
             return None
-        a, b = (_unit_rows(self.features(x)) for x in (reference, images))
-        return float(np.mean(np.sum((a - b) ** 2, axis=1)))
+        return unit_feature_distance(self.features(reference), self.features(images))
+
+
+def unit_feature_distance(reference: np.ndarray, features: np.ndarray) -> float:
+    """Mean |a/|a| - b/|b||^2 over paired feature rows (``FidSetup.feature_distance``)."""
+    a, b = _unit_rows(reference), _unit_rows(features)
+    return float(np.mean(np.sum((a - b) ** 2, axis=1)))
 
 
 def _unit_rows(features: np.ndarray) -> np.ndarray:

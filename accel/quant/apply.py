@@ -167,12 +167,7 @@ def calibrate_activations(denoiser, calib, batch_size: int = 64, progress: bool 
     quantizers = activation_quantizers(denoiser)
     for quantizer in quantizers:
         quantizer.start_observing()
-    for x, t, cond in tqdm(
-        list(calib.batches(batch_size)), desc="calibrate activations", disable=not progress
-    ):
-        denoiser(
-            x.to(denoiser.device, denoiser.dtype), t.to(denoiser.device), denoiser.to_model(cond)
-        )
+    calib.run_through(denoiser, "calibrate activations", batch_size, progress)
     for quantizer in tqdm(quantizers, desc="fit activation ranges", disable=not progress):
         quantizer.finish_observing()
 

@@ -16,7 +16,6 @@ left as they are: giving them one would change the model's structure and its sav
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from accel.quant.layers import QuantLayer
 
@@ -51,14 +50,7 @@ def correct_bias(denoiser, calib, batch_size: int = 64, progress: bool = True) -
     means = [_ErrorMean() for _ in layers]
     hooks = [layer.register_forward_hook(mean) for layer, mean in zip(layers, means)]
     try:
-        for x, t, cond in tqdm(
-            list(calib.batches(batch_size)), desc="bias correction", disable=not progress
-        ):
-            denoiser(
-                x.to(denoiser.device, denoiser.dtype),
-                t.to(denoiser.device),
-                denoiser.to_model(cond),
-            )
+        calib.run_through(denoiser, "bias correction", batch_size, progress)
     finally:
         for hook in hooks:
             hook.remove()

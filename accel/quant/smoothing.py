@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 _FLOOR = 1e-5  # channels that never fire (or all-zero weight columns) keep a finite factor
 
@@ -56,14 +55,7 @@ def input_channel_absmax(
         for name, peak in peaks.items()
     ]
     try:
-        for x, t, cond in tqdm(
-            list(calib.batches(batch_size)), desc="smoothing statistics", disable=not progress
-        ):
-            denoiser(
-                x.to(denoiser.device, denoiser.dtype),
-                t.to(denoiser.device),
-                denoiser.to_model(cond),
-            )
+        calib.run_through(denoiser, "smoothing statistics", batch_size, progress)
     finally:
         for hook in hooks:
             hook.remove()
