@@ -5,14 +5,14 @@ quantization tools, each timed against the fp32 graph.
                                         #   -> bench/results/ort_int8_cpu.json and .md
     python -m bench.ort_int8 --quick    # batch 1 and 8, few repeats (a smoke run)
 
-Rows per model: the fp32 graph (``accel export``); accel's W8A8 graph as accel runs it (on x86
-without VNNI its Q/DQ pairs are kept, not fused: the fused u8 x s8 kernels saturate there) and as
-ONNX Runtime runs it by default (fused where it can); ONNX Runtime's ``quantize_static`` with its
-documented x86 settings (QDQ, uint8 activations, int8 per-channel weights, ``reduce_range`` where
-VNNI is missing), calibrated on accel's calibration set; and ``quantize_dynamic`` of the MatMuls
-(int8 weights, activations quantized per call). Each row: integer nodes in ONNX Runtime's optimized
-graph, median time per call (interleaved runs of one input), speedup over fp32 and the max relative
-error of eps against the fp32 graph on that input.
+Rows per model: the fp32 graph (``accel export``); accel's W8A8 model exported in its portable
+(``tensorrt``) form and in the ``ort-cpu`` form, each run as accel runs it (on x86 without VNNI
+Q/DQ pairs are kept, not fused: the fused u8 x s8 kernels saturate there); ONNX Runtime's
+``quantize_static`` with its documented x86 settings (QDQ, uint8 activations, int8 per-channel
+weights, ``reduce_range`` where VNNI is missing), calibrated on accel's calibration set; and
+``quantize_dynamic`` of the MatMuls (int8 weights, activations quantized per call). Each row:
+integer nodes in ONNX Runtime's optimized graph, median time per call (interleaved runs of one
+input), speedup over fp32 and the max relative error of eps against the fp32 graph on that input.
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ def graphs(name: str, settings: Settings, work: Path) -> tuple[object, list[str]
     model = accel.load(name)
     names = input_names(model)
     fp32, w8a8 = work / f"{name}.onnx", work / f"{name}-w8a8.onnx"
+    w8a8_ort = work / f"{name}-w8a8-ort-cpu.onnx"
     accel.run_stage("export", name, format="onnx", out=fp32, progress=False)
     calib_file = work / f"{name}-calib.safetensors"
     quantized = accel.run_stage(
@@ -125,6 +126,9 @@ def graphs(name: str, settings: Settings, work: Path) -> tuple[object, list[str]
         calib_samples=settings.calib_samples,
     )
     accel.run_stage("export", quantized.model, format="onnx", out=w8a8, progress=False)
+    accel.run_stage(
+        "export", quantized.model, format="onnx", out=w8a8_ort, target="ort-cpu", progress=False
+    )
     static, dynamic = work / f"{name}-ort-static.onnx", work / f"{name}-ort-dynamic.onnx"
     calib = CalibrationSet.load(calib_file)  # the set accel's W8A8 was calibrated on
     quantize_static(
@@ -142,12 +146,16 @@ def graphs(name: str, settings: Settings, work: Path) -> tuple[object, list[str]
     )
     rows = {
         "fp32": (fp32, _plain_session(fp32), integer_nodes(fp32, work)),
-        "accel W8A8 (accel's session)": (
+        "accel W8A8, tensorrt form": (
             w8a8,
             ort_session(w8a8),
             integer_nodes(w8a8, work, saturating_off=True),
         ),
-        "accel W8A8 (ORT fusing)": (w8a8, _plain_session(w8a8), integer_nodes(w8a8, work)),
+        "accel W8A8, ort-cpu form": (
+            w8a8_ort,
+            ort_session(w8a8_ort),
+            integer_nodes(w8a8_ort, work, saturating_off=True),
+        ),
         "ORT static U8S8 QDQ": (static, _plain_session(static), integer_nodes(static, work)),
         "ORT dynamic MatMul": (dynamic, _plain_session(dynamic), integer_nodes(dynamic, work)),
     }

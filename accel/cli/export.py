@@ -39,6 +39,22 @@ def _flags(parser: argparse.ArgumentParser) -> None:
         "int8-grid",
         "write 4-bit linear weights on the INT8 grid (as convolutions are) instead of as INT4",
     )
+    add_stage_flag(
+        parser,
+        stage,
+        "target",
+        "the runtime a quantized graph is shaped for: tensorrt (portable symmetric INT8 Q/DQ, "
+        "default) or ort-cpu (uint8 activations, int32 biases and output Q/DQ that ONNX "
+        "Runtime's CPU optimizer fuses into QLinearConv / MatMulIntegerToFloat)",
+    )
+    add_stage_flag(
+        parser,
+        stage,
+        "range-samples",
+        "ort-cpu: sampler trajectories whose layer outputs set the output scales "
+        "(default {default})",
+        metavar="N",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -59,7 +75,8 @@ def summary(record: dict, out: Path) -> str:
     text = (
         f"wrote {out} ({record['bytes'] / 1e6:.2f} MB, {record['dtype']} "
         f"{record['form']} graph, opset {record['opset']}, {record['qdq_layers']} "
-        f"Q/DQ layers, {record['int4_layers']} INT4) in {record['export_s']:.1f} s\n"
+        f"Q/DQ layers, {record['int4_layers']} INT4{_target(record)}) in "
+        f"{record['export_s']:.1f} s\n"
         f"ONNX Runtime ({parity['provider']}) vs PyTorch on {parity['inputs']} "
         f"random inputs: max abs {parity['max_abs']:.2e}, max rel "
         f"{parity['max_rel']:.2e} (tolerance {parity['tolerance']:g}): met"
@@ -71,6 +88,15 @@ def summary(record: dict, out: Path) -> str:
             f"in ONNX Runtime: max rel {cached['parity']['max_rel']:.2e}: met"
         )
     return text
+
+
+def _target(record: dict) -> str:
+    if record.get("target") != "ort-cpu":
+        return ""
+    return (
+        f", for ort-cpu: {record['fused_convolutions']} fused convolutions, "
+        f"{record['integer_linear_layers']} integer linear layers"
+    )
 
 
 COMMANDS = [

@@ -29,19 +29,36 @@ ANY = "any"
 State = dict[str, torch.Tensor]
 
 
+# the runtimes an exported graph can be shaped for: "tensorrt" is the portable symmetric INT8 Q/DQ
+# form (TensorRT reads it, every runtime runs it); "ort-cpu" is what ONNX Runtime's CPU graph
+# optimizer fuses into integer kernels
+EXPORT_TARGETS = ("tensorrt", "ort-cpu")
+
+
+@dataclass(frozen=True)
+class FormRequest:
+    """What the exporter asks of a transform's export form."""
+
+    blocked: bool  # 4-bit / per-group linear layers as blocked DequantizeLinear (opset 21)
+    target: str  # one of EXPORT_TARGETS
+    # runs the network over calibration inputs (the model's own sampler trajectories), for a form
+    # that observes value ranges before converting
+    run_calibration: Callable[[], None]
+
+
 @dataclass(frozen=True)
 class ExportForm:
     """How a transform's layers go into an ONNX graph.
 
     ``blocked_layers(network)`` names the layers that want blocked DequantizeLinear (INT4 weights,
-    per-group scales; opset 21); ``convert(network, blocked)`` rewrites the network in place into
+    per-group scales; opset 21); ``convert(network, request)`` rewrites the network in place into
     what the exporter traces (Q/DQ ops) and returns counts for the export record. Ops the
     TorchScript exporter cannot write at opset 20 are traced as ``PLACEHOLDER_DOMAIN::<op>`` nodes,
     which the exporter rewrites to the standard op.
     """
 
     blocked_layers: Callable[[nn.Module], list[str]]
-    convert: Callable[[nn.Module, bool], dict]
+    convert: Callable[[nn.Module, FormRequest], dict]
 
 
 PLACEHOLDER_DOMAIN, BLOCK_DEQUANTIZE = "accel", "BlockDequantizeLinear"

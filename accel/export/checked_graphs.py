@@ -42,6 +42,7 @@ def write_full_graph(
     parity = check_parity(str(path), prepared.names, prepared.checks, prepared.expected, tolerance)
     return {
         "form": prepared.form,
+        "target": prepared.meta["target"],
         "opset": opset,
         "dtype": config.dtype,
         **prepared.counts,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from accel.core.config import Config, one_of
+from accel.core.registry import EXPORT_TARGETS
 
 EXPORT = "export"  # the registry's name for this transform
 # the ONNX metadata entry (and the engine's JSON) with the model's sampling metadata
@@ -29,8 +30,27 @@ class ExportConfig(Config):
     dtype: str = one_of("fp32", tuple(DTYPES))  # inputs, weights and eps
     # 4-bit linear weights on the INT8 grid (as convolutions are) instead of INT4
     int8_grid: bool = False
+    # the runtime a quantized graph is shaped for: tensorrt (portable symmetric INT8 Q/DQ, which
+    # every runtime runs) or ort-cpu (ONNX Runtime's fused CPU integer kernels)
+    target: str = one_of("tensorrt", EXPORT_TARGETS)
+    # trajectories of the model's own sampler whose layer outputs set the ort-cpu form's output
+    # scales
+    range_samples: int = 8
+
+    @property
+    def weights_on_int8_grid(self) -> bool:
+        """No INT4 or blocked weights: asked for, or ort-cpu (its integer kernels take int8)."""
+        return self.int8_grid or self.target == "ort-cpu"
 
     def validate(self) -> None:
+        if self.target == "ort-cpu" and self.dtype != "fp32":
+            raise self.invalid(
+                "dtype",
+                f"{self.dtype} with target ort-cpu: ONNX Runtime's CPU integer kernels sit between "
+                "float32 ops",
+            )
+        if self.range_samples < 1:
+            raise self.invalid("range_samples", f"must be at least 1, got {self.range_samples}")
         if self.opset is not None and self.opset < MIN_OPSET:
             raise self.invalid(
                 "opset",

@@ -208,7 +208,7 @@ def input_names(denoiser) -> list[str]:
     return ["sample", "timestep", *cond, *weight]
 
 
-def metadata(denoiser, opset: int, form: str, dtype: str) -> dict:
+def metadata(denoiser, opset: int, form: str, config) -> dict:
     from accel.metrics.size import count_macs, count_params
 
     return {
@@ -224,7 +224,8 @@ def metadata(denoiser, opset: int, form: str, dtype: str) -> dict:
         "macs": count_macs(denoiser),
         "opset": opset,
         "form": form,
-        "dtype": dtype,
+        "target": config.target if form == "qdq" else None,
+        "dtype": config.dtype,
         "inputs": input_names(denoiser),
         "guidance_range": list(denoiser.guidance_range) if denoiser.guidance_range else None,
     }

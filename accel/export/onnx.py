@@ -62,7 +62,7 @@ def _export_forms(denoiser) -> list[registry.ExportForm]:
 def resolve_opset(config: ExportConfig, blocked: list[str]) -> int:
     """The opset to write: 19, or 21 when layers go out blocked (INT4); a chosen one is checked
     against them."""
-    wants_blocks = bool(blocked) and not config.int8_grid
+    wants_blocks = bool(blocked) and not config.weights_on_int8_grid
     if config.opset is None:
         return BLOCKED_OPSET if wants_blocks else DEFAULT_OPSET
     if wants_blocks and config.opset < BLOCKED_OPSET:
@@ -83,13 +83,37 @@ def export_copy(denoiser):
     return copy.deepcopy(denoiser).float().cpu().eval()
 
 
-def _to_export_form(denoiser, blocked: bool) -> dict:
+def _to_export_form(denoiser, config: ExportConfig, opset: int) -> dict:
     """Every applied transform's layers rewritten into traceable ops; their counts, summed."""
+    request = registry.FormRequest(
+        blocked=opset >= BLOCKED_OPSET and not config.weights_on_int8_grid,
+        target=config.target,
+        run_calibration=lambda: _calibration_pass(denoiser, config.range_samples),
+    )
     counts = {"qdq_layers": 0, "int4_layers": 0}
     for form in _export_forms(denoiser):
-        for key, value in form.convert(denoiser.module, blocked).items():
+        for key, value in form.convert(denoiser.module, request).items():
             counts[key] = counts.get(key, 0) + value
     return counts
+
+
+def _calibration_pass(denoiser, samples: int) -> None:
+    """``denoiser`` over inputs from ``samples`` trajectories of its own sampler (cached as the
+    quantize stage's calibration sets are)."""
+    from accel.calib.collect import CalibConfig, calibrate
+
+    calib = calibrate(denoiser, CalibConfig(samples=samples), progress=False)
+    calib.run_through(denoiser, "output ranges", progress=False)
+
+
+def check_target(denoiser, config: ExportConfig) -> None:
+    """A target the model's form can take: ort-cpu's integer kernels need quantized layers."""
+    if config.target == "ort-cpu" and not _export_forms(denoiser):
+        raise config.invalid(
+            "target",
+            "ort-cpu shapes quantized layers for ONNX Runtime's integer kernels; this model has "
+            "none (quantize it first, or export with the default target)",
+        )
 
 
 @dataclass
@@ -126,6 +150,7 @@ def export_onnx(
     and tolerance (and the cached graph's, under ``cached_graph``).
     """
     registry.check_can_follow(denoiser.transforms, EXPORT)
+    check_target(denoiser, config)
     out = ensure_writable_file(out, (".onnx",), "a .onnx file", overwrite)
     cached_out = cached_graph_path(out) if step_splitter(denoiser) is not None else None
     if cached_out is not None:
@@ -193,7 +218,7 @@ def _prepare(denoiser, config: ExportConfig, opset: int) -> _Prepared:
     compares."""
     checks = parity_inputs(denoiser)
     as_given_full = [reference_full_step(denoiser, args) for args in checks]
-    counts = _to_export_form(denoiser, blocked=opset >= BLOCKED_OPSET and not config.int8_grid)
+    counts = _to_export_form(denoiser, config, opset)
     form = "qdq" if counts["qdq_layers"] else "float"
     # The gate's reference: the float32 PyTorch model in its exported form. For a quantized model
     # that form differs from the fake-quantized model by design (attention in float); that
@@ -227,7 +252,7 @@ def _prepare(denoiser, config: ExportConfig, opset: int) -> _Prepared:
         form,
         counts,
         max_rel(expected, as_given),
-        metadata(denoiser, opset, form, config.dtype),
+        metadata(denoiser, opset, form, config),
         cached,
     )
 

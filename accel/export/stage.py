@@ -36,8 +36,9 @@ def _check(settings: Settings) -> None:
     if settings["target"].format is None:
         raise settings["target"].invalid("format", f"is needed: {' or '.join(FORMATS)}")
     if settings["target"].format == "trt":
-        from accel.export.trt import tensorrt_module
+        from accel.export.trt import check_trt_target, tensorrt_module
 
+        check_trt_target(settings["export"])
         tensorrt_module()
 
 

@@ -184,6 +184,7 @@ def export_trt(
             "TensorRT runtime runs one engine: export it with `accel export onnx` "
             "(both graphs run in ONNX Runtime), or export the model before caching"
         )
+    check_trt_target(config)
     tensorrt_module()  # fail before any work when the extra is missing
     if config.opset not in (None, DEFAULT_OPSET):
         raise ConfigError(
@@ -198,6 +199,15 @@ def export_trt(
         onnx_path = Path(work) / "graph.onnx"
         record = export_onnx(denoiser, onnx_path, graph)
         record["engine"] = build_engine(
-            onnx_path, out, metadata(denoiser, DEFAULT_OPSET, record["form"], config.dtype)
+            onnx_path, out, metadata(denoiser, DEFAULT_OPSET, record["form"], graph)
         )
     return record
+
+
+def check_trt_target(config: ExportConfig) -> None:
+    if config.target != "tensorrt":
+        raise ConfigError(
+            "ExportConfig",
+            "target",
+            f"{config.target}: a TensorRT engine is built from the tensorrt form (the default)",
+        )

@@ -3,7 +3,7 @@ calibration use, reconstruction, packed artifacts, and the Q/DQ form exporters t
 the ``quantize`` transform and stage (calibrate, then quantize)."""
 
 from accel.core import registry
-from accel.quant import apply, pack, qdq
+from accel.quant import apply, export_form, pack
 from accel.quant.config import Q_DIFFUSION, W4A8, W8A8, QuantConfig
 from accel.quant.stage import QUANTIZE_STAGE
 
@@ -18,7 +18,9 @@ QUANTIZE = registry.register(
         rebuild=apply.rebuild,
         pack_state=pack.pack_state,
         unpack_state=pack.unpack_state,
-        export=registry.ExportForm(blocked_layers=qdq.blocked_layers, convert=qdq.to_qdq),
+        export=registry.ExportForm(
+            blocked_layers=export_form.blocked_layers, convert=export_form.convert
+        ),
     )
 )
 

@@ -21,8 +21,8 @@ processors are exported as diffusers' float processor.
 The TorchScript exporter stops at opset 20 and has no INT4 type, so a blocked DequantizeLinear is
 traced as the placeholder ``accel::BlockDequantizeLinear`` over INT8 codes (with a ``bits``
 attribute); the exporter rewrites it to the standard op, 4-bit codes as INT4 initializers, and
-raises the graph to opset 21. This module is quantization's ``ExportForm`` in the transform
-registry.
+raises the graph to opset 21. This is the export's default (``tensorrt``) target; ort_cpu.py builds
+the ``ort-cpu`` target's form on it.
 """
 
 from __future__ import annotations
