@@ -91,6 +91,12 @@ QUANTIZE_FLAGS = {
     "layer-bits": "weight bits for layers whose name "
     "matches PATTERN (fnmatch), as PATTERN=BITS; repeatable",
     "skip": "leave layers whose name matches PATTERN in float; repeatable",
+    "max-fid-ratio": "choose each layer's weight bits (2/4/8) for the smallest model whose FID "
+    "over the original's, measured, is at most R (at least 1)",
+    "target-size": "choose each layer's weight bits (2/4/8) for the least predicted error within "
+    "MB megabytes of weights",
+    "budget-samples": "--max-fid-ratio: samples per FID measured while searching (default "
+    "{default})",
     "calib-policy": "uniform: every k-th sampler step (Q-Diffusion); "
     "normal: PTQ4DM; last: final step only (default {default})",
     "calib-samples": "sampler trajectories to calibrate on (default {default})",
@@ -165,6 +171,9 @@ METAVARS = {
     "guidance-range": "LOW,HIGH",
     "low-rank": "R",
     "smooth": "ALPHA",
+    "max-fid-ratio": "R",
+    "target-size": "MB",
+    "budget-samples": "N",
 }
 
 

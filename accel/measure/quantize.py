@@ -33,6 +33,9 @@ class QuantizeMeasurer(Measurer):
         if "reconstruction" in result.record:
             times = result.record["reconstruction"]
             report.add_section("reconstruction", times, _reconstruction_markdown(times))
+        if "bit_budget" in result.record:
+            budget = result.record["bit_budget"]
+            report.add_section("bit_budget", budget, _budget_markdown(budget))
 
     def ablation(self, load_original) -> tuple[dict, str]:
         data = run_ablation(
@@ -54,6 +57,42 @@ def _reconstruction_markdown(times: dict) -> str:
         f"{times['soft_loss']:.3g} with the learned soft rounding, {times['hard_loss']:.3g} "
         "with the fixed one\n"
     )
+
+
+def _budget_markdown(budget: dict) -> str:
+    wanted = budget["budget"]
+    goal = (
+        f"FID ratio at most {wanted['max_fid_ratio']:g} (measured, {wanted['fid_samples']} "
+        "samples per candidate)"
+        if wanted["max_fid_ratio"] is not None
+        else f"weights within {wanted['target_size']:g} MB (predicted)"
+    )
+    chosen = budget["chosen"]
+    widths = ", ".join(f"{n} at {b} bits" for b, n in chosen["layers_at_bits"].items())
+    text = (
+        f"## Bit budget\n\n{goal}. Chosen for the {budget['layers']} free layers: {widths}; "
+        f"predicted {chosen['predicted_mb']:.3f} MB, relative eps error "
+        f"{chosen['predicted_error']:.3g} (all at 8 bits: {budget['base_error']:.3g}). Each "
+        "layer's width is in the artifact's `layer_bits`.\n"
+    )
+    if budget["measured"]:
+        rows = [
+            {
+                "mb": m["predicted_mb"],
+                "widths": ", ".join(f"{n}x{b}" for b, n in m["layers_at_bits"].items()),
+                "error": m["predicted_error"],
+                "fid_ratio": m["fid_ratio"],
+            }
+            for m in budget["measured"]
+        ]
+        columns = {
+            "mb": "MB (predicted)",
+            "widths": "layers x bits",
+            "error": "predicted eps error",
+            "fid_ratio": "FID ratio",
+        }
+        text += "\nCandidates measured:\n\n" + table(columns, rows) + "\n"
+    return text
 
 
 def ablation_configs(full, calib: CalibConfig) -> list[tuple[str, object, CalibConfig]]:

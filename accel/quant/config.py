@@ -106,6 +106,34 @@ class QuantConfig(Config):
         return data
 
 
+@dataclass(frozen=True)
+class BitBudget(Config):
+    """Weight bits chosen per layer (budget.py) for a quality or a size budget; at most one."""
+
+    # FID of the quantized model over the original's, same noise, at most this (measured)
+    max_fid_ratio: float | None = None
+    # the model's weights file at most this many MB (predicted from the packed widths)
+    target_size: float | None = None
+    fid_samples: int = 1000  # samples per FID measured while searching for max_fid_ratio
+
+    def validate(self) -> None:
+        if self.max_fid_ratio is not None and self.target_size is not None:
+            raise self.invalid("max_fid_ratio", "and target_size are two budgets: give one of them")
+        if self.max_fid_ratio is not None and self.max_fid_ratio < 1:
+            raise self.invalid(
+                "max_fid_ratio",
+                f"must be at least 1 (the original's own FID), got {self.max_fid_ratio}",
+            )
+        if self.target_size is not None and self.target_size <= 0:
+            raise self.invalid("target_size", f"must be above 0 MB, got {self.target_size}")
+        if self.fid_samples < 2:
+            raise self.invalid("fid_samples", f"must be at least 2, got {self.fid_samples}")
+
+    @property
+    def given(self) -> bool:
+        return self.max_fid_ratio is not None or self.target_size is not None
+
+
 W8A8 = QuantConfig(w_bits=8, a_bits=8)
 W4A8 = QuantConfig(w_bits=4, a_bits=8)
 # Q-Diffusion's recipe: W4A8 with 500 BRECQ/AdaRound iterations per block on a timestep-aware

@@ -1,5 +1,5 @@
-"""Quantized weights as stored in an artifact: integer codes (4 bits and below: two per byte) plus
-scales.
+"""Quantized weights as stored in an artifact: integer codes (3-4 bits: two per byte; 2 bits: four
+per byte) plus scales.
 
 ``pack_state`` replaces a QuantLayer's float weight in the state dict by
 ``<layer>.weight_codes.<part>`` (uint8 holding ``code - q_min``; one part, or two at a split site);
@@ -18,27 +18,36 @@ from accel.core.errors import AccelError
 from accel.quant.layers import QuantLayer
 
 
+def codes_per_byte(bits: int) -> int:
+    return 4 if bits <= 2 else 2 if bits <= 4 else 1
+
+
 def pack_codes(unsigned: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 storage of values in [0, 2^bits): two per byte for bits <= 4 (low nibble first)."""
+    """uint8 storage of values in [0, 2^bits): ``codes_per_byte(bits)`` per byte, lowest bits
+    first."""
     flat = unsigned.reshape(-1).to(torch.uint8)
-    if bits > 4:
-        return flat
-    if flat.numel() % 2:
-        flat = torch.cat([flat, flat.new_zeros(1)])
-    return flat[0::2] | (flat[1::2] << 4)
+    per_byte = codes_per_byte(bits)
+    if flat.numel() % per_byte:
+        flat = torch.cat([flat, flat.new_zeros(per_byte - flat.numel() % per_byte)])
+    width = 8 // per_byte
+    packed = flat[0::per_byte].clone()
+    for index in range(1, per_byte):
+        packed |= flat[index::per_byte] << (width * index)
+    return packed
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
-    expected = count if bits > 4 else (count + 1) // 2
+    per_byte = codes_per_byte(bits)
+    expected = -(-count // per_byte)
     if packed.dtype != torch.uint8 or packed.numel() != expected:
         raise AccelError(
             f"packed {bits}-bit codes must be {expected} uint8 values, got {packed.numel()} "
             f"{packed.dtype}"
         )
-    if bits > 4:
-        return packed.to(torch.int32)
-    both = torch.stack([packed & 0xF, packed >> 4], dim=1).reshape(-1)
-    return both[:count].to(torch.int32)
+    width = 8 // per_byte
+    mask = (1 << width) - 1
+    fields = [(packed >> (width * index)) & mask for index in range(per_byte)]
+    return torch.stack(fields, dim=1).reshape(-1)[:count].to(torch.int32)
 
 
 def _quant_layers(network: nn.Module):

@@ -3,13 +3,15 @@ along the model's own sampler, then quantize with it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from accel.calib.collect import CalibConfig, CalibFile, calibrate
 from accel.core import registry, stages
 from accel.core.errors import ConfigError
 from accel.core.sampling_spec import SamplerChange
 from accel.core.stages import SAMPLER_KEYS, Context, Key, Settings, StageResult, change_sampler
 from accel.quant.apply import plan_layers
-from accel.quant.config import STAGE_DEFAULT
+from accel.quant.config import STAGE_DEFAULT, BitBudget
 
 SIMULATION_NOTE = (
     "quantized layers run as fake quantization in PyTorch (float arithmetic on the integer grid), "
@@ -47,14 +49,44 @@ def _check_activation_bits(config) -> None:
         )
 
 
+def _check_budget(config, budget: BitBudget) -> None:
+    if not budget.given:
+        return
+    if config.layer_bits:
+        raise ConfigError(
+            "QuantConfig", "layer_bits", "and a bit budget both set layer widths: give one of them"
+        )
+    if config.a_bits is not None and config.a_bits < 8:
+        raise ConfigError(
+            "BitBudget",
+            "max_fid_ratio" if budget.max_fid_ratio is not None else "target_size",
+            "chooses weight widths with 8-bit (or float) activations; drop --act-bits "
+            f"{config.a_bits}",
+        )
+
+
 def run(model, settings: Settings, context: Context) -> StageResult:
     change_sampler(model, settings)
-    config = settings["quant"].by_bits()
+    config, budget = settings["quant"], settings["budget"]
+    if budget.given and config.recon_iters is None:
+        # every candidate is quantized: calibration and bias correction, not reconstruction,
+        # unless asked for
+        config = replace(config, recon_iters=0)
+    config = config.by_bits()
     _check_activation_bits(config)
+    _check_budget(config, budget)
     plan_layers(model, config)  # bad patterns fail here, before minutes of calibration
     calib = calibrate(model, settings["calib"], settings["calib_file"].path, context.progress)
+    search = None
+    if budget.given:
+        from accel.quant.bit_search import choose_bits
+
+        bits, search = choose_bits(model, config, calib, budget, context.progress)
+        config = replace(config, layer_bits=bits)
     record = registry.apply(model, "quantize", config, calib, context.progress)
     record["calibration"] = {**calib.meta, "inputs": len(calib)}
+    if search is not None:
+        record["bit_budget"] = search
     model.notes.append(SIMULATION_NOTE)
     return StageResult(model, record)
 
@@ -66,6 +98,7 @@ QUANTIZE_STAGE = stages.register(
             "quant": STAGE_DEFAULT,
             "calib": CalibConfig(),
             "calib_file": CalibFile(),
+            "budget": BitBudget(),
             "sampling": SamplerChange(),
         },
         run=run,
@@ -83,6 +116,9 @@ QUANTIZE_STAGE = stages.register(
             "low-rank": Key("quant", "low_rank"),
             "smooth": Key("quant", "smooth_alpha"),
             "layer-bits": Key("quant", "layer_bits", convert=pattern_bits, many=True),
+            "max-fid-ratio": Key("budget", "max_fid_ratio"),
+            "target-size": Key("budget", "target_size"),
+            "budget-samples": Key("budget", "fid_samples"),
             "skip": Key("quant", "skip", many=True),
             "calib-policy": Key("calib", "policy"),
             "calib-samples": Key("calib", "samples"),
