@@ -135,8 +135,9 @@ def ablation_rows(settings: Settings) -> dict:
 
 
 def runtime_rows(settings: Settings, work: Path) -> list[dict]:
-    """fp32, W8A8 and W4A8 in ONNX Runtime (W4A8's linear layers as INT4, opset 21) and the PyTorch
-    models they were exported from, all against the original in PyTorch, sampled in one run."""
+    """fp32, W8A8 and W4A8 in ONNX Runtime (W4A8's linear layers as INT4, opset 21), W8A8 also in
+    the ort-cpu form, and the PyTorch models they were exported from, all against the original in
+    PyTorch, sampled in one run."""
     pytorch = {"fp32": accel.load("digits")}
     for bits in (8, 4):
         pytorch[f"W{bits}A8"] = accel.run_stage(
@@ -147,27 +148,38 @@ def runtime_rows(settings: Settings, work: Path) -> list[dict]:
             calib_samples=settings.calib_samples,
             progress=False,
         ).model
+    # (row, PyTorch model it came from, export settings): each model in the portable form, and W8A8
+    # also in the form ONNX Runtime's CPU kernels fuse
+    exports = [(name, name, {}) for name in pytorch]
+    exports.append(("W8A8, ort-cpu form", "W8A8", {"target": "ort-cpu"}))
     exported = {
-        name: accel.run_stage(
-            "export", model, format="onnx", out=work / f"{name}.onnx", progress=False
+        label: accel.run_stage(
+            "export",
+            pytorch[source],
+            format="onnx",
+            out=work / f"{label.replace(', ', '-')}.onnx",
+            progress=False,
+            **options,
         )
-        for name, model in pytorch.items()
+        for label, source, options in exports
     }
-    names = list(pytorch)
-    models = [model for name in names for model in (pytorch[name], exported[name].model)]
+    # the original in PyTorch first: evaluation i compares it with models[i + 1]
+    models = list(pytorch.values()) + [exported[label].model for label, _, _ in exports]
     evaluations = evaluate_many(
         models, _eval(settings.n, settings), command="bench", model_name="digits"
     )
+    in_pytorch = dict(zip(pytorch, [None, *evaluations]))  # the original is no comparison
+    in_onnx = dict(zip(exported, evaluations[len(pytorch) - 1 :]))
     rows = [row("fp32", evaluations[0].report, "original")]
-    for index, name in enumerate(names):
-        # PyTorch, ONNX Runtime
-        pair = (
-            evaluations[2 * index - 1] if index else None,
-            evaluations[2 * index],
+    rows += [row(f"{name} (fake-quantized)", in_pytorch[name].report) for name in list(pytorch)[1:]]
+    for label, source, _ in exports:
+        graph = in_onnx[label]
+        rows.append(
+            {
+                **row(label, graph.report),
+                **_against_source((in_pytorch[source], graph), exported[label].record),
+            }
         )
-        if pair[0] is not None:
-            rows.append(row(f"{name} (fake-quantized)", pair[0].report))
-        rows.append({**row(name, pair[1].report), **_against_source(pair, exported[name].record)})
     return rows
 
 

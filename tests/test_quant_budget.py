@@ -64,7 +64,7 @@ def _weight_bits(artifact) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_target_size_mixes_widths_within_the_size(tmp_path, capsys):
-    common = ["--act-bits", "8", *TINY, "--json"]
+    common = ["--act-bits", "8", "--recon-iters", "0", *TINY, "--json"]
     code, stdout, _ = run(capsys, "quantize", "--bits", "8", *common, "--out", str(tmp_path / "q8"))
     size_w8 = json.loads(stdout)["compressed"]["size_bytes"]
     code, stdout, _ = run(capsys, "quantize", "--bits", "4", *common, "--out", str(tmp_path / "q4"))
@@ -122,3 +122,17 @@ def test_bad_budgets_are_refused_with_nothing_written(argv, message, tmp_path, c
     last = err.strip().splitlines()[-1]
     assert code == 2 and out == "" and err.count("error") == 1 and message in last
     assert not (tmp_path / "q").exists()
+
+
+def test_a_small_model_past_a_failing_larger_one_is_not_trusted():
+    from accel.quant.bit_search import _smallest_meeting
+    from accel.quant.budget import Allocation
+
+    def point(size):
+        return Allocation({"layer": 8}, size, 0.0)
+
+    big, middle, small = point(300), point(200), point(100)
+    # the smallest meets 1.1 only by a lucky draw: the larger model before it missed
+    assert _smallest_meeting([(big, 1.05), (middle, 1.2), (small, 1.08)], 1.1) is big
+    assert _smallest_meeting([(big, 1.05), (middle, 1.09), (small, 1.3)], 1.1) is middle
+    assert _smallest_meeting([(big, 1.2)], 1.1) is None

@@ -13,6 +13,7 @@ from accel.core.sampling_spec import SamplerChange
 from accel.core.stages import Context, Settings
 from accel.evaluate import EvalConfig, evaluate_many
 from accel.measure.base import Measurer
+from accel.quant.config import BitBudget
 from accel.report import format_value, table
 from accel.report.markdown import describe_sampler
 
@@ -148,6 +149,7 @@ def run_ablation(
                 "quant": config,
                 "calib": calib_config,
                 "calib_file": CalibFile(),
+                "budget": BitBudget(),
                 "sampling": SamplerChange(),
             },
         )
