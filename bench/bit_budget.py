@@ -26,13 +26,12 @@ from pathlib import Path
 import accel
 from accel.calib.collect import CalibConfig, calibrate
 from accel.evaluate import evaluate_many
-from accel.metrics.size import weights_bytes
 from accel.quant import quantize_
 from accel.quant.bit_search import choose_bits
 from accel.quant.config import W4A8, W8A8, BitBudget
 from accel.quant.layers import QuantLayer
 from accel.report import table
-from bench.common import HERE, RESULTS, goal, write_results
+from bench.common import HERE, RESULTS, goal, quality_row, reference_model, write_results
 
 MODELS = ("digits", "digits-dit")
 COLUMNS = {
@@ -61,13 +60,9 @@ FULL = Settings(n=2000, steps=None, calib_samples=CalibConfig().samples, batch_s
 QUICK = Settings(n=32, steps=6, calib_samples=4, batch_size=32, budget_samples=16)
 
 
-def _original(name: str, settings: Settings):
-    return accel.load(name, sampling={"steps": settings.steps} if settings.steps else None)
-
-
 def _quantized(name, settings, config, calib, budget: BitBudget | None = None):
     """A quantized model and the seconds it took (the bit search included)."""
-    model, start = _original(name, settings), time.perf_counter()
+    model, start = reference_model(name, settings.steps), time.perf_counter()
     if budget is not None:
         bits, _ = choose_bits(model, config, calib, budget, progress=False)
         config = replace(config, layer_bits=bits)
@@ -88,12 +83,7 @@ def _rows(names, quantized, evaluations) -> list[dict]:
             "name": name,
             "widths": _widths(model),
             "quantize_s": seconds,
-            "size_mb": weights_bytes(model) / 1e6,
-            "fid": e.report.compressed.fid,
-            "original_fid": e.report.original.fid,
-            "fid_ratio": e.report.delta.fid_ratio,
-            "psnr_db": e.report.delta.psnr_db_vs_original,
-            "feature_distance": e.report.delta.feature_distance_vs_original,
+            **quality_row(e.report),
         }
         for name, (model, seconds), e in zip(names, quantized, evaluations)
     ]
@@ -102,7 +92,7 @@ def _rows(names, quantized, evaluations) -> list[dict]:
 def run_rows(name: str, settings: Settings, seed: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as work:
         calib = calibrate(
-            _original(name, settings),
+            reference_model(name, settings.steps),
             CalibConfig(samples=settings.calib_samples),
             Path(work) / "calib.safetensors",
             progress=False,
@@ -112,7 +102,9 @@ def run_rows(name: str, settings: Settings, seed: int) -> list[dict]:
     rows = _rows(
         ["uniform W8A8", "uniform W4A8"],
         uniform,
-        evaluate_many([_original(name, settings)] + [m for m, _ in uniform], eval_config),
+        evaluate_many(
+            [reference_model(name, settings.steps)] + [m for m, _ in uniform], eval_config
+        ),
     )
     w8a8, w4a8 = rows
     ratio = max(w8a8["fid_ratio"], 1.0)  # a budget is at least the original's own FID
@@ -130,7 +122,9 @@ def run_rows(name: str, settings: Settings, seed: int) -> list[dict]:
             f"--target-size {w4a8['size_mb']:.3f} (W4A8's)",
         ],
         budgeted,
-        evaluate_many([_original(name, settings)] + [m for m, _ in budgeted], eval_config),
+        evaluate_many(
+            [reference_model(name, settings.steps)] + [m for m, _ in budgeted], eval_config
+        ),
     )
     return [rows[i] for i in (0, 2, 1, 3)]  # each uniform row beside its budgeted one
 

@@ -12,6 +12,25 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 
 
+def reference_model(name: str, steps: int | None):
+    """A built-in reference model, sampled with DDIM ``steps`` (None: its own sampler)."""
+    import accel
+
+    return accel.load(name, sampling={"steps": steps} if steps else None)
+
+
+def quality_row(report) -> dict:
+    """A quantized model's measures against the original, from its side-by-side report."""
+    return {
+        "size_mb": report.compressed.size_bytes / 1e6,
+        "fid": report.compressed.fid,
+        "original_fid": report.original.fid,
+        "fid_ratio": report.delta.fid_ratio,
+        "psnr_db": report.delta.psnr_db_vs_original,
+        "feature_distance": report.delta.feature_distance_vs_original,
+    }
+
+
 def goal(label: str, measured: float | None, bound: float, at_least: bool = False) -> dict:
     """``measured`` against ``bound`` (at most, or ``at_least``): the goal's record, whose ``line``
     is its markdown."""

@@ -30,7 +30,7 @@ from accel.evaluate import evaluate_many
 from accel.quant import quantize_
 from accel.quant.config import W4A4, W4A8
 from accel.report import table
-from bench.common import HERE, RESULTS, goal, write_results
+from bench.common import HERE, RESULTS, goal, quality_row, reference_model, write_results
 
 MODELS = ("digits", "digits-dit")
 GOAL, MOONSHOT = 1.25, 1.10  # issue 26: W4A4 FID ratio on both references
@@ -78,26 +78,22 @@ def recipes(rank: int, recon_iters: int) -> list[tuple[str, object]]:
     return rows
 
 
-def _original(name: str, settings: Settings):
-    return accel.load(name, sampling={"steps": settings.steps} if settings.steps else None)
-
-
 def model_rows(name: str, settings: Settings, rank: int, recon_iters: int, seed: int) -> list[dict]:
     """Every recipe on reference ``name``, sampled beside its original in one run."""
     with tempfile.TemporaryDirectory() as work:
         calib = calibrate(
-            _original(name, settings),
+            reference_model(name, settings.steps),
             CalibConfig(samples=settings.calib_samples),
             Path(work) / "calib.safetensors",
             progress=False,
         )
     rows, models = recipes(rank, recon_iters), []
     for _, config in rows:
-        model, start = _original(name, settings), time.perf_counter()
+        model, start = reference_model(name, settings.steps), time.perf_counter()
         quantize_(model, replace(config, seed=seed), calib, progress=False)
         models.append((model, time.perf_counter() - start))
     evaluations = evaluate_many(
-        [_original(name, settings)] + [model for model, _ in models],
+        [reference_model(name, settings.steps)] + [model for model, _ in models],
         accel.EvalConfig(n=settings.n, seed=seed, batch_size=settings.batch_size),
         command="bench",
         model_name=name,
@@ -108,12 +104,7 @@ def model_rows(name: str, settings: Settings, rank: int, recon_iters: int, seed:
             "name": row_name,
             "config": config.to_dict(),
             "quantize_s": seconds,
-            "size_mb": e.report.compressed.size_bytes / 1e6,
-            "fid": e.report.compressed.fid,
-            "original_fid": e.report.original.fid,
-            "fid_ratio": e.report.delta.fid_ratio,
-            "psnr_db": e.report.delta.psnr_db_vs_original,
-            "feature_distance": e.report.delta.feature_distance_vs_original,
+            **quality_row(e.report),
         }
         for (row_name, config), (_, seconds), e in zip(rows, models, evaluations)
     ]

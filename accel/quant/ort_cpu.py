@@ -61,8 +61,9 @@ class DequantBias(torch.autograd.Function):
 
 
 def fusable(layer: QuantLayer) -> bool:
-    """Layers this form rewrites: those with quantized (8-bit, static) inputs."""
-    return layer.a_bits == 8 and layer.smooth is None and layer.low_rank is None
+    """Layers this form rewrites: those with quantized (8-bit, static) inputs. (Smoothing and
+    low-rank branches come only with 4-bit activations.)"""
+    return layer.a_bits == 8
 
 
 def to_ort_cpu(network: nn.Module, run_calibration) -> dict:
