@@ -1,0 +1,267 @@
+"""accel against its peers at the same widths: NVIDIA Model Optimizer, optimum-quanto and torchao,
+each with its documented defaults (bench/peer_recipes.py), on a built-in model.
+
+    python -m bench.peers                  # digits, 2,000 samples, DDIM 50
+                                           #   -> bench/results/peers_digits_cpu.md, .json
+    python -m bench.peers --model digits-dit --samples 1000
+    python -m bench.peers --quick          # a smoke run: 32 samples, DDIM 6
+
+The peers install with ``pip install -e '.[peers]'``; a peer that is not installed is left out and
+the report says so. Rows: accel's W8A8 and W4A8 (``accel quantize`` with the command's defaults)
+and every peer recipe beside the accel row of its widths, all sampled by accel's sampler from the
+same seed and noise beside the original in one run. Time to quantize counts recording the
+calibration set wherever one is used: accel records its own; the peers that calibrate share one
+recording of the same size, whose time is added to each. Size is what is stored: accel's packed
+weights file, ``torch.save`` of a peer's state dict, or for a fake-quantized peer (Model Optimizer
+keeps float weights in PyTorch until a TensorRT build) its weights at its quantizers' widths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import accel
+from accel.calib.collect import CalibConfig, calibrate
+from accel.evaluate import evaluate_many
+from accel.quant.layers import QuantLayer
+from accel.report import table
+from bench.common import HERE, RESULTS, goal, quality_row, reference_model, write_results
+from bench.peer_recipes import RECIPES, nominal_bytes, saved_bytes, versions
+
+MODELS = ("digits", "digits-dit")
+ACCEL_RECIPES = {"W8A8": {"bits": 8, "act_bits": 8}, "W4A8": {"bits": 4, "act_bits": 8}}
+COLUMNS = {
+    "name": "recipe",
+    "widths": "widths",
+    "layers": "layers quantized",
+    "quantize_s": "quantize (s)",
+    "size_mb": "size (MB)",
+    "size_kind": "size as",
+    "fid": "FID",
+    "fid_ratio": "FID ratio",
+    "psnr_db": "PSNR to original (dB)",
+    "feature_distance": "feature distance to original",
+    "seconds_per_image": "time/image (s)",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    n: int
+    steps: int | None  # the sampler's (None: the model's own, DDIM 50)
+    calib_samples: int | None  # None: the command's default
+    recon_iters: int | None  # None: the command's default for the width
+    batch_size: int
+
+
+FULL = Settings(n=2000, steps=None, calib_samples=None, recon_iters=None, batch_size=500)
+QUICK = Settings(n=32, steps=6, calib_samples=4, recon_iters=2, batch_size=32)
+
+
+@dataclass
+class Quantized:
+    """One row's model before it is sampled."""
+
+    name: str
+    widths: str
+    model: object  # a Denoiser
+    seconds: float
+    layers: int
+    size_kind: str
+    packs_weights: bool = True
+
+
+def _accel(name: str, widths: str, settings: Settings, seed: int, work: Path) -> Quantized:
+    """``accel quantize`` with the command's defaults at ``widths``, recording its own calibration
+    set."""
+    keys = {
+        key: value
+        for key, value in (
+            ("calib_samples", settings.calib_samples),
+            ("recon_iters", settings.recon_iters),
+        )
+        if value is not None
+    }
+    start = time.perf_counter()
+    model = accel.run_stage(
+        "quantize",
+        reference_model(name, settings.steps),
+        seed=seed,
+        calib=str(work / f"calib-{widths}.safetensors"),
+        progress=False,
+        **ACCEL_RECIPES[widths],
+        **keys,
+    ).model
+    seconds = time.perf_counter() - start
+    layers = sum(isinstance(m, QuantLayer) for m in model.module.modules())
+    # fake-quantized in PyTorch like Model Optimizer; its integer speed is bench.ort_int8's
+    return Quantized(f"accel {widths}", widths, model, seconds, layers, "packed file", False)
+
+
+def _peer(recipe, name: str, settings: Settings, calib, calib_s: float) -> Quantized:
+    model = reference_model(name, settings.steps)
+    start = time.perf_counter()
+    recipe.apply(model.module, lambda: calib.run_through(model, recipe.label, progress=False))
+    seconds = time.perf_counter() - start + (calib_s if recipe.calibrates else 0.0)
+    # an inference model: torch's FLOP counter (the evaluation's MACs) hooks every input that
+    # requires grad, and fails on Model Optimizer's weight quantizers (a leaf without grad_fn)
+    model.module.requires_grad_(False)
+    packed = recipe.packs_weights
+    # the evaluation reports this size (its own measure reads accel's layers only)
+    model.weights_bytes = saved_bytes(model.module) if packed else nominal_bytes(model.module)
+    kind = "torch.save" if packed else "at its widths (fake-quantized)"
+    layers = recipe.quantized_layers(model.module)
+    return Quantized(recipe.label, recipe.widths, model, seconds, layers, kind, packed)
+
+
+def _calibration(name: str, settings: Settings, seed: int, work: Path):
+    """The peers' calibration set: the size accel's own defaults record, and its seconds."""
+    config = CalibConfig(samples=settings.calib_samples or CalibConfig().samples, seed=seed)
+    start = time.perf_counter()
+    calib = calibrate(
+        reference_model(name, settings.steps), config, work / "peers.safetensors", progress=False
+    )
+    return calib, time.perf_counter() - start
+
+
+def quantized_rows(name: str, settings: Settings, seed: int, work: Path) -> list[Quantized]:
+    """accel's W8A8 then the peers at 8 bits, accel's W4A8 then the peers at 4-bit weights."""
+    calib, calib_s = _calibration(name, settings, seed, work)
+    rows = []
+    for widths in ACCEL_RECIPES:
+        rows.append(_accel(name, widths, settings, seed, work))
+        rows += [
+            _peer(recipe, name, settings, calib, calib_s)
+            for recipe in RECIPES
+            if recipe.widths == widths and recipe.available()
+        ]
+    return rows
+
+
+def run_rows(name: str, settings: Settings, seed: int) -> list[dict]:
+    with tempfile.TemporaryDirectory() as work:
+        quantized = quantized_rows(name, settings, seed, Path(work))
+    evaluations = evaluate_many(
+        [reference_model(name, settings.steps)] + [q.model for q in quantized],
+        accel.EvalConfig(n=settings.n, seed=seed, batch_size=settings.batch_size),
+        command="bench",
+        model_name=name,
+    )
+    return [
+        {
+            "name": q.name,
+            "widths": q.widths,
+            "layers": q.layers,
+            "quantize_s": q.seconds,
+            "size_kind": q.size_kind,
+            "packs_weights": q.packs_weights,
+            **quality_row(e.report),
+            "seconds_per_image": e.report.compressed.sampling_s_per_image,
+            "original_seconds_per_image": e.report.original.sampling_s_per_image,
+        }
+        for q, e in zip(quantized, evaluations)
+    ]
+
+
+def _compared(peer: dict, own: dict) -> bool:
+    """Same widths means the same layers too: a peer that leaves layers float (torchao's default
+    filter takes nn.Linear only, not the convolutions) is not measured against accel."""
+    return peer["layers"] >= own["layers"]
+
+
+def goals(rows: list[dict]) -> list[dict]:
+    """accel's FID ratio at most each peer's at the same widths (where the peer quantizes as many
+    layers); its 8-bit quantize time within 2x of the fastest 8-bit peer's."""
+    own = {r["widths"]: r for r in rows if r["name"].startswith("accel ")}
+    peers = [r for r in rows if not r["name"].startswith("accel ")]
+    out = [
+        goal(
+            f"accel {p['widths']}'s FID ratio, against {p['name']}'s",
+            own[p["widths"]]["fid_ratio"],
+            p["fid_ratio"],
+        )
+        for p in peers
+        if _compared(p, own[p["widths"]])
+    ]
+    eight_bit = [p for p in peers if p["widths"] == "W8A8"]
+    if eight_bit:
+        fastest = min(eight_bit, key=lambda p: p["quantize_s"])
+        out.append(
+            goal(
+                f"accel W8A8's quantize time (s), against 2x the fastest 8-bit peer's "
+                f"({fastest['name']}, {fastest['quantize_s']:.1f} s)",
+                own["W8A8"]["quantize_s"],
+                2 * fastest["quantize_s"],
+            )
+        )
+    return out
+
+
+def not_compared(rows: list[dict]) -> list[str]:
+    own = {r["widths"]: r for r in rows if r["name"].startswith("accel ")}
+    return [
+        f"{p['name']}: quantizes {p['layers']} layers, accel {own[p['widths']]['layers']}; its FID "
+        "is not measured against accel's"
+        for p in rows
+        if not p["name"].startswith("accel ") and not _compared(p, own[p["widths"]])
+    ]
+
+
+def body(results: dict) -> str:
+    settings, rows = results["settings"], results["rows"]
+    installed = ", ".join(f"{d} {v or 'not installed'}" for d, v in results["peers"].items())
+    lines = [
+        f"Peers: {installed}.",
+        "",
+        f"## Rows ({settings['n']} samples, DDIM {settings['steps'] or 50}, seed "
+        f"{results['seed']}; original's FID {rows[0]['original_fid']:.2f}, "
+        f"{rows[0]['original_seconds_per_image']:.3f} s/image)",
+        "",
+        table(COLUMNS, rows),
+    ]
+    if results["goals"]:
+        lines += ["", "## Goals", ""] + [f"- {g['line']}" for g in results["goals"]]
+        lines += [f"- Not compared: {line}" for line in not_compared(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--model", choices=MODELS, default="digits")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, help=f"samples per model (default {FULL.n})")
+    parser.add_argument("--out", type=Path, help="markdown report (a .json beside it)")
+    args = parser.parse_args(argv)
+    settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
+    settings = replace(settings, n=args.samples or settings.n)
+    stem = "peers" if args.model == "digits" else f"peers_{args.model}"
+    out = args.out or (HERE / f"{stem}_quick.md" if args.quick else RESULTS / f"{stem}_cpu.md")
+    start = time.perf_counter()
+    rows = run_rows(args.model, settings, args.seed)
+    results = {
+        "mode": mode,
+        "model": args.model,
+        "settings": vars(settings),
+        "seed": args.seed,
+        "peers": versions(),
+        "rows": rows,
+        "goals": [] if args.quick else goals(rows),  # a quick run's FID says nothing
+    }
+    flags = f" --model {args.model}" + "".join(
+        f" --{flag} {value}"
+        for flag, value, default in (("seed", args.seed, 0), ("samples", args.samples, None))
+        if value != default
+    )
+    command = f"python -m bench.peers{' --quick' if args.quick else ''}{flags}"
+    print(write_results(out, f"Peers ({mode})", command, start, body(results), results, args.model))
+
+
+if __name__ == "__main__":
+    main()
