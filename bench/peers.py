@@ -160,6 +160,7 @@ def run_rows(name: str, settings: Settings, seed: int) -> list[dict]:
             "size_kind": q.size_kind,
             "packs_weights": q.packs_weights,
             **quality_row(e.report),
+            "size_ratio": e.report.compressed.size_bytes / e.report.original.size_bytes,
             "seconds_per_image": e.report.compressed.sampling_s_per_image,
             "original_seconds_per_image": e.report.original.sampling_s_per_image,
         }
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
     settings = replace(settings, n=args.samples or settings.n)
-    stem = "peers" if args.model == "digits" else f"peers_{args.model}"
+    stem = f"peers_{args.model}"
     out = args.out or (HERE / f"{stem}_quick.md" if args.quick else RESULTS / f"{stem}_cpu.md")
     start = time.perf_counter()
     rows = run_rows(args.model, settings, args.seed)
