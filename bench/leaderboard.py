@@ -8,10 +8,11 @@ sampled in the same benchmark run as the row.
                                          #   -> bench/leaderboard_quick.md, .json, .png
 
 It measures nothing itself: each benchmark (bench.run, bench.prune, bench.distill, bench.cache,
-bench.compress on digits; bench.dit and bench.compress --model digits-dit on digits-dit) sampled its
-rows and its original in one run, batches interleaved, and this reads their JSON. Speedup is always
-wall time per image, original / row, from that run; fake-quantized PyTorch rows have none (float
-arithmetic on the integer grid: their speed is in the ONNX Runtime rows).
+bench.compress and bench.peers on digits; bench.dit, bench.compress --model digits-dit and
+bench.peers --model digits-dit on digits-dit) sampled its rows and its original in one run, batches
+interleaved, and this reads their JSON. Speedup is always wall time per image, original / row, from
+that run; fake-quantized PyTorch rows have none (float arithmetic on the integer grid: their speed
+is in the ONNX Runtime rows). Peer rows are other tools' recipes at accel's widths.
 """
 
 from __future__ import annotations
@@ -273,6 +274,32 @@ def recipe_rows(data: dict, source: str) -> list[dict]:
     return out
 
 
+def _peer_speedup(row: dict) -> float | None:
+    if not row["packs_weights"]:
+        return None
+    return row["original_seconds_per_image"] / row["seconds_per_image"]
+
+
+def peer_rows(data: dict, source: str) -> list[dict]:
+    """bench.peers: the peers' recipes (accel's own rows there repeat bench.run's). Speedup only for
+    a peer that runs packed weights in PyTorch; Model Optimizer's rows are fake-quantized."""
+    return [
+        _row(
+            f"{r['name']} ({r['layers']} layers)",
+            "peer quantization",
+            source,
+            data["settings"]["n"],
+            r["fid"],
+            r["fid_ratio"],
+            _peer_speedup(r),
+            r["size_ratio"],
+            model=data["model"],
+        )
+        for r in data["rows"]
+        if not r["name"].startswith("accel ")
+    ]
+
+
 # benchmark -> (full result, quick result, reader)
 SOURCES = {
     "bench.run": ("results/quant_digits_cpu.json", "quant_quick.json", quantization_rows),
@@ -281,6 +308,8 @@ SOURCES = {
     "bench.cache": ("results/cache_digits_cpu.json", "cache_quick.json", caching_rows),
     "bench.compress": ("results/compress_digits_cpu.json", "compress_quick.json", recipe_rows),
     "bench.dit": ("results/dit_digits_cpu.json", "dit_quick.json", dit_rows),
+    "bench.peers": ("results/peers_digits_cpu.json", "peers_digits_quick.json", peer_rows),
+    "bench.peers --model digits-dit": ("results/peers_digits-dit_cpu.json", None, peer_rows),
     # full runs only: CI's chain test covers the DiT recipes' code (a quick run would add minutes)
     "bench.compress --model digits-dit": (
         "results/compress_dit_digits_cpu.json",

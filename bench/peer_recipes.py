@@ -41,8 +41,10 @@ class PeerRecipe:
 
 def _modelopt_int8(network: nn.Module, forward_loop) -> None:
     """Model Optimizer's diffusers INT8 recipe (examples/diffusers/quantization: ``--format int8
-    --quant-algo smoothquant --alpha 0.8``; its percentile calibrator at the default percentile 1.0
-    is max calibration): per-channel int8 weights, per-tensor int8 inputs, SmoothQuant at 0.8."""
+    --quant-algo smoothquant --alpha 0.8``) with the library's INT8 SmoothQuant config: per-channel
+    int8 weights, per-tensor int8 inputs, max calibration. The example's own calibrator for
+    convolution inputs (a plugin in the example folder, not in the library: the smallest over
+    sampler steps of each step's max) is not used."""
     import modelopt.torch.quantization as mtq
 
     config = {**mtq.INT8_SMOOTHQUANT_CFG, "algorithm": {"method": "smoothquant", "alpha": 0.8}}

@@ -16,6 +16,7 @@ FAMILIES = {
     "distillation",
     "caching",
     "recipe",
+    "peer quantization",
 }
 
 
@@ -34,7 +35,7 @@ def test_every_family_is_on_the_board_with_where_it_was_measured():
 def test_missing_results_are_named_not_skipped_silently(tmp_path):
     (tmp_path / "results").mkdir()
     rows, sources, missing = collect(quick=True, here=tmp_path)
-    assert rows == [] and sources == [] and len(missing) == 6
+    assert rows == [] and sources == [] and len(missing) == 7
     assert any("python -m bench.cache --quick" in line for line in missing)
 
 
