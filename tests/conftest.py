@@ -1,10 +1,18 @@
 """Small random-weight diffusers models for tests: every supported architecture, built in
 milliseconds."""
 
+import logging
 import os
 
 import pytest
 import torch
+
+from accel.cli import IMPORT_NOISE
+
+# as accel's CLI does: the tests build models through diffusers directly, and the one-line-error
+# tests read stderr whole
+for name in IMPORT_NOISE:
+    logging.getLogger(name).setLevel(logging.ERROR)
 
 if not torch.cuda.is_available():
     # Triton kernels run in Triton's CPU interpreter; it is chosen when a kernel is defined, so

@@ -132,6 +132,9 @@ def test_w4a4_has_no_export_form_yet(tmp_path):
             ["--act-bits", "4", "--low-rank", "4", "--smooth", "1.5"],
             "--smooth must be between 0 and 1",
         ),
+        # at 8-bit activations a branch would be silently dropped (and reconstruction with it)
+        (["--act-bits", "8", "--low-rank", "16"], "--low-rank works with activations below 8"),
+        (["--act-bits", "8", "--smooth", "0.5"], "--smooth works with activations below 8"),
     ],
 )
 def test_bad_w4a4_flags_are_one_line_errors(capsys, tmp_path, tiny_unet_dir, flags, expected):
@@ -145,6 +148,8 @@ def test_config_checks_the_w4a4_fields():
         QuantConfig(low_rank=-1)
     with pytest.raises(accel.ConfigError, match="a_group_size"):
         QuantConfig(a_group_size=0)
+    with pytest.raises(accel.ConfigError, match="a_group_size works with activations below 8"):
+        QuantConfig(a_bits=8, a_group_size=64)
     by_bits = QuantConfig(w_bits=4, a_bits=4, low_rank=8, recon_iters=None).by_bits()
     assert (by_bits.a_group_size, by_bits.smooth_alpha, by_bits.recon_iters) == (64, 0.5, 0)
 

@@ -5,6 +5,7 @@ exit with status 2."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -90,8 +91,21 @@ def _has_flag(args: argparse.Namespace, key: str) -> bool:
     return bool(key) and hasattr(args, key.replace("-", "_"))
 
 
+# Loggers that warn on every run where torchao is installed (diffusers imports it while loading a
+# model): torchao 0.18 on a CPU about its CUDA extensions and the torch pytree registrations it
+# makes, diffusers about torchao classes that moved. None of it concerns accel's run, and it would
+# break the one-line error a user (and a CI script) reads.
+IMPORT_NOISE = (
+    "torchao",
+    "torch.utils._pytree",
+    "diffusers.quantizers.torchao.torchao_quantizer",
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # accel never downloads
+    for name in IMPORT_NOISE:
+        logging.getLogger(name).setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command].run(args)

@@ -71,10 +71,25 @@ class QuantConfig(Config):
             raise self.invalid("low_rank", f"must be 0 or more, got {self.low_rank}")
         if self.recon_iters is not None and self.recon_iters < 0:
             raise self.invalid("recon_iters", f"must be 0 or more, got {self.recon_iters}")
+        self._check_low_bit_methods()
         for pattern, bits in self.layer_bits.items():
             if not 2 <= bits <= 8:
                 raise self.invalid(
                     "layer_bits", f"[{pattern!r}] must be between 2 and 8, got {bits}"
+                )
+
+    def _check_low_bit_methods(self) -> None:
+        """Smoothing, the low-rank branch and dynamic groups are how layers with activations below
+        8 bits are built (apply.py); at 8 bits or float activations they would be ignored."""
+        if self.a_bits is not None and self.a_bits < 8:
+            return
+        for name in ("low_rank", "smooth_alpha", "a_group_size"):
+            if getattr(self, name):
+                raise self.invalid(
+                    name,
+                    "works with activations below 8 bits only (--act-bits 4); with "
+                    f"{'float' if self.a_bits is None else f'{self.a_bits}-bit'} activations it "
+                    "would be ignored",
                 )
 
     def by_bits(self) -> QuantConfig:
