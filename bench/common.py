@@ -3,6 +3,7 @@ and commit they came from, and the one way a benchmark judges a measured number 
 
 from __future__ import annotations
 
+import argparse
 import platform
 import subprocess
 import time
@@ -29,6 +30,37 @@ def quality_row(report) -> dict:
         "psnr_db": report.delta.psnr_db_vs_original,
         "feature_distance": report.delta.feature_distance_vs_original,
     }
+
+
+def one_model_args(
+    description: str, models: tuple[str, ...], default_samples: int, argv: list[str] | None
+) -> argparse.Namespace:
+    """The command line of a benchmark of one built-in model at a time: --quick, --model, --seed,
+    --samples, --out."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--model", choices=models, default=models[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--samples", type=int, help=f"samples per model (default {default_samples})"
+    )
+    parser.add_argument("--out", type=Path, help="markdown report (a .json beside it)")
+    return parser.parse_args(argv)
+
+
+def one_model_output(bench: str, args: argparse.Namespace) -> tuple[Path, str]:
+    """Where such a benchmark writes (bench/<bench>_<model>_quick.md, or its full result under
+    bench/results/) and the command that reproduces the run."""
+    stem = f"{bench}_{args.model}"
+    out = args.out or (HERE / f"{stem}_quick.md" if args.quick else RESULTS / f"{stem}_cpu.md")
+    flags = f" --model {args.model}" + "".join(
+        f" --{flag} {value}"
+        for flag, value, default in (("seed", args.seed, 0), ("samples", args.samples, None))
+        if value != default
+    )
+    return out, f"python -m bench.{bench}{' --quick' if args.quick else ''}{flags}"
 
 
 def goal(label: str, measured: float | None, bound: float, at_least: bool = False) -> dict:

@@ -18,7 +18,6 @@ keeps float weights in PyTorch until a TensorRT build) its weights at its quanti
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -29,7 +28,14 @@ from accel.calib.collect import CalibConfig, calibrate
 from accel.evaluate import evaluate_many
 from accel.quant.layers import QuantLayer
 from accel.report import table
-from bench.common import HERE, RESULTS, goal, quality_row, reference_model, write_results
+from bench.common import (
+    goal,
+    one_model_args,
+    one_model_output,
+    quality_row,
+    reference_model,
+    write_results,
+)
 from bench.peer_recipes import RECIPES, nominal_bytes, saved_bytes, versions
 
 MODELS = ("digits", "digits-dit")
@@ -231,19 +237,10 @@ def body(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a smoke run")
-    parser.add_argument("--model", choices=MODELS, default="digits")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--samples", type=int, help=f"samples per model (default {FULL.n})")
-    parser.add_argument("--out", type=Path, help="markdown report (a .json beside it)")
-    args = parser.parse_args(argv)
+    args = one_model_args(__doc__, MODELS, FULL.n, argv)
     settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
     settings = replace(settings, n=args.samples or settings.n)
-    stem = f"peers_{args.model}"
-    out = args.out or (HERE / f"{stem}_quick.md" if args.quick else RESULTS / f"{stem}_cpu.md")
+    out, command = one_model_output("peers", args)
     start = time.perf_counter()
     rows = run_rows(args.model, settings, args.seed)
     results = {
@@ -255,13 +252,11 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "goals": [] if args.quick else goals(rows),  # a quick run's FID says nothing
     }
-    flags = f" --model {args.model}" + "".join(
-        f" --{flag} {value}"
-        for flag, value, default in (("seed", args.seed, 0), ("samples", args.samples, None))
-        if value != default
+    print(
+        write_results(
+            out, f"Peers ({mode})", command, start, body(results), results, args.model
+        )  # fmt: skip
     )
-    command = f"python -m bench.peers{' --quick' if args.quick else ''}{flags}"
-    print(write_results(out, f"Peers ({mode})", command, start, body(results), results, args.model))
 
 
 if __name__ == "__main__":
