@@ -281,8 +281,9 @@ def _peer_speedup(row: dict) -> float | None:
 
 
 def peer_rows(data: dict, source: str) -> list[dict]:
-    """bench.peers: the peers' recipes (accel's own rows there repeat bench.run's). Speedup only for
-    a peer that runs packed weights in PyTorch; Model Optimizer's rows are fake-quantized."""
+    """bench.peers: the peers' recipes and accel's dynamic-scale row (its static rows repeat
+    bench.run's). Speedup only for a peer that runs packed weights in PyTorch; Model Optimizer's
+    rows and accel's are fake-quantized."""
     return [
         _row(
             f"{r['name']} ({r['layers']} layers)",
@@ -296,7 +297,7 @@ def peer_rows(data: dict, source: str) -> list[dict]:
             model=data["model"],
         )
         for r in data["rows"]
-        if not r["name"].startswith("accel ")
+        if not r["name"].startswith("accel ") or r.get("scales") == "dynamic"
     ]
 
 

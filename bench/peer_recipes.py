@@ -30,6 +30,8 @@ class PeerRecipe:
     # (network, forward loop over the calibration set) -> None, quantizing the network in place
     apply: Callable[[nn.Module, Callable[[], None]], None]
     quantized_layers: Callable[[nn.Module], int]
+    # of the activations: "static" (calibrated), "dynamic" (per token at run time) or "none"
+    scales: str = "static"
 
     def available(self) -> bool:
         try:
@@ -156,6 +158,7 @@ RECIPES = (
         packs_weights=True,
         apply=_torchao_int8_dynamic,
         quantized_layers=_torchao_layers,
+        scales="dynamic",
     ),
     PeerRecipe(
         "Model Optimizer W4A8 AWQ (int4 weights, FP8 activations)",
@@ -183,6 +186,7 @@ RECIPES = (
         packs_weights=True,
         apply=_torchao_int4_weight_only,
         quantized_layers=_torchao_layers,
+        scales="none",
     ),
 )
 

@@ -39,10 +39,29 @@ from bench.common import (
 from bench.peer_recipes import RECIPES, nominal_bytes, saved_bytes, versions
 
 MODELS = ("digits", "digits-dit")
-ACCEL_RECIPES = {"W8A8": {"bits": 8, "act_bits": 8}, "W4A8": {"bits": 4, "act_bits": 8}}
+
+
+@dataclass(frozen=True)
+class AccelRecipe:
+    widths: str
+    scales: str  # of the activations: "static" (calibrated) or "dynamic" (per token, at run time)
+    keys: dict  # the quantize stage's settings, as ``accel quantize`` flags give them
+
+    @property
+    def label(self) -> str:
+        return f"accel {self.widths}" + (" dynamic" if self.scales == "dynamic" else "")
+
+
+ACCEL_RECIPES = (
+    AccelRecipe("W8A8", "static", {"bits": 8, "act_bits": 8}),
+    # torchao's scheme: `accel quantize --bits 8 --act-bits 8 --dynamic-act`
+    AccelRecipe("W8A8", "dynamic", {"bits": 8, "act_bits": 8, "dynamic_act": True}),
+    AccelRecipe("W4A8", "static", {"bits": 4, "act_bits": 8}),
+)
 COLUMNS = {
     "name": "recipe",
     "widths": "widths",
+    "scales": "activation scales",
     "layers": "layers quantized",
     "quantize_s": "quantize (s)",
     "size_mb": "size (MB)",
@@ -74,6 +93,7 @@ class Quantized:
 
     name: str
     widths: str
+    scales: str
     model: object  # a Denoiser
     seconds: float
     layers: int
@@ -81,9 +101,9 @@ class Quantized:
     packs_weights: bool = True
 
 
-def _accel(name: str, widths: str, settings: Settings, seed: int, work: Path) -> Quantized:
-    """``accel quantize`` with the command's defaults at ``widths``, recording its own calibration
-    set."""
+def _accel(name: str, recipe: AccelRecipe, settings: Settings, seed: int, work: Path) -> Quantized:
+    """``accel quantize`` with the command's defaults beside ``recipe``'s flags, recording its own
+    calibration set."""
     keys = {
         key: value
         for key, value in (
@@ -97,15 +117,17 @@ def _accel(name: str, widths: str, settings: Settings, seed: int, work: Path) ->
         "quantize",
         reference_model(name, settings.steps),
         seed=seed,
-        calib=str(work / f"calib-{widths}.safetensors"),
+        calib=str(work / f"calib-{recipe.label}.safetensors"),
         progress=False,
-        **ACCEL_RECIPES[widths],
+        **recipe.keys,
         **keys,
     ).model
     seconds = time.perf_counter() - start
     layers = sum(isinstance(m, QuantLayer) for m in model.module.modules())
     # fake-quantized in PyTorch like Model Optimizer; its integer speed is bench.ort_int8's
-    return Quantized(f"accel {widths}", widths, model, seconds, layers, "packed file", False)
+    return Quantized(
+        recipe.label, recipe.widths, recipe.scales, model, seconds, layers, "packed file", False
+    )
 
 
 def _peer(recipe, name: str, settings: Settings, calib, calib_s: float) -> Quantized:
@@ -121,7 +143,9 @@ def _peer(recipe, name: str, settings: Settings, calib, calib_s: float) -> Quant
     model.weights_bytes = saved_bytes(model.module) if packed else nominal_bytes(model.module)
     kind = "torch.save" if packed else "at its widths (fake-quantized)"
     layers = recipe.quantized_layers(model.module)
-    return Quantized(recipe.label, recipe.widths, model, seconds, layers, kind, packed)
+    return Quantized(
+        recipe.label, recipe.widths, recipe.scales, model, seconds, layers, kind, packed
+    )
 
 
 def _calibration(name: str, settings: Settings, seed: int, work: Path):
@@ -135,11 +159,11 @@ def _calibration(name: str, settings: Settings, seed: int, work: Path):
 
 
 def quantized_rows(name: str, settings: Settings, seed: int, work: Path) -> list[Quantized]:
-    """accel's W8A8 then the peers at 8 bits, accel's W4A8 then the peers at 4-bit weights."""
+    """accel's W8A8 rows then the peers at 8 bits, accel's W4A8 then the peers at 4-bit weights."""
     calib, calib_s = _calibration(name, settings, seed, work)
     rows = []
-    for widths in ACCEL_RECIPES:
-        rows.append(_accel(name, widths, settings, seed, work))
+    for widths in ("W8A8", "W4A8"):
+        rows += [_accel(name, r, settings, seed, work) for r in ACCEL_RECIPES if r.widths == widths]
         rows += [
             _peer(recipe, name, settings, calib, calib_s)
             for recipe in RECIPES
@@ -161,6 +185,7 @@ def run_rows(name: str, settings: Settings, seed: int) -> list[dict]:
         {
             "name": q.name,
             "widths": q.widths,
+            "scales": q.scales,
             "layers": q.layers,
             "quantize_s": q.seconds,
             "size_kind": q.size_kind,
@@ -180,41 +205,50 @@ def _compared(peer: dict, own: dict) -> bool:
     return peer["layers"] >= own["layers"]
 
 
+def _own(rows: list[dict], peer: dict) -> dict:
+    """accel's row a peer is measured against: same widths and the same kind of activation scales
+    where accel has one (rows written before accel had dynamic scales have no "scales"), else
+    accel's static row of those widths."""
+    own = [r for r in rows if r["name"].startswith("accel ") and r["widths"] == peer["widths"]]
+    by_scales = {r.get("scales", "static"): r for r in own}
+    return by_scales.get(peer.get("scales", "static"), by_scales["static"])
+
+
 def goals(rows: list[dict]) -> list[dict]:
-    """accel's FID ratio at most each peer's at the same widths (where the peer quantizes as many
-    layers); its 8-bit quantize time within 2x of the fastest 8-bit peer's."""
-    own = {r["widths"]: r for r in rows if r["name"].startswith("accel ")}
+    """accel's FID ratio at most each peer's at the same widths and kind of activation scales
+    (where the peer quantizes as many layers); the quantize time of each accel 8-bit row within 2x
+    of the fastest 8-bit peer's of its kind (calibrated or not)."""
     peers = [r for r in rows if not r["name"].startswith("accel ")]
     out = [
         goal(
-            f"accel {p['widths']}'s FID ratio, against {p['name']}'s",
-            own[p["widths"]]["fid_ratio"],
+            f"{_own(rows, p)['name']}'s FID ratio, against {p['name']}'s",
+            _own(rows, p)["fid_ratio"],
             p["fid_ratio"],
         )
         for p in peers
-        if _compared(p, own[p["widths"]])
+        if _compared(p, _own(rows, p))
     ]
-    eight_bit = [p for p in peers if p["widths"] == "W8A8"]
-    if eight_bit:
-        fastest = min(eight_bit, key=lambda p: p["quantize_s"])
-        out.append(
-            goal(
-                f"accel W8A8's quantize time (s), against 2x the fastest 8-bit peer's "
-                f"({fastest['name']}, {fastest['quantize_s']:.1f} s)",
-                own["W8A8"]["quantize_s"],
-                2 * fastest["quantize_s"],
+    for own in (r for r in rows if r["name"].startswith("accel ") and r["widths"] == "W8A8"):
+        kind = [p for p in peers if p["widths"] == "W8A8" and _own(rows, p) is own]
+        if kind:
+            fastest = min(kind, key=lambda p: p["quantize_s"])
+            out.append(
+                goal(
+                    f"{own['name']}'s quantize time (s), against 2x the fastest such 8-bit "
+                    f"peer's ({fastest['name']}, {fastest['quantize_s']:.1f} s)",
+                    own["quantize_s"],
+                    2 * fastest["quantize_s"],
+                )
             )
-        )
     return out
 
 
 def not_compared(rows: list[dict]) -> list[str]:
-    own = {r["widths"]: r for r in rows if r["name"].startswith("accel ")}
     return [
-        f"{p['name']}: quantizes {p['layers']} layers, accel {own[p['widths']]['layers']}; its FID "
+        f"{p['name']}: quantizes {p['layers']} layers, accel {_own(rows, p)['layers']}; its FID "
         "is not measured against accel's"
         for p in rows
-        if not p["name"].startswith("accel ") and not _compared(p, own[p["widths"]])
+        if not p["name"].startswith("accel ") and not _compared(p, _own(rows, p))
     ]
 
 

@@ -81,6 +81,8 @@ def plan_layers(denoiser, config: QuantConfig) -> dict[str, dict]:
         )
         a_bits = None if protected else config.a_bits
         plan[name] = {"w_bits": bits, "a_bits": a_bits, "split": splits.get(name, 0)}
+        if a_bits and config.dynamic_activations:
+            plan[name]["a_dynamic"] = True
         if a_bits and a_bits < LOW_BIT_ACTIVATIONS:
             if bits >= LOW_BIT_ACTIVATIONS:
                 plan[name]["a_bits"] = LOW_BIT_ACTIVATIONS
@@ -148,6 +150,7 @@ def apply_plan(
                 w_range=config.w_range,
                 a_range=config.a_range,
                 a_group_size=spec.get("a_group"),
+                a_dynamic=spec.get("a_dynamic", False),
                 smooth=smooth,
                 rank=spec.get("rank", 0),
                 fit_ranges=fit_ranges,
@@ -178,16 +181,16 @@ def quantize(
     """Quantize ``denoiser`` in place (the registry records it); returns the plan the artifact
     keeps."""
     plan = plan_layers(denoiser, config)
-    if calib is None and (config.a_bits or config.recon_iters or config.smooth_alpha is not None):
+    if calib is None and config.calibrated:
         raise AccelError(
             "activation ranges, smoothing and reconstruction need a calibration set: "
             "calib = accel.calibrate(model, CalibConfig())"
         )
     fp_network = copy.deepcopy(denoiser.module) if config.recon_iters else None
-    attention = _attention_modules(denoiser) if config.quantize_attention and config.a_bits else []
+    attention = _attention_modules(denoiser) if config.attention_quantized else []
     smoothing = _smoothing(denoiser, plan, calib, config, progress)
     apply_plan(denoiser.module, plan, attention, config, smoothing=smoothing)
-    if config.a_bits:
+    if activation_quantizers(denoiser.module):  # static scales to fit
         calibrate_activations(denoiser, calib, progress=progress)
     record = {"layers": plan, "attention": attention}
     if config.bias_correction and not config.recon_iters and calib is not None:

@@ -36,7 +36,9 @@ class QuantConfig(Config):
     w_range: str = one_of("mse", RANGE_METHODS)  # how weight ranges are chosen
     a_range: str = one_of("mse", RANGE_METHODS)
     group_size: int | None = None  # linear weights: scales per group of input channels
-    quantize_attention: bool = True  # the Q·K^T and P·V inputs
+    # the Q·K^T and P·V inputs, at static 8 bits (None: with static activation scales, not with
+    # dynamic ones, whose layers need no calibrated scale)
+    quantize_attention: bool | None = None
     split_shortcut: bool = True  # Q-Diffusion split at decoder skip concatenations
     protect_ends: bool = True  # first layer W8, float input; last layer float (plan_layers)
     eight_bit: tuple[str, ...] = DEFAULT_EIGHT_BIT  # module-name patterns kept at 8 bits
@@ -45,6 +47,9 @@ class QuantConfig(Config):
     skip: tuple[str, ...] = ()  # patterns left in floating point
     # BRECQ/AdaRound iterations per block (0: none; None: by weight bits, see by_bits)
     recon_iters: int | None = 0
+    # 8-bit activations: one scale per token computed at run time (torchao's int8 dynamic,
+    # SmoothQuant's per-token) instead of one calibrated static scale per tensor
+    dynamic_activations: bool = False
     # where no reconstruction runs: subtract each layer's mean output error (bias_correction.py)
     bias_correction: bool = True
     # Below 8-bit activations (SVDQuant's W4A4): activation scales per token and group of this many
@@ -72,6 +77,15 @@ class QuantConfig(Config):
         if self.recon_iters is not None and self.recon_iters < 0:
             raise self.invalid("recon_iters", f"must be 0 or more, got {self.recon_iters}")
         self._check_low_bit_methods()
+        if self.dynamic_activations and self.a_bits != 8:
+            reason = (
+                "below 8 bits they are dynamic already, in groups"
+                if self.a_bits
+                else ("weight-only quantization has none to scale")
+            )
+            raise self.invalid(
+                "dynamic_activations", f"needs 8-bit activations (--act-bits 8): {reason}"
+            )
         for pattern, bits in self.layer_bits.items():
             if not 2 <= bits <= 8:
                 raise self.invalid(
@@ -111,6 +125,27 @@ class QuantConfig(Config):
             reconstructs = self.w_bits < 8 and not self.low_rank
             config = replace(config, recon_iters=RECON_ITERS if reconstructs else 0)
         return config
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether quantizing needs a calibration set: for static activation scales, smoothing or
+        reconstruction (bias correction uses one where it is given)."""
+        static_scales = bool(self.a_bits) and (
+            not self.dynamic_activations or self.attention_quantized
+        )
+        return static_scales or bool(self.recon_iters) or self.smooth_alpha is not None
+
+    @property
+    def attention_quantized(self) -> bool:
+        """Whether the attention matmul inputs are quantized (static 8 bits): as asked, else with
+        static activation scales only. Measured on digits-dit, W8A8 with dynamic activations, 1,000
+        samples, 2-core EPYC: FID ratio 1.08 with them, 1.00 without (no export keeps them:
+        qdq.py)."""
+        if not self.a_bits:
+            return False
+        if self.quantize_attention is None:
+            return not self.dynamic_activations
+        return self.quantize_attention
 
     @classmethod
     def upgrade(cls, data: dict, version: int) -> dict:

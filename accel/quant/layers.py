@@ -9,7 +9,8 @@ joined tensor.
 For 4-bit activations (SVDQuant) a layer may also divide its input by per-channel smoothing factors
 (folded into its weight, smoothing.py), carry a 16-bit low-rank branch that runs on the smoothed,
 unquantized input (its weight then being the residual, low_rank.py), and quantize its input
-dynamically per token in groups of channels.
+dynamically per token in groups of channels. At 8 bits a layer may quantize its input dynamically
+per token over all its channels (``a_dynamic``: torchao's int8 dynamic scheme).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class QuantLayer(nn.Module):
         w_range: str = "mse",
         a_range: str = "mse",
         a_group_size: int | None = None,
+        a_dynamic: bool = False,
         smooth: torch.Tensor | None = None,
         rank: int = 0,
         fit_ranges: bool = True,
@@ -75,7 +77,7 @@ class QuantLayer(nn.Module):
         self.input_quantizers = (
             nn.ModuleList(
                 DynamicQuantizer(a_bits, a_group_size, channel_dim=1 if self.is_conv else -1)
-                if a_group_size
+                if a_group_size or a_dynamic
                 else Quantizer(a_bits, a_symmetric, range_method=a_range)
                 for _ in range(parts)
             )
@@ -102,6 +104,11 @@ class QuantLayer(nn.Module):
         )
         if rank and fit:
             self.weight.data = self.low_rank.take_from(self.weight)
+
+    @property
+    def dynamic_input(self) -> bool:
+        """Whether the input's scales come from the input itself at run time (per token)."""
+        return any(isinstance(q, DynamicQuantizer) for q in self.input_quantizers or [])
 
     def smoothed_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.smooth is None:
@@ -189,6 +196,7 @@ class QuantLayer(nn.Module):
         kind = "conv" if self.is_conv else "linear"
         extras = [f"split at {self.split}"] if self.split else []
         extras += ["smoothed"] if self.smooth is not None else []
+        extras += ["dynamic activations"] if self.dynamic_input else []
         return ", ".join([f"{kind} W{self.w_bits}A{self.a_bits or 'fp'}", *extras])
 
 

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from accel.core.errors import AccelError
 from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
-from accel.quant.quantizer import DynamicQuantizer
 
 INT8_MIN, INT8_MAX = -128, 127
 
@@ -109,11 +108,16 @@ def _wants_blocks(layer: QuantLayer) -> bool:
 
 def check_exportable(layer: QuantLayer, name: str, blocked: bool) -> None:
     """Refuse what Q/DQ cannot express, naming the layer."""
-    dynamic = any(isinstance(q, DynamicQuantizer) for q in layer.input_quantizers or [])
-    if layer.smooth is not None or layer.low_rank is not None or dynamic:
+    if layer.smooth is not None or layer.low_rank is not None:
         raise AccelError(
-            f"{name}: smoothing, low-rank branches and per-token activation scales (W4A4) have "
-            "no Q/DQ export form yet; they run in PyTorch"
+            f"{name}: smoothing and low-rank branches (W4A4) have no Q/DQ export form yet; they "
+            "run in PyTorch"
+        )
+    if layer.dynamic_input:
+        # ONNX's DynamicQuantizeLinear takes one scale per tensor (the whole batch), not per token
+        raise AccelError(
+            f"{name}: per-token dynamic activation scales have no Q/DQ export form yet; they run "
+            "in PyTorch (quantize with static scales to export)"
         )
     quantizers = list(layer.weight_quantizers) + list(layer.input_quantizers or [])
     if any(not q.symmetric for q in quantizers):

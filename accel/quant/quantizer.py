@@ -209,11 +209,12 @@ class DynamicQuantizer(nn.Module):
     absmax / q_max. 4-bit activations need it: SVDQuant and QuaRot quantize them per token in groups
     of 64, as one static per-tensor scale cannot cover a diffusion model's activations in 15 levels.
     Nothing to calibrate; ``channel_dim`` is 1 for a convolution's input, -1 for a linear layer's.
-    A group size that does not divide the channels falls back to one group per token."""
+    A group size that does not divide the channels (or None: torchao's int8 dynamic scheme at 8
+    bits) means one group per token."""
 
     holds_weights = False
 
-    def __init__(self, bits: int, group_size: int, channel_dim: int):
+    def __init__(self, bits: int, group_size: int | None, channel_dim: int):
         super().__init__()
         self.bits, self.group_size, self.channel_dim = bits, group_size, channel_dim
         self.q_min, self.q_max = grid(bits, symmetric=True)
@@ -221,7 +222,7 @@ class DynamicQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.movedim(self.channel_dim, -1)
         channels = tokens.shape[-1]
-        group = self.group_size if channels % self.group_size == 0 else channels
+        group = self.group_size if self.group_size and channels % self.group_size == 0 else channels
         groups = tokens.reshape(*tokens.shape[:-1], channels // group, group)
         scale = groups.detach().abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / self.q_max
         scaled = groups / scale
@@ -230,4 +231,5 @@ class DynamicQuantizer(nn.Module):
         return quantized.reshape(tokens.shape).movedim(-1, self.channel_dim)
 
     def extra_repr(self) -> str:
-        return f"int{self.bits}, symmetric, dynamic per token, groups of {self.group_size}"
+        groups = f", groups of {self.group_size}" if self.group_size else ""
+        return f"int{self.bits}, symmetric, dynamic per token{groups}"

@@ -76,7 +76,9 @@ def run(model, settings: Settings, context: Context) -> StageResult:
     _check_activation_bits(config)
     _check_budget(config, budget)
     plan_layers(model, config)  # bad patterns fail here, before minutes of calibration
-    calib = calibrate(model, settings["calib"], settings["calib_file"].path, context.progress)
+    calib = None
+    if config.calibrated or config.bias_correction or budget.given:
+        calib = calibrate(model, settings["calib"], settings["calib_file"].path, context.progress)
     search = None
     if budget.given:
         from accel.quant.bit_search import choose_bits
@@ -84,7 +86,8 @@ def run(model, settings: Settings, context: Context) -> StageResult:
         bits, search = choose_bits(model, config, calib, budget, context.progress)
         config = replace(config, layer_bits=bits)
     record = registry.apply(model, "quantize", config, calib, context.progress)
-    record["calibration"] = {**calib.meta, "inputs": len(calib)}
+    if calib is not None:
+        record["calibration"] = {**calib.meta, "inputs": len(calib)}
     if search is not None:
         record["bit_budget"] = search
     model.notes.append(SIMULATION_NOTE)
@@ -110,6 +113,7 @@ QUANTIZE_STAGE = stages.register(
             "no-attention": Key(
                 "quant", "quantize_attention", convert=lambda on: not on, switch=True
             ),
+            "dynamic-act": Key("quant", "dynamic_activations", switch=True),
             "no-bias-correction": Key(
                 "quant", "bias_correction", convert=lambda on: not on, switch=True
             ),
