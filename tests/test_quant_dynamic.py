@@ -126,4 +126,4 @@ def test_attention_follows_the_kind_of_activation_scales():
     assert not QuantConfig(a_bits=None).attention_quantized
     assert replace(DYNAMIC, quantize_attention=True).attention_quantized
     assert not replace(W8A8, quantize_attention=False).attention_quantized
-    assert W8A8.calibrated and not replace(DYNAMIC, bias_correction=False).calibrated
+    assert W8A8.needs_calibration and not replace(DYNAMIC, bias_correction=False).needs_calibration

@@ -181,7 +181,7 @@ def quantize(
     """Quantize ``denoiser`` in place (the registry records it); returns the plan the artifact
     keeps."""
     plan = plan_layers(denoiser, config)
-    if calib is None and config.calibrated:
+    if calib is None and config.needs_calibration:
         raise AccelError(
             "activation ranges, smoothing and reconstruction need a calibration set: "
             "calib = accel.calibrate(model, CalibConfig())"

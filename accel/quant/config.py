@@ -127,7 +127,7 @@ class QuantConfig(Config):
         return config
 
     @property
-    def calibrated(self) -> bool:
+    def needs_calibration(self) -> bool:
         """Whether quantizing needs a calibration set: for static activation scales, smoothing or
         reconstruction (bias correction uses one where it is given)."""
         static_scales = bool(self.a_bits) and (

@@ -77,7 +77,7 @@ def run(model, settings: Settings, context: Context) -> StageResult:
     _check_budget(config, budget)
     plan_layers(model, config)  # bad patterns fail here, before minutes of calibration
     calib = None
-    if config.calibrated or config.bias_correction or budget.given:
+    if config.needs_calibration or config.bias_correction or budget.given:
         calib = calibrate(model, settings["calib"], settings["calib_file"].path, context.progress)
     search = None
     if budget.given:
