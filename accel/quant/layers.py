@@ -9,9 +9,8 @@ joined tensor.
 For 4-bit activations (SVDQuant) a layer may also divide its input by per-channel smoothing factors
 (folded into its weight, smoothing.py), carry a 16-bit low-rank branch that runs on the smoothed,
 unquantized input (its weight then being the residual, low_rank.py), and quantize its input
-dynamically per token in groups of channels. At 8 bits a layer may quantize its input dynamically
-per token over all its channels (``a_dynamic``: torchao's int8 dynamic scheme).
-"""
+dynamically per token in groups of channels; at 8 bits, per token (``a_dynamic``: torchao's int8
+dynamic scheme)."""
 
 from __future__ import annotations
 
@@ -48,16 +47,8 @@ class QuantLayer(nn.Module):
     ):
         super().__init__()
         self.is_conv = isinstance(layer, nn.Conv2d)
-        self.conv_args = (
-            dict(
-                stride=layer.stride,
-                padding=layer.padding,
-                dilation=layer.dilation,
-                groups=layer.groups,
-            )
-            if self.is_conv
-            else {}
-        )
+        conv_fields = ("stride", "padding", "dilation", "groups") if self.is_conv else ()
+        self.conv_args = {name: getattr(layer, name) for name in conv_fields}
         # Frozen: post-training quantization learns rounding and step sizes, never the weights
         # themselves.
         self.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
@@ -106,8 +97,7 @@ class QuantLayer(nn.Module):
             self.weight.data = self.low_rank.take_from(self.weight)
 
     @property
-    def dynamic_input(self) -> bool:
-        """Whether the input's scales come from the input itself at run time (per token)."""
+    def dynamic_input(self) -> bool:  # scales computed from the input at run time, per token
         return any(isinstance(q, DynamicQuantizer) for q in self.input_quantizers or [])
 
     def smoothed_input(self, x: torch.Tensor) -> torch.Tensor:
