@@ -104,7 +104,11 @@ def run_rows(name: str, settings: Settings, seed: int) -> list[dict]:
             progress=False,
         )
     eval_config = accel.EvalConfig(n=settings.n, seed=seed, batch_size=settings.batch_size)
-    uniform = [_quantized(name, settings, replace(c, seed=seed), calib) for c in (W8A8, W4A8)]
+    # rounded to nearest, as the budget's candidates are (quant/stage.py)
+    uniform = [
+        _quantized(name, settings, replace(c, seed=seed, rounding="nearest"), calib)
+        for c in (W8A8, W4A8)
+    ]
     rows = _rows(
         ["uniform W8A8", "uniform W4A8"],
         uniform,
@@ -119,7 +123,7 @@ def run_rows(name: str, settings: Settings, seed: int) -> list[dict]:
         BitBudget(target_size=w4a8["size_mb"]),
     ]
     budgeted = [
-        _quantized(name, settings, replace(W4A8, seed=seed, recon_iters=0), calib, b)
+        _quantized(name, settings, replace(W4A8, seed=seed, rounding="nearest"), calib, b)
         for b in budgets
     ]
     rows += _rows(

@@ -79,12 +79,11 @@ class Settings:
     n: int
     steps: int | None  # the sampler's (None: the model's own, DDIM 50)
     calib_samples: int | None  # None: the command's default
-    recon_iters: int | None  # None: the command's default for the width
     batch_size: int
 
 
-FULL = Settings(n=2000, steps=None, calib_samples=None, recon_iters=None, batch_size=500)
-QUICK = Settings(n=32, steps=6, calib_samples=4, recon_iters=2, batch_size=32)
+FULL = Settings(n=2000, steps=None, calib_samples=None, batch_size=500)
+QUICK = Settings(n=32, steps=6, calib_samples=4, batch_size=32)
 
 
 @dataclass
@@ -104,14 +103,7 @@ class Quantized:
 def _accel(name: str, recipe: AccelRecipe, settings: Settings, seed: int, work: Path) -> Quantized:
     """``accel quantize`` with the command's defaults beside ``recipe``'s flags, recording its own
     calibration set."""
-    keys = {
-        key: value
-        for key, value in (
-            ("calib_samples", settings.calib_samples),
-            ("recon_iters", settings.recon_iters),
-        )
-        if value is not None
-    }
+    keys = {} if settings.calib_samples is None else {"calib_samples": settings.calib_samples}
     start = time.perf_counter()
     model = accel.run_stage(
         "quantize",

@@ -154,7 +154,7 @@ def calibrated(model, bits: int, settings: Settings, calib_file: Path):
         bits=bits,
         act_bits=8,
         range="minmax",
-        recon_iters=0,
+        rounding="nearest",
         calib_samples=settings.calib_samples,
         calib=str(calib_file),
         progress=False,

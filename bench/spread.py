@@ -5,7 +5,7 @@ and with 2 torch threads.
                                             #   -> bench/results/spread_digits_cpu.json and .md
     python -m bench.spread --recipe W8A8    # one recipe
     python -m bench.spread --seed 1 --threads 1 --out F.md   # one draw of the four
-    python -m bench.spread --quick          # CI: 32 samples, DDIM 6, 2 reconstruction iterations
+    python -m bench.spread --quick          # CI: 32 samples, DDIM 6
 
 Another thread count sums in another order, as another CPU does: a W4A8 ``accel quantize`` gave FID
 ratio 1.41 on a 2-core AMD EPYC and 0.88 on the Intel Xeon of the committed results. Each row is
@@ -30,7 +30,7 @@ from accel.evaluate import evaluate_many
 from accel.report import table
 from bench.common import HERE, RESULTS, goal, write_results
 
-# the command's defaults at each width (QuantConfig.by_bits: reconstruction below 8 bits only)
+# the command's defaults at each width (QuantConfig.weight_rounding: GPTQ below 8-bit weights)
 RECIPES = {"W8A8": {"bits": 8, "act_bits": 8}, "W4A8": {"bits": 4, "act_bits": 8}}
 GOALS = {"W8A8": 1.05, "W4A8": 1.25}  # issue 26: worst FID ratio over seeds and thread counts
 SEEDS = (0, 1)
@@ -61,12 +61,11 @@ class Settings:
     n: int
     steps: int | None  # the sampler's (None: the model's own, DDIM 50)
     calib_samples: int | None  # None: the command's default
-    recon_iters: int | None  # None: the command's default for the width
     batch_size: int
 
 
-FULL = Settings(n=2000, steps=None, calib_samples=None, recon_iters=None, batch_size=500)
-QUICK = Settings(n=32, steps=6, calib_samples=4, recon_iters=2, batch_size=32)
+FULL = Settings(n=2000, steps=None, calib_samples=None, batch_size=500)
+QUICK = Settings(n=32, steps=6, calib_samples=4, batch_size=32)
 
 
 @contextlib.contextmanager
@@ -85,14 +84,7 @@ def _original(settings: Settings):
 
 def quantized(recipe: str, seed: int, threads: int, settings: Settings, work: Path):
     """``accel quantize`` with the recipe's defaults at ``threads``; the model and its seconds."""
-    keys = {
-        key: value
-        for key, value in (
-            ("calib_samples", settings.calib_samples),
-            ("recon_iters", settings.recon_iters),
-        )
-        if value is not None
-    }
+    keys = {} if settings.calib_samples is None else {"calib_samples": settings.calib_samples}
     with torch_threads(threads):
         start = time.perf_counter()
         result = accel.run_stage(

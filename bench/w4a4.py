@@ -61,9 +61,10 @@ QUICK = Settings(n=32, steps=6, calib_samples=4, batch_size=32)
 def recipes(rank: int, recon_iters: int) -> list[tuple[str, object]]:
     """(row name, QuantConfig), from W4A8 to accel's W4A4 one ingredient at a time."""
     full = replace(W4A4, low_rank=rank)
-    naive = replace(full, smooth_alpha=None, low_rank=0)
+    # rounded to nearest, as the low-rank rows are (SVDQuant's), so that one thing changes a row
+    naive = replace(full, smooth_alpha=None, low_rank=0, rounding="nearest")
     rows = [
-        ("W4A8 (calibration, bias correction)", W4A8),
+        ("W4A8 (calibration, bias correction)", replace(W4A8, rounding="nearest")),
         ("W4A4 naive (per-token groups of 64)", naive),
         ("+ smoothing (alpha 0.5)", replace(naive, smooth_alpha=full.smooth_alpha)),
         (f"+ low-rank branch (rank {rank}): accel's W4A4", full),

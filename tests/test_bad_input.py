@@ -114,7 +114,8 @@ def test_weights_of_another_model_or_recipe_are_refused(artifact, tmp_path, caps
     """Same keys and shapes (a W4 model's codes in a W8 artifact) or other ones: the recorded hash
     says no."""
     w4 = accel.load(make_tiny_unet())
-    accel.quantize_(w4, accel.QuantConfig(w_bits=4, a_bits=None), None, progress=False)
+    weight_only = accel.QuantConfig(w_bits=4, a_bits=None, rounding="nearest")
+    accel.quantize_(w4, weight_only, None, progress=False)
     accel.save(w4, tmp_path / "w4")
     other = accel.load(make_tiny_unet(block_out_channels=(16, 16)))
     accel.save(other, tmp_path / "other")

@@ -19,7 +19,8 @@ from conftest import make_tiny_unet
 
 def _quantized(model, bits: int):
     copied = copy.deepcopy(model)
-    accel.quantize_(copied, accel.QuantConfig(w_bits=bits, a_bits=None), None, progress=False)
+    weight_only = accel.QuantConfig(w_bits=bits, a_bits=None, rounding="nearest")
+    accel.quantize_(copied, weight_only, None, progress=False)
     return copied
 
 

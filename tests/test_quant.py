@@ -17,6 +17,9 @@ from accel.quant.reconstruct import reconstruct_, reconstruction_estimate
 from accel.quant.split import find_split_sites
 from conftest import make_tiny_dit, make_tiny_text_unet, make_tiny_unet, tiny_calib
 
+# 4-bit weights, float activations, rounded to nearest: quantizes without a calibration set
+WEIGHT_ONLY = QuantConfig(a_bits=None, rounding="nearest")
+
 
 def relative_error(a, b):
     return ((a - b).norm() / a.norm()).item()
@@ -69,6 +72,7 @@ def test_quantize_changes_outputs_but_keeps_them_close(make):
 
 def test_w4_codes_lie_on_the_4bit_grid_and_defaults_protect_the_ends():
     model = accel.load(make_tiny_unet())
+    float_weight = model.module.get_submodule("down_blocks.0.resnets.0.conv1").weight.clone()
     record = quantize_(model, W4A8, tiny_calib(model), progress=False)
     bits = {name: spec["w_bits"] for name, spec in record["layers"].items()}
     # writes eps: float
@@ -85,7 +89,7 @@ def test_w4_codes_lie_on_the_4bit_grid_and_defaults_protect_the_ends():
     layer = model.module.get_submodule("down_blocks.0.resnets.0.conv1")
     codes = layer.weight_codes()[0]
     assert codes.min() >= -8 and codes.max() <= 7 and len(codes.unique()) > 8
-    assert not torch.equal(layer.quantized_weight(), layer.weight)
+    assert not torch.equal(layer.quantized_weight(), float_weight)
 
 
 def test_named_last_layer_is_quantized_despite_protection():
@@ -154,29 +158,40 @@ def test_presets_cannot_be_changed():
     assert W4A8.recon_iters == 0 and replace(W4A8, recon_iters=500).recon_iters == 500
 
 
-def test_the_stage_reconstructs_below_8_bit_weights_unless_told():
+def test_the_stage_rounds_by_weight_bits_unless_told():
     from accel.measure.quantize import ablation_configs
     from accel.quant.config import RECON_ITERS, STAGE_DEFAULT
 
-    assert STAGE_DEFAULT.by_bits().recon_iters == RECON_ITERS > 0
-    assert replace(STAGE_DEFAULT, w_bits=8).by_bits().recon_iters == 0
-    for told in (0, 7):
-        assert replace(STAGE_DEFAULT, w_bits=8, recon_iters=told).by_bits().recon_iters == told
-        assert replace(STAGE_DEFAULT, recon_iters=told).by_bits().recon_iters == told
-    # `accel quantize --bits 8 --ablation`: the W4A8 rows still end in reconstruction, and the
-    # W8A8 row is what the stage runs at 8 bits
+    def resolved(**changes):
+        config = replace(STAGE_DEFAULT, **changes).by_bits()
+        return config.rounding, config.recon_iters
+
+    assert resolved() == ("gptq", 0)
+    assert resolved(w_bits=8) == ("nearest", 0)
+    assert resolved(recon_iters=7) == resolved(w_bits=8, recon_iters=7) == ("adaround", 7)
+    assert resolved(rounding="adaround") == ("adaround", RECON_ITERS)
+    assert resolved(rounding="nearest") == ("nearest", 0)
+    assert resolved(a_bits=4, low_rank=8) == ("nearest", 0)  # SVDQuant's
+    with pytest.raises(accel.ConfigError, match="learns the rounding itself"):
+        replace(STAGE_DEFAULT, rounding="gptq", recon_iters=5)
+    # `accel quantize --bits 8 --ablation`: the W4A8 rows end in the 4-bit default's rounding, and
+    # the W8A8 row is what the stage runs at 8 bits
     rows = ablation_configs(replace(STAGE_DEFAULT, w_bits=8), CalibConfig())
-    assert rows[-2][0].startswith("+ reconstruction") and rows[-2][1].recon_iters == RECON_ITERS
-    assert rows[-1][1].w_bits == 8 and rows[-1][1].recon_iters == 0
+    assert rows[-2][0] == "+ GPTQ rounding" and rows[-2][1].weight_rounding == "gptq"
+    assert rows[-2][1].bias_correction and not rows[-3][1].recon_iters
+    assert rows[-1][1].w_bits == 8 and rows[-1][1].weight_rounding == "nearest"
     assert rows[-1][0] == "W8A8 (same recipe, calibration only)" and rows[-1][1].bias_correction
     # one ingredient at a time: bias correction enters after the split shortcut, not before
     names = [name for name, _, _ in rows]
     assert not rows[0][1].bias_correction and names.index("+ bias correction") == 4
+    assert rows[0][1].weight_rounding == "nearest"
+    adaround = ablation_configs(replace(STAGE_DEFAULT, recon_iters=9), CalibConfig())
+    assert adaround[-2][0] == "+ reconstruction (9 iters/block)"
 
 
-@pytest.mark.parametrize("bits,recorded", [(8, 0), (4, 2)])
+@pytest.mark.parametrize("bits,keys,recorded", [(8, {}, 0), (4, {"rounding": "adaround"}, 2)])
 def test_the_quantize_stage_records_the_reconstruction_it_ran(
-    bits, recorded, monkeypatch, tmp_path
+    bits, keys, recorded, monkeypatch, tmp_path
 ):
     import accel.quant.config
 
@@ -193,7 +208,7 @@ def test_the_quantize_stage_records_the_reconstruction_it_ran(
     monkeypatch.setattr("accel.quant.reconstruct.reconstruct_", reconstruct)
     model = accel.load(make_tiny_unet(), sampling={"steps": 2})
     result = accel.run_stage(
-        "quantize", model, bits=bits, act_bits=8, calib_samples=1, progress=False
+        "quantize", model, bits=bits, act_bits=8, calib_samples=1, progress=False, **keys
     )
     assert result.record["config"]["recon_iters"] == recorded
     assert ran == ([recorded] if recorded else [])
@@ -231,10 +246,10 @@ def test_activation_quantization_needs_a_calibration_set():
 
 def test_quantizing_twice_is_refused_and_leaves_the_model_alone():
     model = accel.load(make_tiny_unet())
-    quantize_(model, QuantConfig(a_bits=None), None, progress=False)
+    quantize_(model, WEIGHT_ONLY, None, progress=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(AccelError, match="cannot quantize this model: it went through quantize"):
-        quantize_(model, QuantConfig(a_bits=None), None, progress=False)
+        quantize_(model, WEIGHT_ONLY, None, progress=False)
     assert len(model.transforms) == 1 and all(
         torch.equal(v, model.state_dict()[k]) for k, v in before.items()
     )
@@ -273,7 +288,7 @@ def test_loading_a_quantized_artifact_searches_no_ranges(tmp_path, monkeypatch):
     """The stored scales are loaded: fitting weight ranges again (an MSE search per layer) would be
     thrown away."""
     model = accel.load(make_tiny_unet())
-    quantize_(model, QuantConfig(a_bits=None), None, progress=False)
+    quantize_(model, WEIGHT_ONLY, None, progress=False)
     accel.save(model, tmp_path / "q")
     fits = []
     monkeypatch.setattr(Quantizer, "fit", lambda self, x: fits.append(self))
@@ -285,7 +300,7 @@ def test_loading_a_quantized_artifact_searches_no_ranges(tmp_path, monkeypatch):
 def test_w4_artifact_of_reference_model_is_close_to_an_eighth(tmp_path):
     original = accel.load("digits")
     model = accel.load("digits")
-    quantize_(model, QuantConfig(a_bits=None), None, progress=False)
+    quantize_(model, WEIGHT_ONLY, None, progress=False)
     accel.save(model, tmp_path / "q")
     ratio = (tmp_path / "q" / "model.safetensors").stat().st_size / original.weights_bytes
     # 4-bit codes for most weights; 8-bit ends, biases, norms and scales in fp32
@@ -346,7 +361,7 @@ def test_text_conditioning_is_recorded_in_the_calibration_set():
 
 def test_cached_inference_weight_follows_weight_and_scale_changes():
     model = accel.load(make_tiny_unet())
-    quantize_(model, QuantConfig(a_bits=None), None, progress=False)
+    quantize_(model, WEIGHT_ONLY, None, progress=False)
     layer = model.module.get_submodule("down_blocks.0.resnets.0.conv1")
     x = torch.randn(1, 8, 8, 8)
 
@@ -375,10 +390,12 @@ def calibration_error(original, model, calib) -> float:
 def test_reconstruction_learns_rounding_that_lowers_the_error():
     original = accel.load(make_tiny_unet())
     calib = tiny_calib(original)
-    config = QuantConfig(w_bits=3, a_bits=8)
+    config = QuantConfig(w_bits=3, a_bits=8, rounding="nearest")
     plain, reconstructed = accel.load(make_tiny_unet()), accel.load(make_tiny_unet())
     quantize_(plain, config, calib, progress=False)
-    quantize_(reconstructed, replace(config, recon_iters=60), calib, progress=False)
+    quantize_(
+        reconstructed, replace(config, rounding="adaround", recon_iters=60), calib, progress=False
+    )
     name = "down_blocks.0.resnets.0.conv1"
     nearest = plain.module.get_submodule(name).weight_codes()[0]
     learned = reconstructed.module.get_submodule(name).weight_codes()[0]
@@ -478,8 +495,9 @@ def test_bias_correction_removes_each_layers_mean_error_on_the_calibration_set()
     original = accel.load(make_tiny_unet())
     calib = tiny_calib(original)
     corrected, kept = accel.load(make_tiny_unet()), accel.load(make_tiny_unet())
-    record = quantize_(corrected, QuantConfig(w_bits=4, a_bits=8), calib, progress=False)
-    quantize_(kept, QuantConfig(w_bits=4, a_bits=8, bias_correction=False), calib, progress=False)
+    config = QuantConfig(w_bits=4, a_bits=8, rounding="nearest")  # bias correction alone
+    record = quantize_(corrected, config, calib, progress=False)
+    quantize_(kept, replace(config, bias_correction=False), calib, progress=False)
     assert "bias_correction" in record and record["bias_correction"]["layers"] > 0
     before = _mean_errors(kept, calib)
     # the hooks compare with each layer's own bias; the corrected layers' error is against the

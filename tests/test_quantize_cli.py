@@ -107,6 +107,8 @@ def test_quantize_ablation_rows(tmp_path, capsys):
         (["--bits", "4", "--layer-bits", "encoder.*=8"], "matches no quantizable layer"),
         (["--bits", "4", "--skip", "nothing.here"], "matches no quantizable layer"),
         (["--bits", "4", "--layer-bits", "conv_in"], "PATTERN=BITS"),
+        (["--rounding", "gptq"], "reconstruction learns the rounding itself"),
+        (["--rounding", "best"], "invalid choice"),
     ],
 )
 def test_bad_quantize_arguments(argv, message, tmp_path, capsys):

@@ -79,9 +79,7 @@ def test_defaults_and_choices_come_from_the_configs(capsys):
 
     code, text, _ = run(capsys, "quantize", "--help")
     assert code == 0
-    expected = (
-        f"(default: {RECON_ITERS} below 8-bit weights, none at 8 or with --low-rank; 0: none)"
-    )
+    expected = f"(default {RECON_ITERS}; given alone, it implies adaround)"
     assert expected in " ".join(text.split())
     assert accel.stage_settings("quantize")["quant"] == STAGE_DEFAULT
     assert accel.stage_settings("prune")["train"].steps == FINETUNE.steps  # the budget's

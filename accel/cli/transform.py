@@ -104,8 +104,11 @@ QUANTIZE_FLAGS = {
     "calib-samples": "sampler trajectories to calibrate on (default {default})",
     "calib-every": "keep every k-th of the sampler's steps (default {default})",
     "calib": "calibration set file to reuse or create (default: a cache under ~/.cache/accel)",
-    "recon-iters": f"block reconstruction iterations per block (default: {RECON_ITERS} below "
-    "8-bit weights, none at 8 or with --low-rank; 0: none)",
+    "rounding": "how weights round: gptq (the default below 8-bit weights: each layer's "
+    "rounding error compensated on its calibration inputs, seconds), nearest (the default at 8 "
+    "bits and with --low-rank), or adaround (Q-Diffusion's block reconstruction, minutes)",
+    "recon-iters": f"--rounding adaround: iterations per block (default {RECON_ITERS}; given "
+    "alone, it implies adaround)",
 }
 PRUNE_FLAGS = {
     "ratio": "fraction of channels and heads removed (default {default})",

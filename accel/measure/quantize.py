@@ -18,7 +18,12 @@ from accel.report import format_value, table
 from accel.report.markdown import describe_sampler
 
 NAIVE = dict(
-    w_range="minmax", a_range="minmax", split_shortcut=False, recon_iters=0, bias_correction=False
+    w_range="minmax",
+    a_range="minmax",
+    split_shortcut=False,
+    rounding="nearest",
+    recon_iters=0,
+    bias_correction=False,
 )
 COLUMNS = {
     "name": "recipe",
@@ -31,6 +36,9 @@ COLUMNS = {
 class QuantizeMeasurer(Measurer):
     def add_sections(self, report, result, extras) -> None:
         report.add_section("calibration", result.record["calibration"])
+        if "gptq" in result.record:
+            rounded = result.record["gptq"]
+            report.add_section("gptq", rounded, _gptq_markdown(rounded))
         if "reconstruction" in result.record:
             times = result.record["reconstruction"]
             report.add_section("reconstruction", times, _reconstruction_markdown(times))
@@ -57,6 +65,15 @@ def _reconstruction_markdown(times: dict) -> str:
         f"0.1 and 0.9) when fixed: {times['undecided']:.1%} of the weights; the units' summed loss "
         f"{times['soft_loss']:.3g} with the learned soft rounding, {times['hard_loss']:.3g} "
         "with the fixed one\n"
+    )
+
+
+def _gptq_markdown(rounded: dict) -> str:
+    return (
+        f"## GPTQ rounding\n\n{rounded['layers']} layers in {rounded['seconds']:.0f} s. The "
+        "output error each layer's rounding leaves on its calibration inputs, over rounding to "
+        f"nearest's: median {rounded['error_vs_nearest_median']:.2f}, largest "
+        f"{rounded['error_vs_nearest_max']:.2f}\n"
     )
 
 
@@ -115,23 +132,34 @@ def ablation_configs(full, calib: CalibConfig) -> list[tuple[str, object, CalibC
     ]
     if full.bias_correction:
         rows.append(("+ bias correction", replace(split, bias_correction=True), timestep_aware))
-    if w4a8.recon_iters:
-        rows.append(
-            (
-                f"+ reconstruction ({w4a8.recon_iters} iters/block)",
-                replace(split, recon_iters=w4a8.recon_iters),
-                timestep_aware,
-            )
-        )
+    corrected = replace(split, bias_correction=full.bias_correction)
+    rows += _rounding_rows(w4a8, corrected, timestep_aware)
     w8a8 = replace(
-        split, w_bits=8, recon_iters=full.recon_iters, bias_correction=full.bias_correction
+        split,
+        w_bits=8,
+        rounding=full.rounding,
+        recon_iters=full.recon_iters,
+        bias_correction=full.bias_correction,
     ).by_bits()
     rows.append((f"W8A8 (same recipe, {_reconstruction(w8a8)})", w8a8, timestep_aware))
     return rows
 
 
+def _rounding_rows(w4a8, before, calib: CalibConfig) -> list[tuple[str, object, CalibConfig]]:
+    """The row of ``w4a8``'s rounding, where it is not to nearest, on top of ``before``."""
+    if w4a8.weight_rounding == "gptq":
+        return [("+ GPTQ rounding", replace(before, rounding="gptq"), calib)]
+    if w4a8.weight_rounding == "adaround":
+        iters = w4a8.reconstruction_iters
+        reconstructed = replace(before, rounding="adaround", recon_iters=iters)
+        return [(f"+ reconstruction ({iters} iters/block)", reconstructed, calib)]
+    return []
+
+
 def _reconstruction(config) -> str:
-    iters = config.recon_iters
+    if config.weight_rounding == "gptq":
+        return "GPTQ rounding"
+    iters = config.reconstruction_iters
     return f"{iters} reconstruction iters/block" if iters else "calibration only"
 
 

@@ -183,25 +183,31 @@ def quantize(
     plan = plan_layers(denoiser, config)
     if calib is None and config.needs_calibration:
         raise AccelError(
-            "activation ranges, smoothing and reconstruction need a calibration set: "
-            "calib = accel.calibrate(model, CalibConfig())"
+            "activation ranges, smoothing, GPTQ and reconstruction need a calibration set: "
+            "calib = accel.calibrate(model, CalibConfig()) (weight-only quantization without one: "
+            "rounding='nearest')"
         )
-    fp_network = copy.deepcopy(denoiser.module) if config.recon_iters else None
+    fp_network = copy.deepcopy(denoiser.module) if config.reconstruction_iters else None
     attention = _attention_modules(denoiser) if config.attention_quantized else []
     smoothing = _smoothing(denoiser, plan, calib, config, progress)
     apply_plan(denoiser.module, plan, attention, config, smoothing=smoothing)
     if activation_quantizers(denoiser.module):  # static scales to fit
         calibrate_activations(denoiser, calib, progress=progress)
     record = {"layers": plan, "attention": attention}
-    if config.bias_correction and not config.recon_iters and calib is not None:
+    rounding = config.weight_rounding
+    if rounding == "gptq":
+        from accel.quant.gptq import gptq_round_
+
+        record["gptq"] = gptq_round_(denoiser, calib, progress=progress)
+    if config.bias_correction and rounding != "adaround" and calib is not None:
         from accel.quant.bias_correction import correct_bias
 
         record["bias_correction"] = correct_bias(denoiser, calib, progress=progress)
-    if config.recon_iters:
+    if rounding == "adaround":
         from accel.quant.reconstruct import reconstruct_, reconstruction_times
 
         timed = reconstruct_(
-            denoiser, calib, fp_network, config.recon_iters, config.seed, progress=progress
+            denoiser, calib, fp_network, config.reconstruction_iters, config.seed, progress=progress
         )
         record["reconstruction"] = reconstruction_times(timed)
     return record

@@ -1,5 +1,6 @@
-"""What block reconstruction learns from: a unit's inputs in the quantized network and its outputs
-in the float one, captured per calibration batch by hooks that end the forward pass at the unit."""
+"""What block reconstruction and GPTQ learn from: a unit's inputs in the quantized network and its
+outputs in the float one, captured per calibration batch by hooks that end the forward pass at the
+unit."""
 
 from __future__ import annotations
 
@@ -23,13 +24,18 @@ class _UnitReached(Exception):
     """Ends a capture's forward pass at the unit: what comes after it is not needed."""
 
 
-def _stop(captured: list, value) -> None:
-    captured.append(value)
+def end_forward() -> None:
+    """Called by a hook of ``run_until_unit``: the pass has what it came for."""
     raise _UnitReached
 
 
+def _stop(captured: list, value) -> None:
+    captured.append(value)
+    end_forward()
+
+
 @torch.no_grad()
-def _run_hooked(network: nn.Module, handle, batches, run_batch) -> None:
+def run_until_unit(network: nn.Module, handle, batches, run_batch) -> None:
     """Run every calibration batch through ``network`` up to the hooked unit, then remove the hook
     ``handle``. Stopping there halves a capture's cost on average (a pass over the whole network
     per unit was most of a reconstruction's time outside the learning)."""
@@ -48,7 +54,7 @@ def capture_inputs(network: nn.Module, unit: str, batches, run_batch) -> list[tu
     def hook(module, args, kwargs):
         _stop(captured, (to_device(args, "cpu"), to_device(kwargs, "cpu")))
 
-    _run_hooked(
+    run_until_unit(
         network,
         network.get_submodule(unit).register_forward_pre_hook(hook, with_kwargs=True),
         batches,
@@ -61,7 +67,7 @@ def capture_outputs(network: nn.Module, unit: str, batches, run_batch) -> list:
     """The output of ``unit`` in ``network``, per calibration batch."""
     captured = []
     hook = lambda m, args, output: _stop(captured, to_device(output, "cpu"))  # noqa: E731
-    _run_hooked(
+    run_until_unit(
         network, network.get_submodule(unit).register_forward_hook(hook), batches, run_batch
     )
     return captured

@@ -22,6 +22,8 @@ DEFAULT_EIGHT_BIT = (
 )  # the last two: DiT adaLN from (t, class) only
 CALIBRATION_FIELDS_OF_VERSION_1 = ("calib_policy", "calib_samples", "calib_steps", "calib_every")
 RECON_ITERS = 500  # BRECQ/AdaRound iterations per block where the quantize stage reconstructs
+# how weights round: to nearest, by GPTQ (gptq.py) or learned by block reconstruction (AdaRound)
+ROUNDINGS = ("nearest", "gptq", "adaround")
 ACTIVATION_GROUP = 64  # SVDQuant's INT4 activation group size
 SMOOTH_ALPHA = 0.5  # SmoothQuant's default migration strength
 
@@ -45,7 +47,9 @@ class QuantConfig(Config):
     # pattern -> weight bits, overrides the above
     layer_bits: dict[str, int] = field(default_factory=dict)
     skip: tuple[str, ...] = ()  # patterns left in floating point
-    # BRECQ/AdaRound iterations per block (0: none; None: by weight bits, see by_bits)
+    # None: by weight bits and recon_iters (``weight_rounding``)
+    rounding: str | None = one_of(None, ROUNDINGS)
+    # BRECQ/AdaRound iterations per block (0 or None: RECON_ITERS where rounding is adaround)
     recon_iters: int | None = 0
     # 8-bit activations: one scale per token computed at run time (torchao's int8 dynamic,
     # SmoothQuant's per-token) instead of one calibrated static scale per tensor
@@ -76,6 +80,12 @@ class QuantConfig(Config):
             raise self.invalid("low_rank", f"must be 0 or more, got {self.low_rank}")
         if self.recon_iters is not None and self.recon_iters < 0:
             raise self.invalid("recon_iters", f"must be 0 or more, got {self.recon_iters}")
+        if self.recon_iters and self.rounding not in (None, "adaround"):
+            raise self.invalid(
+                "recon_iters",
+                "block reconstruction learns the rounding itself: it goes with --rounding "
+                f"adaround, not {self.rounding}",
+            )
         self._check_low_bit_methods()
         if self.dynamic_activations and self.a_bits != 8:
             reason = (
@@ -109,31 +119,46 @@ class QuantConfig(Config):
     def by_bits(self) -> QuantConfig:
         """This config with what depends on the bits chosen where it is left open: below 8-bit
         activations, groups of ``ACTIVATION_GROUP`` and, with a low-rank branch, smoothing at
-        SMOOTH_ALPHA (SVDQuant's recipe); ``recon_iters`` where it is None: RECON_ITERS below 8-bit
-        weights, none at 8 (calibration and bias correction), as Model Optimizer's INT8 diffusers
-        recipe does, and none with a low-rank branch (SVDQuant reconstructs nothing; 100
-        iterations per block raised W4A4's per-step error on digits, 2.68% -> 2.81%). W8A8
-        measured on digits, 2,000 samples, 2-core EPYC: FID ratio 1.09 with bias correction (1.16
-        without; 1.16 too with 50 reconstruction iterations, which left 60% of the rounding
-        undecided), against 1.02 with 500 iterations on a Xeon."""
+        SMOOTH_ALPHA (SVDQuant's recipe); the rounding (``weight_rounding``) and its iterations."""
         config = self
         if self.a_bits and self.a_bits < 8 and self.a_group_size is None:
             config = replace(config, a_group_size=ACTIVATION_GROUP)
         if self.low_rank and self.smooth_alpha is None:
             config = replace(config, smooth_alpha=SMOOTH_ALPHA)
-        if self.recon_iters is None:
-            reconstructs = self.w_bits < 8 and not self.low_rank
-            config = replace(config, recon_iters=RECON_ITERS if reconstructs else 0)
-        return config
+        return replace(config, rounding=self.weight_rounding, recon_iters=self.reconstruction_iters)
+
+    @property
+    def weight_rounding(self) -> str:
+        """The rounding asked for; else adaround where reconstruction iterations are given, GPTQ
+        below 8-bit weights, to nearest at 8 bits (calibration and bias correction, as Model
+        Optimizer's INT8 diffusers recipe) and with a low-rank branch (SVDQuant rounds to nearest;
+        100 reconstruction iterations per block raised W4A4's per-step error on digits, 2.68% ->
+        2.81%). Measured on digits (DDIM 50, seed 0, 2-core AMD EPYC): W8A8 FID ratio 1.09 with
+        bias correction (1.16 without, 1.16 with 50 reconstruction iterations; 2,000 samples);
+        W4A8 PSNR to the original's samples 30.5 dB with 500 AdaRound iterations per block (162
+        s), 33.6 with GPTQ (34 s; 300 samples, one run), 26.5 rounding to nearest (gptq.py)."""
+        if self.rounding is not None:
+            return self.rounding
+        if self.recon_iters:
+            return "adaround"
+        return "gptq" if self.w_bits < 8 and not self.low_rank else "nearest"
+
+    @property
+    def reconstruction_iters(self) -> int:
+        """AdaRound iterations per block: none unless the rounding is adaround."""
+        if self.weight_rounding != "adaround":
+            return 0
+        return self.recon_iters or RECON_ITERS
 
     @property
     def needs_calibration(self) -> bool:
-        """Whether quantizing needs a calibration set: for static activation scales, smoothing or
-        reconstruction (bias correction uses one where it is given)."""
+        """Whether quantizing needs a calibration set: for static activation scales, smoothing,
+        GPTQ or reconstruction (bias correction uses one where it is given)."""
         static_scales = bool(self.a_bits) and (
             not self.dynamic_activations or self.attention_quantized
         )
-        return static_scales or bool(self.recon_iters) or self.smooth_alpha is not None
+        learned = self.weight_rounding != "nearest"
+        return static_scales or learned or self.smooth_alpha is not None
 
     @property
     def attention_quantized(self) -> bool:
@@ -196,5 +221,5 @@ W4A4 = QuantConfig(
     w_bits=4, a_bits=4, a_group_size=ACTIVATION_GROUP, smooth_alpha=SMOOTH_ALPHA, low_rank=16
 )
 # What the quantize stage (`accel quantize`, a recipe's quantize stage) starts from, its settings
-# changing it: Q-Diffusion's recipe, reconstructing by weight bits (none at 8 unless asked).
-STAGE_DEFAULT = QuantConfig(w_bits=4, a_bits=8, recon_iters=None)
+# changing it: W4A8, rounded by weight bits (QuantConfig.weight_rounding).
+STAGE_DEFAULT = QuantConfig(w_bits=4, a_bits=8)

@@ -68,10 +68,10 @@ def _check_budget(config, budget: BitBudget) -> None:
 def run(model, settings: Settings, context: Context) -> StageResult:
     change_sampler(model, settings)
     config, budget = settings["quant"], settings["budget"]
-    if budget.given and config.recon_iters is None:
-        # every candidate is quantized: calibration and bias correction, not reconstruction,
-        # unless asked for
-        config = replace(config, recon_iters=0)
+    if budget.given and config.rounding is None and not config.recon_iters:
+        # every candidate is quantized: calibration and bias correction, rounding to nearest
+        # unless asked otherwise (the budget's sensitivities are measured that way: budget.py)
+        config = replace(config, rounding="nearest")
     config = config.by_bits()
     _check_activation_bits(config)
     _check_budget(config, budget)
