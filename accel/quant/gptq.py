@@ -23,6 +23,8 @@ and 1.14 / 30.7 dB at seed 0 (2 and 1 threads) and 1.38 / 31.8 dB at seed 1, in 
 with 1 thread. Rounding to nearest: PSNR 26.5 dB (300 samples). Choices measured at 300 samples
 (seed 0; an estimate only, PSNR at 300 samples differed from 2,000's by up to 3 dB): act order
 +1.7 dB, forward order with rounded inputs +0.3 dB.
+On ``digits-dit`` (1,000 samples, guidance 1.5, seed 0) AdaRound stays closer: FID ratio 1.63 at
+37.6 dB against GPTQ's 2.01 at 36.7 dB, per-step relative eps error 0.0124 against 0.0138.
 """
 
 from __future__ import annotations
