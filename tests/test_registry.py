@@ -60,7 +60,9 @@ def test_a_new_transform_round_trips_through_save_and_load(tmp_path, scale_trans
 
 def test_order_rules_refuse_before_any_work(scale_transform):
     quantized = accel.load(make_tiny_unet())
-    accel.quantize_(quantized, accel.QuantConfig(a_bits=None), None, progress=False)
+    accel.quantize_(
+        quantized, accel.QuantConfig(a_bits=None, rounding="nearest"), None, progress=False
+    )
     weights = quantized.module.conv_in.weight.clone()
     with pytest.raises(
         AccelError,
