@@ -136,7 +136,7 @@ class QuantConfig(Config):
         2.81%). Measured on digits (2,000 samples, DDIM 50, 2-core AMD EPYC): W8A8 FID ratio 1.09
         with bias correction at seed 0 (1.16 without, 1.16 with 50 reconstruction iterations);
         W4A8 with GPTQ about as close to the original as with 500 AdaRound iterations per block
-        (FID ratio 1.16 / 1.33 at seeds 0 / 1 against 1.03-1.14 / 1.38), the same with any thread
+        (FID ratio 1.16 / 1.33 at seeds 0 / 1 against 1.03-1.37 / 1.38), the same with any thread
         count, in 80 s instead of 8.4-9.2 minutes; on digits-dit further from it (1.63 -> 2.01,
         1,000 samples; gptq.py)."""
         if self.rounding is not None:
