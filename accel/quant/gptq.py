@@ -110,10 +110,7 @@ def input_hessian(denoiser, layer: QuantLayer, batches) -> torch.Tensor:
 def layer_columns(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     """The inputs the layer's weight multiplies, as (weight columns, tokens): smoothed and quantized
     as the layer does, unfolded for a convolution."""
-    x = layer.smoothed_input(x)
-    if layer.input_quantizers is not None:
-        parts = [q(p) for q, p in zip(layer.input_quantizers, layer._input_parts(x))]
-        x = torch.cat(parts, dim=1) if layer.split else parts[0]
+    x = layer.quantized_input(layer.smoothed_input(x))
     if not layer.is_conv:
         return x.reshape(-1, x.shape[-1]).T
     args = layer.conv_args

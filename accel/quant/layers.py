@@ -173,13 +173,17 @@ class QuantLayer(nn.Module):
             self._weight_cache = (key, self.quantized_weight())
         return self._weight_cache[1]
 
+    def quantized_input(self, smoothed: torch.Tensor) -> torch.Tensor:
+        """What the weight multiplies: the smoothed input, quantized (each part on its own)."""
+        if self.input_quantizers is None:
+            return smoothed
+        parts = [q(p) for q, p in zip(self.input_quantizers, self._input_parts(smoothed))]
+        return torch.cat(parts, dim=1) if self.split else parts[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.smoothed_input(x)
         branch = None if self.low_rank is None else self.low_rank(x)
-        if self.input_quantizers is not None:
-            parts = [q(p) for q, p in zip(self.input_quantizers, self._input_parts(x))]
-            x = torch.cat(parts, dim=1) if self.split else parts[0]
-        y = self._layer_op(x, self._inference_weight())
+        y = self._layer_op(self.quantized_input(x), self._inference_weight())
         return y if branch is None else y + branch
 
     def extra_repr(self) -> str:
