@@ -170,6 +170,8 @@ def test_the_stage_rounds_by_weight_bits_unless_told():
     assert resolved(w_bits=8) == ("nearest", 0)
     assert resolved(recon_iters=7) == resolved(w_bits=8, recon_iters=7) == ("adaround", 7)
     assert resolved(rounding="adaround") == ("adaround", RECON_ITERS)
+    assert resolved(rounding="gptq-adaround", recon_iters=7) == ("gptq-adaround", 7)
+    assert resolved(rounding="gptq-adaround") == ("gptq-adaround", RECON_ITERS)
     assert resolved(rounding="nearest") == ("nearest", 0)
     assert resolved(a_bits=4, low_rank=8) == ("nearest", 0)  # SVDQuant's
     with pytest.raises(accel.ConfigError, match="learns the rounding itself"):
@@ -187,6 +189,10 @@ def test_the_stage_rounds_by_weight_bits_unless_told():
     assert rows[0][1].weight_rounding == "nearest"
     adaround = ablation_configs(replace(STAGE_DEFAULT, recon_iters=9), CalibConfig())
     assert adaround[-2][0] == "+ reconstruction (9 iters/block)"
+    hybrid = replace(STAGE_DEFAULT, rounding="gptq-adaround", recon_iters=9)
+    rows = ablation_configs(hybrid, CalibConfig())
+    assert rows[-2][0] == "+ reconstruction from GPTQ (9 iters/block)"
+    assert rows[-2][1].weight_rounding == "gptq-adaround"
 
 
 @pytest.mark.parametrize("bits,keys,recorded", [(8, {}, 0), (4, {"rounding": "adaround"}, 2)])

@@ -2,6 +2,7 @@
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -30,8 +31,11 @@ def test_gptq_leaves_less_output_error_than_nearest_and_stays_on_the_grid():
     weight = torch.randn(6, 16, generator=generator, dtype=torch.float64)
     scale = weight.abs().amax(1) / 7
     hessian = inputs @ inputs.T
-    rounded = gptq(weight, hessian, _grid(scale))
+    rounded, before_rounding = gptq(weight, hessian, _grid(scale))
     nearest = _grid(scale)(weight, None)
+    # the compensated weights GPTQ rounded: their rounding to nearest is its rounding
+    assert torch.equal(_grid(scale)(before_rounding, None), rounded)
+    assert not torch.equal(before_rounding, weight)
     codes = rounded / scale[:, None]
     assert torch.allclose(codes, codes.round()) and codes.min() >= -8 and codes.max() <= 7
     assert not torch.equal(rounded, nearest)
@@ -69,6 +73,45 @@ def test_w4a8_rounds_by_gptq_closer_to_the_original_than_nearest(make):
         reference = original(x, t, cond)
         errors = {n: (m(x, t, cond) - reference).norm().item() for n, m in models.items()}
     assert errors["gptq"] < errors["nearest"]
+
+
+def test_gptq_adaround_learns_the_rounding_from_gptqs_compensated_weights(monkeypatch):
+    import accel.quant.reconstruct as reconstruct
+
+    original = accel.load(make_tiny_dit())
+    calib = tiny_calib(original)
+    starts = []
+
+    def recording(denoiser, *args, **kwargs):  # the weights the reconstruction starts from
+        starts.append({n: layer.weight.clone() for n, layer in _low_bit(denoiser)})
+        return reconstruct_(denoiser, *args, **kwargs)
+
+    reconstruct_ = reconstruct.reconstruct_
+    monkeypatch.setattr(reconstruct, "reconstruct_", recording)
+    config = replace(W4A8, rounding="gptq-adaround", recon_iters=20)
+    models = {name: copy.deepcopy(original) for name in ("gptq", "gptq-adaround")}
+    quantize_(models["gptq"], W4A8, calib, progress=False)
+    record = quantize_(models["gptq-adaround"], config, calib, progress=False)
+    assert record["gptq"]["layers"] > 0 and record["reconstruction"]["blocks"] > 0
+    assert "bias_correction" not in record  # the reconstruction fits what it would correct
+    gptq_weights = {name: layer.weight for name, layer in _low_bit(models["gptq"])}
+    hybrid_layers = dict(_low_bit(models["gptq-adaround"]))
+    for name, start in starts[0].items():  # off the grid, and GPTQ's rounding when rounded
+        assert not torch.equal(start, gptq_weights[name])
+        rounded = hybrid_layers[name].weight_quantizers[0](start)
+        assert torch.allclose(rounded, gptq_weights[name], atol=1e-6)
+    for layer in hybrid_layers.values():  # rounded again, and on the grid
+        assert torch.equal(layer.quantized_weight(), layer.weight)
+    changed = _codes(models["gptq-adaround"]), _codes(models["gptq"])
+    assert any(not torch.equal(changed[0][n], changed[1][n]) for n in changed[0])
+
+
+def _low_bit(model):
+    return [
+        (name, layer)
+        for name, layer in model.module.named_modules()
+        if isinstance(layer, QuantLayer) and layer.w_bits < 8
+    ]
 
 
 def test_gptq_codes_do_not_move_with_the_thread_count():

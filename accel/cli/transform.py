@@ -106,8 +106,11 @@ QUANTIZE_FLAGS = {
     "calib": "calibration set file to reuse or create (default: a cache under ~/.cache/accel)",
     "rounding": "how weights round: gptq (the default below 8-bit weights: each layer's "
     "rounding error compensated on its calibration inputs, seconds), nearest (the default at 8 "
-    "bits and with --low-rank), or adaround (Q-Diffusion's block reconstruction, minutes)",
-    "recon-iters": f"--rounding adaround: iterations per block (default {RECON_ITERS}; given "
+    "bits and with --low-rank), adaround (Q-Diffusion's block reconstruction, minutes), or "
+    "gptq-adaround (the reconstruction started from GPTQ's compensated weights: closest on "
+    "transformers)",
+    "recon-iters": f"--rounding adaround or gptq-adaround: iterations per block (default "
+    f"{RECON_ITERS}; given "
     "alone, it implies adaround)",
 }
 PRUNE_FLAGS = {

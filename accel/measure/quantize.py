@@ -13,7 +13,7 @@ from accel.core.sampling_spec import SamplerChange
 from accel.core.stages import Context, Settings
 from accel.evaluate import EvalConfig, evaluate_many
 from accel.measure.base import Measurer
-from accel.quant.config import BitBudget
+from accel.quant.config import RECONSTRUCTING, BitBudget
 from accel.report import format_value, table
 from accel.report.markdown import describe_sampler
 
@@ -149,10 +149,11 @@ def _rounding_rows(w4a8, before, calib: CalibConfig) -> list[tuple[str, object, 
     """The row of ``w4a8``'s rounding, where it is not to nearest, on top of ``before``."""
     if w4a8.weight_rounding == "gptq":
         return [("+ GPTQ rounding", replace(before, rounding="gptq"), calib)]
-    if w4a8.weight_rounding == "adaround":
+    if w4a8.weight_rounding in RECONSTRUCTING:
         iters = w4a8.reconstruction_iters
-        reconstructed = replace(before, rounding="adaround", recon_iters=iters)
-        return [(f"+ reconstruction ({iters} iters/block)", reconstructed, calib)]
+        reconstructed = replace(before, rounding=w4a8.weight_rounding, recon_iters=iters)
+        start = " from GPTQ" if w4a8.weight_rounding == "gptq-adaround" else ""
+        return [(f"+ reconstruction{start} ({iters} iters/block)", reconstructed, calib)]
     return []
 
 
@@ -160,6 +161,8 @@ def _reconstruction(config) -> str:
     if config.weight_rounding == "gptq":
         return "GPTQ rounding"
     iters = config.reconstruction_iters
+    if config.weight_rounding == "gptq-adaround":
+        return f"reconstruction from GPTQ ({iters} iters/block)"
     return f"{iters} reconstruction iters/block" if iters else "calibration only"
 
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from accel.calib.collect import CalibrationSet
 from accel.core.errors import AccelError
-from accel.quant.config import QuantConfig
+from accel.quant.config import RECONSTRUCTING, QuantConfig
 from accel.quant.forward_order import forward_order
 from accel.quant.layers import QuantAttnProcessor, QuantLayer, activation_quantizers
 from accel.quant.low_rank import max_rank
@@ -195,15 +195,16 @@ def quantize(
         calibrate_activations(denoiser, calib, progress=progress)
     record = {"layers": plan, "attention": attention}
     rounding = config.weight_rounding
-    if rounding == "gptq":
+    if rounding in ("gptq", "gptq-adaround"):
         from accel.quant.gptq import gptq_round_
 
-        record["gptq"] = gptq_round_(denoiser, calib, progress=progress)
-    if config.bias_correction and rounding != "adaround" and calib is not None:
+        compensated = rounding == "gptq-adaround"  # the reconstruction rounds them
+        record["gptq"] = gptq_round_(denoiser, calib, progress=progress, compensated=compensated)
+    if config.bias_correction and rounding not in RECONSTRUCTING and calib is not None:
         from accel.quant.bias_correction import correct_bias
 
         record["bias_correction"] = correct_bias(denoiser, calib, progress=progress)
-    if rounding == "adaround":
+    if rounding in RECONSTRUCTING:
         from accel.quant.reconstruct import reconstruct_, reconstruction_times
 
         timed = reconstruct_(

@@ -22,8 +22,10 @@ DEFAULT_EIGHT_BIT = (
 )  # the last two: DiT adaLN from (t, class) only
 CALIBRATION_FIELDS_OF_VERSION_1 = ("calib_policy", "calib_samples", "calib_steps", "calib_every")
 RECON_ITERS = 500  # BRECQ/AdaRound iterations per block where the quantize stage reconstructs
-# how weights round: to nearest, by GPTQ (gptq.py) or learned by block reconstruction (AdaRound)
-ROUNDINGS = ("nearest", "gptq", "adaround")
+# how weights round: to nearest, by GPTQ (gptq.py), learned by block reconstruction (AdaRound), or
+# learned by it from GPTQ's compensated weights
+ROUNDINGS = ("nearest", "gptq", "adaround", "gptq-adaround")
+RECONSTRUCTING = ("adaround", "gptq-adaround")
 ACTIVATION_GROUP = 64  # SVDQuant's INT4 activation group size
 SMOOTH_ALPHA = 0.5  # SmoothQuant's default migration strength
 
@@ -80,11 +82,11 @@ class QuantConfig(Config):
             raise self.invalid("low_rank", f"must be 0 or more, got {self.low_rank}")
         if self.recon_iters is not None and self.recon_iters < 0:
             raise self.invalid("recon_iters", f"must be 0 or more, got {self.recon_iters}")
-        if self.recon_iters and self.rounding not in (None, "adaround"):
+        if self.recon_iters and self.rounding not in (None, *RECONSTRUCTING):
             raise self.invalid(
                 "recon_iters",
                 "block reconstruction learns the rounding itself: it goes with --rounding "
-                f"adaround, not {self.rounding}",
+                f"adaround or gptq-adaround, not {self.rounding}",
             )
         self._check_low_bit_methods()
         if self.dynamic_activations and self.a_bits != 8:
@@ -138,7 +140,7 @@ class QuantConfig(Config):
         W4A8 with GPTQ about as close to the original as with 500 AdaRound iterations per block
         (FID ratio 1.16 / 1.33 at seeds 0 / 1 against 1.03-1.37 / 1.38), the same with any thread
         count, in 80 s instead of 8.4-9.2 minutes; on digits-dit further from it (1.63 -> 2.01,
-        1,000 samples; gptq.py)."""
+        1,000 samples; gptq.py), where "gptq-adaround" (asked for) is closest."""
         if self.rounding is not None:
             return self.rounding
         if self.recon_iters:
@@ -147,8 +149,8 @@ class QuantConfig(Config):
 
     @property
     def reconstruction_iters(self) -> int:
-        """AdaRound iterations per block: none unless the rounding is adaround."""
-        if self.weight_rounding != "adaround":
+        """AdaRound iterations per block: none unless the rounding reconstructs."""
+        if self.weight_rounding not in RECONSTRUCTING:
             return 0
         return self.recon_iters or RECON_ITERS
 
