@@ -109,9 +109,8 @@ QUANTIZE_FLAGS = {
     "bits and with --low-rank), adaround (Q-Diffusion's block reconstruction, minutes), or "
     "gptq-adaround (the reconstruction started from GPTQ's compensated weights: closest on "
     "transformers)",
-    "recon-iters": f"--rounding adaround or gptq-adaround: iterations per block (default "
-    f"{RECON_ITERS}; given "
-    "alone, it implies adaround)",
+    "recon-iters": "--rounding adaround or gptq-adaround: iterations per block (default "
+    f"{RECON_ITERS}; given alone, it implies adaround)",
 }
 PRUNE_FLAGS = {
     "ratio": "fraction of channels and heads removed (default {default})",
