@@ -16,6 +16,7 @@ import torch.nn as nn
 from accel.core.errors import AccelError
 from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
 from accel.export.config import DTYPES, ExportConfig
+from accel.export.symbolics import runtime_fusable_ops
 
 # torch's TorchScript exporter; higher opsets are reached with onnx's version converter
 TRACE_MAX_OPSET = 20
@@ -152,7 +153,7 @@ def _trace(
     opset: int,
     placeholders: bool,
 ) -> None:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), runtime_fusable_ops(opset):
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
         torch.onnx.export(
             graph,
