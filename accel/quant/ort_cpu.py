@@ -8,7 +8,10 @@ for a convolution, its output goes through QuantizeLinear (QDQSelectorActionTran
   becomes QLinearConv. Without the output Q the convolution stays in float, and its computed
   weight loses the reordered (NCHWc) float kernel as well: accel's portable form ran the digits
   UNet 0.58x fp32's speed at batch 500 on a VNNI CPU, this form 1.39-1.46x (measured, AMD EPYC);
-- linear: DQ(x uint8) + DQ(w int8) -> MatMul, with no Q after it, becomes MatMulIntegerToFloat.
+- linear: DQ(x uint8) + DQ(w int8) -> MatMul, with no Q after it, becomes MatMulIntegerToFloat,
+  but that fusion leaves the bias as an Add over the whole output (1 ms per layer of digits-dit at
+  batch 500, 5 of a block's 111 ms); this form writes the fused kernel itself, the contrib op
+  com.microsoft.MatMulIntegerToFloat with its bias input (the graph is for ONNX Runtime anyway).
   An output Q (QLinearMatMul) was measured slower: digits-dit 1.40x -> 1.00x at batch 500.
 Activations are uint8: on x86 ONNX Runtime rejects int8 activations in these units (int8 is allowed
 only on ARM). accel's activation scales are symmetric, so the uint8 zero point is 128: the same grid
@@ -24,10 +27,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.onnx import symbolic_helper
 
 from accel.quant.layers import QuantLayer
 from accel.quant.qdq import Dequant, to_qdq
 
+ORT_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops
 UINT8_MAX = 255
 ACTIVATION_ZERO = 128  # symmetric int8 codes, shifted onto uint8
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -58,6 +63,24 @@ class DequantBias(torch.autograd.Function):
     @staticmethod
     def symbolic(g, codes, scale):
         return g.op("DequantizeLinear", codes, scale, axis_i=0)
+
+
+class IntegerLinear(torch.autograd.Function):
+    """uint8 input codes (zero point 128) times int8 weight codes, summed in int32, scaled to float
+    and the bias added; exported as QuantizeLinear -> com.microsoft.MatMulIntegerToFloat."""
+
+    @staticmethod
+    def forward(ctx, x, input_scale, codes, weight_scale, weight_zero, bias):
+        x = QuantDequantUint8.forward(ctx, x, input_scale, ACTIVATION_ZERO)
+        return F.linear(x, Dequant.forward(ctx, codes, weight_scale, weight_zero), bias)
+
+    @staticmethod
+    def symbolic(g, x, input_scale, codes, weight_scale, weight_zero, bias):
+        zero = g.op("Constant", value_t=torch.tensor(ACTIVATION_ZERO, dtype=torch.uint8))
+        codes = g.op("Transpose", codes, perm_i=[1, 0])  # (K, N), MatMul's B; folded at load
+        inputs = [g.op("QuantizeLinear", x, input_scale, zero), codes, input_scale, weight_scale]
+        inputs += [zero, weight_zero] + ([] if symbolic_helper._is_none(bias) else [bias])
+        return g.op(f"{ORT_DOMAIN}::MatMulIntegerToFloat", *inputs)
 
 
 def fusable(layer: QuantLayer) -> bool:
@@ -132,20 +155,14 @@ def attach(layer: QuantLayer, output_ranges: list | None) -> None:
 
 
 def _forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
+    if not layer.is_conv:  # one input part: splits are at convolutions only
+        return IntegerLinear.apply(x, _input_scale(layer, 0), *_weight(layer, 0), layer.bias)
     out = None
     for index, part in enumerate(layer._input_parts(x)):
-        input_scale = layer.input_quantizers[index].scale.float().reshape(())
-        part = QuantDequantUint8.apply(part, input_scale, ACTIVATION_ZERO)
-        weight_scale = getattr(layer, f"export_scale_{index}")
-        weight = Dequant.apply(
-            getattr(layer, f"export_codes_{index}"),
-            weight_scale,
-            getattr(layer, f"export_zero_{index}"),
-        )
+        part = QuantDequantUint8.apply(part, _input_scale(layer, index), ACTIVATION_ZERO)
+        weight = Dequant.apply(*_weight(layer, index))
         bias = layer.bias if index == 0 else None
-        if not layer.is_conv:
-            y = F.linear(part, weight, bias)
-        elif layer.output_ranges is None:
+        if layer.output_ranges is None:
             y = F.conv2d(part, weight, bias, **layer.conv_args)
         else:
             if bias is not None:
@@ -154,6 +171,16 @@ def _forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
             y = _output_qdq(y, *layer.output_ranges[index])
         out = y if out is None else out + y
     return out
+
+
+def _input_scale(layer: QuantLayer, index: int) -> torch.Tensor:
+    return layer.input_quantizers[index].scale.float().reshape(())
+
+
+def _weight(layer: QuantLayer, index: int) -> list[torch.Tensor]:
+    """The int8 codes of input part ``index``'s weight, their per-output-channel scales and (zero)
+    zero points."""
+    return [getattr(layer, f"export_{kind}_{index}") for kind in ("codes", "scale", "zero")]
 
 
 def _output_qdq(y: torch.Tensor, low: float, high: float) -> torch.Tensor:
