@@ -9,10 +9,11 @@ sampled in the same benchmark run as the row.
 
 It measures nothing itself: each benchmark (bench.run, bench.prune, bench.distill, bench.cache,
 bench.compress and bench.peers on digits; bench.dit, bench.compress --model digits-dit and
-bench.peers --model digits-dit on digits-dit) sampled its rows and its original in one run, batches
-interleaved, and this reads their JSON. Speedup is always wall time per image, original / row, from
-that run; fake-quantized PyTorch rows have none (float arithmetic on the integer grid: their speed
-is in the ONNX Runtime rows). Peer rows are other tools' recipes at accel's widths.
+bench.peers --model digits-dit on digits-dit; bench.ort_int8 on both) sampled its rows and its
+original in one run, batches interleaved, and this reads their JSON. Speedup is always wall time
+per image, original / row, from that run; fake-quantized PyTorch rows have none (float arithmetic
+on the integer grid: their speed is in the ONNX Runtime rows). Peer rows are other tools' recipes
+at accel's widths.
 """
 
 from __future__ import annotations
@@ -301,6 +302,26 @@ def peer_rows(data: dict, source: str) -> list[dict]:
     ]
 
 
+def ort_int8_rows(data: dict, source: str) -> list[dict]:
+    """bench.ort_int8: the fp32 graph and accel's W8A8 graph in the form ONNX Runtime's CPU kernels
+    fuse, sampled in ONNX Runtime beside the original."""
+    return [
+        _row(
+            "W8A8 ONNX, ort-cpu form (integer kernels)" if r["graph"] != "fp32" else "fp32 ONNX",
+            "export",
+            source,
+            data["settings"]["samples"],
+            r["fid"],
+            r["fid_ratio"],
+            r["speedup"],
+            r["size_ratio"],
+            runtime="ONNX Runtime (CPUExecutionProvider)",
+            model=r["model"],
+        )
+        for r in data["sampled"]
+    ]
+
+
 # benchmark -> (full result, quick result, reader)
 SOURCES = {
     "bench.run": ("results/quant_digits_cpu.json", "quant_quick.json", quantization_rows),
@@ -311,6 +332,7 @@ SOURCES = {
     "bench.dit": ("results/dit_digits_cpu.json", "dit_quick.json", dit_rows),
     "bench.peers": ("results/peers_digits_cpu.json", "peers_digits_quick.json", peer_rows),
     "bench.peers --model digits-dit": ("results/peers_digits-dit_cpu.json", None, peer_rows),
+    "bench.ort_int8": ("results/ort_int8_cpu.json", None, ort_int8_rows),
     # full runs only: CI's chain test covers the DiT recipes' code (a quick run would add minutes)
     "bench.compress --model digits-dit": (
         "results/compress_dit_digits_cpu.json",

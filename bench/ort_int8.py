@@ -13,6 +13,11 @@ weights, ``reduce_range`` where VNNI is missing), calibrated on accel's calibrat
 ``quantize_dynamic`` of the MatMuls (int8 weights, activations quantized per call). Each row:
 integer nodes in ONNX Runtime's optimized graph, median time per call (interleaved runs of one
 input), speedup over fp32 and the max relative error of eps against the fp32 graph on that input.
+
+Then each model's fp32 graph and accel's W8A8 ort-cpu graph sample in ONNX Runtime beside the
+original in PyTorch (one run, same noise, the sampling batch): FID, PSNR to the original's
+samples, time per image against the original and against the fp32 graph. The leaderboard reads
+these rows.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 
 import accel
 from accel.calib.collect import CalibrationSet
+from accel.evaluate import evaluate_many
 from accel.export.graph import input_names
 from accel.export.ort_session import integer_kernels_saturate, ort_session
 from accel.report import table
@@ -55,10 +61,23 @@ class Settings:
     # this VM, the digits-dit ratio at batch 1 read 1.19x and 1.29x in two runs of 9
     small_batch_repeats: int
     calib_samples: int  # trajectories of accel's calibration set
+    samples: int  # sampled per graph, at the largest batch
 
 
-FULL = Settings(batches=(1, 500), repeats=9, small_batch_repeats=201, calib_samples=8)
-QUICK = Settings(batches=(1, 8), repeats=3, small_batch_repeats=3, calib_samples=2)
+FULL = Settings(batches=(1, 500), repeats=9, small_batch_repeats=201, calib_samples=8, samples=2000)
+QUICK = Settings(batches=(1, 8), repeats=3, small_batch_repeats=3, calib_samples=2, samples=16)
+SAMPLED = ("fp32", "accel W8A8, ort-cpu form")  # the graphs sampled beside the original
+SAMPLE_COLUMNS = {
+    "model": "model",
+    "graph": "graph (ONNX Runtime)",
+    "fid": "FID",
+    "fid_ratio": "FID ratio",
+    "psnr_db": "PSNR to original (dB)",
+    "ms_per_image": "ms/image",
+    "speedup": "speedup (time/image)",
+    "x_fp32_graph": "x fp32 graph (time/image)",
+    "size_ratio": "size ratio",
+}
 
 
 def _plain_session(path: Path):
@@ -109,12 +128,11 @@ class _CalibrationReader:
         return {name: tensor.numpy() for name, tensor in zip(self.names, tensors)}
 
 
-def graphs(name: str, settings: Settings, work: Path) -> tuple[object, list[str], dict]:
-    """The model, its input names and {graph label: (path, session, integer nodes)}."""
+def graphs(name: str, settings: Settings, work: Path) -> dict:
+    """{graph label: (path, session, integer nodes)}."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    model = accel.load(name)
-    names = input_names(model)
+    names = input_names(accel.load(name))
     fp32, w8a8 = work / f"{name}.onnx", work / f"{name}-w8a8.onnx"
     w8a8_ort = work / f"{name}-w8a8-ort-cpu.onnx"
     accel.run_stage("export", name, format="onnx", out=fp32, progress=False)
@@ -162,11 +180,36 @@ def graphs(name: str, settings: Settings, work: Path) -> tuple[object, list[str]
         "ORT static U8S8 QDQ": (static, _plain_session(static), integer_nodes(static, work)),
         "ORT dynamic MatMul": (dynamic, _plain_session(dynamic), integer_nodes(dynamic, work)),
     }
-    return model, names, rows
+    return rows
 
 
-def timed_rows(name: str, settings: Settings, work: Path) -> list[dict]:
-    model, names, graphs_of_model = graphs(name, settings, work)
+def sampled_rows(name: str, settings: Settings, graphs_of_model: dict) -> list[dict]:
+    """The original in PyTorch, then each of ``SAMPLED`` in ONNX Runtime, sampled in one run."""
+    models = [accel.load(name)] + [accel.load(graphs_of_model[label][0]) for label in SAMPLED]
+    batch = max(settings.batches)
+    config = accel.EvalConfig(n=settings.samples, batch_size=batch, latency_batch=batch)
+    reports = [e.report for e in evaluate_many(models, config, command="bench", model_name=name)]
+    fp32_ms = reports[0].compressed.sampling_s_per_image
+    return [
+        {
+            "model": name,
+            "graph": label,
+            "fid": report.compressed.fid,
+            "fid_ratio": report.delta.fid_ratio,
+            "psnr_db": report.delta.psnr_db_vs_original,
+            "ms_per_image": 1e3 * report.compressed.sampling_s_per_image,
+            "speedup": report.delta.speedup,
+            "x_fp32_graph": fp32_ms / report.compressed.sampling_s_per_image,
+            "size_ratio": report.delta.size_ratio,
+            "original_fid": report.original.fid,
+        }
+        for label, report in zip(SAMPLED, reports)
+    ]
+
+
+def timed_rows(name: str, settings: Settings, graphs_of_model: dict) -> list[dict]:
+    model = accel.load(name)
+    names = input_names(model)
     rows = []
     for batch in settings.batches:
         feed = feeds(model, names, batch)
@@ -196,6 +239,22 @@ def timed_rows(name: str, settings: Settings, work: Path) -> list[dict]:
     return rows
 
 
+def body(results: dict) -> str:
+    vnni = results["vnni"]
+    return (
+        f"This CPU {'has' if vnni else 'lacks'} VNNI: accel's sessions "
+        f"{'fuse Q/DQ' if vnni else 'keep Q/DQ unfused'} here.\n\n"
+        "## Per call\n\n"
+        + table(COLUMNS, results["rows"])
+        + f"\n\n## Sampled ({results['settings']['samples']} samples at the model's own sampler, "
+        "batch " + str(max(results["settings"]["batches"])) + ", one run)\n\n"
+        "Each graph in ONNX Runtime against the original in PyTorch (its FID, PSNR to its samples, "
+        "its time per image over the graph's), and against the fp32 graph's time per image.\n\n"
+        + table(SAMPLE_COLUMNS, results["sampled"])
+        + "\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -206,16 +265,20 @@ def main(argv: list[str] | None = None) -> None:
     settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
     out = args.out or (HERE / "ort_int8_quick.md" if args.quick else RESULTS / "ort_int8_cpu.md")
     start = time.perf_counter()
+    rows, sampled = [], []
     with tempfile.TemporaryDirectory() as work:
-        rows = [row for name in MODELS for row in timed_rows(name, settings, Path(work))]
+        for name in MODELS:
+            graphs_of_model = graphs(name, settings, Path(work))
+            rows += timed_rows(name, settings, graphs_of_model)
+            sampled += sampled_rows(name, settings, graphs_of_model)
     saturate = integer_kernels_saturate()
-    body = (
-        f"This CPU {'lacks' if saturate else 'has'} VNNI: accel's sessions "
-        f"{'keep Q/DQ unfused' if saturate else 'fuse Q/DQ'} here.\n\n"
-        + table(COLUMNS, rows)
-        + "\n"
-    )
-    results = {"mode": mode, "settings": vars(settings), "vnni": not saturate, "rows": rows}
+    results = {
+        "mode": mode,
+        "settings": vars(settings),
+        "vnni": not saturate,
+        "rows": rows,
+        "sampled": sampled,
+    }
     command = f"python -m bench.ort_int8{' --quick' if args.quick else ''}"
     print(
         write_results(
@@ -223,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
             f"ONNX Runtime INT8 ({mode})",
             command,
             start,
-            body,
+            body(results),
             results,
             model="digits, digits-dit",
         )

@@ -30,6 +30,9 @@ def test_every_family_is_on_the_board_with_where_it_was_measured():
     # fake-quantized rows have no speed
     assert all(row["family"] != "quantization" for row in timed)
     assert ranked(rows)[0]["family"] == "original" and ranked(rows)[0]["speedup"] == 1.0
+    # the integer graphs as ONNX Runtime runs them, timed per image on both references
+    integer = [row for row in rows if "ort-cpu form" in row["method"] and row["speedup"]]
+    assert {row["model"] for row in integer} == {"digits", "digits-dit"}
 
 
 def test_missing_results_are_named_not_skipped_silently(tmp_path):
