@@ -6,15 +6,17 @@ quantization tools, each timed against the fp32 graph.
     python -m bench.ort_int8 --quick    # batch 1 and 8, few repeats (a smoke run)
 
 Rows per model: the fp32 graph (``accel export``); accel's W8A8 model exported in its portable
-(``tensorrt``) form and in the ``ort-cpu`` form, each run as accel runs it (on x86 without VNNI
-Q/DQ pairs are kept, not fused: the fused u8 x s8 kernels saturate there); ONNX Runtime's
+(``tensorrt``) form and in the ``ort-cpu`` form, and its W8A8 model with dynamic per-tensor
+activation scales (``--dynamic-act --dynamic-scope tensor``) in the ort-cpu form, each run as accel
+runs it (on x86 without VNNI Q/DQ pairs are kept, not fused: the fused u8 x s8 kernels saturate
+there); ONNX Runtime's
 ``quantize_static`` with its documented x86 settings (QDQ, uint8 activations, int8 per-channel
 weights, ``reduce_range`` where VNNI is missing), calibrated on accel's calibration set; and
 ``quantize_dynamic`` of the MatMuls (int8 weights, activations quantized per call). Each row:
 integer nodes in ONNX Runtime's optimized graph, median time per call (interleaved runs of one
 input), speedup over fp32 and the max relative error of eps against the fp32 graph on that input.
 
-Then each model's fp32 graph and accel's W8A8 ort-cpu graph sample in ONNX Runtime beside the
+Then each model's fp32 graph and accel's two W8A8 ort-cpu graphs sample in ONNX Runtime beside the
 original in PyTorch (one run, same noise, the sampling batch): FID, PSNR to the original's
 samples, time per image against the original and against the fp32 graph. The leaderboard reads
 these rows.
@@ -66,7 +68,12 @@ class Settings:
 
 FULL = Settings(batches=(1, 500), repeats=9, small_batch_repeats=201, calib_samples=8, samples=2000)
 QUICK = Settings(batches=(1, 8), repeats=3, small_batch_repeats=3, calib_samples=2, samples=16)
-SAMPLED = ("fp32", "accel W8A8, ort-cpu form")  # the graphs sampled beside the original
+ACCEL_GRAPHS = (  # in accel_graphs' order
+    "accel W8A8, tensorrt form",
+    "accel W8A8, ort-cpu form",
+    "accel W8A8 dynamic per tensor, ort-cpu form",
+)
+SAMPLED = ("fp32", *ACCEL_GRAPHS[1:])  # the graphs sampled beside the original
 SAMPLE_COLUMNS = {
     "model": "model",
     "graph": "graph (ONNX Runtime)",
@@ -128,15 +135,9 @@ class _CalibrationReader:
         return {name: tensor.numpy() for name, tensor in zip(self.names, tensors)}
 
 
-def graphs(name: str, settings: Settings, work: Path) -> dict:
-    """{graph label: (path, session, integer nodes)}."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-
-    names = input_names(accel.load(name))
-    fp32, w8a8 = work / f"{name}.onnx", work / f"{name}-w8a8.onnx"
-    w8a8_ort = work / f"{name}-w8a8-ort-cpu.onnx"
-    accel.run_stage("export", name, format="onnx", out=fp32, progress=False)
-    calib_file = work / f"{name}-calib.safetensors"
+def accel_graphs(name: str, settings: Settings, calib_file: Path, work: Path) -> list[Path]:
+    """accel's W8A8 in the portable and the ort-cpu form, and with dynamic per-tensor scales in the
+    ort-cpu form; the calibration set recorded on the way is left at ``calib_file``."""
     quantized = accel.run_stage(
         "quantize",
         name,
@@ -146,16 +147,40 @@ def graphs(name: str, settings: Settings, work: Path) -> dict:
         progress=False,
         calib_samples=settings.calib_samples,
     )
-    accel.run_stage("export", quantized.model, format="onnx", out=w8a8, progress=False)
-    accel.run_stage(
-        "export", quantized.model, format="onnx", out=w8a8_ort, target="ort-cpu", progress=False
+    dynamic = accel.run_stage(
+        "quantize",
+        name,
+        bits=8,
+        act_bits=8,
+        dynamic_act=True,
+        dynamic_scope="tensor",
+        calib=str(calib_file),  # for its bias correction: the static model's set
+        progress=False,
+        calib_samples=settings.calib_samples,
     )
-    static, dynamic = work / f"{name}-ort-static.onnx", work / f"{name}-ort-dynamic.onnx"
-    calib = CalibrationSet.load(calib_file)  # the set accel's W8A8 was calibrated on
+    paths = [work / f"{name}-w8a8{suffix}.onnx" for suffix in ("", "-ort-cpu", "-dynamic-ort-cpu")]
+    forms = [(quantized, "tensorrt"), (quantized, "ort-cpu"), (dynamic, "ort-cpu")]
+    for path, (result, target) in zip(paths, forms):
+        accel.run_stage(
+            "export", result.model, format="onnx", out=path, target=target, progress=False
+        )
+    return paths
+
+
+def graphs(name: str, settings: Settings, work: Path) -> dict:
+    """{graph label: (path, session, integer nodes)}: ONNX Runtime's own graphs in its default
+    session, accel's as accel runs them."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    fp32, calib_file = work / f"{name}.onnx", work / f"{name}-calib.safetensors"
+    accel.run_stage("export", name, format="onnx", out=fp32, progress=False)
+    accel_paths = accel_graphs(name, settings, calib_file, work)
+    static, ort_dynamic = work / f"{name}-ort-static.onnx", work / f"{name}-ort-dynamic.onnx"
     quantize_static(
         str(fp32),
         str(static),
-        _CalibrationReader(calib, names),
+        # the set accel's W8A8 was calibrated on
+        _CalibrationReader(CalibrationSet.load(calib_file), input_names(accel.load(name))),
         quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
@@ -163,24 +188,14 @@ def graphs(name: str, settings: Settings, work: Path) -> dict:
         reduce_range=integer_kernels_saturate(),
     )
     quantize_dynamic(
-        str(fp32), str(dynamic), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"]
+        str(fp32), str(ort_dynamic), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"]
     )
-    rows = {
-        "fp32": (fp32, _plain_session(fp32), integer_nodes(fp32, work)),
-        "accel W8A8, tensorrt form": (
-            w8a8,
-            ort_session(w8a8),
-            integer_nodes(w8a8, work, saturating_off=True),
-        ),
-        "accel W8A8, ort-cpu form": (
-            w8a8_ort,
-            ort_session(w8a8_ort),
-            integer_nodes(w8a8_ort, work, saturating_off=True),
-        ),
-        "ORT static U8S8 QDQ": (static, _plain_session(static), integer_nodes(static, work)),
-        "ORT dynamic MatMul": (dynamic, _plain_session(dynamic), integer_nodes(dynamic, work)),
-    }
-    return rows
+    plain = {"fp32": fp32, "ORT static U8S8 QDQ": static, "ORT dynamic MatMul": ort_dynamic}
+    rows = {label: (p, _plain_session(p), integer_nodes(p, work)) for label, p in plain.items()}
+    for label, path in zip(ACCEL_GRAPHS, accel_paths):
+        rows[label] = (path, ort_session(path), integer_nodes(path, work, saturating_off=True))
+    order = ["fp32", *ACCEL_GRAPHS, "ORT static U8S8 QDQ", "ORT dynamic MatMul"]
+    return {label: rows[label] for label in order}
 
 
 def sampled_rows(name: str, settings: Settings, graphs_of_model: dict) -> list[dict]:

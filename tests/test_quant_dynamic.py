@@ -1,20 +1,35 @@
-"""W8A8 with dynamic per-token activation scales (torchao's int8 dynamic scheme)."""
+"""W8A8 with dynamic activation scales: per token (torchao's int8 dynamic scheme) or per tensor
+(ONNX's DynamicQuantizeLinear, exported for ONNX Runtime's CPU kernels)."""
 
+import collections
 from dataclasses import replace
 
+import onnx
 import pytest
 import torch
 
 import accel
 from accel.core.errors import AccelError
+from accel.export.config import ExportConfig
 from accel.export.onnx import export_onnx
 from accel.quant import quantize_
 from accel.quant.config import W8A8, QuantConfig
 from accel.quant.layers import QuantAttnProcessor, QuantLayer, activation_quantizers
-from accel.quant.quantizer import DynamicQuantizer
+from accel.quant.quantizer import DynamicQuantizer, TensorDynamicQuantizer
 from conftest import make_tiny_dit, make_tiny_unet, refused, tiny_calib
 
 DYNAMIC = replace(W8A8, dynamic_activations=True)
+PER_TENSOR = replace(DYNAMIC, dynamic_scope="tensor")
+
+
+def ort_session_with_optimized_graph(path, optimized):
+    """ONNX Runtime's CPU session on ``path``, its optimized graph written to ``optimized``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return str(optimized)
 
 
 def relative_error(a, b):
@@ -99,11 +114,72 @@ def test_the_stage_records_no_calibration_where_nothing_needs_one(monkeypatch, t
     assert result.record["config"]["dynamic_activations"] is True
 
 
-def test_dynamic_scales_have_no_export_form_yet(tmp_path):
+def test_per_token_scales_have_no_export_form(tmp_path):
     original, model = accel.load(make_tiny_unet()), accel.load(make_tiny_unet())
     quantize_(model, DYNAMIC, tiny_calib(original), progress=False)
-    with pytest.raises(AccelError, match="per-token dynamic activation scales have no Q/DQ"):
-        export_onnx(model, tmp_path / "m.onnx")
+    for target in ("tensorrt", "ort-cpu"):
+        with pytest.raises(AccelError, match="per-token dynamic .* --dynamic-scope tensor"):
+            export_onnx(model, tmp_path / "m.onnx", ExportConfig(target=target))
+    assert not list(tmp_path.iterdir())
+
+
+def test_per_tensor_scales_are_onnx_dynamic_quantize_linear():
+    """The same codes, scale and zero point as ONNX Runtime's own DynamicQuantizeLinear."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = torch.randn(3, 7, 16) * 4 + 1.5  # an off-centre range
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "scale", "zero"])
+    graph = helper.make_graph(
+        [node],
+        "dql",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [
+            helper.make_tensor_value_info("y", TensorProto.UINT8, list(x.shape)),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("zero", TensorProto.UINT8, []),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    codes, scale, zero = session.run(None, {"x": x.numpy()})
+    expected = (torch.from_numpy(codes).float() - float(zero)) * float(scale)
+    quantized = TensorDynamicQuantizer()(x)
+    assert not torch.equal(quantized, x)
+    assert torch.allclose(quantized, expected, atol=1e-6 * float(scale))
+
+
+def test_per_tensor_scales_export_as_one_dynamic_integer_kernel_per_linear_layer(tmp_path):
+    original, model = accel.load(make_tiny_dit()), accel.load(make_tiny_dit())
+    quantize_(model, PER_TENSOR, tiny_calib(original), progress=False)
+    layers = [m for m in model.module.modules() if isinstance(m, QuantLayer) and m.a_bits]
+    assert layers and all(
+        isinstance(q, TensorDynamicQuantizer) for m in layers for q in m.input_quantizers
+    )
+    with pytest.raises(AccelError, match="TensorRT does not: export with --target ort-cpu"):
+        export_onnx(model, tmp_path / "portable.onnx")
+    record = export_onnx(model, tmp_path / "q.onnx", ExportConfig(target="ort-cpu"))
+    assert record["parity"]["met"] and record["dynamic_layers"] == len(layers)
+    session = ort_session_with_optimized_graph(tmp_path / "q.onnx", tmp_path / "optimized.onnx")
+    ops = collections.Counter(n.op_type for n in onnx.load(session).graph.node)
+    # every linear layer (block 0's embedding runs twice: DiT calls it again for the final norm)
+    assert ops["DynamicQuantizeMatMul"] >= len(layers) - 1 and ops["MatMulIntegerToFloat"] == 0
+
+
+def test_a_per_tensor_artifact_reproduces_the_model(tmp_path):
+    original, model = accel.load(make_tiny_dit()), accel.load(make_tiny_dit())
+    quantize_(model, PER_TENSOR, tiny_calib(original), progress=False)
+    accel.save(model, tmp_path / "q")
+    restored = accel.load(tmp_path / "q")
+    x, t, cond = original.example_inputs(3, seed=5)
+    with torch.no_grad():
+        assert torch.equal(model(x, t, cond), restored(x, t, cond))
+
+
+def test_dynamic_scope_without_dynamic_act_is_refused(capsys, tmp_path, tiny_unet_dir):
+    out = str(tmp_path / "q")
+    argv = ["quantize", "--model", str(tiny_unet_dir), "--dynamic-scope", "tensor", "--out", out]
+    assert "goes with dynamic activations (--dynamic-act)" in refused(capsys, tmp_path, *argv)
 
 
 @pytest.mark.parametrize(

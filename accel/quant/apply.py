@@ -82,7 +82,7 @@ def plan_layers(denoiser, config: QuantConfig) -> dict[str, dict]:
         a_bits = None if protected else config.a_bits
         plan[name] = {"w_bits": bits, "a_bits": a_bits, "split": splits.get(name, 0)}
         if a_bits and config.dynamic_activations:
-            plan[name]["a_dynamic"] = True
+            plan[name]["a_dynamic"] = config.dynamic_scope
         if a_bits and a_bits < LOW_BIT_ACTIVATIONS:
             if bits >= LOW_BIT_ACTIVATIONS:
                 plan[name]["a_bits"] = LOW_BIT_ACTIVATIONS

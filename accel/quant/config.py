@@ -28,6 +28,9 @@ ROUNDINGS = ("nearest", "gptq", "adaround", "gptq-adaround")
 RECONSTRUCTING = ("adaround", "gptq-adaround")
 ACTIVATION_GROUP = 64  # SVDQuant's INT4 activation group size
 SMOOTH_ALPHA = 0.5  # SmoothQuant's default migration strength
+# what one dynamic activation scale covers: a token (torchao's int8 dynamic, PyTorch only) or the
+# whole tensor of a call (ONNX's DynamicQuantizeLinear: exported for ONNX Runtime's CPU kernels)
+DYNAMIC_SCOPES = ("token", "tensor")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class QuantConfig(Config):
     # 8-bit activations: one scale per token computed at run time (torchao's int8 dynamic,
     # SmoothQuant's per-token) instead of one calibrated static scale per tensor
     dynamic_activations: bool = False
+    dynamic_scope: str = one_of("token", DYNAMIC_SCOPES)
     # where no reconstruction runs: subtract each layer's mean output error (bias_correction.py)
     bias_correction: bool = True
     # Below 8-bit activations (SVDQuant's W4A4): activation scales per token and group of this many
@@ -89,6 +93,8 @@ class QuantConfig(Config):
                 f"adaround or gptq-adaround, not {self.rounding}",
             )
         self._check_low_bit_methods()
+        if self.dynamic_scope != "token" and not self.dynamic_activations:
+            raise self.invalid("dynamic_scope", "goes with dynamic activations (--dynamic-act)")
         if self.dynamic_activations and self.a_bits != 8:
             reason = (
                 "below 8 bits they are dynamic already, in groups"

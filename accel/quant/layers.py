@@ -9,8 +9,8 @@ joined tensor.
 For 4-bit activations (SVDQuant) a layer may also divide its input by per-channel smoothing factors
 (folded into its weight, smoothing.py), carry a 16-bit low-rank branch that runs on the smoothed,
 unquantized input (its weight then being the residual, low_rank.py), and quantize its input
-dynamically per token in groups of channels; at 8 bits, per token (``a_dynamic``: torchao's int8
-dynamic scheme)."""
+dynamically per token in groups of channels; at 8 bits, per token (``a_dynamic`` "token": torchao's
+int8 dynamic scheme) or per tensor ("tensor": ONNX's DynamicQuantizeLinear)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from accel.quant.low_rank import LowRankBranch
-from accel.quant.quantizer import DynamicQuantizer, Quantizer
+from accel.quant.quantizer import DynamicQuantizer, Quantizer, TensorDynamicQuantizer
 from accel.quant.smoothing import along_inputs
+
+DYNAMIC = (DynamicQuantizer, TensorDynamicQuantizer)  # input quantizers with run-time scales
 
 
 class QuantLayer(nn.Module):
@@ -40,7 +42,7 @@ class QuantLayer(nn.Module):
         w_range: str = "mse",
         a_range: str = "mse",
         a_group_size: int | None = None,
-        a_dynamic: bool = False,
+        a_dynamic: str | bool = False,  # "token" or "tensor" (True: "token", older artifacts)
         smooth: torch.Tensor | None = None,
         rank: int = 0,
         fit_ranges: bool = True,
@@ -67,9 +69,9 @@ class QuantLayer(nn.Module):
         )
         self.input_quantizers = (
             nn.ModuleList(
-                DynamicQuantizer(a_bits, a_group_size, channel_dim=1 if self.is_conv else -1)
-                if a_group_size or a_dynamic
-                else Quantizer(a_bits, a_symmetric, range_method=a_range)
+                _input_quantizer(
+                    a_bits, a_symmetric, a_range, a_group_size, a_dynamic, self.is_conv
+                )
                 for _ in range(parts)
             )
             if a_bits
@@ -97,8 +99,8 @@ class QuantLayer(nn.Module):
             self.weight.data = self.low_rank.take_from(self.weight)
 
     @property
-    def dynamic_input(self) -> bool:  # scales computed from the input at run time, per token
-        return any(isinstance(q, DynamicQuantizer) for q in self.input_quantizers or [])
+    def dynamic_input(self) -> bool:  # scales computed from the input at run time
+        return any(isinstance(q, DYNAMIC) for q in self.input_quantizers or [])
 
     def smoothed_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.smooth is None:
@@ -192,6 +194,18 @@ class QuantLayer(nn.Module):
         extras += ["smoothed"] if self.smooth is not None else []
         extras += ["dynamic activations"] if self.dynamic_input else []
         return ", ".join([f"{kind} W{self.w_bits}A{self.a_bits or 'fp'}", *extras])
+
+
+def _input_quantizer(
+    bits: int, symmetric: bool, range_method: str, group: int | None, dynamic, is_conv: bool
+) -> nn.Module:
+    """Static (a calibrated scale), dynamic per tensor, or dynamic per token (in groups below 8
+    bits)."""
+    if dynamic == "tensor":
+        return TensorDynamicQuantizer()
+    if group or dynamic:
+        return DynamicQuantizer(bits, group, channel_dim=1 if is_conv else -1)
+    return Quantizer(bits, symmetric, range_method=range_method)
 
 
 SCORES_SLICE_BYTES = 256 * 2**20

@@ -13,6 +13,11 @@ for a convolution, its output goes through QuantizeLinear (QDQSelectorActionTran
   batch 500, 5 of a block's 111 ms); this form writes the fused kernel itself, the contrib op
   com.microsoft.MatMulIntegerToFloat with its bias input (the graph is for ONNX Runtime anyway).
   An output Q (QLinearMatMul) was measured slower: digits-dit 1.40x -> 1.00x at batch 500.
+- linear with dynamic per-tensor input scales (``--dynamic-scope tensor``): the contrib op
+  com.microsoft.DynamicQuantizeMatMul, which computes the input's range, quantizes it to uint8 and
+  multiplies in integers in one kernel (what ONNX Runtime's own ``quantize_dynamic`` graphs fuse
+  into); a convolution with dynamic scales runs DynamicQuantizeLinear -> DequantizeLinear -> Conv,
+  unfused.
 Activations are uint8: on x86 ONNX Runtime rejects int8 activations in these units (int8 is allowed
 only on ARM). accel's activation scales are symmetric, so the uint8 zero point is 128: the same grid
 as the model's int8 codes, shifted. Output ranges are not part of the quantized model (its layers
@@ -31,6 +36,7 @@ from torch.onnx import symbolic_helper
 
 from accel.quant.layers import QuantLayer
 from accel.quant.qdq import Dequant, to_qdq
+from accel.quant.quantizer import TensorDynamicQuantizer
 
 ORT_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops
 UINT8_MAX = 255
@@ -83,10 +89,42 @@ class IntegerLinear(torch.autograd.Function):
         return g.op(f"{ORT_DOMAIN}::MatMulIntegerToFloat", *inputs)
 
 
+class DynamicIntegerLinear(torch.autograd.Function):
+    """The input quantized to uint8 with its own per-tensor range (ONNX's DynamicQuantizeLinear)
+    times int8 weight codes, scaled to float and the bias added; exported as the contrib op
+    com.microsoft.DynamicQuantizeMatMul, which does all of it in one kernel."""
+
+    @staticmethod
+    def forward(ctx, x, codes, weight_scale, weight_zero, bias):
+        x = TensorDynamicQuantizer()(x)
+        return F.linear(x, Dequant.forward(ctx, codes, weight_scale, weight_zero), bias)
+
+    @staticmethod
+    def symbolic(g, x, codes, weight_scale, weight_zero, bias):
+        codes = g.op("Transpose", codes, perm_i=[1, 0])  # (K, N), MatMul's B; folded at load
+        inputs = [x, codes, weight_scale, weight_zero]
+        inputs += [] if symbolic_helper._is_none(bias) else [bias]
+        return g.op(f"{ORT_DOMAIN}::DynamicQuantizeMatMul", *inputs)
+
+
+class DynamicQuantDequantUint8(torch.autograd.Function):
+    """ONNX's DynamicQuantizeLinear -> DequantizeLinear: the input of a convolution with dynamic
+    scales (ONNX Runtime has no fused kernel for it; it runs in float on the grid)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return TensorDynamicQuantizer()(x)
+
+    @staticmethod
+    def symbolic(g, x):
+        codes, scale, zero = g.op("DynamicQuantizeLinear", x, outputs=3)
+        return g.op("DequantizeLinear", codes, scale, zero)
+
+
 def fusable(layer: QuantLayer) -> bool:
-    """Layers this form rewrites: those with quantized (8-bit, static) inputs. (Smoothing and
-    low-rank branches come only with 4-bit activations.)"""
-    return layer.a_bits == 8
+    """Layers this form rewrites with static scales: those with 8-bit, calibrated inputs.
+    (Smoothing and low-rank branches come only with 4-bit activations.)"""
+    return layer.a_bits == 8 and not layer.dynamic_input
 
 
 def to_ort_cpu(network: nn.Module, run_calibration) -> dict:
@@ -94,12 +132,17 @@ def to_ort_cpu(network: nn.Module, run_calibration) -> dict:
     from ``run_calibration`` (a pass over calibration inputs), observed before the conversion."""
     layers = {name: m for name, m in network.named_modules() if isinstance(m, QuantLayer)}
     ranges = observe_output_ranges(layers, run_calibration)
-    counts = to_qdq(network, blocked=False)
+    counts = to_qdq(network, blocked=False, dynamic_ok=True)
     for name, layer in layers.items():
         if fusable(layer):
             attach(layer, ranges.get(name))
+        elif layer.dynamic_input:
+            layer.forward = lambda x, layer=layer: _dynamic_forward(layer, x)
     counts["fused_convolutions"] = len(ranges)
-    counts["integer_linear_layers"] = sum(fusable(m) and not m.is_conv for m in layers.values())
+    counts["integer_linear_layers"] = sum(
+        (fusable(m) or m.dynamic_input) and not m.is_conv for m in layers.values()
+    )
+    counts["dynamic_layers"] = sum(m.dynamic_input for m in layers.values())
     return counts
 
 
@@ -117,6 +160,8 @@ def observe_output_ranges(layers: dict[str, QuantLayer], run_calibration) -> dic
         return hook
 
     convs = {name: m for name, m in layers.items() if m.is_conv and fusable(m)}
+    if not convs:  # a transformer's, or dynamic scales: no output range to observe
+        return ranges
     handles = [m.register_forward_hook(observe(name)) for name, m in convs.items()]
     try:
         with torch.no_grad():
@@ -169,6 +214,18 @@ def _forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
                 bias = DequantBias.apply(layer.export_bias_codes, layer.export_bias_scale)
             y = F.conv2d(part, weight, bias, **layer.conv_args)
             y = _output_qdq(y, *layer.output_ranges[index])
+        out = y if out is None else out + y
+    return out
+
+
+def _dynamic_forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
+    if not layer.is_conv:
+        return DynamicIntegerLinear.apply(x, *_weight(layer, 0), layer.bias)
+    out = None
+    for index, part in enumerate(layer._input_parts(x)):
+        weight = Dequant.apply(*_weight(layer, index))
+        bias = layer.bias if index == 0 else None
+        y = F.conv2d(DynamicQuantDequantUint8.apply(part), weight, bias, **layer.conv_args)
         out = y if out is None else out + y
     return out
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from accel.core.errors import AccelError
 from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
 from accel.quant.layers import QuantAttnProcessor, QuantLayer
+from accel.quant.quantizer import DynamicQuantizer, Quantizer
 
 INT8_MIN, INT8_MAX = -128, 127
 
@@ -106,21 +107,30 @@ def _wants_blocks(layer: QuantLayer) -> bool:
     )
 
 
-def check_exportable(layer: QuantLayer, name: str, blocked: bool) -> None:
-    """Refuse what Q/DQ cannot express, naming the layer."""
+def _check_dynamic(layer: QuantLayer, name: str, dynamic_ok: bool) -> None:
+    if any(isinstance(q, DynamicQuantizer) for q in layer.input_quantizers):
+        # ONNX's DynamicQuantizeLinear takes one scale per tensor (the whole batch), not per token
+        raise AccelError(
+            f"{name}: per-token dynamic activation scales have no ONNX form; quantize with "
+            "--dynamic-scope tensor (exported with --target ort-cpu) or with static scales"
+        )
+    if not dynamic_ok:
+        raise AccelError(
+            f"{name}: per-tensor dynamic activation scales export as ONNX's DynamicQuantizeLinear, "
+            "which ONNX Runtime reads and TensorRT does not: export with --target ort-cpu"
+        )
+
+
+def check_exportable(layer: QuantLayer, name: str, blocked: bool, dynamic_ok: bool) -> None:
+    """Refuse what Q/DQ cannot express, naming the layer. ``dynamic_ok``: the form being written
+    takes per-tensor dynamic scales (ort_cpu.py)."""
     if layer.smooth is not None or layer.low_rank is not None:
         raise AccelError(
             f"{name}: smoothing and low-rank branches (W4A4) have no Q/DQ export form yet; they "
             "run in PyTorch"
         )
-    if layer.dynamic_input:
-        # ONNX's DynamicQuantizeLinear takes one scale per tensor (the whole batch), not per token
-        raise AccelError(
-            f"{name}: per-token dynamic activation scales have no Q/DQ export form yet; they run "
-            "in PyTorch (quantize with static scales to export)"
-        )
-    quantizers = list(layer.weight_quantizers) + list(layer.input_quantizers or [])
-    if any(not q.symmetric for q in quantizers):
+    static = [q for q in layer.input_quantizers or [] if isinstance(q, Quantizer)]
+    if any(not q.symmetric for q in [*layer.weight_quantizers, *static]):
         raise AccelError(
             f"{name}: asymmetric quantization has no ONNX Q/DQ form runtimes "
             "accept (zero point must be 0); quantize with symmetric ranges"
@@ -129,6 +139,8 @@ def check_exportable(layer: QuantLayer, name: str, blocked: bool) -> None:
         raise AccelError(
             f"{name}: {layer.a_bits}-bit activations cannot be exported; Q/DQ activations are INT8"
         )
+    if layer.dynamic_input:
+        _check_dynamic(layer, name, dynamic_ok)
     if layer.w_bits > 8:
         raise AccelError(f"{name}: {layer.w_bits}-bit weights do not fit the INT8 grid")
     if any(q.group_size for q in layer.weight_quantizers) and not blocked:
@@ -190,18 +202,19 @@ def _attach(layer: QuantLayer, blocked: bool) -> None:
     layer.forward = lambda x, layer=layer: _export_forward(layer, x)
 
 
-def to_qdq(network: nn.Module, blocked: bool) -> dict:
+def to_qdq(network: nn.Module, blocked: bool, dynamic_ok: bool = False) -> dict:
     """Convert ``network``'s quantized layers to their Q/DQ form, in place (export works on a copy).
 
     ``blocked``: linear layers with 4-bit weights or per-group scales become blocked
     DequantizeLinear (4-bit as INT4); otherwise every weight is on the INT8 grid. Returns counts of
-    what was converted.
+    what was converted. ``dynamic_ok``: layers with per-tensor dynamic input scales are taken (their
+    forward is the caller's to write).
     """
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     layers = [(name, m) for name, m in network.named_modules() if isinstance(m, QuantLayer)]
     for name, layer in layers:
-        check_exportable(layer, name, blocked and _wants_blocks(layer))
+        check_exportable(layer, name, blocked and _wants_blocks(layer), dynamic_ok)
     attention = [
         m
         for m in network.modules()

@@ -114,6 +114,7 @@ QUANTIZE_STAGE = stages.register(
                 "quant", "quantize_attention", convert=lambda on: not on, switch=True
             ),
             "dynamic-act": Key("quant", "dynamic_activations", switch=True),
+            "dynamic-scope": Key("quant", "dynamic_scope"),
             "no-bias-correction": Key(
                 "quant", "bias_correction", convert=lambda on: not on, switch=True
             ),
