@@ -307,7 +307,7 @@ def ort_int8_rows(data: dict, source: str) -> list[dict]:
     fuse, sampled in ONNX Runtime beside the original."""
     return [
         _row(
-            "W8A8 ONNX, ort-cpu form (integer kernels)" if r["graph"] != "fp32" else "fp32 ONNX",
+            r["graph"].replace("accel W8A8", "W8A8 ONNX") if r["graph"] != "fp32" else "fp32 ONNX",
             "export",
             source,
             data["settings"]["samples"],

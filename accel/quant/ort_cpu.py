@@ -86,7 +86,15 @@ class IntegerLinear(torch.autograd.Function):
         codes = g.op("Transpose", codes, perm_i=[1, 0])  # (K, N), MatMul's B; folded at load
         inputs = [g.op("QuantizeLinear", x, input_scale, zero), codes, input_scale, weight_scale]
         inputs += [zero, weight_zero] + ([] if symbolic_helper._is_none(bias) else [bias])
-        return g.op(f"{ORT_DOMAIN}::MatMulIntegerToFloat", *inputs)
+        return _float_like(x, g.op(f"{ORT_DOMAIN}::MatMulIntegerToFloat", *inputs))
+
+
+def _float_like(x, out):
+    """A contrib op's output typed for the exporter: x's dtype and rank (the last size differs)."""
+    rank = x.type().dim()
+    if rank is not None:
+        out.setType(x.type().with_sizes([None] * rank))
+    return out
 
 
 class DynamicIntegerLinear(torch.autograd.Function):
@@ -104,7 +112,7 @@ class DynamicIntegerLinear(torch.autograd.Function):
         codes = g.op("Transpose", codes, perm_i=[1, 0])  # (K, N), MatMul's B; folded at load
         inputs = [x, codes, weight_scale, weight_zero]
         inputs += [] if symbolic_helper._is_none(bias) else [bias]
-        return g.op(f"{ORT_DOMAIN}::DynamicQuantizeMatMul", *inputs)
+        return _float_like(x, g.op(f"{ORT_DOMAIN}::DynamicQuantizeMatMul", *inputs))
 
 
 class DynamicQuantDequantUint8(torch.autograd.Function):
