@@ -19,10 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from accel.quant.low_rank import LowRankBranch
-from accel.quant.quantizer import DynamicQuantizer, Quantizer, TensorDynamicQuantizer
+from accel.quant.quantizer import DYNAMIC, Quantizer, input_quantizer
 from accel.quant.smoothing import along_inputs
-
-DYNAMIC = (DynamicQuantizer, TensorDynamicQuantizer)  # input quantizers with run-time scales
 
 
 class QuantLayer(nn.Module):
@@ -69,9 +67,7 @@ class QuantLayer(nn.Module):
         )
         self.input_quantizers = (
             nn.ModuleList(
-                _input_quantizer(
-                    a_bits, a_symmetric, a_range, a_group_size, a_dynamic, self.is_conv
-                )
+                input_quantizer(a_bits, a_symmetric, a_range, a_group_size, a_dynamic, self.is_conv)
                 for _ in range(parts)
             )
             if a_bits
@@ -194,18 +190,6 @@ class QuantLayer(nn.Module):
         extras += ["smoothed"] if self.smooth is not None else []
         extras += ["dynamic activations"] if self.dynamic_input else []
         return ", ".join([f"{kind} W{self.w_bits}A{self.a_bits or 'fp'}", *extras])
-
-
-def _input_quantizer(
-    bits: int, symmetric: bool, range_method: str, group: int | None, dynamic, is_conv: bool
-) -> nn.Module:
-    """Static (a calibrated scale), dynamic per tensor, or dynamic per token (in groups below 8
-    bits)."""
-    if dynamic == "tensor":
-        return TensorDynamicQuantizer()
-    if group or dynamic:
-        return DynamicQuantizer(bits, group, channel_dim=1 if is_conv else -1)
-    return Quantizer(bits, symmetric, range_method=range_method)
 
 
 SCORES_SLICE_BYTES = 256 * 2**20

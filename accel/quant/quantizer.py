@@ -258,3 +258,18 @@ class TensorDynamicQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return "uint8, asymmetric, dynamic per tensor"
+
+
+DYNAMIC = (DynamicQuantizer, TensorDynamicQuantizer)  # input quantizers with run-time scales
+
+
+def input_quantizer(
+    bits: int, symmetric: bool, range_method: str, group: int | None, dynamic, is_conv: bool
+) -> nn.Module:
+    """Static (a calibrated scale), dynamic per tensor, or dynamic per token (in groups below 8
+    bits)."""
+    if dynamic == "tensor":
+        return TensorDynamicQuantizer()
+    if group or dynamic:
+        return DynamicQuantizer(bits, group, channel_dim=1 if is_conv else -1)
+    return Quantizer(bits, symmetric, range_method=range_method)
