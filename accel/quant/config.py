@@ -56,8 +56,9 @@ class QuantConfig(Config):
     rounding: str | None = one_of(None, ROUNDINGS)
     # BRECQ/AdaRound iterations per block (0 or None: RECON_ITERS where rounding is adaround)
     recon_iters: int | None = 0
-    # 8-bit activations: one scale per token computed at run time (torchao's int8 dynamic,
-    # SmoothQuant's per-token) instead of one calibrated static scale per tensor
+    # 8-bit activations with scales computed at run time instead of one calibrated static scale per
+    # tensor: one per token (torchao's int8 dynamic, SmoothQuant's per-token) or, with
+    # dynamic_scope "tensor", one per call (ONNX's DynamicQuantizeLinear)
     dynamic_activations: bool = False
     dynamic_scope: str = one_of("token", DYNAMIC_SCOPES)
     # where no reconstruction runs: subtract each layer's mean output error (bias_correction.py)
