@@ -30,6 +30,7 @@ import torch
 from accel.core import registry
 from accel.core.errors import ConfigError
 from accel.core.files import atomic_file, ensure_writable_file
+from accel.export.attention import with_export_attention
 from accel.export.checked_graphs import write_cached_graph, write_full_graph
 from accel.export.config import (
     BLOCKED_OPSET,
@@ -219,6 +220,7 @@ def _prepare(denoiser, config: ExportConfig, opset: int) -> _Prepared:
     checks = parity_inputs(denoiser)
     as_given_full = [reference_full_step(denoiser, args) for args in checks]
     counts = _to_export_form(denoiser, config, opset)
+    counts["export_attention"] = with_export_attention(denoiser.module)
     form = "qdq" if counts["qdq_layers"] else "float"
     # The gate's reference: the float32 PyTorch model in its exported form. For a quantized model
     # that form differs from the fake-quantized model by design (attention in float); that
