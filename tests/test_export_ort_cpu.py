@@ -102,6 +102,9 @@ def test_dit_linear_layers_fuse_into_integer_matmuls(tmp_path):
     graph = onnx.load(str(tmp_path / "optimized.onnx")).graph
     fused = [n for n in graph.node if n.op_type == "MatMulIntegerToFloat"]
     assert all(len(n.input) == 7 for n in fused)
+    # a tensor is quantized once: to_q, to_k and to_v share their input's QuantizeLinear
+    quantized = [n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantized) == len(set(quantized)) < len(fused)
 
 
 def test_a_float_model_has_no_ort_cpu_form(tmp_path, capsys):

@@ -16,6 +16,7 @@ import torch.nn as nn
 from accel.core.errors import AccelError
 from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
 from accel.export.config import DTYPES, ExportConfig
+from accel.export.graph_passes import resolve_static_squeezes, share_scalar_constants
 from accel.export.symbolics import runtime_fusable_ops
 
 # torch's TorchScript exporter; higher opsets are reached with onnx's version converter
@@ -66,6 +67,7 @@ def write_graph(
         )
         model = onnx.load(str(traced))
         resolve_static_squeezes(model)
+        share_scalar_constants(model)
         if opset > TRACE_MAX_OPSET:
             model = _raise_opset(model, opset)
         if weight_bytes(model) <= EXTERNAL_DATA_BYTES:
@@ -94,37 +96,6 @@ def _finish(model, props: dict) -> None:
     inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     model.CopyFrom(inferred)
     onnx.helper.set_model_props(model, _props_text(props))
-
-
-def resolve_static_squeezes(model) -> int:
-    """Replace each If the tracer writes for ``squeeze(dim)`` on a dimension it could not size
-    (PixArt's output after a ``view(batch, -1, width)``) by the branch that ran: Identity, as the
-    dimension is a token count, not 1. Its squeezing branch is invalid for any other size, so
-    ONNX Runtime refuses to load the graph with it. Only the batch is dynamic in these graphs, so
-    only a squeeze of another axis is resolved; were the dimension 1 after all, the output's shape
-    would differ and the parity gate refuse the export. Returns how many were replaced."""
-    import onnx
-
-    replaced = 0
-    for index, node in enumerate(list(model.graph.node)):
-        branches = {a.name: a.g for a in node.attribute if a.name in ("then_branch", "else_branch")}
-        if node.op_type != "If" or len(branches) != 2:
-            continue
-        squeeze, identity = branches["then_branch"].node, branches["else_branch"].node
-        if [n.op_type for n in identity] != ["Identity"] or [n.op_type for n in squeeze] != [
-            "Constant",
-            "Squeeze",
-        ]:
-            continue
-        axes = onnx.numpy_helper.to_array(squeeze[0].attribute[0].t).ravel().tolist()
-        if 0 in axes or squeeze[1].input[0] != identity[0].input[0]:
-            continue
-        model.graph.node.remove(node)
-        model.graph.node.insert(
-            index, onnx.helper.make_node("Identity", [identity[0].input[0]], list(node.output))
-        )
-        replaced += 1
-    return replaced
 
 
 def _props_text(props: dict) -> dict:
