@@ -220,7 +220,9 @@ def _prepare(denoiser, config: ExportConfig, opset: int) -> _Prepared:
     checks = parity_inputs(denoiser)
     as_given_full = [reference_full_step(denoiser, args) for args in checks]
     counts = _to_export_form(denoiser, config, opset)
-    counts["export_attention"] = with_export_attention(denoiser.module)
+    counts["export_attention"] = (
+        with_export_attention(denoiser.module) if config.dtype == "fp32" else 0
+    )
     form = "qdq" if counts["qdq_layers"] else "float"
     # The gate's reference: the float32 PyTorch model in its exported form. For a quantized model
     # that form differs from the fake-quantized model by design (attention in float); that
