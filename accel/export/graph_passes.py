@@ -50,10 +50,12 @@ def share_scalar_constants(model) -> int:
     outputs = {output.name for output in model.graph.output}  # keep their names
     for node in model.graph.node:
         value = next((a.t for a in node.attribute if a.name == "value"), None)
-        if node.op_type == "Constant" and value is not None and _is_scalar(value):
-            if node.output[0] in outputs:
-                kept.append(node)
-                continue
+        if (
+            node.op_type == "Constant"
+            and value is not None
+            and _is_scalar(value)
+            and node.output[0] not in outputs
+        ):
             key = (value.data_type, tuple(value.dims), numpy_helper.to_array(value).tobytes())
             if key in first:
                 renamed[node.output[0]] = first[key]
