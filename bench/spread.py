@@ -7,8 +7,9 @@ and with 2 torch threads.
     python -m bench.spread --seed 1 --threads 1 --out F.md   # one draw of the four
     python -m bench.spread --quick          # CI: 32 samples, DDIM 6
 
-Another thread count sums in another order, as another CPU does: a W4A8 ``accel quantize`` gave FID
-ratio 1.41 on a 2-core AMD EPYC and 0.88 on the Intel Xeon of the committed results. Each row is
+Another thread count sums in another order, but it does not stand in for another CPU: with GPTQ the
+W4A8 models of 1 and 2 threads agree on each CPU, while a 2-core AMD EPYC and a 2-core Intel Xeon
+round to different models (FID ratio 1.33 and 1.19 at seed 1); run it on each CPU. Each row is
 ``accel quantize`` with its defaults (its own calibration set, recorded with that seed and thread
 count), then sampled beside the original from the seed's noise; the models of a seed are sampled
 in one run, with every core (evaluation's own float order is the same for every row of a seed).
