@@ -19,11 +19,11 @@ Measured on ``digits`` W4A8 (2,000 samples, DDIM 50, 2-core AMD EPYC, bias corre
 ``python -m bench.spread``): FID ratio 1.16 at seed 0 and 1.33 at seed 1, PSNR to the original's
 samples 30.9 and 31.4 dB, identical with 1 and 2 torch threads, in 80 s (1 thread) or 45-50 s (2),
 calibration included (on a 2-core Intel Xeon: 1.13 and 1.19, another model: the column-by-column
-rounding carries a flip on, and a 1-bit change to half the calibration inputs changes 18% of the
-codes, the per-step error 3%); AdaRound block reconstruction (500 iterations per block) gave 1.03-1.37 at
-seed 0 (30.6-31.7 dB; three runs, 1 and 2 threads) and 1.38 / 31.8 dB at seed 1, in 8.4-9.2
-minutes with 1 thread. Rounding to nearest: PSNR 26.5 dB (300 samples). Choices measured at 300
-samples (seed 0; an estimate only, PSNR at 300 samples differed from 2,000's by up to 3 dB): act
+rounding carries a flip on, and a 1-bit change to half the calibration inputs changes 17% of the
+codes, the per-step error 3%); AdaRound block reconstruction (500 iterations per block) gave
+1.03-1.37 at seed 0 (30.6-31.7 dB; three runs, 1 and 2 threads) and 1.38 / 31.8 dB at seed 1, in
+8.4-9.2 minutes with 1 thread. Rounding to nearest: PSNR 26.5 dB (300 samples). Choices measured at
+300 samples (seed 0; an estimate only, PSNR at 300 samples differed from 2,000's by up to 3 dB): act
 order +1.7 dB, forward order with rounded inputs +0.3 dB.
 On ``digits-dit`` (1,000 samples, guidance 1.5, seed 0) AdaRound stays closer: FID ratio 1.63 at
 37.6 dB against GPTQ's 2.01 at 36.7 dB, per-step relative eps error 0.0124 against 0.0138; the
