@@ -91,29 +91,38 @@ def differences(first, second) -> dict:
     }
 
 
-def recipe_row(recipe: str, settings: Settings, work: Path) -> dict:
-    original = accel.load("digits")
-    config = CalibConfig(samples=settings.calib_samples)
-    calib = calibrate(original, config, work / "recorded.safetensors", progress=False)
-    held_out = calibrate(
-        original,
-        CalibConfig(samples=settings.held_out_samples, seed=HELD_OUT_SEED),
-        work / "held-out.safetensors",
-        progress=False,
+def calibration_files(original, settings: Settings, work: Path) -> tuple:
+    """The recorded calibration set and its nudged twin (files the quantize stage reads), and the
+    held-out inputs the error is measured on."""
+    recorded = work / "recorded.safetensors"
+    calib = calibrate(
+        original, CalibConfig(samples=settings.calib_samples), recorded, progress=False
     )
-    models = []
-    for name, calib_set in (("recorded", calib), ("nudged", nudged(calib))):
-        path = work / f"{recipe}-{name}.safetensors"
-        calib_set.save(path)
-        result = accel.run_stage(
+    twin = work / "nudged.safetensors"
+    nudged(calib).save(twin)
+    held_out = CalibConfig(samples=settings.held_out_samples, seed=HELD_OUT_SEED)
+    return (
+        recorded,
+        twin,
+        calibrate(original, held_out, work / "held-out.safetensors", progress=False),
+    )
+
+
+def recipe_row(
+    recipe: str, original, calib_files: tuple[Path, Path], held_out, settings: Settings
+) -> dict:
+    """``recipe`` quantized from each calibration file, the two models compared."""
+    models = [
+        accel.run_stage(
             "quantize",
             original,
             calib=str(path),
             calib_samples=settings.calib_samples,
             progress=False,
             **RECIPES[recipe],
-        )
-        models.append(result.model)
+        ).model
+        for path in calib_files
+    ]
     return {
         "recipe": recipe,
         **differences(*models),
@@ -134,8 +143,12 @@ def main(argv: list[str] | None = None) -> None:
         HERE / "float_order_quick.md" if args.quick else RESULTS / "float_order_digits_cpu.md"
     )
     start = time.perf_counter()
+    original = accel.load("digits")
     with tempfile.TemporaryDirectory() as work:
-        rows = [recipe_row(recipe, settings, Path(work)) for recipe in RECIPES]
+        recorded, twin, held_out = calibration_files(original, settings, Path(work))
+        rows = [
+            recipe_row(recipe, original, (recorded, twin), held_out, settings) for recipe in RECIPES
+        ]
     results = {"mode": mode, "settings": vars(settings), "rows": rows}
     body = (
         f"## Recorded against nudged calibration set ({settings.calib_samples} trajectories; "
