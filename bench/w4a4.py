@@ -9,11 +9,12 @@
 
 Rows: W4A8 as calibration only with bias correction (the W4A4 rows' footing); W4A4 naive
 (activations per token in groups of 64, the only 4-bit form worth a row: one static scale gives 15
-levels for a whole layer); + smoothing (SmoothQuant, alpha 0.5); + a rank-R 16-bit branch (accel's
-W4A4); + reconstruction where asked. One calibration set per reference (the model's own sampler);
-every row sampled beside the original in one run from the same noise. At 4 bits FID moves little
-while the distance to the original's samples still separates methods, so each row also has PSNR
-and the LPIPS-like feature distance (accel/metrics/quality.py).
+levels for a whole layer); + smoothing (SmoothQuant, alpha 0.5); + a rank-R 16-bit branch
+(SVDQuant's recipe); + a Hadamard rotation of the 4-bit inputs (QuaRot's); + GPTQ rounding of the
+residual (accel's W4A4); + reconstruction where asked. One calibration set per reference (the
+model's own sampler); every row sampled beside the original in one run from the same noise. At 4
+bits FID moves little while the distance to the original's samples still separates methods, so each
+row also has PSNR and the LPIPS-like feature distance (accel/metrics/quality.py).
 """
 
 from __future__ import annotations
@@ -61,19 +62,23 @@ QUICK = Settings(n=32, steps=6, calib_samples=4, batch_size=32)
 def recipes(rank: int, recon_iters: int) -> list[tuple[str, object]]:
     """(row name, QuantConfig), from W4A8 to accel's W4A4 one ingredient at a time."""
     full = replace(W4A4, low_rank=rank)
-    # rounded to nearest, as the low-rank rows are (SVDQuant's), so that one thing changes a row
-    naive = replace(full, smooth_alpha=None, low_rank=0, rounding="nearest")
+    # rounded to nearest until the GPTQ row, as SVDQuant's low-rank rows are, so that one thing
+    # changes a row
+    branch = replace(full, rotate=False, rounding="nearest")
+    naive = replace(branch, smooth_alpha=None, low_rank=0)
     rows = [
         ("W4A8 (calibration, bias correction)", replace(W4A8, rounding="nearest")),
         ("W4A4 naive (per-token groups of 64)", naive),
         ("+ smoothing (alpha 0.5)", replace(naive, smooth_alpha=full.smooth_alpha)),
-        (f"+ low-rank branch (rank {rank}): accel's W4A4", full),
+        (f"+ low-rank branch (rank {rank})", branch),
+        ("+ Hadamard rotation (blocks of 64)", replace(branch, rotate=True)),
+        ("+ GPTQ: accel's W4A4", full),
     ]
     if recon_iters:
         rows.append(
             (
                 f"+ reconstruction ({recon_iters} iters/block)",
-                replace(full, recon_iters=recon_iters),
+                replace(full, recon_iters=recon_iters, rounding="gptq-adaround"),
             )
         )
     return rows

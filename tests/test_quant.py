@@ -7,10 +7,11 @@ import torch
 import accel
 from accel.calib.collect import CalibConfig, CalibrationSet, calibrate, collect
 from accel.core.errors import AccelError, ConfigError
-from accel.quant import layers, quantize_
+from accel.quant import attention, quantize_
 from accel.quant.apply import plan_layers
+from accel.quant.attention import QuantAttnProcessor
 from accel.quant.config import W4A8, W8A8, QuantConfig
-from accel.quant.layers import QuantAttnProcessor, QuantLayer
+from accel.quant.layers import QuantLayer
 from accel.quant.pack import pack_codes, unpack_codes
 from accel.quant.quantizer import Quantizer
 from accel.quant.reconstruct import reconstruct_, reconstruction_estimate
@@ -173,7 +174,7 @@ def test_the_stage_rounds_by_weight_bits_unless_told():
     assert resolved(rounding="gptq-adaround", recon_iters=7) == ("gptq-adaround", 7)
     assert resolved(rounding="gptq-adaround") == ("gptq-adaround", RECON_ITERS)
     assert resolved(rounding="nearest") == ("nearest", 0)
-    assert resolved(a_bits=4, low_rank=8) == ("nearest", 0)  # SVDQuant's
+    assert resolved(a_bits=4, low_rank=8) == ("gptq", 0)  # on the residual: SVDQuant+GPTQ
     with pytest.raises(accel.ConfigError, match="learns the rounding itself"):
         replace(STAGE_DEFAULT, rounding="gptq", recon_iters=5)
     # `accel quantize --bits 8 --ablation`: the W4A8 rows end in the 4-bit default's rounding, and
@@ -477,7 +478,7 @@ def test_attention_in_slices_computes_the_same_numbers(monkeypatch):
     x, t, cond = model.example_inputs(3)
     with torch.no_grad():
         whole = model(x, t, cond)
-        monkeypatch.setattr(layers, "SCORES_SLICE_BYTES", 1)  # one (image, head) pair at a time
+        monkeypatch.setattr(attention, "SCORES_SLICE_BYTES", 1)  # one (image, head) pair at a time
         sliced = model(x, t, cond)
     torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-6)
 

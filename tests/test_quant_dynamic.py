@@ -13,8 +13,9 @@ from accel.core.errors import AccelError
 from accel.export.config import ExportConfig
 from accel.export.onnx import export_onnx
 from accel.quant import quantize_
+from accel.quant.attention import QuantAttnProcessor
 from accel.quant.config import W8A8, QuantConfig
-from accel.quant.layers import QuantAttnProcessor, QuantLayer, activation_quantizers
+from accel.quant.layers import QuantLayer, activation_quantizers
 from accel.quant.quantizer import DynamicQuantizer, TensorDynamicQuantizer
 from conftest import make_tiny_dit, make_tiny_unet, refused, tiny_calib
 

@@ -17,6 +17,7 @@ from accel.quant.config import W4A4, QuantConfig
 from accel.quant.layers import QuantLayer, activation_quantizers
 from accel.quant.low_rank import LowRankBranch
 from accel.quant.quantizer import DynamicQuantizer
+from accel.quant.rotation import hadamard, rotate_channels, rotation_block
 from accel.quant.smoothing import smoothing_factors
 from conftest import make_tiny_dit, make_tiny_unet, refused, tiny_calib
 
@@ -70,6 +71,63 @@ def test_low_rank_branch_of_a_linear_layer_is_the_best_rank_r_approximation():
     assert torch.allclose(branch(x), x @ branch.dense().T, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "channels,group,split,block",
+    [(128, 64, 0, 64), (96, 64, 0, 32), (24, 64, 0, 8), (128, 64, 40, 8), (7, 64, 0, 1)],
+)
+def test_rotation_blocks_stay_inside_a_group_and_a_split_part(channels, group, split, block):
+    assert rotation_block(channels, group, split) == block
+
+
+def test_rotation_keeps_the_function_and_spreads_an_outlier_channel_over_its_block():
+    matrix = hadamard(64)
+    assert torch.allclose(matrix @ matrix.T, torch.eye(64, dtype=torch.float64), atol=1e-12)
+    x, weight = torch.randn(32, 128), torch.randn(16, 128)
+    x[:, 5] = 40.0  # one outlier channel, as a LayerNorm's output has
+    rotated_x, rotated_w = rotate_channels(x, matrix, -1), rotate_channels(weight, matrix, 1)
+    assert torch.allclose(rotated_x @ rotated_w.T, x @ weight.T, atol=1e-3)
+    # the outlier's group: its peak over its RMS falls from about 8 (= sqrt(64)) towards 1
+    group, rotated_group = x[:, :64], rotated_x[:, :64]
+    peak = group.abs().amax(-1) / group.pow(2).mean(-1).sqrt()
+    rotated_peak = rotated_group.abs().amax(-1) / rotated_group.pow(2).mean(-1).sqrt()
+    assert (peak > 7).all() and (rotated_peak < 3).all()
+    conv_x = torch.randn(2, 64, 3, 3)
+    assert torch.equal(
+        rotate_channels(conv_x, matrix, 1),
+        rotate_channels(conv_x.movedim(1, -1), matrix, -1).movedim(-1, 1),
+    )
+
+
+def test_rotation_is_planned_for_the_4bit_layers_and_changes_the_model():
+    original = accel.load(make_tiny_dit())
+    calib = tiny_calib(original)
+    x, t, cond = original.example_inputs(4, seed=3)
+    outputs = {}
+    for rotate in (False, True):
+        model = accel.load(make_tiny_dit())
+        record = quantize_(model, replace(TINY_W4A4, rotate=rotate), calib, progress=False)
+        with torch.no_grad():
+            outputs[rotate] = model(x, t, cond)
+    rotated = [spec["rotate"] for spec in record["layers"].values() if spec["a_bits"] == 4]
+    assert rotated and all(block > 1 for block in rotated)
+    assert not torch.equal(outputs[False], outputs[True])
+
+
+def test_a_rotated_layer_keeps_its_float_function_and_quantizes_closer_with_an_outlier():
+    linear = nn.Linear(64, 32)
+    x = torch.randn(48, 64)
+    x[:, 3] = 30.0  # one outlier channel: 4-bit groups lose the others to its scale
+    smooth = torch.ones(64)
+    plain, rotated = (
+        QuantLayer(linear, 4, 4, a_group_size=64, smooth=smooth, rotate=block, rank=2)
+        for block in (1, 64)
+    )
+    with torch.no_grad():
+        reference = linear(x)
+        assert torch.allclose(rotated.float_forward(x), reference, atol=1e-2)
+        assert relative_error(reference, rotated(x)) < relative_error(reference, plain(x))
+
+
 @pytest.mark.parametrize("make", [make_tiny_unet, make_tiny_dit])
 def test_each_w4a4_ingredient_changes_the_model_and_low_rank_lowers_the_error(make):
     original = accel.load(make())
@@ -91,9 +149,11 @@ def test_each_w4a4_ingredient_changes_the_model_and_low_rank_lowers_the_error(ma
     assert errors["full"] < errors["naive"]
     four_bit = [spec for spec in record["layers"].values() if spec["a_bits"] == 4]
     assert four_bit and all(s["rank"] == 4 and s["smooth"] and s["w_bits"] == 4 for s in four_bit)
-    # 8-bit-weight layers and the attention matmuls keep static 8-bit activations
+    # 8-bit-weight layers keep static 8-bit activations; the attention matmuls stay in float
     assert all(s["a_bits"] in (None, 8) for s in record["layers"].values() if s["w_bits"] == 8)
     assert all(q.bits == 8 for q in activation_quantizers(model.module))
+    assert record["attention"] == []
+    assert replace(TINY_W4A4, quantize_attention=True).attention_quantized
 
 
 def test_w4a4_artifact_reproduces_the_model_and_stores_the_branch_in_fp16(tmp_path):
@@ -150,6 +210,10 @@ def test_config_checks_the_w4a4_fields():
         QuantConfig(a_group_size=0)
     with pytest.raises(accel.ConfigError, match="a_group_size works with activations below 8"):
         QuantConfig(a_bits=8, a_group_size=64)
+    with pytest.raises(accel.ConfigError, match="rotate works with activations below 8"):
+        QuantConfig(a_bits=8, rotate=True)
+    assert W4A4.rotates and not replace(W4A4, low_rank=0).rotates
+    assert not replace(W4A4, rotate=False).rotates
     by_bits = QuantConfig(w_bits=4, a_bits=4, low_rank=8, recon_iters=None).by_bits()
     assert (by_bits.a_group_size, by_bits.smooth_alpha, by_bits.recon_iters) == (64, 0.5, 0)
 

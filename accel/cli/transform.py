@@ -92,6 +92,8 @@ QUANTIZE_FLAGS = {
     "singular directions, with smoothing (default {default}: none); needed by --act-bits 4",
     "smooth": "SmoothQuant migration strength alpha in (0, 1) for 4-bit activations (default "
     "0.5 with --low-rank)",
+    "no-rotate": "with --low-rank: no Hadamard rotation of the 4-bit layers' inputs (by default "
+    "each block of up to 64 channels is rotated, spreading outlier channels before 4 bits)",
     "layer-bits": "weight bits for layers whose name "
     "matches PATTERN (fnmatch), as PATTERN=BITS; repeatable",
     "skip": "leave layers whose name matches PATTERN in float; repeatable",
@@ -108,7 +110,7 @@ QUANTIZE_FLAGS = {
     "calib": "calibration set file to reuse or create (default: a cache under ~/.cache/accel)",
     "rounding": "how weights round: gptq (the default below 8-bit weights: each layer's "
     "rounding error compensated on its calibration inputs, seconds), nearest (the default at 8 "
-    "bits and with --low-rank), adaround (Q-Diffusion's block reconstruction, minutes), or "
+    "bits), adaround (Q-Diffusion's block reconstruction, minutes), or "
     "gptq-adaround (the reconstruction started from GPTQ's compensated weights: closest on "
     "transformers)",
     "recon-iters": "--rounding adaround or gptq-adaround: iterations per block (default "

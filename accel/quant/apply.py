@@ -14,15 +14,18 @@ from tqdm.auto import tqdm
 
 from accel.calib.collect import CalibrationSet
 from accel.core.errors import AccelError
+from accel.quant.attention import QuantAttnProcessor
 from accel.quant.config import RECONSTRUCTING, QuantConfig
 from accel.quant.forward_order import forward_order
-from accel.quant.layers import QuantAttnProcessor, QuantLayer, activation_quantizers
+from accel.quant.layers import QuantLayer, activation_quantizers
 from accel.quant.low_rank import max_rank
+from accel.quant.rotation import rotation_block
 from accel.quant.split import find_split_sites
 
 # Below 8 bits, activations are quantized as SVDQuant does; the layers kept at 8-bit weights (ends,
-# time embedding) and the attention matmuls keep static 8-bit activations, as SVDQuant keeps
-# attention in 16 bits.
+# time embedding) keep static 8-bit activations, and the attention matmuls stay in float unless
+# asked (QuantConfig.attention_quantized; then at static 8 bits), as SVDQuant keeps attention in
+# 16 bits.
 LOW_BIT_ACTIVATIONS = 8
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
@@ -87,14 +90,15 @@ def plan_layers(denoiser, config: QuantConfig) -> dict[str, dict]:
             if bits >= LOW_BIT_ACTIVATIONS:
                 plan[name]["a_bits"] = LOW_BIT_ACTIVATIONS
             else:
-                plan[name].update(_low_bit_spec(denoiser, name, config))
+                plan[name].update(_low_bit_spec(denoiser, name, config, plan[name]["split"]))
     if not plan:
         raise AccelError("every quantizable layer is skipped by the settings; nothing to quantize")
     return plan
 
 
-def _low_bit_spec(denoiser, name: str, config: QuantConfig) -> dict:
-    """How a layer with sub-8-bit activations is quantized: dynamic groups, smoothing, rank."""
+def _low_bit_spec(denoiser, name: str, config: QuantConfig, split: int) -> dict:
+    """How a layer with sub-8-bit activations is quantized: dynamic groups, smoothing, rotation,
+    rank."""
     weight = denoiser.module.get_submodule(name).weight
     if config.low_rank > max_rank(weight):
         raise AccelError(
@@ -106,6 +110,9 @@ def _low_bit_spec(denoiser, name: str, config: QuantConfig) -> dict:
     return {
         "a_group": config.a_group_size,
         "smooth": config.smooth_alpha is not None,
+        "rotate": rotation_block(weight.shape[1], config.a_group_size, split)
+        if config.rotates
+        else 1,
         "rank": config.low_rank,
     }
 
@@ -152,6 +159,7 @@ def apply_plan(
                 a_group_size=spec.get("a_group"),
                 a_dynamic=spec.get("a_dynamic", False),
                 smooth=smooth,
+                rotate=spec.get("rotate", 1),
                 rank=spec.get("rank", 0),
                 fit_ranges=fit_ranges,
             ),

@@ -1,4 +1,4 @@
-"""Quantized stand-ins for Conv2d / Linear and for the two attention matmuls, swapped in place.
+"""Quantized stand-ins for Conv2d / Linear, swapped in place (the attention matmuls': attention.py).
 
 A QuantLayer fake-quantizes its weight per output channel and its input per tensor with a static
 scale. At a split-shortcut site (Q-Diffusion) the input is ``cat([h, skip])``: the two halves have
@@ -7,7 +7,8 @@ input channels, each part with its own per-channel quantizer; one convolution st
 joined tensor.
 
 For 4-bit activations (SVDQuant) a layer may also divide its input by per-channel smoothing factors
-(folded into its weight, smoothing.py), carry a 16-bit low-rank branch that runs on the smoothed,
+(folded into its weight, smoothing.py), rotate it in Hadamard blocks (rotation.py), carry a 16-bit
+low-rank branch that runs on the smoothed,
 unquantized input (its weight then being the residual, low_rank.py), and quantize its input
 dynamically per token in groups of channels; at 8 bits, per token (``a_dynamic`` "token": torchao's
 int8 dynamic scheme) or per tensor ("tensor": ONNX's DynamicQuantizeLinear)."""
@@ -18,8 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from accel.quant.attention import QuantAttnProcessor
 from accel.quant.low_rank import LowRankBranch
 from accel.quant.quantizer import DYNAMIC, Quantizer, input_quantizer
+from accel.quant.rotation import hadamard, rotate_channels
 from accel.quant.smoothing import along_inputs
 
 
@@ -42,6 +45,7 @@ class QuantLayer(nn.Module):
         a_group_size: int | None = None,
         a_dynamic: str | bool = False,  # "token" or "tensor" (True: "token", older artifacts)
         smooth: torch.Tensor | None = None,
+        rotate: int = 1,  # Hadamard block size (rotation.py); 1: none
         rank: int = 0,
         fit_ranges: bool = True,
     ):
@@ -52,7 +56,7 @@ class QuantLayer(nn.Module):
         # Frozen: post-training quantization learns rounding and step sizes, never the weights
         # themselves.
         self.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
-        self._migrate_outliers(smooth, rank, fit_ranges)
+        self._migrate_outliers(smooth, rotate, rank, fit_ranges)
         self.bias = (
             None
             if layer.bias is None
@@ -79,13 +83,19 @@ class QuantLayer(nn.Module):
         if fit_ranges:  # not when rebuilding a saved model: its stored scales are loaded next
             self.fit_weight_ranges()
 
-    def _migrate_outliers(self, smooth: torch.Tensor | None, rank: int, fit: bool) -> None:
-        """Fold ``smooth`` into the weight and move its top ``rank`` singular directions into a
-        low-rank branch (when ``fit`` is False, a saved model's values are loaded next: only the
-        shapes are made)."""
+    def _migrate_outliers(
+        self, smooth: torch.Tensor | None, rotate: int, rank: int, fit: bool
+    ) -> None:
+        """Fold ``smooth`` and a Hadamard rotation of blocks of ``rotate`` inputs into the weight,
+        and move its top ``rank`` singular directions into a low-rank branch (when ``fit`` is False,
+        a saved model's values are loaded next: only the shapes are made)."""
         self.register_buffer("smooth", None if smooth is None else smooth.detach().clone())
+        rotation = hadamard(rotate).to(self.weight.dtype) if rotate > 1 else None
+        self.register_buffer("rotation", rotation, persistent=False)  # rebuilt from the plan
         if smooth is not None and fit:
             self.weight.data = self.weight * along_inputs(smooth, self.weight, 1)
+        if rotation is not None and fit:
+            self.weight.data = rotate_channels(self.weight, rotation, 1)
         self.low_rank = (
             LowRankBranch(self.weight.shape, rank, self.conv_args if self.is_conv else None)
             if rank
@@ -99,9 +109,13 @@ class QuantLayer(nn.Module):
         return any(isinstance(q, DYNAMIC) for q in self.input_quantizers or [])
 
     def smoothed_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.smooth is None:
-            return x
-        return x / along_inputs(self.smooth, x, 1 if self.is_conv else -1)
+        """What the stored weight multiplies: the input smoothed and rotated as the weight was."""
+        channel_dim = 1 if self.is_conv else -1
+        if self.smooth is not None:
+            x = x / along_inputs(self.smooth, x, channel_dim)
+        if self.rotation is not None:
+            x = rotate_channels(x, self.rotation, channel_dim)
+        return x
 
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:
         """What the layer computes on ``x`` without quantization (the original layer, up to the
@@ -188,98 +202,9 @@ class QuantLayer(nn.Module):
         kind = "conv" if self.is_conv else "linear"
         extras = [f"split at {self.split}"] if self.split else []
         extras += ["smoothed"] if self.smooth is not None else []
+        extras += ["rotated"] if self.rotation is not None else []
         extras += ["dynamic activations"] if self.dynamic_input else []
         return ", ".join([f"{kind} W{self.w_bits}A{self.a_bits or 'fp'}", *extras])
-
-
-SCORES_SLICE_BYTES = 256 * 2**20
-
-
-class QuantAttnProcessor(nn.Module):
-    """diffusers attention with fake-quantized matmul inputs: Q and K before Q·K^T, P and V before
-    P·V.
-
-    Follows diffusers' AttnProcessor (projections, optional norms, residual, rescale) with explicit
-    matmuls so the quantizers sit where an integer kernel would read its operands. P lies in [0, 1]:
-    a symmetric quantizer uses only the non-negative half of its grid there (one bit), but keeps the
-    zero point at 0 as runtimes require.
-    """
-
-    def __init__(self, bits: int, range_method: str = "mse"):
-        super().__init__()
-        self.bits = bits
-        self.q = Quantizer(bits, range_method=range_method)
-        self.k = Quantizer(bits, range_method=range_method)
-        self.p = Quantizer(bits, range_method=range_method)
-        self.v = Quantizer(bits, range_method=range_method)
-
-    def quantizers(self) -> list[Quantizer]:
-        return [self.q, self.k, self.p, self.v]
-
-    def __call__(
-        self,
-        attn,
-        hidden_states,
-        encoder_hidden_states=None,
-        attention_mask=None,
-        temb=None,
-        *args,
-        **kwargs,
-    ):
-        return self.forward(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-
-    def forward(
-        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None
-    ):
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        image_shape = None
-        if hidden_states.ndim == 4:
-            image_shape = hidden_states.shape
-            batch, channels, height, width = image_shape
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(context))
-        value = attn.head_to_batch_dim(attn.to_v(context))
-        if attn.norm_q is not None:
-            query, key = attn.norm_q(query), attn.norm_k(key)
-        mask = None
-        if attention_mask is not None:
-            mask = attn.prepare_attention_mask(
-                attention_mask, context.shape[1], hidden_states.shape[0]
-            )
-        hidden_states = attn.batch_to_head_dim(self._attend(query * attn.scale, key, value, mask))
-
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        if image_shape is not None:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(image_shape)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
-
-    def _attend(self, query, key, value, mask):
-        """softmax(Q K^T + mask) V over slices of the (batch x heads) axis whose scores stay under
-        SCORES_SLICE_BYTES: SD1.5's 4096-token self-attention held 4.3 GB of scores and as much of
-        probabilities at once for a calibration batch of 8 (a 19 GiB peak, measured). The
-        quantizers' scales are static, so slicing changes no number (while calibrating, each slice
-        is observed like a call of its own)."""
-        step = max(1, SCORES_SLICE_BYTES // (query.shape[1] * key.shape[1] * query.element_size()))
-        outputs = []
-        for start in range(0, query.shape[0], step):
-            rows = slice(start, start + step)
-            scores = torch.bmm(self.q(query[rows]), self.k(key[rows]).transpose(1, 2))
-            if mask is not None:
-                scores = scores + mask[rows]
-            probs = scores.softmax(dim=-1).to(value.dtype)
-            outputs.append(torch.bmm(self.p(probs), self.v(value[rows])))
-        return torch.cat(outputs)
 
 
 def activation_quantizers(network) -> list[Quantizer]:

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from accel.core.errors import AccelError
 from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
-from accel.quant.layers import QuantAttnProcessor, QuantLayer
+from accel.quant.attention import QuantAttnProcessor
+from accel.quant.layers import QuantLayer
 from accel.quant.quantizer import DynamicQuantizer, Quantizer
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -124,10 +125,10 @@ def _check_dynamic(layer: QuantLayer, name: str, dynamic_ok: bool) -> None:
 def check_exportable(layer: QuantLayer, name: str, blocked: bool, dynamic_ok: bool) -> None:
     """Refuse what Q/DQ cannot express, naming the layer. ``dynamic_ok``: the form being written
     takes per-tensor dynamic scales (ort_cpu.py)."""
-    if layer.smooth is not None or layer.low_rank is not None:
+    if layer.smooth is not None or layer.rotation is not None or layer.low_rank is not None:
         raise AccelError(
-            f"{name}: smoothing and low-rank branches (W4A4) have no Q/DQ export form yet; they "
-            "run in PyTorch"
+            f"{name}: smoothing, rotation and low-rank branches (W4A4) have no Q/DQ export form "
+            "yet; they run in PyTorch"
         )
     static = [q for q in layer.input_quantizers or [] if isinstance(q, Quantizer)]
     if any(not q.symmetric for q in [*layer.weight_quantizers, *static]):

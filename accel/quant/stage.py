@@ -120,6 +120,7 @@ QUANTIZE_STAGE = stages.register(
             ),
             "low-rank": Key("quant", "low_rank"),
             "smooth": Key("quant", "smooth_alpha"),
+            "no-rotate": Key("quant", "rotate", convert=lambda on: not on, switch=True),
             "layer-bits": Key("quant", "layer_bits", convert=pattern_bits, many=True),
             "max-fid-ratio": Key("budget", "max_fid_ratio"),
             "target-size": Key("budget", "target_size"),
