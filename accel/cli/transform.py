@@ -81,7 +81,8 @@ QUANTIZE_FLAGS = {
     "group-size": "linear weights: one scale per group "
     "of input channels (default: one per output channel)",
     "no-split": "no split-shortcut quantization",
-    "no-attention": "leave the attention matmuls in float (the default with --dynamic-act)",
+    "no-attention": "leave the attention matmuls in float (the default with --dynamic-act and "
+    "below 8-bit activations)",
     "dynamic-act": "8-bit activations with scales computed at run time instead of static "
     "calibrated ones",
     "dynamic-scope": "--dynamic-act: one scale per token (torchao's int8 dynamic; PyTorch only) or "
