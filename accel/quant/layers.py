@@ -8,10 +8,10 @@ joined tensor.
 
 For 4-bit activations (SVDQuant) a layer may also divide its input by per-channel smoothing factors
 (folded into its weight, smoothing.py), rotate it in Hadamard blocks (rotation.py), carry a 16-bit
-low-rank branch that runs on the smoothed,
-unquantized input (its weight then being the residual, low_rank.py), and quantize its input
-dynamically per token in groups of channels; at 8 bits, per token (``a_dynamic`` "token": torchao's
-int8 dynamic scheme) or per tensor ("tensor": ONNX's DynamicQuantizeLinear)."""
+low-rank branch that runs on the smoothed and rotated, unquantized input (its weight then being the
+residual, low_rank.py), and quantize its input dynamically per token in groups of channels; at 8
+bits, per token (``a_dynamic`` "token": torchao's int8 dynamic scheme) or per tensor ("tensor":
+ONNX's DynamicQuantizeLinear)."""
 
 from __future__ import annotations
 
