@@ -116,15 +116,6 @@ def test_the_stage_records_no_calibration_where_nothing_needs_one(monkeypatch, t
     assert result.record["config"]["dynamic_activations"] is True
 
 
-def test_per_token_scales_have_no_export_form(tmp_path):
-    original, model = accel.load(make_tiny_unet()), accel.load(make_tiny_unet())
-    quantize_(model, DYNAMIC, tiny_calib(original), progress=False)
-    for target in ("tensorrt", "ort-cpu"):
-        with pytest.raises(AccelError, match="per-token dynamic .* --dynamic-scope tensor"):
-            export_onnx(model, tmp_path / "m.onnx", ExportConfig(target=target))
-    assert not list(tmp_path.iterdir())
-
-
 def test_per_tensor_scales_are_onnx_dynamic_quantize_linear():
     """The same codes, scale and zero point as ONNX Runtime's own DynamicQuantizeLinear."""
     import onnxruntime as ort

@@ -9,7 +9,6 @@ import torch.nn as nn
 
 import accel
 from accel.core.errors import AccelError
-from accel.export.onnx import export_onnx
 from accel.metrics.quality import fid_setup
 from accel.quant import quantize_
 from accel.quant.apply import plan_layers
@@ -174,13 +173,6 @@ def test_w4a4_artifact_reproduces_the_model_and_stores_the_branch_in_fp16(tmp_pa
 def test_a_rank_larger_than_a_layer_allows_names_the_layer():
     with pytest.raises(AccelError, match=r"exceeds what layer .* allows \(at most 8"):
         plan_layers(accel.load(make_tiny_unet()), replace(TINY_W4A4, low_rank=9))
-
-
-def test_w4a4_has_no_export_form_yet(tmp_path):
-    original, model = accel.load(make_tiny_unet()), accel.load(make_tiny_unet())
-    quantize_(model, TINY_W4A4, tiny_calib(original), progress=False)
-    with pytest.raises(AccelError, match="no Q/DQ export form yet"):
-        export_onnx(model, tmp_path / "m.onnx")
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ EXPORT_TARGETS = ("tensorrt", "ort-cpu")
 class FormRequest:
     """What the exporter asks of a transform's export form."""
 
-    blocked: bool  # 4-bit / per-group linear layers as blocked DequantizeLinear (opset 21)
+    blocked: bool  # opset 21's blocked Q/DQ (INT4, per-group and per-token scales) may be written
     target: str  # one of EXPORT_TARGETS
     # runs the network over calibration inputs (the model's own sampler trajectories), for a form
     # that observes value ranges before converting
@@ -50,18 +50,19 @@ class FormRequest:
 class ExportForm:
     """How a transform's layers go into an ONNX graph.
 
-    ``blocked_layers(network)`` names the layers that want blocked DequantizeLinear (INT4 weights,
-    per-group scales; opset 21); ``convert(network, request)`` rewrites the network in place into
-    what the exporter traces (Q/DQ ops) and returns counts for the export record. Ops the
-    TorchScript exporter cannot write at opset 20 are traced as ``PLACEHOLDER_DOMAIN::<op>`` nodes,
-    which the exporter rewrites to the standard op.
+    ``blocked_layers(network)`` names the layers that want opset 21's blocked Q/DQ (INT4 weights,
+    per-group weight scales, per-token activation scales); ``convert(network, request)`` rewrites
+    the network in place into what the exporter traces (Q/DQ ops) and returns counts for the export
+    record. Ops the TorchScript exporter cannot write at opset 20 are traced as
+    ``PLACEHOLDER_DOMAIN::<op>`` nodes, which the exporter rewrites to the standard op.
     """
 
     blocked_layers: Callable[[nn.Module], list[str]]
     convert: Callable[[nn.Module, FormRequest], dict]
 
 
-PLACEHOLDER_DOMAIN, BLOCK_DEQUANTIZE = "accel", "BlockDequantizeLinear"
+PLACEHOLDER_DOMAIN = "accel"
+BLOCK_DEQUANTIZE, BLOCK_QUANTIZE = "BlockDequantizeLinear", "BlockQuantizeLinear"
 
 
 @dataclass(frozen=True)

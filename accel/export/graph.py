@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from accel.core.errors import AccelError
-from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
+from accel.core.registry import BLOCK_DEQUANTIZE, BLOCK_QUANTIZE, PLACEHOLDER_DOMAIN
 from accel.export.config import DTYPES, ExportConfig
 from accel.export.graph_passes import resolve_static_squeezes, share_scalar_constants
 from accel.export.symbolics import runtime_fusable_ops
@@ -141,27 +141,54 @@ def _trace(
 
 def _raise_opset(model, opset: int):
     """A graph traced at opset 20 raised to ``opset`` by onnx's version converter, with every
-    blocked placeholder rewritten to the standard (opset 21) DequantizeLinear, 4-bit codes as
-    INT4."""
-    import ml_dtypes
-    from onnx import numpy_helper, version_converter
+    blocked placeholder rewritten to the standard (opset 21) QuantizeLinear or DequantizeLinear,
+    4-bit codes as INT4."""
+    from onnx import version_converter
 
     initializers = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
-        if (node.domain, node.op_type) == (PLACEHOLDER_DOMAIN, BLOCK_DEQUANTIZE):
-            bits = next(a.i for a in node.attribute if a.name == "bits")
-            kept = [a for a in node.attribute if a.name != "bits"]
-            del node.attribute[:]
-            node.attribute.extend(kept)
-            node.domain, node.op_type = "", "DequantizeLinear"
-            if bits <= 4:
-                codes = initializers[node.input[0]]
-                values = numpy_helper.to_array(codes).astype(ml_dtypes.int4)
-                codes.CopyFrom(numpy_helper.from_array(values, codes.name))
+        if node.domain != PLACEHOLDER_DOMAIN:
+            continue
+        bits = next(a.i for a in node.attribute if a.name == "bits")
+        kept = [a for a in node.attribute if a.name != "bits"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.domain = ""
+        if node.op_type == BLOCK_QUANTIZE:
+            _to_quantize_linear(node, bits)
+        elif node.op_type == BLOCK_DEQUANTIZE:
+            node.op_type = "DequantizeLinear"
+            if bits <= 4 and node.input[0] in initializers:  # a weight's codes
+                _to_int4(initializers[node.input[0]])
     standard = [entry for entry in model.opset_import if entry.domain != PLACEHOLDER_DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(standard)
-    return version_converter.convert_version(model, opset)
+    model = version_converter.convert_version(model, opset)
+    # the converter types QuantizeLinear's codes by opset 20's rule (uint8 without a zero point);
+    # shape inference retypes them by output_dtype
+    codes = {n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    typed = [v for v in model.graph.value_info if v.name not in codes]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(typed)
+    return model
+
+
+def _to_quantize_linear(node, bits: int) -> None:
+    """QuantizeLinear with no zero point (ONNX Runtime wants a blocked one shaped as the input) and
+    the codes' type as ``output_dtype``."""
+    from onnx import TensorProto, helper
+
+    node.op_type = "QuantizeLinear"
+    dtype = TensorProto.INT4 if bits <= 4 else TensorProto.INT8
+    node.attribute.append(helper.make_attribute("output_dtype", dtype))
+
+
+def _to_int4(codes) -> None:
+    import ml_dtypes
+    from onnx import numpy_helper
+
+    values = numpy_helper.to_array(codes).astype(ml_dtypes.int4)
+    codes.CopyFrom(numpy_helper.from_array(values, codes.name))
 
 
 def op_counts(model) -> dict[str, int]:

@@ -61,8 +61,8 @@ def _export_forms(denoiser) -> list[registry.ExportForm]:
 
 
 def resolve_opset(config: ExportConfig, blocked: list[str]) -> int:
-    """The opset to write: 19, or 21 when layers go out blocked (INT4); a chosen one is checked
-    against them."""
+    """The opset to write: 19, or 21 when layers go out blocked (INT4, per-group or per-token
+    scales); a chosen one is checked against them."""
     wants_blocks = bool(blocked) and not config.weights_on_int8_grid
     if config.opset is None:
         return BLOCKED_OPSET if wants_blocks else DEFAULT_OPSET
@@ -70,10 +70,10 @@ def resolve_opset(config: ExportConfig, blocked: list[str]) -> int:
         raise ConfigError(
             "ExportConfig",
             "opset",
-            f"{config.opset} is too low for INT4: {len(blocked)} linear layers "
-            f"(first: {blocked[0]}) need blocked INT4/INT8 DequantizeLinear "
-            f"from opset {BLOCKED_OPSET}; use opset {BLOCKED_OPSET}, or "
-            "`int8_grid` to write their 4-bit codes on the INT8 grid",
+            f"{config.opset} is too low for INT4: {len(blocked)} layers "
+            f"(first: {blocked[0]}) need blocked Q/DQ (INT4 weights, per-group or per-token "
+            f"scales) from opset {BLOCKED_OPSET}; use opset {BLOCKED_OPSET}, or "
+            "`int8_grid` to write 4-bit weight codes on the INT8 grid",
         )
     return config.opset
 

@@ -140,7 +140,7 @@ def to_ort_cpu(network: nn.Module, run_calibration) -> dict:
     from ``run_calibration`` (a pass over calibration inputs), observed before the conversion."""
     layers = {name: m for name, m in network.named_modules() if isinstance(m, QuantLayer)}
     ranges = observe_output_ranges(layers, run_calibration)
-    counts = to_qdq(network, blocked=False, dynamic_ok=True)
+    counts = to_qdq(network, blocked=False, ort_cpu=True)
     for name, layer in layers.items():
         if fusable(layer):
             attach(layer, ranges.get(name))

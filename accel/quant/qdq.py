@@ -10,6 +10,11 @@ After :func:`to_qdq`, every QuantLayer computes exactly what the exported graph 
   blocked DequantizeLinear of the transposed (K, N) weight, blocked along K (one block per output
   channel, or per group of ``group_size`` inputs), feeding a MatMul directly; 4-bit codes as INT4.
   This is the pattern ONNX Runtime fuses into MatMulNBits and TensorRT reads as INT4 weights;
+- an input with per-token dynamic scales (W4A4's groups, or 8-bit per token) through blocked
+  QuantizeLinear -> DequantizeLinear whose scales the graph computes (dynamic_qdq.py; opset 21);
+- W4A4's smoothing and Hadamard rotation as a Div and a blocked MatMul on the input, and its
+  low-rank branch as two float MatMuls (or convolutions) added to the 4-bit product: the graph
+  computes the SVDQuant layer as the model does;
 - at a split-shortcut site, two convolutions (each half of the input with its own scale and weight
   half) whose outputs are added. A runtime sees two ordinary Q/DQ convolutions and an Add, which
   TensorRT and ONNX Runtime both fuse; one convolution over a concatenation of differently-scaled
@@ -34,6 +39,7 @@ import torch.nn.functional as F
 from accel.core.errors import AccelError
 from accel.core.registry import BLOCK_DEQUANTIZE, PLACEHOLDER_DOMAIN
 from accel.quant.attention import QuantAttnProcessor
+from accel.quant.dynamic_qdq import ACTIVATION_TYPE_BITS, block_quantize
 from accel.quant.layers import QuantLayer
 from accel.quant.quantizer import DynamicQuantizer, Quantizer
 
@@ -69,21 +75,22 @@ class Dequant(torch.autograd.Function):
 
 
 class BlockDequant(torch.autograd.Function):
-    """(K, N) codes x (K / block, N) scales, blocked along K; exported as the placeholder op (no
+    """codes x scales blocked along ``axis`` (a weight's (K, N) codes and (K / block, N) scales,
+    blocked along K; or an activation's, along its channels); exported as the placeholder op (no
     zero-point input: DequantizeLinear's default is 0 of the codes' type, and an INT4 zero point is
     one more rewrite)."""
 
     @staticmethod
-    def forward(ctx, codes, scale, block, bits):
-        return codes.to(scale.dtype) * scale.repeat_interleave(block, dim=0)
+    def forward(ctx, codes, scale, block, bits, axis=0):
+        return codes.to(scale.dtype) * scale.repeat_interleave(block, dim=axis)
 
     @staticmethod
-    def symbolic(g, codes, scale, block, bits):
+    def symbolic(g, codes, scale, block, bits, axis=0):
         weight = g.op(
             f"{PLACEHOLDER_DOMAIN}::{BLOCK_DEQUANTIZE}",
             codes,
             scale,
-            axis_i=0,
+            axis_i=axis,
             block_size_i=block,
             bits_i=bits,
         )
@@ -93,12 +100,12 @@ class BlockDequant(torch.autograd.Function):
 
 
 def blocked_layers(network: nn.Module) -> list[str]:
-    """Names of the quantized linear layers that need blocked DequantizeLinear: 4-bit weights (INT4)
-    or per-group scales."""
+    """Names of the quantized layers that need opset 21's blocked Q/DQ: linear layers with 4-bit
+    weights (INT4) or per-group scales, and layers with per-token activation scales."""
     return [
         name
         for name, m in network.named_modules()
-        if isinstance(m, QuantLayer) and _wants_blocks(m)
+        if isinstance(m, QuantLayer) and (_wants_blocks(m) or _per_token(m))
     ]
 
 
@@ -108,56 +115,76 @@ def _wants_blocks(layer: QuantLayer) -> bool:
     )
 
 
-def _check_dynamic(layer: QuantLayer, name: str, dynamic_ok: bool) -> None:
-    if any(isinstance(q, DynamicQuantizer) for q in layer.input_quantizers):
-        # ONNX's DynamicQuantizeLinear takes one scale per tensor (the whole batch), not per token
+def _per_token(layer: QuantLayer) -> bool:
+    return any(isinstance(q, DynamicQuantizer) for q in layer.input_quantizers or [])
+
+
+def _check_dynamic(layer: QuantLayer, name: str, blocked: bool, ort_cpu: bool) -> None:
+    if _per_token(layer) and ort_cpu:
         raise AccelError(
-            f"{name}: per-token dynamic activation scales have no ONNX form; quantize with "
-            "--dynamic-scope tensor (exported with --target ort-cpu) or with static scales"
+            f"{name}: per-token activation scales have no integer kernel in ONNX Runtime on CPUs: "
+            "export with the default target (scales computed in the graph), or quantize with "
+            "--dynamic-scope tensor"
         )
-    if not dynamic_ok:
+    if _per_token(layer) and not blocked:
+        # TensorRT builds from opset 19 with every weight on the INT8 grid, and takes only constant
+        # Q/DQ scales
+        raise AccelError(
+            f"{name}: per-token activation scales are computed in the graph, which needs opset "
+            "21's blocked QuantizeLinear (not --int8-grid, and no TensorRT engine: its scales are "
+            "constants); export with `accel export onnx` and the default opset"
+        )
+    if not _per_token(layer) and not ort_cpu:
         raise AccelError(
             f"{name}: per-tensor dynamic activation scales export as ONNX's DynamicQuantizeLinear, "
             "which ONNX Runtime reads and TensorRT does not: export with --target ort-cpu"
         )
 
 
-def check_exportable(layer: QuantLayer, name: str, blocked: bool, dynamic_ok: bool) -> None:
-    """Refuse what Q/DQ cannot express, naming the layer. ``dynamic_ok``: the form being written
-    takes per-tensor dynamic scales (ort_cpu.py)."""
-    if layer.smooth is not None or layer.rotation is not None or layer.low_rank is not None:
-        raise AccelError(
-            f"{name}: smoothing, rotation and low-rank branches (W4A4) have no Q/DQ export form "
-            "yet; they run in PyTorch"
-        )
+def check_exportable(layer: QuantLayer, name: str, blocked: bool, ort_cpu: bool) -> None:
+    """Refuse what Q/DQ cannot express, naming the layer. ``blocked``: opset 21's blocked Q/DQ may
+    be written; ``ort_cpu``: the form being written is ort_cpu.py's (per-tensor dynamic scales)."""
     static = [q for q in layer.input_quantizers or [] if isinstance(q, Quantizer)]
     if any(not q.symmetric for q in [*layer.weight_quantizers, *static]):
         raise AccelError(
             f"{name}: asymmetric quantization has no ONNX Q/DQ form runtimes "
             "accept (zero point must be 0); quantize with symmetric ranges"
         )
-    if layer.a_bits not in (None, 8):
+    if static and layer.a_bits != 8:
         raise AccelError(
-            f"{name}: {layer.a_bits}-bit activations cannot be exported; Q/DQ activations are INT8"
+            f"{name}: {layer.a_bits}-bit static activation scales cannot be exported; static Q/DQ "
+            "activations are INT8"
+        )
+    if layer.a_bits not in (None, *ACTIVATION_TYPE_BITS):
+        raise AccelError(
+            f"{name}: {layer.a_bits}-bit activations have no ONNX type (INT4 or INT8 only)"
         )
     if layer.dynamic_input:
-        _check_dynamic(layer, name, dynamic_ok)
+        _check_dynamic(layer, name, blocked, ort_cpu)
     if layer.w_bits > 8:
         raise AccelError(f"{name}: {layer.w_bits}-bit weights do not fit the INT8 grid")
-    if any(q.group_size for q in layer.weight_quantizers) and not blocked:
+    if any(q.group_size for q in layer.weight_quantizers) and not (
+        blocked and _wants_blocks(layer)
+    ):
         raise AccelError(
             f"{name}: per-group weight scales need blocked DequantizeLinear (opset 21, without "
             "--int8-grid)"
         )
 
 
+def _quantized_input(part: torch.Tensor, quantizer: nn.Module) -> torch.Tensor:
+    if isinstance(quantizer, DynamicQuantizer):
+        codes, scale, axis, block = block_quantize(part, quantizer)
+        return BlockDequant.apply(codes, scale, block, quantizer.bits, axis)
+    return QuantDequant.apply(part, quantizer.scale.to(part.dtype))
+
+
 def _export_forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
+    x = layer.smoothed_input(x)  # W4A4's smoothing and rotation; x itself at other widths
+    branch = None if layer.low_rank is None else layer.low_rank(x)
     inputs = layer._input_parts(x)
     if layer.input_quantizers is not None:
-        inputs = [
-            QuantDequant.apply(part, q.scale.to(part.dtype))
-            for part, q in zip(inputs, layer.input_quantizers)
-        ]
+        inputs = [_quantized_input(part, q) for part, q in zip(inputs, layer.input_quantizers)]
     out = None
     for index, part in enumerate(inputs):
         codes, scale = (
@@ -178,7 +205,7 @@ def _export_forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
                 else F.linear(part, weight, bias)
             )
         out = y if out is None else out + y
-    return out
+    return out if branch is None else out + branch
 
 
 def _attach(layer: QuantLayer, blocked: bool) -> None:
@@ -203,19 +230,20 @@ def _attach(layer: QuantLayer, blocked: bool) -> None:
     layer.forward = lambda x, layer=layer: _export_forward(layer, x)
 
 
-def to_qdq(network: nn.Module, blocked: bool, dynamic_ok: bool = False) -> dict:
+def to_qdq(network: nn.Module, blocked: bool, ort_cpu: bool = False) -> dict:
     """Convert ``network``'s quantized layers to their Q/DQ form, in place (export works on a copy).
 
     ``blocked``: linear layers with 4-bit weights or per-group scales become blocked
-    DequantizeLinear (4-bit as INT4); otherwise every weight is on the INT8 grid. Returns counts of
-    what was converted. ``dynamic_ok``: layers with per-tensor dynamic input scales are taken (their
-    forward is the caller's to write).
+    DequantizeLinear (4-bit as INT4), and per-token activation scales may be written; otherwise
+    every weight is on the INT8 grid. Returns counts of what was converted. ``ort_cpu``: the caller
+    writes ort_cpu.py's form, which takes layers with per-tensor dynamic input scales (their forward
+    is the caller's to write).
     """
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     layers = [(name, m) for name, m in network.named_modules() if isinstance(m, QuantLayer)]
     for name, layer in layers:
-        check_exportable(layer, name, blocked and _wants_blocks(layer), dynamic_ok)
+        check_exportable(layer, name, blocked, ort_cpu)
     attention = [
         m
         for m in network.modules()
@@ -231,4 +259,6 @@ def to_qdq(network: nn.Module, blocked: bool, dynamic_ok: bool = False) -> dict:
         "blocked_layers": sum(bool(m.export_block) for _, m in layers),
         "int4_layers": sum(bool(m.export_block) and m.w_bits <= 4 for _, m in layers),
         "float_attention": len(attention),
+        "per_token_layers": sum(_per_token(m) for _, m in layers),
+        "low_rank_branches": sum(m.low_rank is not None for _, m in layers),
     }

@@ -38,6 +38,8 @@ def rotate_channels(x: torch.Tensor, matrix: torch.Tensor, channel_dim: int) -> 
     """``x``'s channels along ``channel_dim`` mixed block by block: x H with H block diagonal of
     ``matrix``."""
     block = matrix.shape[0]
-    channels = x.movedim(channel_dim, -1)
-    blocks = channels.reshape(*channels.shape[:-1], -1, block) @ matrix.to(x.dtype)
-    return blocks.reshape(channels.shape).movedim(-1, channel_dim)
+    # non-negative dims: the ONNX tracer writes movedim's -1 into a Transpose's perm as it is
+    channel_dim, last = channel_dim % x.ndim, x.ndim - 1
+    channels = x.movedim(channel_dim, last)
+    blocks = channels.unflatten(last, (-1, block)) @ matrix.to(x.dtype)
+    return blocks.flatten(last).movedim(last, channel_dim)
