@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from accel.core.files import atomic_file, write_text
@@ -303,11 +304,12 @@ def peer_rows(data: dict, source: str) -> list[dict]:
 
 
 def ort_int8_rows(data: dict, source: str) -> list[dict]:
-    """bench.ort_int8: the fp32 graph and accel's W8A8 graph in the form ONNX Runtime's CPU kernels
-    fuse, sampled in ONNX Runtime beside the original."""
+    """bench.ort_int8: the fp32 graph, accel's W8A8 graphs in the form ONNX Runtime's CPU kernels
+    fuse and its W4A4 graph, sampled in ONNX Runtime beside the original."""
     return [
         _row(
-            r["graph"].replace("accel W8A8", "W8A8 ONNX") if r["graph"] != "fp32" else "fp32 ONNX",
+            # "accel W8A8, ort-cpu form" -> "W8A8 ONNX, ort-cpu form"
+            re.sub(r"^accel (W\dA\d)", r"\1 ONNX", r["graph"].replace("fp32", "fp32 ONNX")),
             "export",
             source,
             data["settings"]["samples"],

@@ -7,19 +7,20 @@ quantization tools, each timed against the fp32 graph.
 
 Rows per model: the fp32 graph (``accel export``); accel's W8A8 model exported in its portable
 (``tensorrt``) form and in the ``ort-cpu`` form, and its W8A8 model with dynamic per-tensor
-activation scales (``--dynamic-act --dynamic-scope tensor``) in the ort-cpu form, each run as accel
-runs it (on x86 without VNNI Q/DQ pairs are kept, not fused: the fused u8 x s8 kernels saturate
-there); ONNX Runtime's
-``quantize_static`` with its documented x86 settings (QDQ, uint8 activations, int8 per-channel
-weights, ``reduce_range`` where VNNI is missing), calibrated on accel's calibration set; and
-``quantize_dynamic`` of the MatMuls (int8 weights, activations quantized per call). Each row:
+activation scales (``--dynamic-act --dynamic-scope tensor``) in the ort-cpu form, and its W4A4
+(``--act-bits 4 --low-rank 16``: smoothing, rotation and the branch in the graph, 4-bit inputs on
+per-token scales the graph computes; no integer kernel takes them), each run as accel runs it (on
+x86 without VNNI Q/DQ pairs are kept, not fused: the fused u8 x s8 kernels saturate there); ONNX
+Runtime's ``quantize_static`` with its documented x86 settings (QDQ, uint8 activations, int8
+per-channel weights, ``reduce_range`` where VNNI is missing), calibrated on accel's calibration set;
+and ``quantize_dynamic`` of the MatMuls (int8 weights, activations quantized per call). Each row:
 integer nodes in ONNX Runtime's optimized graph, median time per call (interleaved runs of one
 input), speedup over fp32 and the max relative error of eps against the fp32 graph on that input.
 
-Then each model's fp32 graph and accel's two W8A8 ort-cpu graphs sample in ONNX Runtime beside the
-original in PyTorch (one run, same noise, the sampling batch): FID, PSNR to the original's
-samples, time per image against the original and against the fp32 graph. The leaderboard reads
-these rows.
+Then each model's fp32 graph, accel's two W8A8 ort-cpu graphs and its W4A4 graph sample in ONNX
+Runtime beside the original in PyTorch (one run, same noise, the sampling batch): FID, PSNR to the
+original's samples, time per image against the original and against the fp32 graph. The leaderboard
+reads these rows.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ ACCEL_GRAPHS = (  # in accel_graphs' order
     "accel W8A8, tensorrt form",
     "accel W8A8, ort-cpu form",
     "accel W8A8 dynamic per tensor, ort-cpu form",
+    "accel W4A4 (rank 16), default form",
 )
 SAMPLED = ("fp32", *ACCEL_GRAPHS[1:])  # the graphs sampled beside the original
 SAMPLE_COLUMNS = {
@@ -136,8 +138,9 @@ class _CalibrationReader:
 
 
 def accel_graphs(name: str, settings: Settings, calib_file: Path, work: Path) -> list[Path]:
-    """accel's W8A8 in the portable and the ort-cpu form, and with dynamic per-tensor scales in the
-    ort-cpu form; the calibration set recorded on the way is left at ``calib_file``."""
+    """accel's W8A8 in the portable and the ort-cpu form, with dynamic per-tensor scales in the
+    ort-cpu form, and accel's W4A4 (its own calibration, as `accel quantize` makes it) in the
+    default form; the W8A8 calibration set recorded on the way is left at ``calib_file``."""
     quantized = accel.run_stage(
         "quantize",
         name,
@@ -158,8 +161,11 @@ def accel_graphs(name: str, settings: Settings, calib_file: Path, work: Path) ->
         progress=False,
         calib_samples=settings.calib_samples,
     )
-    paths = [work / f"{name}-w8a8{suffix}.onnx" for suffix in ("", "-ort-cpu", "-dynamic-ort-cpu")]
+    w4a4 = accel.run_stage("quantize", name, bits=4, act_bits=4, low_rank=16, progress=False)
+    suffixes = ("w8a8", "w8a8-ort-cpu", "w8a8-dynamic-ort-cpu", "w4a4")
+    paths = [work / f"{name}-{suffix}.onnx" for suffix in suffixes]
     forms = [(quantized, "tensorrt"), (quantized, "ort-cpu"), (dynamic, "ort-cpu")]
+    forms += [(w4a4, "tensorrt")]
     for path, (result, target) in zip(paths, forms):
         accel.run_stage(
             "export", result.model, format="onnx", out=path, target=target, progress=False

@@ -112,6 +112,27 @@ def test_rotation_is_planned_for_the_4bit_layers_and_changes_the_model():
     assert not torch.equal(outputs[False], outputs[True])
 
 
+def test_the_8bit_layers_of_w4a4_take_per_token_8bit_inputs():
+    """The time embedding's and adaLN's inputs (one vector per sample) get a scale per token at run
+    time, not one static scale for every timestep."""
+    plan = plan_layers(accel.load(make_tiny_dit()), TINY_W4A4)
+    eight_bit = {
+        name: spec for name, spec in plan.items() if spec["w_bits"] == 8 and spec["a_bits"]
+    }
+    assert any("norm1.linear" in name for name in eight_bit)
+    assert all(spec["a_bits"] == 8 and spec["a_dynamic"] == "token" for spec in eight_bit.values())
+    model = accel.load(make_tiny_dit())
+    quantize_(model, TINY_W4A4, tiny_calib(accel.load(make_tiny_dit())), progress=False)
+    quantizers = [
+        q
+        for name, m in model.module.named_modules()
+        if name in eight_bit and isinstance(m, QuantLayer)
+        for q in m.input_quantizers
+    ]
+    assert len(quantizers) == len(eight_bit)
+    assert all(isinstance(q, DynamicQuantizer) and q.bits == 8 for q in quantizers)
+
+
 def test_a_rotated_layer_keeps_its_float_function_and_quantizes_closer_with_an_outlier():
     linear = nn.Linear(64, 32)
     x = torch.randn(48, 64)

@@ -30,7 +30,7 @@ def _flags(parser: argparse.ArgumentParser) -> None:
         stage,
         "opset",
         "ONNX opset, 13-21 (default 19, as TensorRT 10 parses; 21 when 4-bit "
-        "linear layers go out as INT4)",
+        "linear layers go out as INT4 or activation scales are per token, as W4A4's)",
     )
     add_stage_flag(parser, stage, "dtype", "inputs, weights and eps (default {default})")
     add_stage_flag(

@@ -85,8 +85,9 @@ QUANTIZE_FLAGS = {
     "below 8-bit activations)",
     "dynamic-act": "8-bit activations with scales computed at run time instead of static "
     "calibrated ones",
-    "dynamic-scope": "--dynamic-act: one scale per token (torchao's int8 dynamic; PyTorch only) or "
-    "per tensor (ONNX's DynamicQuantizeLinear: exports to the ort-cpu target); default {default}",
+    "dynamic-scope": "--dynamic-act: one scale per token (torchao's int8 dynamic; exports with "
+    "the scales computed in the graph) or per tensor (ONNX's DynamicQuantizeLinear: exports to "
+    "the ort-cpu target's integer kernels); default {default}",
     "no-bias-correction": "keep the layers' biases as they are where no reconstruction runs "
     "(by default each layer's mean output error on the calibration set is subtracted)",
     "low-rank": "SVDQuant (W4A4): rank of the 16-bit branch that takes each 4-bit layer's top "

@@ -25,7 +25,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class ExportConfig(Config):
-    # None: 19, or 21 when 4-bit or per-group linear layers go out blocked (INT4)
+    # None: 19, or 21 when 4-bit or per-group linear layers go out blocked (INT4), or activation
+    # scales are per token (W4A4)
     opset: int | None = None
     dtype: str = one_of("fp32", tuple(DTYPES))  # inputs, weights and eps
     # 4-bit linear weights on the INT8 grid (as convolutions are) instead of INT4

@@ -28,8 +28,9 @@ ROUNDINGS = ("nearest", "gptq", "adaround", "gptq-adaround")
 RECONSTRUCTING = ("adaround", "gptq-adaround")
 ACTIVATION_GROUP = 64  # SVDQuant's INT4 activation group size
 SMOOTH_ALPHA = 0.5  # SmoothQuant's default migration strength
-# what one dynamic activation scale covers: a token (torchao's int8 dynamic, PyTorch only) or the
-# whole tensor of a call (ONNX's DynamicQuantizeLinear: exported for ONNX Runtime's CPU kernels)
+# what one dynamic activation scale covers: a token (torchao's int8 dynamic; exported with the
+# scales computed in the graph) or the whole tensor of a call (ONNX's DynamicQuantizeLinear:
+# exported for ONNX Runtime's CPU kernels)
 DYNAMIC_SCOPES = ("token", "tensor")
 
 
