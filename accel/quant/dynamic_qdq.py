@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from accel.core.registry import BLOCK_QUANTIZE, PLACEHOLDER_DOMAIN
-from accel.quant.quantizer import DynamicQuantizer
+from accel.quant.quantizer import DynamicQuantizer, grid
 
 ACTIVATION_TYPE_BITS = (4, 8)  # ONNX's INT4 and INT8; QuantizeLinear saturates to the type's range
 
@@ -29,7 +29,7 @@ class BlockQuantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, axis, block, bits):
-        low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        low, high = grid(bits, symmetric=True)
         # round half to even, as ONNX; the same division DynamicQuantizer makes
         codes = torch.round(x / scale.repeat_interleave(block, dim=axis))
         return torch.clamp(codes, low, high).to(torch.int8)
