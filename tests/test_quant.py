@@ -86,6 +86,13 @@ def test_w4_codes_lie_on_the_4bit_grid_and_defaults_protect_the_ends():
     }
     assert bits["time_embedding.linear_1"] == 8
     assert bits["down_blocks.0.resnets.0.time_emb_proj"] == 8
+    # read the timestep embedding: float inputs at static W8A8 only
+    assert record["layers"]["time_embedding.linear_2"]["a_bits"] == 8
+    fresh = accel.load(make_tiny_unet())
+    assert plan_layers(fresh, W8A8)["time_embedding.linear_2"]["a_bits"] is None
+    assert plan_layers(fresh, W8A8)["down_blocks.0.resnets.0.conv1"]["a_bits"] == 8
+    dynamic = plan_layers(fresh, replace(W8A8, dynamic_activations=True))
+    assert dynamic["time_embedding.linear_2"]["a_bits"] == 8
     assert bits["down_blocks.0.resnets.0.conv1"] == bits["mid_block.attentions.0.to_q"] == 4
     layer = model.module.get_submodule("down_blocks.0.resnets.0.conv1")
     codes = layer.weight_codes()[0]

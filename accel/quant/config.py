@@ -49,7 +49,9 @@ class QuantConfig(Config):
     quantize_attention: bool | None = None
     split_shortcut: bool = True  # Q-Diffusion split at decoder skip concatenations
     protect_ends: bool = True  # first layer W8, float input; last layer float (plan_layers)
-    eight_bit: tuple[str, ...] = DEFAULT_EIGHT_BIT  # module-name patterns kept at 8 bits
+    # module-name patterns of the layers that read the (timestep, class) embedding: 8-bit weights,
+    # float inputs at static W8A8, per-token 8-bit ones below 8 bits (apply.py)
+    eight_bit: tuple[str, ...] = DEFAULT_EIGHT_BIT
     # pattern -> weight bits, overrides the above
     layer_bits: dict[str, int] = field(default_factory=dict)
     skip: tuple[str, ...] = ()  # patterns left in floating point
