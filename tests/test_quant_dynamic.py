@@ -14,7 +14,7 @@ from accel.export.config import ExportConfig
 from accel.export.onnx import export_onnx
 from accel.quant import quantize_
 from accel.quant.attention import QuantAttnProcessor
-from accel.quant.config import W8A8, QuantConfig
+from accel.quant.config import W4A8, W8A8, QuantConfig
 from accel.quant.layers import QuantLayer, activation_quantizers
 from accel.quant.quantizer import DynamicQuantizer, TensorDynamicQuantizer
 from conftest import make_tiny_dit, make_tiny_unet, refused, tiny_calib
@@ -181,8 +181,9 @@ def test_dynamic_act_without_8bit_activations_is_refused(
 
 
 def test_attention_follows_the_kind_of_activation_scales():
-    assert W8A8.attention_quantized and not DYNAMIC.attention_quantized
-    assert not QuantConfig(a_bits=None).attention_quantized
+    assert W4A8.attention_quantized and not DYNAMIC.attention_quantized
+    assert not W8A8.attention_quantized and not QuantConfig(a_bits=None).attention_quantized
     assert replace(DYNAMIC, quantize_attention=True).attention_quantized
-    assert not replace(W8A8, quantize_attention=False).attention_quantized
+    assert replace(W8A8, quantize_attention=True).attention_quantized
+    assert not replace(W4A8, quantize_attention=False).attention_quantized
     assert W8A8.needs_calibration and not replace(DYNAMIC, bias_correction=False).needs_calibration

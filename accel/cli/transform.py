@@ -81,8 +81,8 @@ QUANTIZE_FLAGS = {
     "group-size": "linear weights: one scale per group "
     "of input channels (default: one per output channel)",
     "no-split": "no split-shortcut quantization",
-    "no-attention": "leave the attention matmuls in float (the default with --dynamic-act and "
-    "below 8-bit activations)",
+    "no-attention": "leave the attention matmuls in float (the default but at W4A8 with static "
+    "scales)",
     "dynamic-act": "8-bit activations with scales computed at run time instead of static "
     "calibrated ones",
     "dynamic-scope": "--dynamic-act: one scale per token (torchao's int8 dynamic; exports with "
