@@ -85,7 +85,7 @@ def plan_layers(denoiser, config: QuantConfig) -> dict[str, dict]:
         bits = chosen_bits or (8 if protected or conditioning else config.w_bits)
         a_bits = (
             None
-            if protected or (conditioning and _float_conditioning_inputs(config))
+            if protected or (conditioning and config.float_conditioning_inputs)
             else config.a_bits
         )
         plan[name] = {"w_bits": bits, "a_bits": a_bits, "split": splits.get(name, 0)}
@@ -99,19 +99,6 @@ def plan_layers(denoiser, config: QuantConfig) -> dict[str, dict]:
     if not plan:
         raise AccelError("every quantizable layer is skipped by the settings; nothing to quantize")
     return plan
-
-
-def _float_conditioning_inputs(config: QuantConfig) -> bool:
-    """Whether the layers that read the (timestep, class) embedding take float inputs: at W8A8
-    with static scales. Their input is one vector per sample whose range follows the timestep,
-    which one static scale shifts for every sample of a step alike (below 8 bits they take
-    per-token scales instead). They compute once per sample, not per token. Measured (seed 0,
-    2-core Xeon, static inputs -> float): W8A8 FID ratio digits-dit 1.53 -> 1.27 (1,000 samples),
-    digits 1.09 -> 1.07 (2,000); W4A8 mixed, so it keeps static inputs there: digits-dit
-    1.93 -> 1.74 but digits 1.13 -> 1.21, the feature distance to the original's samples up on
-    both."""
-    static = bool(config.a_bits) and not config.dynamic_activations
-    return static and config.a_bits >= LOW_BIT_ACTIVATIONS and config.w_bits >= 8
 
 
 def _low_bit_spec(denoiser, name: str, config: QuantConfig, split: int) -> dict:

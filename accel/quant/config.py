@@ -50,7 +50,7 @@ class QuantConfig(Config):
     split_shortcut: bool = True  # Q-Diffusion split at decoder skip concatenations
     protect_ends: bool = True  # first layer W8, float input; last layer float (plan_layers)
     # module-name patterns of the layers that read the (timestep, class) embedding: 8-bit weights,
-    # float inputs at static W8A8, per-token 8-bit ones below 8 bits (apply.py)
+    # float inputs at static W8A8 (float_conditioning_inputs), per-token 8-bit below 8 bits
     eight_bit: tuple[str, ...] = DEFAULT_EIGHT_BIT
     # pattern -> weight bits, overrides the above
     layer_bits: dict[str, int] = field(default_factory=dict)
@@ -185,6 +185,23 @@ class QuantConfig(Config):
         return static_scales or learned or self.smooth_alpha is not None
 
     @property
+    def static_8bit_scales(self) -> bool:
+        """Whether activations take one calibrated scale per tensor at 8 bits (not dynamic)."""
+        return bool(self.a_bits) and self.a_bits >= 8 and not self.dynamic_activations
+
+    @property
+    def float_conditioning_inputs(self) -> bool:
+        """Whether the layers that read the (timestep, class) embedding take float inputs: at W8A8
+        with static scales. Their input is one vector per sample whose range follows the timestep,
+        which one static scale shifts for every sample of a step alike (below 8 bits they take
+        per-token scales instead: apply.py). They compute once per sample, not per token.
+        Measured (seed 0, 2-core Xeon, static inputs -> float): W8A8 FID ratio digits-dit 1.53 ->
+        1.27 (1,000 samples), digits 1.09 -> 1.07 (2,000); W4A8 mixed, so it keeps static inputs
+        there: digits-dit 1.93 -> 1.74 but digits 1.13 -> 1.21, the feature distance to the
+        original's samples up on both."""
+        return self.static_8bit_scales and self.w_bits >= 8
+
+    @property
     def attention_quantized(self) -> bool:
         """Whether the attention matmul inputs are quantized (static 8 bits): as asked, else with
         static 8-bit activation scales and weights below 8 bits (W4A8) only. No export keeps them
@@ -196,8 +213,7 @@ class QuantConfig(Config):
         if not self.a_bits:
             return False
         if self.quantize_attention is None:
-            static = not self.dynamic_activations and self.a_bits >= 8
-            return static and self.w_bits < 8
+            return self.static_8bit_scales and self.w_bits < 8
         return self.quantize_attention
 
     @classmethod
