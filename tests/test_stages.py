@@ -73,6 +73,18 @@ def test_a_field_name_and_its_flag_spelling_are_one_key():
         accel.stage_settings("quantize", bits=8, w_bits=6)
 
 
+def test_attention_quantization_is_switched_on_or_off_from_the_command_line(capsys, tmp_path):
+    assert accel.stage_settings("quantize", attention=True)["quant"].attention_quantized
+    assert not accel.stage_settings("quantize", bits=4, no_attention=True)[
+        "quant"
+    ].attention_quantized
+    err = refused(
+        capsys, tmp_path, "quantize", "--attention", "--no-attention", "--out", str(tmp_path / "q")
+    )
+    assert "sets quant.quantize_attention, which another key sets too" in err
+    assert not (tmp_path / "q").exists()
+
+
 def test_defaults_and_choices_come_from_the_configs(capsys):
     from accel.prune.config import FINETUNE
     from accel.quant.config import RECON_ITERS, STAGE_DEFAULT

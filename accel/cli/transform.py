@@ -81,6 +81,8 @@ QUANTIZE_FLAGS = {
     "group-size": "linear weights: one scale per group "
     "of input channels (default: one per output channel)",
     "no-split": "no split-shortcut quantization",
+    "attention": "quantize the attention matmul inputs (Q, K, softmax, V) with static 8-bit "
+    "scales (the default at W4A8 only; no export keeps them)",
     "no-attention": "leave the attention matmuls in float (the default but at W4A8 with static "
     "scales)",
     "dynamic-act": "8-bit activations with scales computed at run time instead of static "

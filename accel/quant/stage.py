@@ -110,6 +110,7 @@ QUANTIZE_STAGE = stages.register(
             "act-bits": Key("quant", "a_bits", convert=weight_only),
             "range": Key("quant", "w_range", also=("a_range",)),
             "no-split": Key("quant", "split_shortcut", convert=lambda on: not on, switch=True),
+            "attention": Key("quant", "quantize_attention", switch=True),
             "no-attention": Key(
                 "quant", "quantize_attention", convert=lambda on: not on, switch=True
             ),
