@@ -7,9 +7,10 @@ each with its documented defaults (bench/peer_recipes.py), on a built-in model.
     python -m bench.peers --quick          # a smoke run: 32 samples, DDIM 6
 
 The peers install with ``pip install -e '.[peers]'``; a peer that is not installed is left out and
-the report says so. Rows: accel's W8A8 and W4A8 (``accel quantize`` with the command's defaults)
-and every peer recipe beside the accel row of its widths, all sampled by accel's sampler from the
-same seed and noise beside the original in one run. Time to quantize counts recording the
+the report says so. Rows: accel's W8A8 and W4A8 (``accel quantize`` with the command's defaults),
+its dynamic W8A8 with and without a calibration set (ACCEL_RECIPES), and every peer recipe beside
+the accel rows of its widths, all sampled by accel's sampler from the same seed and noise beside
+the original in one run. Time to quantize counts recording the
 calibration set wherever one is used: accel records its own; the peers that calibrate share one
 recording of the same size, whose time is added to each. Size is what is stored: accel's packed
 weights file, ``torch.save`` of a peer's state dict, or for a fake-quantized peer (Model Optimizer
@@ -46,16 +47,27 @@ class AccelRecipe:
     widths: str
     scales: str  # of the activations: "static" (calibrated) or "dynamic" (per token, at run time)
     keys: dict  # the quantize stage's settings, as ``accel quantize`` flags give them
+    variant: str = ""  # named after the label where one widths and scales have two recipes
 
     @property
     def label(self) -> str:
-        return f"accel {self.widths}" + (" dynamic" if self.scales == "dynamic" else "")
+        scales = " dynamic" if self.scales == "dynamic" else ""
+        return f"accel {self.widths}{scales}" + (f", {self.variant}" if self.variant else "")
 
 
+DYNAMIC_W8A8 = {"bits": 8, "act_bits": 8, "dynamic_act": True}
 ACCEL_RECIPES = (
     AccelRecipe("W8A8", "static", {"bits": 8, "act_bits": 8}),
     # torchao's scheme: `accel quantize --bits 8 --act-bits 8 --dynamic-act`
-    AccelRecipe("W8A8", "dynamic", {"bits": 8, "act_bits": 8, "dynamic_act": True}),
+    AccelRecipe("W8A8", "dynamic", DYNAMIC_W8A8),
+    # ... as torchao runs it, from the weights alone: no calibration set (no bias correction),
+    # per-channel absmax weight ranges (no MSE search)
+    AccelRecipe(
+        "W8A8",
+        "dynamic",
+        {**DYNAMIC_W8A8, "no_bias_correction": True, "range": "minmax"},
+        variant="data-free",
+    ),
     AccelRecipe("W4A8", "static", {"bits": 4, "act_bits": 8}),
 )
 COLUMNS = {
@@ -97,6 +109,7 @@ class Quantized:
     seconds: float
     layers: int
     size_kind: str
+    calibrates: bool  # ran a calibration set through the network
     packs_weights: bool = True
 
 
@@ -104,21 +117,31 @@ def _accel(name: str, recipe: AccelRecipe, settings: Settings, seed: int, work: 
     """``accel quantize`` with the command's defaults beside ``recipe``'s flags, recording its own
     calibration set."""
     keys = {} if settings.calib_samples is None else {"calib_samples": settings.calib_samples}
+    original = reference_model(name, settings.steps)  # loaded outside the time, as for the peers
     start = time.perf_counter()
-    model = accel.run_stage(
+    result = accel.run_stage(
         "quantize",
-        reference_model(name, settings.steps),
+        original,
         seed=seed,
         calib=str(work / f"calib-{recipe.label}.safetensors"),
         progress=False,
         **recipe.keys,
         **keys,
-    ).model
+    )
     seconds = time.perf_counter() - start
-    layers = sum(isinstance(m, QuantLayer) for m in model.module.modules())
+    layers = sum(isinstance(m, QuantLayer) for m in result.model.module.modules())
+    calibrates = "calibration" in result.record
     # fake-quantized in PyTorch like Model Optimizer; its integer speed is bench.ort_int8's
     return Quantized(
-        recipe.label, recipe.widths, recipe.scales, model, seconds, layers, "packed file", False
+        recipe.label,
+        recipe.widths,
+        recipe.scales,
+        result.model,
+        seconds,
+        layers,
+        "packed file",
+        calibrates,
+        packs_weights=False,
     )
 
 
@@ -136,7 +159,15 @@ def _peer(recipe, name: str, settings: Settings, calib, calib_s: float) -> Quant
     kind = "torch.save" if packed else "at its widths (fake-quantized)"
     layers = recipe.quantized_layers(model.module)
     return Quantized(
-        recipe.label, recipe.widths, recipe.scales, model, seconds, layers, kind, packed
+        recipe.label,
+        recipe.widths,
+        recipe.scales,
+        model,
+        seconds,
+        layers,
+        kind,
+        recipe.calibrates,
+        packed,
     )
 
 
@@ -180,6 +211,7 @@ def run_rows(name: str, settings: Settings, seed: int) -> list[dict]:
             "scales": q.scales,
             "layers": q.layers,
             "quantize_s": q.seconds,
+            "calibrates": q.calibrates,
             "size_kind": q.size_kind,
             "packs_weights": q.packs_weights,
             **quality_row(e.report),
@@ -197,13 +229,17 @@ def _compared(peer: dict, own: dict) -> bool:
     return peer["layers"] >= own["layers"]
 
 
-def _own(rows: list[dict], peer: dict) -> dict:
-    """accel's row a peer is measured against: same widths and the same kind of activation scales
-    where accel has one (rows written before accel had dynamic scales have no "scales"), else
-    accel's static row of those widths."""
+def _own(rows: list[dict], peer: dict) -> list[dict]:
+    """accel's rows a peer is measured against: same widths and the same kind of activation scales
+    where accel has them (rows written before accel had dynamic scales have no "scales"), else
+    accel's static rows of those widths."""
     own = [r for r in rows if r["name"].startswith("accel ") and r["widths"] == peer["widths"]]
-    by_scales = {r.get("scales", "static"): r for r in own}
-    return by_scales.get(peer.get("scales", "static"), by_scales["static"])
+    same = [r for r in own if r.get("scales", "static") == peer.get("scales", "static")]
+    return same or [r for r in own if r.get("scales", "static") == "static"]
+
+
+def _calibrates(row: dict) -> bool:
+    return row.get("calibrates", True)  # rows written before the key: accel's all calibrated
 
 
 def goals(rows: list[dict]) -> list[dict]:
@@ -212,16 +248,13 @@ def goals(rows: list[dict]) -> list[dict]:
     of the fastest 8-bit peer's of its kind (calibrated or not)."""
     peers = [r for r in rows if not r["name"].startswith("accel ")]
     out = [
-        goal(
-            f"{_own(rows, p)['name']}'s FID ratio, against {p['name']}'s",
-            _own(rows, p)["fid_ratio"],
-            p["fid_ratio"],
-        )
+        goal(f"{own['name']}'s FID ratio, against {p['name']}'s", own["fid_ratio"], p["fid_ratio"])
         for p in peers
-        if _compared(p, _own(rows, p))
+        for own in _own(rows, p)
+        if _compared(p, own)
     ]
     for own in (r for r in rows if r["name"].startswith("accel ") and r["widths"] == "W8A8"):
-        kind = [p for p in peers if p["widths"] == "W8A8" and _own(rows, p) is own]
+        kind = [p for p in peers if p["widths"] == "W8A8" and _calibrates(p) == _calibrates(own)]
         if kind:
             fastest = min(kind, key=lambda p: p["quantize_s"])
             out.append(
@@ -237,10 +270,10 @@ def goals(rows: list[dict]) -> list[dict]:
 
 def not_compared(rows: list[dict]) -> list[str]:
     return [
-        f"{p['name']}: quantizes {p['layers']} layers, accel {_own(rows, p)['layers']}; its FID "
+        f"{p['name']}: quantizes {p['layers']} layers, accel {_own(rows, p)[0]['layers']}; its FID "
         "is not measured against accel's"
         for p in rows
-        if not p["name"].startswith("accel ") and not _compared(p, _own(rows, p))
+        if not p["name"].startswith("accel ") and not _compared(p, _own(rows, p)[0])
     ]
 
 
