@@ -231,11 +231,14 @@ def _compared(peer: dict, own: dict) -> bool:
 
 def _own(rows: list[dict], peer: dict) -> list[dict]:
     """accel's rows a peer is measured against: same widths and the same kind of activation scales
-    where accel has them (rows written before accel had dynamic scales have no "scales"), else
-    accel's static rows of those widths."""
+    where accel has them, else accel's static rows of those widths."""
     own = [r for r in rows if r["name"].startswith("accel ") and r["widths"] == peer["widths"]]
-    same = [r for r in own if r.get("scales", "static") == peer.get("scales", "static")]
-    return same or [r for r in own if r.get("scales", "static") == "static"]
+    same = [r for r in own if _scales(r) == _scales(peer)]
+    return same or [r for r in own if _scales(r) == "static"]
+
+
+def _scales(row: dict) -> str:
+    return row.get("scales", "static")  # rows written before accel had dynamic scales
 
 
 def _calibrates(row: dict) -> bool:
@@ -269,11 +272,12 @@ def goals(rows: list[dict]) -> list[dict]:
 
 
 def not_compared(rows: list[dict]) -> list[str]:
+    peers = (p for p in rows if not p["name"].startswith("accel "))
     return [
-        f"{p['name']}: quantizes {p['layers']} layers, accel {_own(rows, p)[0]['layers']}; its FID "
-        "is not measured against accel's"
-        for p in rows
-        if not p["name"].startswith("accel ") and not _compared(p, _own(rows, p)[0])
+        f"{p['name']}: quantizes {p['layers']} layers, accel {own['layers']}; its FID is not "
+        "measured against accel's"
+        for p in peers
+        if not _compared(p, own := _own(rows, p)[0])
     ]
 
 
